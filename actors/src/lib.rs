@@ -1,0 +1,24 @@
+//! Actor plumbing for ATB.
+//!
+//! Actors here are thin shells: all decisions live in plain types implementing
+//! [`ShardLogic`], which unit tests drive without an actor system. This crate
+//! adds what the shells need and nothing else:
+//!
+//! * [`router::ShardRouter`] — maps a key (a tenant id) onto a bounded set of
+//!   shards, with optional dedicated shards for hot keys;
+//! * [`pool::ShardPool`] — one supervised actix actor per shard, each on its
+//!   own arbiter, with an explicit bounded mailbox: a full mailbox is an
+//!   immediate [`pool::CallError::Overloaded`], never an unbounded queue;
+//! * panic containment — a panic inside a handler is caught at the handler
+//!   boundary, the in-flight caller gets [`pool::CallError::Fault`] (fail
+//!   closed), and the actor stops so its supervisor restarts it with fresh
+//!   state;
+//! * [`metrics::ActorMetrics`] — the per-actor series of SPEC §8.
+
+pub mod metrics;
+pub mod pool;
+pub mod router;
+
+pub use metrics::ActorMetrics;
+pub use pool::{CallError, PoolConfig, ShardLogic, ShardPool};
+pub use router::ShardRouter;

@@ -1,0 +1,140 @@
+//! The plain-HTTP admin listener: liveness, readiness, metrics, and the
+//! token-protected maintenance toggle.
+
+use actix_web::http::header::{ContentType, AUTHORIZATION};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+
+use crate::admission::ShardRequest;
+use crate::broker::state::BrokerState;
+use crate::error::Rejection;
+
+pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/metrics", web::get().to(metrics))
+        .route("/admin/maintenance", web::get().to(get_maintenance))
+        .route("/admin/maintenance", web::post().to(set_maintenance));
+    if fault_injection {
+        cfg.route("/debug/fault", web::post().to(inject_fault));
+    }
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+async fn ready(state: web::Data<BrokerState>) -> HttpResponse {
+    let maintenance = state.maintenance();
+    match state.ready() {
+        Ok(()) => {
+            HttpResponse::Ok().json(serde_json::json!({"ready": true, "maintenance": maintenance}))
+        }
+        Err(reason) => HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"ready": false, "reason": reason, "maintenance": maintenance}),
+        ),
+    }
+}
+
+async fn metrics(state: web::Data<BrokerState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType(
+            "text/plain; version=0.0.4; charset=utf-8"
+                .parse()
+                .unwrap_or(mime_text()),
+        ))
+        .body(state.metrics.render())
+}
+
+fn mime_text() -> actix_web::mime::Mime {
+    actix_web::mime::TEXT_PLAIN_UTF_8
+}
+
+/// Checks the admin bearer token.
+fn authorize(req: &HttpRequest, state: &BrokerState) -> Result<(), Rejection> {
+    let presented = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match state.admin_token_matches(presented) {
+        None => Err(Rejection::new(
+            StatusCode::NOT_FOUND,
+            "admin_disabled",
+            "the admin API is disabled: no admin token is configured",
+        )),
+        Some(false) => Err(Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "admin_unauthorized",
+            "a valid admin bearer token is required",
+        )),
+        Some(true) => Ok(()),
+    }
+}
+
+async fn get_maintenance(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    HttpResponse::Ok().json(serde_json::json!({"maintenance": state.maintenance()}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceToggle {
+    enabled: bool,
+}
+
+async fn set_maintenance(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    let toggle: MaintenanceToggle = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"enabled\": true|false}}: {e}"),
+            )
+            .to_response("")
+        }
+    };
+    state.set_maintenance(toggle.enabled);
+    tracing::warn!(
+        maintenance = toggle.enabled,
+        "maintenance mode changed through the admin API"
+    );
+    HttpResponse::Ok().json(serde_json::json!({"maintenance": toggle.enabled}))
+}
+
+#[derive(Deserialize)]
+struct FaultTarget {
+    tenant: String,
+}
+
+/// Test-only (`debug.fault_injection`): makes the shard owning `tenant` panic.
+async fn inject_fault(
+    state: web::Data<BrokerState>,
+    target: web::Query<FaultTarget>,
+) -> HttpResponse {
+    let shard = state.shards.router().route(&target.tenant);
+    let result = state
+        .shards
+        .call(&target.tenant, ShardRequest::InjectFault)
+        .await;
+    tracing::warn!(tenant = %target.tenant, shard, ?result, "fault injected through the debug hook");
+    HttpResponse::Ok().json(serde_json::json!({
+        "shard": shard,
+        "result": match result {
+            Ok(_) => "handled".to_string(),
+            Err(e) => e.to_string(),
+        },
+    }))
+}

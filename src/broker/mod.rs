@@ -1,0 +1,123 @@
+//! The broker process: the mTLS agent listener, the admin listener, and
+//! their lifecycle (maintenance, drain on SIGTERM).
+
+pub mod admin;
+pub mod gateway;
+pub mod poa;
+pub mod state;
+
+use std::time::Duration;
+
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Config;
+pub use state::BrokerState;
+
+/// Runs the broker until SIGTERM/SIGINT, then drains and returns.
+/// Must be called inside an actix `System`.
+pub async fn run(config: Config) -> Result<(), String> {
+    let admin_token = crate::admin_token(&config)?;
+    let tls = crate::tls::acceptor(&config.tls)?;
+    let state = BrokerState::start(config, admin_token)?;
+    let config = state.config.clone();
+    let b = &config.broker;
+    let workers = if b.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        b.workers
+    };
+    if config.debug.fault_injection {
+        tracing::warn!("debug.fault_injection is ON: POST /debug/fault can crash tenant shards; never enable this in production");
+    }
+    if config.tenants.is_empty() {
+        tracing::warn!("no tenants are configured: every agent request will be refused");
+    }
+
+    let data = web::Data::from(state.clone());
+    let gateway = {
+        let data = data.clone();
+        let connections = state.connections.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(TracingLogger::default())
+                .configure(gateway::routes)
+        })
+        .on_connect(move |conn, ext| connections.on_connect(conn, ext))
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(b.shutdown_grace_seconds)
+        .client_request_timeout(Duration::from_secs(b.client_request_timeout_seconds))
+        .keep_alive(Duration::from_secs(b.keep_alive_seconds))
+        .max_connections(b.max_connections_per_worker)
+        .bind_openssl(b.listen_addr, tls)
+        .map_err(|e| format!("cannot listen on broker.listen_addr {}: {e}", b.listen_addr))?
+        .run()
+    };
+    let fault_injection = config.debug.fault_injection;
+    let admin = {
+        let data = data.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .configure(|c| admin::routes(c, fault_injection))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(b.shutdown_grace_seconds)
+        .bind(b.admin_addr)
+        .map_err(|e| format!("cannot listen on broker.admin_addr {}: {e}", b.admin_addr))?
+        .run()
+    };
+    tracing::info!(
+        listen_addr = %b.listen_addr,
+        admin_addr = %b.admin_addr,
+        tenants = config.tenants.len(),
+        shards = state.shards.router().shard_count(),
+        workers,
+        maintenance = state.maintenance(),
+        "broker started"
+    );
+
+    let gateway_handle = gateway.handle();
+    let admin_handle = admin.handle();
+    let drain_delay = Duration::from_secs(b.drain_delay_seconds);
+    let lifecycle = state.clone();
+    actix_web::rt::spawn(async move {
+        let signal = shutdown_signal().await;
+        lifecycle.start_draining();
+        tracing::info!(
+            signal,
+            drain_delay_s = drain_delay.as_secs(),
+            "shutdown requested: readiness is now false, draining"
+        );
+        actix_web::rt::time::sleep(drain_delay).await;
+        gateway_handle.stop(true).await;
+        admin_handle.stop(true).await;
+    });
+
+    let (g, a) = futures_util::future::join(gateway, admin).await;
+    state.shards.stop();
+    g.map_err(|e| format!("agent listener failed: {e}"))?;
+    a.map_err(|e| format!("admin listener failed: {e}"))?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => {
+            tracing::error!("cannot install signal handlers; SIGTERM will not drain");
+            std::future::pending().await
+        }
+    }
+}

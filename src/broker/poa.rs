@@ -1,0 +1,110 @@
+//! Finding the PoA mandate on a request.
+
+use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+
+use crate::error::Rejection;
+
+/// Header carrying a PoA as an alternative to `Authorization: Bearer`.
+pub const X_POA_TOKEN: &str = "x-poa-token";
+
+/// The mandate presented with a request, if any. `Authorization` must use the
+/// Bearer scheme; if both headers are sent they must agree.
+pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    let bearer = match headers.get(AUTHORIZATION) {
+        None => None,
+        Some(v) => {
+            let v = v
+                .to_str()
+                .map_err(|_| Rejection::poa_invalid("Authorization header is not ASCII"))?;
+            let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                return Err(Rejection::poa_invalid(
+                    "Authorization must use the Bearer scheme",
+                ));
+            }
+            Some(token.trim())
+        }
+    };
+    let header = match headers.get(X_POA_TOKEN) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Rejection::poa_invalid("X-PoA-Token header is not ASCII"))?
+                .trim(),
+        ),
+    };
+    match (bearer, header) {
+        (Some(a), Some(b)) if a != b => Err(Rejection::poa_invalid(
+            "Authorization and X-PoA-Token carry different tokens",
+        )),
+        (Some(""), _) | (_, Some("")) => Err(Rejection::poa_invalid("empty PoA token")),
+        (Some(t), _) | (None, Some(t)) => Ok(Some(t)),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::{HeaderName, HeaderValue};
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn code(h: &HeaderMap) -> &'static str {
+        presented_token(h).unwrap_err().code
+    }
+
+    #[test]
+    fn finds_bearer_or_header() {
+        assert_eq!(presented_token(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            presented_token(&headers(&[("authorization", "Bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&headers(&[("authorization", "bearer abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&headers(&[("x-poa-token", "abc")])).unwrap(),
+            Some("abc")
+        );
+        assert_eq!(
+            presented_token(&headers(&[
+                ("authorization", "Bearer abc"),
+                ("x-poa-token", "abc")
+            ]))
+            .unwrap(),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn refuses_odd_presentations() {
+        assert_eq!(
+            code(&headers(&[("authorization", "Basic abc")])),
+            "poa_invalid"
+        );
+        assert_eq!(
+            code(&headers(&[("authorization", "Bearer")])),
+            "poa_invalid"
+        );
+        assert_eq!(code(&headers(&[("x-poa-token", " ")])), "poa_invalid");
+        assert_eq!(
+            code(&headers(&[
+                ("authorization", "Bearer a"),
+                ("x-poa-token", "b")
+            ])),
+            "poa_invalid"
+        );
+    }
+}

@@ -1,0 +1,765 @@
+//! One typed configuration: a TOML file, then environment overrides, then
+//! validation with messages that name the offending key.
+//!
+//! Every key is documented in `config/atb.example.toml`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spiffe::{self, SpiffeId};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub tls: TlsConfig,
+    pub logging: LoggingConfig,
+    pub shards: ShardsConfig,
+    pub admin: AdminConfig,
+    pub debug: DebugConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// mTLS listener for agents.
+    pub listen_addr: SocketAddr,
+    /// Plain HTTP listener for `/health`, `/ready`, `/metrics`.
+    pub admin_addr: SocketAddr,
+    /// Start in maintenance mode (new requests get 503 `maintenance`).
+    pub maintenance_mode: bool,
+    /// `Retry-After` seconds sent with 503 `maintenance` and overload answers.
+    pub retry_after_seconds: u32,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// After SIGTERM, seconds to keep serving with readiness false so load
+    /// balancers stop routing here, before the listeners close.
+    pub drain_delay_seconds: u64,
+    /// Seconds in-flight requests get to finish once the listeners close.
+    pub shutdown_grace_seconds: u64,
+    /// Seconds a client has to send a request's headers.
+    pub client_request_timeout_seconds: u64,
+    /// Seconds an idle keep-alive connection stays open.
+    pub keep_alive_seconds: u64,
+    /// Most concurrent connections per worker (all tenants).
+    pub max_connections_per_worker: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: ([0, 0, 0, 0], 8443).into(),
+            admin_addr: ([0, 0, 0, 0], 8080).into(),
+            maintenance_mode: false,
+            retry_after_seconds: 5,
+            workers: 0,
+            drain_delay_seconds: 5,
+            shutdown_grace_seconds: 30,
+            client_request_timeout_seconds: 5,
+            keep_alive_seconds: 75,
+            max_connections_per_worker: 25_000,
+        }
+    }
+}
+
+/// Server certificate and the trust bundle client certificates must chain to.
+/// There is deliberately no mode without client-certificate verification.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `atb=debug,actix_web=info`, …
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardsConfig {
+    /// Tenant shard actors that tenants are hashed onto; 0 means one per core.
+    pub count: usize,
+    /// Messages a shard's mailbox holds before requests are refused with 503.
+    pub mailbox_capacity: usize,
+    /// Tenant ids that get a shard of their own.
+    pub dedicated: Vec<String>,
+}
+
+impl Default for ShardsConfig {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            mailbox_capacity: 1024,
+            dedicated: Vec::new(),
+        }
+    }
+}
+
+impl ShardsConfig {
+    /// The shard count with 0 resolved to the number of cores.
+    pub fn effective_count(&self) -> usize {
+        if self.count == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            self.count
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// File holding the bearer token for the admin API (`POST
+    /// /admin/maintenance`). Without a token the admin API is disabled.
+    pub token_file: Option<PathBuf>,
+    /// The token itself (prefer `token_file` or `ATB_ADMIN_TOKEN`).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Test-only: enables `POST /debug/fault` on the admin listener, which
+    /// makes a tenant's shard actor panic. Never enable in production.
+    pub fault_injection: bool,
+}
+
+/// A tenant: who its agents are and what they may reach.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable id, used in metrics labels, logs and state keys.
+    pub id: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Agents whose SPIFFE ID is in this trust domain belong to the tenant.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// Agents whose SPIFFE ID is this ID or below it (segment boundary)
+    /// belong to the tenant, e.g. `spiffe://saas.example/tenants/acme`.
+    #[serde(default)]
+    pub spiffe_prefix: Option<String>,
+    /// Live mTLS connections the tenant's agents may hold at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sustained requests per second for the whole tenant (token bucket).
+    #[serde(default = "default_tenant_rps")]
+    pub requests_per_second: f64,
+    /// Bucket size: requests that may arrive at once.
+    #[serde(default = "default_tenant_burst")]
+    pub burst: u32,
+    #[serde(default)]
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+/// An upstream enterprise API a tenant's agents may be proxied to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    pub id: String,
+    /// Base URL, `http://` or `https://`.
+    pub upstream_url: String,
+    /// Path prefixes (segment boundary) requests may reach; empty denies all.
+    #[serde(default)]
+    pub egress_allowlist: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_tenant_rps() -> f64 {
+    1000.0
+}
+fn default_tenant_burst() -> u32 {
+    2000
+}
+
+/// A configuration problem, always naming the key (or variable) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: &'static str, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Source of environment variables (a function so tests need not touch the
+/// process environment).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl Config {
+    /// Reads `path` (if given), applies environment overrides and validates.
+    pub fn load(path: Option<&Path>, env: EnvLookup<'_>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(p) => Self::from_file(p)?,
+            None => Self::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file without validating it.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML text without validating it.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Applies the documented environment overrides (names follow the
+    /// operator guide where it has one).
+    pub fn apply_env(&mut self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(
+            env: EnvLookup<'_>,
+            var: &'static str,
+            what: &str,
+        ) -> Result<Option<T>, ConfigError> {
+            match env(var) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+                    var,
+                    message: format!("{v:?} is not {what}"),
+                }),
+            }
+        }
+        fn flag(env: EnvLookup<'_>, var: &'static str) -> Result<Option<bool>, ConfigError> {
+            match env(var) {
+                None => Ok(None),
+                Some(v) => parse_bool(&v).map(Some).ok_or_else(|| ConfigError::Env {
+                    var,
+                    message: format!("{v:?} is not a boolean (true/false, 1/0, yes/no, on/off)"),
+                }),
+            }
+        }
+        let addr = "a socket address like 0.0.0.0:8443";
+        if let Some(v) = parsed(env, "LISTEN_ADDR", addr)? {
+            self.broker.listen_addr = v;
+        }
+        if let Some(v) = parsed(env, "HTTP_LISTEN_ADDR", addr)? {
+            self.broker.admin_addr = v;
+        }
+        if let Some(v) = flag(env, "MAINTENANCE_MODE")? {
+            self.broker.maintenance_mode = v;
+        }
+        if let Some(v) = parsed(env, "ATB_WORKERS", "a whole number")? {
+            self.broker.workers = v;
+        }
+        if let Some(v) = parsed(env, "ATB_DRAIN_DELAY_SECONDS", "a whole number of seconds")? {
+            self.broker.drain_delay_seconds = v;
+        }
+        if let Some(v) = env("TLS_CERT_FILE") {
+            self.tls.cert_file = v.into();
+        }
+        if let Some(v) = env("TLS_KEY_FILE") {
+            self.tls.key_file = v.into();
+        }
+        if let Some(v) = env("TLS_CLIENT_CA_FILE") {
+            self.tls.client_ca_file = v.into();
+        }
+        if let Some(v) = env("LOG_FORMAT") {
+            self.logging.format = match v.trim().to_ascii_lowercase().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "LOG_FORMAT",
+                        message: format!("{v:?} is not one of json, text"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = env("LOG_LEVEL") {
+            self.logging.level = v;
+        }
+        if let Some(v) = parsed(env, "ATB_SHARDS", "a whole number")? {
+            self.shards.count = v;
+        }
+        if let Some(v) = env("ATB_ADMIN_TOKEN") {
+            self.admin.token = Some(v);
+        }
+        if let Some(v) = flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
+            self.debug.fault_injection = v;
+        }
+        Ok(())
+    }
+
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if b.listen_addr == b.admin_addr && b.listen_addr.port() != 0 {
+            return Err(invalid(
+                "broker.admin_addr",
+                "must differ from broker.listen_addr",
+            ));
+        }
+        if b.retry_after_seconds == 0 || b.retry_after_seconds > 3600 {
+            return Err(invalid(
+                "broker.retry_after_seconds",
+                "must be between 1 and 3600",
+            ));
+        }
+        if b.workers > 1024 {
+            return Err(invalid("broker.workers", "must be at most 1024"));
+        }
+        if b.client_request_timeout_seconds == 0 {
+            return Err(invalid(
+                "broker.client_request_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if b.max_connections_per_worker == 0 {
+            return Err(invalid(
+                "broker.max_connections_per_worker",
+                "must be at least 1",
+            ));
+        }
+        for (key, path) in [
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+            ("tls.client_ca_file", &self.tls.client_ca_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(invalid(
+                    key,
+                    "is required (client certificates are always verified)",
+                ));
+            }
+        }
+        if self.logging.level.trim().is_empty() {
+            return Err(invalid("logging.level", "must not be empty"));
+        }
+        if self.shards.count > 256 {
+            return Err(invalid("shards.count", "must be at most 256"));
+        }
+        if self.shards.mailbox_capacity == 0 || self.shards.mailbox_capacity > 1_000_000 {
+            return Err(invalid(
+                "shards.mailbox_capacity",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.shards.dedicated.len() > 64 {
+            return Err(invalid("shards.dedicated", "at most 64 dedicated shards"));
+        }
+        if let Some(t) = &self.admin.token {
+            if t.trim().len() < 16 {
+                return Err(invalid(
+                    "admin.token",
+                    "must be at least 16 characters (or leave it unset to disable the admin API)",
+                ));
+            }
+        }
+        self.validate_tenants()
+    }
+
+    fn validate_tenants(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        let mut domains: HashMap<&str, &str> = HashMap::new();
+        let mut prefixes: Vec<(SpiffeId, &str)> = Vec::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let key = |field: &str| format!("tenants[{i}].{field}");
+            if !valid_id(&t.id) {
+                return Err(invalid(
+                    key("id"),
+                    format!("{:?} must be 1-63 characters of a-z, 0-9, '-', '_', '.', starting with a letter or digit", t.id),
+                ));
+            }
+            if !ids.insert(t.id.as_str()) {
+                return Err(invalid(
+                    key("id"),
+                    format!("duplicate tenant id {:?}", t.id),
+                ));
+            }
+            match (&t.trust_domain, &t.spiffe_prefix) {
+                (Some(td), None) => {
+                    spiffe::validate_trust_domain(td)
+                        .map_err(|e| invalid(key("trust_domain"), e.to_string()))?;
+                    if let Some(other) = domains.insert(td, &t.id) {
+                        return Err(invalid(
+                            key("trust_domain"),
+                            format!("{td:?} is already the trust domain of tenant {other:?}"),
+                        ));
+                    }
+                }
+                (None, Some(prefix)) => {
+                    let id = SpiffeId::parse(prefix.trim_end_matches('/'))
+                        .map_err(|e| invalid(key("spiffe_prefix"), e.to_string()))?;
+                    if id.path().is_empty() {
+                        return Err(invalid(
+                            key("spiffe_prefix"),
+                            "must have a path; use trust_domain to map a whole trust domain",
+                        ));
+                    }
+                    prefixes.push((id, &t.id));
+                }
+                _ => {
+                    return Err(invalid(
+                        format!("tenants[{i}]"),
+                        "set exactly one of trust_domain or spiffe_prefix",
+                    ))
+                }
+            }
+            if t.max_connections == 0 {
+                return Err(invalid(key("max_connections"), "must be at least 1"));
+            }
+            check_rate(&key("requests_per_second"), t.requests_per_second)?;
+            if t.burst == 0 {
+                return Err(invalid(key("burst"), "must be at least 1"));
+            }
+            let mut connector_ids = HashSet::new();
+            for (j, c) in t.connectors.iter().enumerate() {
+                let ckey = |field: &str| format!("tenants[{i}].connectors[{j}].{field}");
+                if !valid_id(&c.id) {
+                    return Err(invalid(ckey("id"), format!("{:?} is not a valid id", c.id)));
+                }
+                if !connector_ids.insert(c.id.as_str()) {
+                    return Err(invalid(
+                        ckey("id"),
+                        format!("duplicate connector id {:?}", c.id),
+                    ));
+                }
+                validate_upstream_url(&c.upstream_url)
+                    .map_err(|m| invalid(ckey("upstream_url"), m))?;
+                for (k, p) in c.egress_allowlist.iter().enumerate() {
+                    if !p.starts_with('/') || p.contains("..") || p.contains("//") {
+                        return Err(invalid(
+                            format!("tenants[{i}].connectors[{j}].egress_allowlist[{k}]"),
+                            format!("{p:?} must be an absolute path prefix without '..' or '//'"),
+                        ));
+                    }
+                }
+                if let Some(rl) = &c.rate_limit {
+                    check_rate(
+                        &ckey("rate_limit.requests_per_second"),
+                        rl.requests_per_second,
+                    )?;
+                    if rl.burst == 0 {
+                        return Err(invalid(ckey("rate_limit.burst"), "must be at least 1"));
+                    }
+                }
+            }
+        }
+        // A prefix tenant inside another tenant's trust domain, or nested
+        // prefixes, would make ownership of an agent ambiguous.
+        for (a, (pa, ta)) in prefixes.iter().enumerate() {
+            if let Some(owner) = domains.get(pa.trust_domain()) {
+                return Err(invalid(
+                    format!("tenant {ta:?} spiffe_prefix"),
+                    format!(
+                        "lies in trust domain {:?}, which belongs to tenant {owner:?}",
+                        pa.trust_domain()
+                    ),
+                ));
+            }
+            for (pb, tb) in prefixes.iter().skip(a + 1) {
+                if pa.is_under(pb.as_str()) || pb.is_under(pa.as_str()) {
+                    return Err(invalid(
+                        format!("tenant {tb:?} spiffe_prefix"),
+                        format!("overlaps the spiffe_prefix of tenant {ta:?}"),
+                    ));
+                }
+            }
+        }
+        for (k, d) in self.shards.dedicated.iter().enumerate() {
+            if !ids.contains(d.as_str()) {
+                return Err(invalid(
+                    format!("shards.dedicated[{k}]"),
+                    format!("{d:?} is not a configured tenant id"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(key: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v > 0.0 && v <= 1_000_000.0 {
+        Ok(())
+    } else {
+        Err(invalid(key, "must be a number above 0 and at most 1000000"))
+    }
+}
+
+fn validate_upstream_url(url: &str) -> Result<(), String> {
+    let uri: actix_web::http::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => return Err(format!("{url:?} must use http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not carry a query"));
+    }
+    Ok(())
+}
+
+/// Tenant and connector ids: lower-case, short, safe in labels and keys.
+pub fn valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes.iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
+/// Booleans as operators write them; anything else is an error, not a default.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// Reads the real process environment.
+pub fn process_env(var: &str) -> Option<String> {
+    std::env::var(var).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [tls]
+        cert_file = "s.crt"
+        key_file = "s.key"
+        client_ca_file = "ca.crt"
+
+        [[tenants]]
+        id = "acme"
+        trust_domain = "acme.example"
+
+        [[tenants]]
+        id = "globex"
+        spiffe_prefix = "spiffe://saas.example/tenants/globex"
+        max_connections = 4
+        [[tenants.connectors]]
+        id = "crm"
+        upstream_url = "http://127.0.0.1:9000/base"
+        egress_allowlist = ["/api/"]
+        rate_limit = { requests_per_second = 5, burst = 10 }
+    "#;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse(text: &str) -> Config {
+        Config::from_toml(text).unwrap()
+    }
+
+    fn err(config: &Config) -> String {
+        config.validate().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_file_is_valid_and_defaults_apply() {
+        let c = parse(MINIMAL);
+        c.validate().unwrap();
+        assert_eq!(c.broker.listen_addr.port(), 8443);
+        assert_eq!(c.broker.admin_addr.port(), 8080);
+        assert!(!c.broker.maintenance_mode);
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert!(c.tenants[0].enabled);
+        assert_eq!(c.tenants[1].max_connections, 4);
+        assert_eq!(c.tenants[1].connectors[0].egress_allowlist, vec!["/api/"]);
+    }
+
+    #[test]
+    fn example_file_in_repo_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/atb.example.toml");
+        let c = Config::from_file(&path).unwrap();
+        c.validate().unwrap();
+        assert!(!c.tenants.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml("[broker]\nlisten_adr = \"0.0.0.0:1\"\n").unwrap_err();
+        assert!(e.contains("listen_adr"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_use_operator_names() {
+        let mut c = parse(MINIMAL);
+        let env = |k: &str| match k {
+            "MAINTENANCE_MODE" => Some("true".to_string()),
+            "LISTEN_ADDR" => Some("127.0.0.1:9443".to_string()),
+            "LOG_FORMAT" => Some("text".to_string()),
+            "TLS_CLIENT_CA_FILE" => Some("/etc/ca.pem".to_string()),
+            _ => None,
+        };
+        c.apply_env(&env).unwrap();
+        assert!(c.broker.maintenance_mode);
+        assert_eq!(c.broker.listen_addr.port(), 9443);
+        assert_eq!(c.logging.format, LogFormat::Text);
+        assert_eq!(c.tls.client_ca_file, PathBuf::from("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let mut c = parse(MINIMAL);
+        let env = |k: &str| (k == "MAINTENANCE_MODE").then(|| "maybe".to_string());
+        let e = c.apply_env(&env).unwrap_err().to_string();
+        assert!(e.contains("MAINTENANCE_MODE") && e.contains("maybe"), "{e}");
+        let env = |k: &str| (k == "LISTEN_ADDR").then(|| ":8443".to_string());
+        let e = c.apply_env(&env).unwrap_err().to_string();
+        assert!(e.contains("LISTEN_ADDR"), "{e}");
+    }
+
+    #[test]
+    fn tls_files_are_required() {
+        let c = Config::load(None, &no_env).unwrap_err().to_string();
+        assert!(c.contains("tls.cert_file"), "{c}");
+    }
+
+    #[test]
+    fn tenant_errors_name_the_key() {
+        let mut c = parse(MINIMAL);
+        c.tenants[0].id = "Acme!".into();
+        assert!(err(&c).contains("tenants[0].id"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[1].id = "acme".into();
+        assert!(err(&c).contains("duplicate tenant id"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[0].spiffe_prefix = Some("spiffe://x/y".into());
+        assert!(err(&c).contains("exactly one of trust_domain or spiffe_prefix"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[0].trust_domain = Some("Bad_Domain".into());
+        assert!(err(&c).contains("tenants[0].trust_domain"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[1].spiffe_prefix = Some("spiffe://saas.example/tenants/../x".into());
+        assert!(err(&c).contains("tenants[1].spiffe_prefix"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[1].connectors[0].upstream_url = "ftp://x".into();
+        assert!(err(&c).contains("tenants[1].connectors[0].upstream_url"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[1].connectors[0].egress_allowlist = vec!["api/../admin".into()];
+        assert!(err(&c).contains("egress_allowlist[0]"));
+
+        let mut c = parse(MINIMAL);
+        c.tenants[1].requests_per_second = f64::NAN;
+        assert!(err(&c).contains("tenants[1].requests_per_second"));
+
+        let mut c = parse(MINIMAL);
+        c.shards.dedicated = vec!["nobody".into()];
+        assert!(err(&c).contains("shards.dedicated[0]"));
+    }
+
+    #[test]
+    fn ambiguous_tenant_ownership_is_rejected() {
+        let mut c = parse(MINIMAL);
+        c.tenants[1].spiffe_prefix = Some("spiffe://acme.example/team".into());
+        assert!(
+            err(&c).contains("belongs to tenant \"acme\""),
+            "{}",
+            err(&c)
+        );
+
+        let mut c = parse(MINIMAL);
+        let mut nested = c.tenants[1].clone();
+        nested.id = "nested".into();
+        nested.spiffe_prefix = Some("spiffe://saas.example/tenants/globex/sub".into());
+        c.tenants.push(nested);
+        assert!(err(&c).contains("overlaps"), "{}", err(&c));
+
+        let mut c = parse(MINIMAL);
+        let mut dup = c.tenants[0].clone();
+        dup.id = "acme2".into();
+        c.tenants.push(dup);
+        assert!(err(&c).contains("already the trust domain"));
+    }
+
+    #[test]
+    fn admin_token_must_be_long_enough() {
+        let mut c = parse(MINIMAL);
+        c.admin.token = Some("short".into());
+        assert!(err(&c).contains("admin.token"));
+    }
+
+    #[test]
+    fn bools_and_ids() {
+        assert_eq!(parse_bool(" Yes "), Some(true));
+        assert_eq!(parse_bool("off"), Some(false));
+        assert_eq!(parse_bool("2"), None);
+        assert!(valid_id("acme-1.prod_x"));
+        assert!(!valid_id("-acme"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(64)));
+    }
+}

@@ -1,0 +1,129 @@
+//! `atb dev`: the whole product on one machine with embedded defaults — a
+//! generated dev PKI, two demo tenants, a demo upstream and the broker.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TlsConfig};
+use crate::pki::{self, DevPki};
+
+/// Options of `atb dev`.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    pub dir: PathBuf,
+    pub listen_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub upstream_addr: SocketAddr,
+}
+
+/// The embedded dev configuration for a PKI in `pki` and a demo upstream.
+pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
+    let upstream = format!("http://{}", opts.upstream_addr);
+    let connector = |id: &str| ConnectorConfig {
+        id: id.into(),
+        upstream_url: upstream.clone(),
+        egress_allowlist: vec!["/api/".into()],
+        rate_limit: Some(RateLimitConfig {
+            requests_per_second: 50.0,
+            burst: 100,
+        }),
+    };
+    let tenant = |id: &str, td: Option<&str>, prefix: Option<&str>| TenantConfig {
+        id: id.into(),
+        enabled: true,
+        trust_domain: td.map(Into::into),
+        spiffe_prefix: prefix.map(Into::into),
+        max_connections: 64,
+        requests_per_second: 100.0,
+        burst: 200,
+        connectors: vec![connector("crm")],
+    };
+    let mut c = Config::default();
+    c.broker.listen_addr = opts.listen_addr;
+    c.broker.admin_addr = opts.admin_addr;
+    c.broker.drain_delay_seconds = 0;
+    c.tls = TlsConfig {
+        cert_file: pki.server_cert(),
+        key_file: pki.server_key(),
+        client_ca_file: pki.ca_cert(),
+    };
+    c.logging.format = LogFormat::Text;
+    c.admin.token_file = Some(opts.dir.join("admin.token"));
+    c.tenants = vec![
+        tenant("acme", Some("acme.example"), None),
+        tenant("globex", None, Some("spiffe://saas.example/tenants/globex")),
+    ];
+    c
+}
+
+/// Creates (or reuses) the dev PKI and admin token in `dir`.
+pub fn prepare(dir: &Path) -> Result<DevPki, String> {
+    let pki = DevPki {
+        dir: dir.to_owned(),
+    };
+    let pki = if pki.ca_cert().exists() {
+        pki
+    } else {
+        pki::generate(dir, &pki::default_agents(), 30, false)?
+    };
+    let token_file = dir.join("admin.token");
+    if !token_file.exists() {
+        let mut bytes = [0u8; 24];
+        openssl::rand::rand_bytes(&mut bytes).map_err(|e| format!("openssl: {e}"))?;
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&token_file, token + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+    }
+    Ok(pki)
+}
+
+/// What to tell the person who just ran `atb dev`.
+pub fn banner(pki: &DevPki, opts: &DevOptions) -> String {
+    let d = pki.dir.display();
+    let port = opts.listen_addr.port();
+    let admin = opts.admin_addr.port();
+    format!(
+        r#"
+ATB dev is up.
+  agent listener (mTLS)  https://localhost:{port}
+  admin listener         http://localhost:{admin}   (/health /ready /metrics)
+  demo upstream          http://{upstream}
+  dev PKI and token      {d}/
+
+Try it:
+  curl -k https://localhost:{port}/health
+  curl --cacert {d}/ca.crt https://localhost:{port}/api/hello                         # 401 spiffe_id_required
+  curl --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key \
+       https://localhost:{port}/api/hello                                             # 401 poa_required
+  curl --cacert {d}/ca.crt --cert {d}/stranger-agent.crt --key {d}/stranger-agent.key \
+       https://localhost:{port}/api/hello                                             # 403 unknown_tenant
+  curl -s http://localhost:{admin}/metrics | grep atb_actor_
+  curl -X POST -H "Authorization: Bearer $(cat {d}/admin.token)" \
+       -d '{{"enabled":true}}' http://localhost:{admin}/admin/maintenance              # maintenance on
+Stop with Ctrl-C.
+"#,
+        upstream = opts.upstream_addr,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_config_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = DevOptions {
+            dir: dir.path().to_owned(),
+            listen_addr: "127.0.0.1:8443".parse().unwrap(),
+            admin_addr: "127.0.0.1:8080".parse().unwrap(),
+            upstream_addr: "127.0.0.1:9000".parse().unwrap(),
+        };
+        let pki = prepare(dir.path()).unwrap();
+        let c = config(&pki, &opts);
+        c.validate().unwrap();
+        assert!(crate::admin_token(&c).unwrap().is_some());
+        // A second run reuses the PKI instead of failing.
+        prepare(dir.path()).unwrap();
+    }
+}

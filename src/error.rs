@@ -1,0 +1,175 @@
+//! Rejections: one distinct status and JSON error code per pipeline step
+//! (SPEC §3). Bodies never carry internals.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderValue, CONNECTION, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde::Serialize;
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `spiffe_id_required`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub reason: Cow<'static, str>,
+    /// Seconds for `Retry-After`.
+    pub retry_after: Option<u64>,
+    /// Ask the client to close the connection after this answer.
+    pub close: bool,
+}
+
+impl Rejection {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        reason: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            reason: reason.into(),
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    pub fn maintenance(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "maintenance",
+            "the broker is in maintenance mode",
+        )
+        .retry_after(retry_after)
+    }
+
+    pub fn spiffe_id_required(reason: String) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "spiffe_id_required", reason)
+    }
+
+    pub fn unknown_tenant(reason: &'static str) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "unknown_tenant", reason)
+    }
+
+    pub fn connection_limit(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "connection_limit",
+            "the tenant has reached its limit of live connections",
+        )
+        .retry_after(retry_after)
+        .closing()
+    }
+
+    pub fn rate_limited(wait: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "the tenant's request rate limit is exceeded",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64)
+    }
+
+    pub fn overloaded(retry_after: u64) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the broker is at capacity for this tenant",
+        )
+        .retry_after(retry_after)
+    }
+
+    pub fn shard_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shard_unavailable",
+            "the tenant's shard is restarting",
+        )
+        .retry_after(1)
+    }
+
+    pub fn poa_required() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "poa_required",
+            "a PoA mandate is required (Authorization: Bearer or X-PoA-Token)",
+        )
+    }
+
+    pub fn poa_invalid(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "poa_invalid", reason)
+    }
+
+    /// The JSON response, with `request_id` filled in.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            error: &'a str,
+            reason: &'a str,
+            request_id: &'a str,
+        }
+        let mut response = HttpResponse::build(self.status);
+        if let Some(s) = self.retry_after {
+            response.insert_header((RETRY_AFTER, HeaderValue::from(s)));
+        }
+        if self.close {
+            response.insert_header((CONNECTION, HeaderValue::from_static("close")));
+        }
+        response.json(Body {
+            error: self.code,
+            reason: &self.reason,
+            request_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn body_and_headers() {
+        let r = Rejection::rate_limited(Duration::from_millis(1500)).to_response("req-1");
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(RETRY_AFTER).unwrap(), "2");
+        let body = to_bytes(r.into_body()).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "rate_limited");
+        assert_eq!(v["request_id"], "req-1");
+        assert!(v["reason"].as_str().unwrap().contains("rate limit"));
+    }
+
+    #[test]
+    fn retry_after_is_at_least_one_second() {
+        assert_eq!(
+            Rejection::rate_limited(Duration::from_millis(1)).retry_after,
+            Some(1)
+        );
+        assert_eq!(Rejection::maintenance(0).retry_after, Some(1));
+    }
+
+    #[test]
+    fn connection_limit_closes() {
+        let r = Rejection::connection_limit(5);
+        assert!(r.close);
+        assert_eq!(
+            r.to_response("x").headers().get(CONNECTION).unwrap(),
+            "close"
+        );
+    }
+}

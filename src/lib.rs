@@ -1,0 +1,41 @@
+//! ATB — the Agent Trust Broker.
+//!
+//! Plain logic lives in small modules that unit tests drive directly;
+//! `broker` wires them into actix-web listeners and supervised actors
+//! (from the `atb-actors` crate).
+
+pub mod admission;
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod demo_upstream;
+pub mod dev;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod pki;
+pub mod spiffe;
+pub mod tenant;
+pub mod tls;
+
+/// The admin API token from `admin.token` or `admin.token_file`.
+pub fn admin_token(config: &config::Config) -> Result<Option<String>, String> {
+    if let Some(t) = &config.admin.token {
+        return Ok(Some(t.trim().to_owned()));
+    }
+    match &config.admin.token_file {
+        None => Ok(None),
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+            let token = token.trim().to_owned();
+            if token.len() < 16 {
+                return Err(format!(
+                    "admin.token_file {}: the token must be at least 16 characters",
+                    path.display()
+                ));
+            }
+            Ok(Some(token))
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The `atb` command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use atb::config::{self, Config};
+use atb::dev::{self, DevOptions};
+
+#[derive(Parser)]
+#[command(name = "atb", version, about = "ATB — the Agent Trust Broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker (mTLS agent listener + admin listener).
+    Broker {
+        /// TOML configuration file; environment variables override it.
+        #[arg(long, short, env = "ATB_CONFIG")]
+        config: Option<PathBuf>,
+        /// Validate the configuration and exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Run everything locally on embedded defaults: dev PKI, demo upstream, broker.
+    Dev {
+        /// Where the dev PKI and admin token live (created if missing).
+        #[arg(long, default_value = "atb-dev")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        admin: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        upstream: SocketAddr,
+    },
+    /// Certificate helpers.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Generate a dev CA, a localhost server certificate and agent client
+    /// certificates with SPIFFE URI SANs for two tenants.
+    Dev {
+        #[arg(long, default_value = "atb-dev")]
+        out: PathBuf,
+        /// Certificate lifetime in days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Replace an existing PKI in --out.
+        #[arg(long)]
+        force: bool,
+        /// Extra agents as NAME=SPIFFE_ID (repeatable).
+        #[arg(long = "agent", value_name = "NAME=SPIFFE_ID")]
+        agents: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("atb: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Broker { config, check } => {
+            let config =
+                Config::load(config.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
+            if check {
+                atb::tls::acceptor(&config.tls)?;
+                atb::admin_token(&config)?;
+                println!("configuration is valid");
+                return Ok(());
+            }
+            atb::logging::init(&config.logging)?;
+            actix_web::rt::System::new().block_on(atb::broker::run(config))
+        }
+        Command::Dev {
+            dir,
+            listen,
+            admin,
+            upstream,
+        } => {
+            let opts = DevOptions {
+                dir,
+                listen_addr: listen,
+                admin_addr: admin,
+                upstream_addr: upstream,
+            };
+            let pki = dev::prepare(&opts.dir)?;
+            let mut config = dev::config(&pki, &opts);
+            config
+                .apply_env(&config::process_env)
+                .map_err(|e| e.to_string())?;
+            config.validate().map_err(|e| e.to_string())?;
+            atb::logging::init(&config.logging)?;
+            actix_web::rt::System::new().block_on(async move {
+                let demo = atb::demo_upstream::start(opts.upstream_addr).map_err(|e| {
+                    format!(
+                        "cannot start the demo upstream on {}: {e}",
+                        opts.upstream_addr
+                    )
+                })?;
+                let demo_handle = demo.handle();
+                actix_web::rt::spawn(demo);
+                eprintln!("{}", dev::banner(&pki, &opts));
+                let result = atb::broker::run(config).await;
+                demo_handle.stop(true).await;
+                result
+            })
+        }
+        Command::Pki {
+            command:
+                PkiCommand::Dev {
+                    out,
+                    days,
+                    force,
+                    agents,
+                },
+        } => {
+            let mut specs = atb::pki::default_agents();
+            for a in agents {
+                let (name, id) = a
+                    .split_once('=')
+                    .ok_or_else(|| format!("--agent {a:?}: expected NAME=SPIFFE_ID"))?;
+                specs.push(atb::pki::AgentSpec {
+                    name: name.into(),
+                    spiffe_id: id.into(),
+                });
+            }
+            let pki = atb::pki::generate(&out, &specs, days, force)?;
+            println!("dev PKI written to {}", pki.dir.display());
+            for s in &specs {
+                println!("  {}.crt / {}.key  {}", s.name, s.name, s.spiffe_id);
+            }
+            Ok(())
+        }
+    }
+}

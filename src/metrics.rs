@@ -1,0 +1,125 @@
+//! The broker's Prometheus registry and series (SPEC §8).
+
+use atb_actors::ActorMetrics;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Label value for requests not attributable to a configured tenant.
+pub const NO_TENANT: &str = "none";
+
+/// Every series the broker exports. Label values are bounded: tenants come
+/// from configuration, codes and statuses from fixed sets.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// `status` is `ok` (2xx/3xx), `denied` (4xx) or `error` (5xx).
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Rejections by their JSON error code.
+    pub rejections: IntCounterVec,
+    pub tenant_connections: IntGaugeVec,
+    pub connections_refused: IntCounterVec,
+    pub actors: ActorMetrics,
+}
+
+impl Metrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "atb_requests_total",
+                "Agent requests handled, by tenant and status class",
+            ),
+            &["tenant", "status"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "atb_request_duration_seconds",
+                "Time from request arrival to response headers",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["tenant"],
+        )?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "atb_rejections_total",
+                "Requests refused, by tenant and error code",
+            ),
+            &["tenant", "code"],
+        )?;
+        let tenant_connections = IntGaugeVec::new(
+            Opts::new("atb_tenant_connections", "Live mTLS connections per tenant"),
+            &["tenant"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "atb_tenant_connections_refused_total",
+                "Connections over a tenant's connection limit",
+            ),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(rejections.clone()))?;
+        registry.register(Box::new(tenant_connections.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        let actors = ActorMetrics::register(&registry)?;
+        Ok(Self {
+            registry,
+            requests,
+            request_duration,
+            rejections,
+            tenant_connections,
+            connections_refused,
+            actors,
+        })
+    }
+
+    /// Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The `status` label for an HTTP status code.
+pub fn status_class(code: u16) -> &'static str {
+    match code {
+        500.. => "error",
+        400..=499 => "denied",
+        _ => "ok",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_series() {
+        let m = Metrics::new().unwrap();
+        m.requests.with_label_values(&["acme", "error"]).inc();
+        m.actors
+            .restarts
+            .with_label_values(&["tenant_shard", "0"])
+            .inc();
+        let text = m.render();
+        assert!(text.contains("atb_requests_total{status=\"error\",tenant=\"acme\"} 1"));
+        assert!(text.contains("atb_actor_restarts_total{actor=\"tenant_shard\",shard=\"0\"} 1"));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class(200), "ok");
+        assert_eq!(status_class(302), "ok");
+        assert_eq!(status_class(403), "denied");
+        assert_eq!(status_class(429), "denied");
+        assert_eq!(status_class(502), "error");
+    }
+}

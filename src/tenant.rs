@@ -1,0 +1,122 @@
+//! Tenants: which tenant an agent's SPIFFE ID belongs to.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::TenantConfig;
+use crate::spiffe::SpiffeId;
+
+/// A configured tenant, shared by every request of its agents.
+pub type Tenant = Arc<TenantConfig>;
+
+/// Resolves SPIFFE IDs to tenants. Built once from a validated config, so
+/// ownership is unambiguous: a trust domain belongs to at most one tenant,
+/// and path prefixes neither nest nor lie in a tenant-owned trust domain.
+#[derive(Debug, Default)]
+pub struct TenantDirectory {
+    by_id: HashMap<String, Tenant>,
+    by_trust_domain: HashMap<String, Tenant>,
+    /// `(prefix without trailing slash, tenant)`.
+    by_prefix: Vec<(String, Tenant)>,
+}
+
+impl TenantDirectory {
+    pub fn new(tenants: &[TenantConfig]) -> Self {
+        let mut dir = Self::default();
+        for t in tenants {
+            let tenant: Tenant = Arc::new(t.clone());
+            if let Some(td) = &t.trust_domain {
+                dir.by_trust_domain.insert(td.clone(), tenant.clone());
+            }
+            if let Some(p) = &t.spiffe_prefix {
+                dir.by_prefix
+                    .push((p.trim_end_matches('/').to_owned(), tenant.clone()));
+            }
+            dir.by_id.insert(t.id.clone(), tenant);
+        }
+        dir
+    }
+
+    /// The tenant owning `id`, enabled or not.
+    pub fn resolve(&self, id: &SpiffeId) -> Option<&Tenant> {
+        if let Some(t) = self.by_trust_domain.get(id.trust_domain()) {
+            return Some(t);
+        }
+        self.by_prefix
+            .iter()
+            .find(|(prefix, _)| id.is_under(prefix))
+            .map(|(_, t)| t)
+    }
+
+    /// The tenant with this id.
+    pub fn get(&self, tenant_id: &str) -> Option<&Tenant> {
+        self.by_id.get(tenant_id)
+    }
+
+    /// Every tenant id.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn dir() -> TenantDirectory {
+        let c = Config::from_toml(
+            r#"
+            [[tenants]]
+            id = "acme"
+            trust_domain = "acme.example"
+            [[tenants]]
+            id = "globex"
+            spiffe_prefix = "spiffe://saas.example/tenants/globex/"
+            [[tenants]]
+            id = "initech"
+            enabled = false
+            spiffe_prefix = "spiffe://saas.example/tenants/initech"
+            "#,
+        )
+        .unwrap();
+        TenantDirectory::new(&c.tenants)
+    }
+
+    fn resolve(d: &TenantDirectory, id: &str) -> Option<String> {
+        d.resolve(&SpiffeId::parse(id).unwrap())
+            .map(|t| t.id.clone())
+    }
+
+    #[test]
+    fn resolves_by_trust_domain_and_prefix() {
+        let d = dir();
+        assert_eq!(
+            resolve(&d, "spiffe://acme.example/agent/a").as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            resolve(&d, "spiffe://acme.example").as_deref(),
+            Some("acme")
+        );
+        assert_eq!(
+            resolve(&d, "spiffe://saas.example/tenants/globex/agent/1").as_deref(),
+            Some("globex")
+        );
+        assert_eq!(
+            resolve(&d, "spiffe://saas.example/tenants/initech/x").as_deref(),
+            Some("initech")
+        );
+        assert!(!d.get("initech").unwrap().enabled);
+    }
+
+    #[test]
+    fn unknown_ids_resolve_to_nothing() {
+        let d = dir();
+        assert_eq!(resolve(&d, "spiffe://evil.example/agent"), None);
+        assert_eq!(resolve(&d, "spiffe://saas.example/tenants/globexx/a"), None);
+        assert_eq!(resolve(&d, "spiffe://saas.example/tenants"), None);
+        // A look-alike trust domain is not the tenant's.
+        assert_eq!(resolve(&d, "spiffe://acme.example.evil/agent"), None);
+    }
+}

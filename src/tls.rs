@@ -1,0 +1,114 @@
+//! The mTLS listener's TLS context and peer identity extraction.
+//!
+//! The server asks every client for a certificate but lets the handshake
+//! finish without one, so `GET /health` works without a client certificate.
+//! A presented certificate is always verified against the trust bundle; the
+//! verdict is recorded and [`peer_identity`] refuses anything but a clean
+//! result, which lets protected routes answer 401 `spiffe_id_required` with
+//! a JSON body instead of a bare handshake failure.
+
+use std::path::Path;
+
+use openssl::ssl::{
+    SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod, SslRef, SslVerifyMode,
+};
+use openssl::x509::X509VerifyResult;
+
+use crate::config::TlsConfig;
+use crate::spiffe::{SpiffeError, SpiffeId};
+
+/// Why a connection carries no usable SPIFFE identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    #[error("the client certificate is not trusted: {0}")]
+    Untrusted(String),
+    #[error("the client certificate has no URI SAN with a SPIFFE ID")]
+    NoSpiffeId,
+    #[error("the client certificate has {0} URI SANs; exactly one SPIFFE ID is required")]
+    SeveralUris(usize),
+    #[error("the client certificate's SPIFFE ID is malformed: {0}")]
+    Malformed(SpiffeError),
+}
+
+/// Builds the TLS acceptor for the agent listener.
+pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, String> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let file = |p: &Path| p.display().to_string();
+    builder
+        .set_certificate_chain_file(&config.cert_file)
+        .map_err(|e| format!("tls.cert_file {}: {e}", file(&config.cert_file)))?;
+    builder
+        .set_private_key_file(&config.key_file, SslFiletype::PEM)
+        .map_err(|e| format!("tls.key_file {}: {e}", file(&config.key_file)))?;
+    builder
+        .check_private_key()
+        .map_err(|e| format!("tls.key_file does not match tls.cert_file: {e}"))?;
+    load_client_ca(&mut builder, &config.client_ca_file)?;
+    // Ask for a certificate, verify it against the bundle, but let the
+    // handshake complete so the HTTP layer can answer with a JSON 401. The
+    // verification result is kept on the session (SSL_get_verify_result)
+    // and checked by `peer_identity` on every connection.
+    builder.set_verify_callback(SslVerifyMode::PEER, |_preverified, _ctx| true);
+    builder.set_alpn_select_callback(|_, client| {
+        openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client)
+            .ok_or(openssl::ssl::AlpnError::NOACK)
+    });
+    Ok(builder)
+}
+
+fn load_client_ca(builder: &mut SslAcceptorBuilder, path: &Path) -> Result<(), String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
+    let certs = openssl::x509::X509::stack_from_pem(&pem)
+        .map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.client_ca_file {}: no certificates found",
+            path.display()
+        ));
+    }
+    let mut store = openssl::x509::store::X509StoreBuilder::new()
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    let mut names = openssl::stack::Stack::new().map_err(|e| format!("TLS setup failed: {e}"))?;
+    for cert in certs {
+        names
+            .push(cert.subject_name().to_owned().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        store
+            .add_cert(cert)
+            .map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
+    }
+    builder
+        .set_verify_cert_store(store.build())
+        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    builder.set_client_ca_list(names);
+    Ok(())
+}
+
+/// The SPIFFE identity of a TLS session's peer. Requires a presented
+/// certificate whose chain verified cleanly and which holds exactly one URI
+/// SAN, a well-formed SPIFFE ID (X509-SVID rules; no lenient fallback).
+pub fn peer_identity(ssl: &SslRef) -> Result<SpiffeId, IdentityError> {
+    let cert = ssl.peer_certificate().ok_or(IdentityError::NoCertificate)?;
+    let verdict = ssl.verify_result();
+    if verdict != X509VerifyResult::OK {
+        return Err(IdentityError::Untrusted(verdict.error_string().to_owned()));
+    }
+    let uris: Vec<String> = cert
+        .subject_alt_names()
+        .map(|names| {
+            names
+                .iter()
+                .filter_map(|n| n.uri().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    match uris.as_slice() {
+        [] => Err(IdentityError::NoSpiffeId),
+        [one] => SpiffeId::parse(one).map_err(IdentityError::Malformed),
+        more => Err(IdentityError::SeveralUris(more.len())),
+    }
+}
