@@ -16,8 +16,8 @@ pub type Tenant = Arc<TenantConfig>;
 pub struct TenantDirectory {
     by_id: HashMap<String, Tenant>,
     by_trust_domain: HashMap<String, Tenant>,
-    /// `(prefix without trailing slash, tenant)`.
-    by_prefix: Vec<(String, Tenant)>,
+    /// Keyed by the prefix without a trailing slash.
+    by_prefix: HashMap<String, Tenant>,
 }
 
 impl TenantDirectory {
@@ -30,7 +30,7 @@ impl TenantDirectory {
             }
             if let Some(p) = &t.spiffe_prefix {
                 dir.by_prefix
-                    .push((p.trim_end_matches('/').to_owned(), tenant.clone()));
+                    .insert(p.trim_end_matches('/').to_owned(), tenant.clone());
             }
             dir.by_id.insert(t.id.clone(), tenant);
         }
@@ -42,10 +42,20 @@ impl TenantDirectory {
         if let Some(t) = self.by_trust_domain.get(id.trust_domain()) {
             return Some(t);
         }
-        self.by_prefix
-            .iter()
-            .find(|(prefix, _)| id.is_under(prefix))
-            .map(|(_, t)| t)
+        if self.by_prefix.is_empty() {
+            return None;
+        }
+        // Try the ID itself, then each ancestor path: one hash lookup per
+        // path segment, whatever the number of tenants.
+        let root = id.as_str().len() - id.path().len();
+        let mut candidate = id.as_str();
+        while candidate.len() > root {
+            if let Some(t) = self.by_prefix.get(candidate) {
+                return Some(t);
+            }
+            candidate = &candidate[..candidate.rfind('/').unwrap_or(root).max(root)];
+        }
+        None
     }
 
     /// The tenant with this id.

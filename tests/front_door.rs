@@ -1,0 +1,564 @@
+//! The broker's front door over real mTLS: identity, tenants, limits,
+//! maintenance, supervision, metrics, logs and shutdown.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const TENANTS: &str = r#"
+[shards]
+count = 1
+dedicated = ["globex"]
+
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+
+[[tenants]]
+id = "globex"
+spiffe_prefix = "spiffe://saas.example/tenants/globex"
+
+[[tenants]]
+id = "initech"
+enabled = false
+trust_domain = "initech.example"
+"#;
+
+fn pki() -> Pki {
+    Pki::new(&[("initech-agent", "spiffe://initech.example/agent/a")])
+}
+
+#[test]
+fn health_answers_on_the_agent_port_without_a_client_certificate() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let a = curl(&["-k", &broker.url("/health")]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["status"], "ok");
+    // The same without -k, verifying the server against the dev CA.
+    let a = agent_get(&broker, &pki, None, "/health", &[]);
+    assert_eq!(a.status, 200);
+}
+
+#[test]
+fn requests_without_a_valid_spiffe_identity_get_401() {
+    let pki = pki();
+    let spiffe = "subjectAltName=URI:spiffe://acme.example/agent/x\nextendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\n";
+    pki.openssl_ca("foreign-ca");
+    pki.openssl_cert("foreign", "foreign-ca", spiffe);
+    pki.openssl_cert(
+        "two-uris",
+        "ca",
+        "subjectAltName=URI:spiffe://acme.example/a,URI:spiffe://acme.example/b\nextendedKeyUsage=clientAuth\n",
+    );
+    pki.openssl_cert(
+        "no-uri",
+        "ca",
+        "subjectAltName=DNS:agent.acme.example\nextendedKeyUsage=clientAuth\n",
+    );
+    pki.openssl_cert(
+        "dotdot",
+        "ca",
+        "subjectAltName=URI:spiffe://acme.example/agent/../admin\nextendedKeyUsage=clientAuth\n",
+    );
+    pki.openssl_cert(
+        "https-uri",
+        "ca",
+        "subjectAltName=URI:https://acme.example/agent\nextendedKeyUsage=clientAuth\n",
+    );
+    pki.openssl_cert(
+        "server-only",
+        "ca",
+        "subjectAltName=URI:spiffe://acme.example/agent/x\nextendedKeyUsage=serverAuth\n",
+    );
+    // Control: the same openssl recipe with a good SAN and our CA passes
+    // identity and reaches the PoA step.
+    pki.openssl_cert("control", "ca", spiffe);
+
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let cases: &[(Option<&str>, &str)] = &[
+        (None, "no client certificate"),
+        (Some("foreign"), "not trusted"),
+        (Some("two-uris"), "2 URI SANs"),
+        (Some("no-uri"), "no URI SAN"),
+        (Some("dotdot"), "malformed"),
+        (Some("https-uri"), "malformed"),
+        (Some("server-only"), "not trusted"),
+    ];
+    for (agent, why) in cases {
+        let a = agent_get(&broker, &pki, *agent, "/api/x", &[]);
+        assert_eq!(a.status, 401, "{agent:?}: {a:?}");
+        let body = a.json();
+        assert_eq!(body["error"], "spiffe_id_required", "{agent:?}");
+        assert!(
+            body["reason"].as_str().unwrap().contains(why),
+            "{agent:?}: {body}"
+        );
+        assert_eq!(
+            body["request_id"].as_str().unwrap(),
+            a.header("x-request-id").unwrap(),
+            "request id in body and header"
+        );
+    }
+    let a = agent_get(&broker, &pki, Some("control"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "poa_required"),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn tenants_are_resolved_from_the_spiffe_id() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    // No tenant owns the trust domain.
+    let a = agent_get(&broker, &pki, Some("stranger-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (403, "unknown_tenant"),
+        "{a:?}"
+    );
+    // A disabled tenant.
+    let a = agent_get(&broker, &pki, Some("initech-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (403, "unknown_tenant"),
+        "{a:?}"
+    );
+    assert!(a.json()["reason"].as_str().unwrap().contains("disabled"));
+    // Tenant by trust domain, no PoA.
+    let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "poa_required"),
+        "{a:?}"
+    );
+    // Tenant by path prefix, with a token no key can verify: fail closed.
+    let a = agent_get(
+        &broker,
+        &pki,
+        Some("globex-agent"),
+        "/api/x",
+        &["-H", "Authorization: Bearer abc.def.ghi"],
+    );
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "poa_invalid"),
+        "{a:?}"
+    );
+    // A non-Bearer Authorization scheme is refused, not ignored.
+    let a = agent_get(
+        &broker,
+        &pki,
+        Some("acme-agent"),
+        "/api/x",
+        &["-H", "Authorization: Basic Zm9v"],
+    );
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (401, "poa_invalid"),
+        "{a:?}"
+    );
+
+    let m = broker.metrics();
+    assert_eq!(
+        metric(&m, r#"atb_requests_total{status="denied",tenant="acme"}"#),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"atb_requests_total{status="denied",tenant="globex"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, r#"atb_requests_total{status="denied",tenant="none"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_rejections_total{code="unknown_tenant",tenant="initech"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn metrics_expose_per_actor_series() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    for agent in ["acme-agent", "globex-agent"] {
+        agent_get(&broker, &pki, Some(agent), "/api/x", &[]);
+    }
+    let m = broker.metrics();
+    // acme hashes onto shard 0 (the only hashed shard), globex has shard 1.
+    for shard in ["0", "1"] {
+        let labels = format!(r#"{{actor="tenant_shard",outcome="ok",shard="{shard}"}}"#);
+        assert_eq!(
+            metric(&m, &format!("atb_actor_messages_total{labels}")),
+            Some(1.0),
+            "{m}"
+        );
+        let labels = format!(r#"{{actor="tenant_shard",shard="{shard}"}}"#);
+        assert_eq!(
+            metric(&m, &format!("atb_actor_mailbox_depth{labels}")),
+            Some(0.0)
+        );
+        assert_eq!(
+            metric(&m, &format!("atb_actor_handle_seconds_count{labels}")),
+            Some(1.0)
+        );
+        assert_eq!(
+            metric(&m, &format!("atb_actor_restarts_total{labels}")),
+            Some(0.0)
+        );
+    }
+    assert!(m.contains("atb_request_duration_seconds_bucket"), "{m}");
+    assert!(m.contains(r#"atb_tenant_connections{tenant="acme"}"#));
+}
+
+#[test]
+fn logs_are_json_lines_with_request_ids() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/logged", &[]);
+    let id = a.header("x-request-id").unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(5), || broker
+        .stderr()
+        .contains(&id)));
+    let log = broker.stderr();
+    let mut found = false;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["span"]["request_id"] == id.as_str() && v["message"] == "request" {
+            assert_eq!(v["tenant"], "acme");
+            assert_eq!(v["status"], 401);
+            assert_eq!(v["error"], "poa_required");
+            assert_eq!(v["level"], "INFO");
+            found = true;
+        }
+    }
+    assert!(found, "no request event for {id} in:\n{log}");
+}
+
+#[test]
+fn tenant_connection_limit_is_enforced_and_released() {
+    let pki = pki();
+    let tenants = TENANTS.replace(
+        "id = \"acme\"\ntrust_domain = \"acme.example\"",
+        "id = \"acme\"\ntrust_domain = \"acme.example\"\nmax_connections = 1",
+    );
+    assert_ne!(tenants, TENANTS);
+    let broker = Broker::start(&pki, &tenants, &[]);
+    // Hold one connection open with openssl s_client (stdin kept open).
+    let mut holder = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", broker.port),
+        ])
+        .arg("-cert")
+        .arg(pki.path("acme-agent.crt"))
+        .arg("-key")
+        .arg(pki.path("acme-agent.key"))
+        .arg("-CAfile")
+        .arg(pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(
+            &broker.metrics(),
+            r#"atb_tenant_connections{tenant="acme"}"#,
+        ) == Some(1.0)
+    }));
+    let a = agent_get(&broker, &pki, Some("acme-agent-2"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (429, "connection_limit"),
+        "{a:?}"
+    );
+    assert!(a.header("retry-after").is_some());
+    // Another tenant is not affected.
+    let a = agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]);
+    assert_eq!(a.error(), "poa_required");
+    // Closing the held connection frees the slot.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        agent_get(&broker, &pki, Some("acme-agent-2"), "/api/x", &[]).error() == "poa_required"
+    }));
+    let m = broker.metrics();
+    assert_eq!(
+        metric(&m, r#"atb_tenant_connections_refused_total{tenant="acme"}"#),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn tenant_rate_limit_answers_429_with_retry_after() {
+    let pki = pki();
+    let tenants = TENANTS.replace(
+        "id = \"acme\"\ntrust_domain = \"acme.example\"",
+        "id = \"acme\"\ntrust_domain = \"acme.example\"\nrequests_per_second = 0.01\nburst = 2",
+    );
+    let broker = Broker::start(&pki, &tenants, &[]);
+    for _ in 0..2 {
+        let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+        assert_eq!(a.error(), "poa_required");
+    }
+    let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (429, "rate_limited"),
+        "{a:?}"
+    );
+    let retry: u64 = a.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=100).contains(&retry), "retry-after {retry}");
+    // Another tenant keeps its own budget.
+    assert_eq!(
+        agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+}
+
+#[test]
+fn maintenance_mode_from_env_and_admin_toggle() {
+    let pki = pki();
+    let token = "test-admin-token-0123456789";
+    let broker = Broker::start(
+        &pki,
+        TENANTS,
+        &[("MAINTENANCE_MODE", "true"), ("ATB_ADMIN_TOKEN", token)],
+    );
+    let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (503, "maintenance"),
+        "{a:?}"
+    );
+    assert_eq!(a.header("retry-after"), Some("5"));
+    // Health stays green; readiness reports maintenance but stays ready.
+    assert_eq!(curl(&["-k", &broker.url("/health")]).status, 200);
+    let r = admin(&broker, "GET", "/ready", &[], None);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["maintenance"], true);
+
+    // The toggle needs the token.
+    let body = Some(r#"{"enabled": false}"#);
+    let no = admin(&broker, "POST", "/admin/maintenance", &[], body);
+    assert_eq!(
+        (no.status, no.error().as_str()),
+        (401, "admin_unauthorized")
+    );
+    let wrong = admin(
+        &broker,
+        "POST",
+        "/admin/maintenance",
+        &["Authorization: Bearer wrong-token-0123456789"],
+        body,
+    );
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "maintenance"
+    );
+
+    let auth = format!("Authorization: Bearer {token}");
+    let bad = admin(
+        &broker,
+        "POST",
+        "/admin/maintenance",
+        &[&auth],
+        Some("{\"enabled\":\"no\"}"),
+    );
+    assert_eq!((bad.status, bad.error().as_str()), (400, "bad_request"));
+    let ok = admin(
+        &broker,
+        "POST",
+        "/admin/maintenance",
+        &[&auth, "Content-Type: application/json"],
+        body,
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["maintenance"], false);
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+    let on = admin(
+        &broker,
+        "POST",
+        "/admin/maintenance",
+        &[&auth],
+        Some(r#"{"enabled": true}"#),
+    );
+    assert_eq!(on.status, 200);
+    assert_eq!(
+        agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]).error(),
+        "maintenance"
+    );
+}
+
+#[test]
+fn admin_api_is_disabled_without_a_token() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let a = admin(
+        &broker,
+        "POST",
+        "/admin/maintenance",
+        &["Authorization: Bearer anything-at-all-0123"],
+        Some(r#"{"enabled": true}"#),
+    );
+    assert_eq!((a.status, a.error().as_str()), (404, "admin_disabled"));
+    // The fault hook does not exist unless explicitly enabled.
+    assert_eq!(
+        admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None).status,
+        404
+    );
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+}
+
+#[test]
+fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[("ATB_DEBUG_FAULT_INJECTION", "true")]);
+    // Warm both tenants' shards.
+    for agent in ["acme-agent", "globex-agent"] {
+        assert_eq!(
+            agent_get(&broker, &pki, Some(agent), "/api/x", &[]).error(),
+            "poa_required"
+        );
+    }
+    // Crash acme's shard (shard 0) while globex (dedicated shard 1) is in use.
+    let f = admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None);
+    assert_eq!(f.status, 200, "{f:?}");
+    assert_eq!(f.json()["shard"], 0);
+    assert!(
+        f.json()["result"].as_str().unwrap().contains("failed"),
+        "{f:?}"
+    );
+
+    let mut broker = broker;
+    assert!(broker.alive(), "the process must survive a shard fault");
+    assert_eq!(
+        agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+    // The crashed shard serves again after its supervised restart.
+    assert!(eventually(Duration::from_secs(5), || {
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error() == "poa_required"
+    }));
+    let m = broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_actor_restarts_total{actor="tenant_shard",shard="0"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_actor_restarts_total{actor="tenant_shard",shard="1"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_actor_messages_total{actor="tenant_shard",outcome="fault",shard="0"}"#
+        ),
+        Some(1.0)
+    );
+    // Repeated faults keep being contained.
+    for _ in 0..3 {
+        assert_eq!(
+            admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None).status,
+            200
+        );
+    }
+    assert!(broker.alive());
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+    assert_eq!(
+        metric(
+            &broker.metrics(),
+            r#"atb_actor_restarts_total{actor="tenant_shard",shard="0"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+#[test]
+fn sigterm_turns_readiness_off_drains_and_exits_zero() {
+    let pki = pki();
+    let mut broker = Broker::start(&pki, TENANTS, &[("ATB_DRAIN_DELAY_SECONDS", "2")]);
+    assert_eq!(admin(&broker, "GET", "/ready", &[], None).status, 200);
+    let killed = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // During the drain delay: not ready, but still serving.
+    assert!(eventually(Duration::from_secs(2), || {
+        let r = admin(&broker, "GET", "/ready", &[], None);
+        r.status == 503 && r.json()["reason"] == "draining"
+    }));
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+    assert_eq!(
+        broker.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        broker.stderr()
+    );
+    assert!(broker.stderr().contains("broker stopped"));
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let check = |text: &str, env: &[(&str, &str)], want: &str| {
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = Command::new(ATB);
+        cmd.args(["broker", "--check", "--config"])
+            .arg(&path)
+            .env_remove("ATB_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted: {text}");
+        assert!(err.contains(want), "wanted {want:?} in {err:?}");
+    };
+    let tls = "[tls]\ncert_file = \"a\"\nkey_file = \"b\"\nclient_ca_file = \"c\"\n";
+    check("[broker]\nlisten_adr = \"x\"\n", &[], "listen_adr");
+    check("", &[], "tls.cert_file");
+    check(
+        &format!("{tls}[[tenants]]\nid = \"Bad Id\"\ntrust_domain = \"a.example\"\n"),
+        &[],
+        "tenants[0].id",
+    );
+    check(tls, &[("MAINTENANCE_MODE", "perhaps")], "MAINTENANCE_MODE");
+    check(tls, &[], "tls.cert_file a");
+}
