@@ -14,6 +14,8 @@ pub mod error;
 pub mod logging;
 pub mod metrics;
 pub mod pki;
+pub mod poa;
+pub mod policy;
 pub mod spiffe;
 pub mod tenant;
 pub mod tls;

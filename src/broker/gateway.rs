@@ -10,7 +10,7 @@ use atb_actors::CallError;
 use tracing_actix_web::RequestId;
 
 use crate::admission::{Admission, ShardRequest};
-use crate::broker::poa::presented_token;
+use crate::poa::presented::presented_token;
 use crate::broker::state::BrokerState;
 use crate::connection::{ConnectionSlot, PeerConnection};
 use crate::error::Rejection;

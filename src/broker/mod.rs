@@ -3,7 +3,7 @@
 
 pub mod admin;
 pub mod gateway;
-pub mod poa;
+
 pub mod state;
 
 use std::time::Duration;

@@ -1,0 +1,148 @@
+//! Verification keys: Ed25519 public keys addressed by `kid` (RFC 7638
+//! thumbprint unless configured), from PEM files or a JWKS document.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::pkcs8::DecodePublicKey;
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+/// RFC 7638 JWK thumbprint of an Ed25519 key: SHA-256 over the canonical
+/// `{"crv":"Ed25519","kty":"OKP","x":"…"}`, base64url.
+pub fn thumbprint(key: &VerifyingKey) -> String {
+    let x = URL_SAFE_NO_PAD.encode(key.as_bytes());
+    let canonical = format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#);
+    URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes()))
+}
+
+/// The public JWK of an Ed25519 key.
+pub fn public_jwk(key: &VerifyingKey, kid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+        "kid": kid, "x": URL_SAFE_NO_PAD.encode(key.as_bytes()),
+    })
+}
+
+/// A tenant's keys by `kid`.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl KeySet {
+    pub fn insert(&mut self, kid: String, key: VerifyingKey) {
+        self.keys.insert(kid, key);
+    }
+
+    pub fn get(&self, kid: &str) -> Option<&VerifyingKey> {
+        self.keys.get(kid)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Adds every key of `other` (later sources do not replace earlier kids).
+    pub fn merge(&mut self, other: &KeySet) {
+        for (k, v) in &other.keys {
+            self.keys.entry(k.clone()).or_insert(*v);
+        }
+    }
+}
+
+/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) from `path`.
+pub fn load_public_pem(path: &Path) -> Result<VerifyingKey, String> {
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    VerifyingKey::from_public_key_pem(pem.trim())
+        .map_err(|e| format!("{}: not an Ed25519 public key PEM: {e}", path.display()))
+}
+
+/// Parses a JWKS document. Only Ed25519 `OKP` signing keys are taken;
+/// other keys are skipped (one odd key does not poison the set), keys
+/// carrying private material are refused outright.
+pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys = doc
+        .get("keys")
+        .and_then(|k| k.as_array())
+        .ok_or("JWKS has no \"keys\" array")?;
+    let mut set = KeySet::default();
+    for jwk in keys {
+        if jwk.get("d").is_some() {
+            return Err("JWKS contains private key material".into());
+        }
+        let s = |k: &str| jwk.get(k).and_then(|v| v.as_str());
+        if s("kty") != Some("OKP") || s("crv") != Some("Ed25519") {
+            continue;
+        }
+        if matches!(s("use"), Some(u) if u != "sig") || matches!(s("alg"), Some(a) if a != "EdDSA") {
+            continue;
+        }
+        let Some(x) = s("x").and_then(|x| URL_SAFE_NO_PAD.decode(x).ok()) else {
+            continue;
+        };
+        let Ok(bytes) = <[u8; 32]>::try_from(x.as_slice()) else {
+            continue;
+        };
+        let Ok(key) = VerifyingKey::from_bytes(&bytes) else {
+            continue;
+        };
+        let kid = s("kid")
+            .filter(|k| !k.trim().is_empty())
+            .map_or_else(|| thumbprint(&key), str::to_owned);
+        set.insert(kid, key);
+    }
+    if set.is_empty() {
+        return Err("JWKS contains no usable Ed25519 keys".into());
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    #[test]
+    fn rfc8037_thumbprint_example() {
+        // RFC 8037 Appendix A.3.
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        let key = VerifyingKey::from_bytes(&x.try_into().unwrap()).unwrap();
+        assert_eq!(thumbprint(&key), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    #[test]
+    fn jwks_takes_ed25519_keys_and_skips_others() {
+        let k = SigningKey::from_bytes(&[7; 32]).verifying_key();
+        let doc = serde_json::json!({"keys": [
+            {"kty": "RSA", "n": "x", "e": "AQAB", "kid": "rsa"},
+            {"kty": "OKP", "crv": "X25519", "x": "AAAA", "kid": "ecdh"},
+            public_jwk(&k, "main"),
+            {"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(k.as_bytes())},
+        ]});
+        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.get("main").is_some());
+        assert!(set.get(&thumbprint(&k)).is_some());
+        assert!(set.get("rsa").is_none());
+    }
+
+    #[test]
+    fn jwks_errors() {
+        assert!(parse_jwks(b"nope").is_err());
+        assert!(parse_jwks(b"{}").is_err());
+        assert!(parse_jwks(br#"{"keys": []}"#).unwrap_err().contains("no usable"));
+        let private = br#"{"keys": [{"kty":"OKP","crv":"Ed25519","x":"AA","d":"AA"}]}"#;
+        assert!(parse_jwks(private).unwrap_err().contains("private"));
+    }
+}

@@ -1,0 +1,271 @@
+//! The embedded regorus engine on its own threads.
+//!
+//! regorus engines are `!Send`, so each policy thread compiles its own
+//! engine once and keeps it (one engine per thread, no per-request clone).
+//! Requests reach the threads through a bounded queue: a full queue is an
+//! immediate [`PolicyError::Overloaded`], and evaluation never runs on the
+//! HTTP I/O threads. A panic inside the engine is caught, answered with an
+//! error, and the thread rebuilds its engine.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use prometheus::{Histogram, IntCounter, IntGauge};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::{Decision, PolicyError, DECISION_RULE};
+use atb_actors::ActorMetrics;
+
+/// Rego modules and data an engine is built from.
+#[derive(Debug, Clone)]
+pub struct PolicyBundle {
+    /// `(file name, source)`.
+    pub modules: Vec<(String, String)>,
+    pub data: Value,
+    /// Per-evaluation time limit.
+    pub eval_timeout: Duration,
+}
+
+impl PolicyBundle {
+    /// Reads every `.rego` file under `dir` (recursively, sorted), skipping
+    /// `*_test.rego`.
+    pub fn from_dir(dir: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+        let mut files = Vec::new();
+        collect(dir, &mut files).map_err(|e| format!("policy.dir {}: {e}", dir.display()))?;
+        files.sort();
+        let mut modules = Vec::new();
+        for f in files {
+            let name = f.display().to_string();
+            if name.ends_with("_test.rego") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&f).map_err(|e| format!("{name}: {e}"))?;
+            modules.push((name, src));
+        }
+        if modules.is_empty() {
+            return Err(format!("policy.dir {}: no .rego files", dir.display()));
+        }
+        Ok(modules)
+    }
+
+    /// Compiles an engine (strict builtin errors, time limit).
+    pub fn engine(&self) -> Result<regorus::Engine, String> {
+        let mut engine = regorus::Engine::new();
+        engine.set_strict_builtin_errors(true);
+        engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
+            limit: self.eval_timeout,
+            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+        });
+        for (name, src) in &self.modules {
+            engine
+                .add_policy(name.clone(), src.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        let data = regorus::Value::from_json_str(&self.data.to_string()).map_err(|e| e.to_string())?;
+        engine.add_data(data).map_err(|e| e.to_string())?;
+        // Evaluate once so compile-time problems surface at start.
+        engine.set_input(regorus::Value::new_object());
+        engine
+            .eval_rule(DECISION_RULE.to_string())
+            .map_err(|e| format!("{DECISION_RULE}: {e}"))?;
+        Ok(engine)
+    }
+}
+
+fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rego") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Evaluates one input with `engine`.
+pub fn evaluate(engine: &mut regorus::Engine, input: &Value) -> Result<Decision, PolicyError> {
+    let input = regorus::Value::from_json_str(&input.to_string())
+        .map_err(|e| PolicyError::Engine(e.to_string()))?;
+    engine.set_input(input);
+    let out = engine
+        .eval_rule(DECISION_RULE.to_string())
+        .map_err(|e| PolicyError::Engine(e.to_string()))?;
+    let json = out
+        .to_json_str()
+        .map_err(|e| PolicyError::Engine(e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(&json).map_err(|e| PolicyError::Engine(e.to_string()))?;
+    Decision::from_value(&value)
+}
+
+struct Job {
+    input: Value,
+    reply: oneshot::Sender<Result<Decision, PolicyError>>,
+}
+
+struct PoolMetrics {
+    depth: IntGauge,
+    ok: IntCounter,
+    fault: IntCounter,
+    seconds: Histogram,
+    restarts: IntCounter,
+    rejected: IntCounter,
+}
+
+/// A fixed set of policy threads behind a bounded queue.
+pub struct EmbeddedPool {
+    tx: Sender<Job>,
+    metrics: Arc<PoolMetrics>,
+}
+
+impl EmbeddedPool {
+    /// Compiles the bundle once (to fail fast) and starts `threads` workers.
+    pub fn start(
+        bundle: PolicyBundle,
+        threads: usize,
+        queue: usize,
+        metrics: &ActorMetrics,
+    ) -> Result<Self, String> {
+        bundle.engine()?;
+        let (tx, rx) = bounded::<Job>(queue.max(1));
+        let l = ["policy", "pool"];
+        let m = Arc::new(PoolMetrics {
+            depth: metrics.mailbox_depth.with_label_values(&l),
+            ok: metrics.messages.with_label_values(&["policy", "pool", "ok"]),
+            fault: metrics.messages.with_label_values(&["policy", "pool", "fault"]),
+            seconds: metrics.handle_seconds.with_label_values(&l),
+            restarts: metrics.restarts.with_label_values(&l),
+            rejected: metrics.rejected.with_label_values(&["policy", "pool", "full"]),
+        });
+        let bundle = Arc::new(bundle);
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            let bundle = bundle.clone();
+            let m = m.clone();
+            std::thread::Builder::new()
+                .name(format!("atb-policy-{i}"))
+                .spawn(move || worker(rx, bundle, m))
+                .map_err(|e| format!("cannot start policy thread: {e}"))?;
+        }
+        Ok(Self { tx, metrics: m })
+    }
+
+    /// Queues `input` for evaluation and waits for the decision.
+    pub async fn decide(&self, input: Value) -> Result<Decision, PolicyError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { input, reply }) {
+            Ok(()) => self.metrics.depth.inc(),
+            Err(TrySendError::Full(_)) => {
+                self.metrics.rejected.inc();
+                return Err(PolicyError::Overloaded);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(PolicyError::Engine("policy threads are gone".into()))
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(PolicyError::Engine("evaluation was lost".into())))
+    }
+}
+
+fn worker(rx: Receiver<Job>, bundle: Arc<PolicyBundle>, m: Arc<PoolMetrics>) {
+    let mut engine = bundle.engine().ok();
+    while let Ok(job) = rx.recv() {
+        m.depth.dec();
+        if job.reply.is_closed() {
+            continue;
+        }
+        if engine.is_none() {
+            engine = bundle.engine().ok();
+        }
+        let Some(e) = engine.as_mut() else {
+            let _ = job.reply.send(Err(PolicyError::Engine("policy failed to compile".into())));
+            continue;
+        };
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| evaluate(e, &job.input)));
+        m.seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(decision) => {
+                m.ok.inc();
+                let _ = job.reply.send(decision);
+            }
+            Err(_) => {
+                m.fault.inc();
+                m.restarts.inc();
+                tracing::error!("policy engine panicked; rebuilding it");
+                engine = None;
+                let _ = job.reply.send(Err(PolicyError::Engine("policy engine panicked".into())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bundle(src: &str) -> PolicyBundle {
+        PolicyBundle {
+            modules: vec![("p.rego".into(), src.into())],
+            data: json!({}),
+            eval_timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn embedded_policy_compiles_and_decides() {
+        let mut e = bundle(super::super::EMBEDDED_POLICY).engine().unwrap();
+        let agent = "spiffe://acme.example/agent/a";
+        let leg = json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "alice"}});
+        let input = |act: &str, leg: &Value| json!({
+            "agent": {"spiffe_id": agent},
+            "poa": {"sub": agent, "act": act, "con": {}, "leg": leg, "iat": 100, "exp": 160, "jti": "j"},
+            "request": {"method": "GET", "path": "/x", "action": act, "params": {}},
+            "policy": {"max_ttl_seconds": 300},
+        });
+        let d = evaluate(&mut e, &input("crm.contact.read", &leg)).unwrap();
+        assert!(d.allow, "{d:?}");
+        assert_eq!(d.risk_tier, "low");
+        let d = evaluate(&mut e, &input("sap.payment.execute", &leg)).unwrap();
+        assert_eq!((d.allow, d.reason.as_str()), (false, "high_risk_dual_control_required"));
+        let mut dual = leg.clone();
+        dual["dual_control"] = json!({"required": true, "approvers": [{"id": "bob"}, {"id": "carol"}]});
+        assert!(evaluate(&mut e, &input("sap.payment.execute", &dual)).unwrap().allow);
+        dual["dual_control"]["approvers"] = json!([{"id": "bob"}, {"id": agent}]);
+        assert!(!evaluate(&mut e, &input("sap.payment.execute", &dual)).unwrap().allow);
+        let d = evaluate(&mut e, &json!({})).unwrap();
+        assert_eq!((d.allow, d.reason.as_str()), (false, "poa_required_for_action"));
+    }
+
+    #[test]
+    fn engine_errors_are_errors_not_decisions() {
+        // A builtin type error under strict mode.
+        let mut e = bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if { x := upper(input.n) ; x != \"\" }\n")
+            .engine()
+            .unwrap();
+        assert!(matches!(evaluate(&mut e, &json!({"n": 5})), Err(PolicyError::Engine(_))));
+        // Undefined decision.
+        let mut e = bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if input.ok\n")
+            .engine()
+            .unwrap();
+        assert!(evaluate(&mut e, &json!({})).is_err());
+        assert!(bundle("package atb.poa\nthis is not rego").engine().is_err());
+    }
+
+    #[actix_rt::test]
+    async fn pool_answers_and_sheds_load() {
+        let registry = prometheus::Registry::new();
+        let metrics = ActorMetrics::register(&registry).unwrap();
+        let pool = EmbeddedPool::start(bundle(super::super::EMBEDDED_POLICY), 1, 4, &metrics).unwrap();
+        let d = pool.decide(json!({})).await.unwrap();
+        assert!(!d.allow);
+        assert_eq!(metrics.messages.with_label_values(&["policy", "pool", "ok"]).get(), 1);
+    }
+}

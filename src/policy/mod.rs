@@ -1,0 +1,108 @@
+//! Policy decisions: `data.atb.poa.decision` evaluated in-process by
+//! regorus (default) or by a remote OPA. Every failure is a refusal.
+
+pub mod embedded;
+pub mod opa;
+
+use serde_json::Value;
+
+/// The decision entry point.
+pub const DECISION_RULE: &str = "data.atb.poa.decision";
+
+/// The policy shipped inside the binary.
+pub const EMBEDDED_POLICY: &str = include_str!("../../policies/atb/poa.rego");
+
+/// A parsed decision document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub allow: bool,
+    pub reason: String,
+    pub details: Option<Value>,
+    pub risk_tier: String,
+}
+
+/// Why no decision was reached (⇒ 503 `policy_unavailable`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy engine error: {0}")]
+    Engine(String),
+    #[error("policy evaluation queue is full")]
+    Overloaded,
+    #[error("policy service unreachable: {0}")]
+    Unreachable(String),
+    #[error("policy returned an unusable decision: {0}")]
+    BadDecision(String),
+}
+
+impl Decision {
+    /// Reads a decision object. Anything but an object with a boolean
+    /// `allow` is an error; an absent `allow` never means allow.
+    pub fn from_value(v: &Value) -> Result<Self, PolicyError> {
+        let obj = v
+            .as_object()
+            .ok_or_else(|| PolicyError::BadDecision(format!("expected an object, got {}", kind(v))))?;
+        let allow = obj
+            .get("allow")
+            .and_then(Value::as_bool)
+            .ok_or_else(|| PolicyError::BadDecision("allow is missing or not a boolean".into()))?;
+        let reason = obj
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or(if allow { "allow" } else { "deny" })
+            .to_owned();
+        let risk_tier = obj
+            .get("risk_tier")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
+        let details = obj.get("details").filter(|d| !d.is_null()).cloned();
+        Ok(Self {
+            allow,
+            reason,
+            details,
+            risk_tier,
+        })
+    }
+
+    /// The tier as a bounded metric label.
+    pub fn tier_label(&self) -> &'static str {
+        match self.risk_tier.as_str() {
+            "low" => "low",
+            "medium" => "medium",
+            "high" => "high",
+            "critical" => "critical",
+            _ => "unknown",
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null (undefined)",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_decisions_and_fails_closed_on_odd_shapes() {
+        let d = Decision::from_value(&json!({"allow": true, "reason": "allow", "risk_tier": "high"})).unwrap();
+        assert!(d.allow);
+        assert_eq!(d.tier_label(), "high");
+        let d = Decision::from_value(&json!({"allow": false, "reason": "x", "details": {"a": 1}})).unwrap();
+        assert!(!d.allow);
+        assert_eq!(d.details, Some(json!({"a": 1})));
+        assert_eq!(d.tier_label(), "unknown");
+        for bad in [json!(null), json!(true), json!("allow"), json!({"reason": "allow"}), json!({"allow": "true"})] {
+            assert!(Decision::from_value(&bad).is_err(), "{bad}");
+        }
+    }
+}
