@@ -56,6 +56,23 @@ pub enum ShardRequest {
         burst: u32,
         now: Instant,
     },
+    /// How often `tenant` used `action` in the current hour (the policy's
+    /// `rate_limit_state`).
+    Usage {
+        tenant: Arc<str>,
+        action: String,
+        now: Instant,
+    },
+    /// An allowed request is about to leave through `connector`: take a
+    /// token from the connector's bucket (if it has a rate limit) and count
+    /// the action.
+    Dispatch {
+        tenant: Arc<str>,
+        connector: Arc<str>,
+        rate: Option<(f64, u32)>,
+        action: String,
+        now: Instant,
+    },
     /// Test-only fault injection: the handler panics.
     InjectFault,
 }
@@ -64,16 +81,57 @@ pub enum ShardRequest {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Admission {
     Admitted,
-    /// Over the tenant's rate: retry after this long.
+    /// Over the rate: retry after this long.
     Limited {
         retry_after: Duration,
     },
+    /// Uses of an action in the current hour.
+    Count(u64),
 }
+
+/// The window of per-action counts.
+pub const USAGE_WINDOW: Duration = Duration::from_secs(3600);
+/// Distinct (tenant, action) counters one shard keeps.
+pub const MAX_USAGE_ENTRIES: usize = 100_000;
 
 /// The per-tenant state of one shard.
 #[derive(Debug, Default)]
 pub struct TenantShardState {
     buckets: HashMap<Arc<str>, TokenBucket>,
+    connectors: HashMap<(Arc<str>, Arc<str>), TokenBucket>,
+    /// `(tenant, action) → (window start, count)`.
+    usage: HashMap<(Arc<str>, String), (Instant, u64)>,
+}
+
+impl TenantShardState {
+    fn usage(&self, tenant: &Arc<str>, action: &str, now: Instant) -> u64 {
+        match self.usage.get(&(tenant.clone(), action.to_owned())) {
+            Some((start, n)) if now.saturating_duration_since(*start) < USAGE_WINDOW => *n,
+            _ => 0,
+        }
+    }
+
+    fn record(&mut self, tenant: Arc<str>, action: String, now: Instant) {
+        if self.usage.len() >= MAX_USAGE_ENTRIES {
+            self.usage
+                .retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
+        }
+        let fits = self.usage.len() < MAX_USAGE_ENTRIES;
+        match self.usage.entry((tenant, action)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                let (start, n) = e.get_mut();
+                if now.saturating_duration_since(*start) >= USAGE_WINDOW {
+                    *start = now;
+                    *n = 0;
+                }
+                *n += 1;
+            }
+            std::collections::hash_map::Entry::Vacant(v) if fits => {
+                v.insert((now, 1));
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {}
+        }
+    }
 }
 
 impl atb_actors::ShardLogic for TenantShardState {
@@ -97,6 +155,31 @@ impl atb_actors::ShardLogic for TenantShardState {
                     Ok(()) => Admission::Admitted,
                     Err(retry_after) => Admission::Limited { retry_after },
                 }
+            }
+            ShardRequest::Usage {
+                tenant,
+                action,
+                now,
+            } => Admission::Count(self.usage(&tenant, &action, now)),
+            ShardRequest::Dispatch {
+                tenant,
+                connector,
+                rate,
+                action,
+                now,
+            } => {
+                if let Some((rps, burst)) = rate {
+                    let bucket = self
+                        .connectors
+                        .entry((tenant.clone(), connector))
+                        .or_insert_with(|| TokenBucket::new(rps, burst, now));
+                    bucket.reconfigure(rps, burst);
+                    if let Err(retry_after) = bucket.try_take(now) {
+                        return Admission::Limited { retry_after };
+                    }
+                }
+                self.record(tenant, action, now);
+                Admission::Admitted
             }
             ShardRequest::InjectFault => panic!("fault injected through the debug hook"),
         }
@@ -154,6 +237,39 @@ mod tests {
         assert_eq!(admit(&mut s, "a"), Admission::Admitted);
         assert!(matches!(admit(&mut s, "a"), Admission::Limited { .. }));
         assert_eq!(admit(&mut s, "b"), Admission::Admitted);
+    }
+
+    #[test]
+    fn dispatch_limits_connectors_and_counts_actions() {
+        let mut s = TenantShardState::default();
+        let t0 = Instant::now();
+        let t: Arc<str> = Arc::from("acme");
+        let dispatch = |s: &mut TenantShardState, now| {
+            s.handle(ShardRequest::Dispatch {
+                tenant: t.clone(),
+                connector: Arc::from("crm"),
+                rate: Some((1.0, 2)),
+                action: "crm.read".into(),
+                now,
+            })
+        };
+        let usage = |s: &mut TenantShardState, now| {
+            s.handle(ShardRequest::Usage {
+                tenant: t.clone(),
+                action: "crm.read".into(),
+                now,
+            })
+        };
+        assert_eq!(usage(&mut s, t0), Admission::Count(0));
+        assert_eq!(dispatch(&mut s, t0), Admission::Admitted);
+        assert_eq!(dispatch(&mut s, t0), Admission::Admitted);
+        assert!(matches!(dispatch(&mut s, t0), Admission::Limited { .. }));
+        // Limited dispatches are not counted.
+        assert_eq!(usage(&mut s, t0), Admission::Count(2));
+        // A new hour starts a new window.
+        assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(0));
+        assert_eq!(dispatch(&mut s, t0 + USAGE_WINDOW), Admission::Admitted);
+        assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(1));
     }
 
     #[test]

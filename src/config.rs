@@ -21,7 +21,136 @@ pub struct Config {
     pub shards: ShardsConfig,
     pub admin: AdminConfig,
     pub debug: DebugConfig,
+    pub poa: PoaConfig,
+    pub policy: PolicyConfig,
+    pub upstream: UpstreamConfig,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// Mandate handling common to all tenants.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoaConfig {
+    /// Each `jti` is accepted once (per tenant, until `exp + leeway`).
+    pub single_use: bool,
+    /// Clock leeway for `exp`, `iat` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Most `jti`s the in-memory replay cache holds; when full, new
+    /// mandates get 503 `replay_store_unavailable` (live entries are never
+    /// evicted).
+    pub replay_capacity: usize,
+    /// How often expired replay entries are swept.
+    pub replay_sweep_seconds: u64,
+}
+
+impl Default for PoaConfig {
+    fn default() -> Self {
+        Self {
+            single_use: true,
+            leeway_seconds: 10,
+            replay_capacity: 1_000_000,
+            replay_sweep_seconds: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyEngine {
+    /// regorus, in process.
+    Embedded,
+    /// A remote OPA's REST API.
+    Opa,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub engine: PolicyEngine,
+    /// Directory of `.rego` files for the embedded engine; unset = the
+    /// policy built into the binary (`policies/atb/poa.rego`).
+    pub dir: Option<PathBuf>,
+    /// JSON file loaded as the policy's `data` document.
+    pub data_file: Option<PathBuf>,
+    /// Threads evaluating policy (embedded engine); 0 = one per core.
+    pub threads: usize,
+    /// Evaluations that may wait for a thread before requests get 503.
+    pub queue_capacity: usize,
+    /// Time limit of one embedded evaluation, in milliseconds.
+    pub eval_timeout_ms: u64,
+    /// OPA decision endpoint (engine = "opa").
+    pub opa_decision_url: String,
+    /// Time limit of one OPA call, in milliseconds.
+    pub opa_timeout_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            engine: PolicyEngine::Embedded,
+            dir: None,
+            data_file: None,
+            threads: 0,
+            queue_capacity: 1024,
+            eval_timeout_ms: 100,
+            opa_decision_url: "http://localhost:8181/v1/data/atb/poa/decision".into(),
+            opa_timeout_ms: 1500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Seconds to establish a connection to a connector.
+    pub connect_timeout_seconds: u64,
+    /// Largest request body accepted (by Content-Length); bigger => 413.
+    pub max_body_bytes: u64,
+    /// JSON bodies up to this size are read to give the policy
+    /// `request.params`; bigger JSON bodies get 413.
+    pub max_json_body_bytes: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_seconds: 5,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_json_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// How a tenant's mandates are verified.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPoaConfig {
+    /// Ed25519 public keys (SubjectPublicKeyInfo PEM); `kid` is each key's
+    /// RFC 7638 thumbprint.
+    pub public_key_files: Vec<PathBuf>,
+    /// Required `iss`, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` (string or list member), when set.
+    pub audience: Option<String>,
+    /// Longest mandate lifetime (`exp - iat`); never above 900.
+    pub max_ttl_seconds: u64,
+    /// Revoked mandate ids: 401 `poa_revoked`.
+    pub revoked_jtis: Vec<String>,
+    /// Revoked key ids: 401 `poa_revoked`.
+    pub revoked_kids: Vec<String>,
+}
+
+impl Default for TenantPoaConfig {
+    fn default() -> Self {
+        Self {
+            public_key_files: Vec::new(),
+            issuer: None,
+            audience: None,
+            max_ttl_seconds: 300,
+            revoked_jtis: Vec::new(),
+            revoked_kids: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -176,6 +305,8 @@ pub struct TenantConfig {
     #[serde(default = "default_tenant_burst")]
     pub burst: u32,
     #[serde(default)]
+    pub poa: TenantPoaConfig,
+    #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
 }
 
@@ -191,6 +322,9 @@ pub struct ConnectorConfig {
     pub egress_allowlist: Vec<String>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
+    /// Seconds to wait for the upstream's response headers (then 504).
+    #[serde(default = "default_connector_timeout")]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -202,6 +336,9 @@ pub struct RateLimitConfig {
 
 fn yes() -> bool {
     true
+}
+fn default_connector_timeout() -> u64 {
+    30
 }
 fn default_max_connections() -> usize {
     1024
@@ -340,6 +477,27 @@ impl Config {
         if let Some(v) = env("ATB_ADMIN_TOKEN") {
             self.admin.token = Some(v);
         }
+        if let Some(v) = flag(env, "POA_SINGLE_USE")? {
+            self.poa.single_use = v;
+        }
+        if let Some(v) = env("POLICY_ENGINE") {
+            self.policy.engine = match v.trim().to_ascii_lowercase().as_str() {
+                "embedded" => PolicyEngine::Embedded,
+                "opa" => PolicyEngine::Opa,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "POLICY_ENGINE",
+                        message: format!("{v:?} is not one of embedded, opa"),
+                    })
+                }
+            };
+        }
+        if let Some(v) = env("OPA_DECISION_URL") {
+            self.policy.opa_decision_url = v.trim().to_owned();
+        }
+        if let Some(v) = env("POLICY_DIR") {
+            self.policy.dir = Some(v.into());
+        }
         if let Some(v) = flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
             self.debug.fault_injection = v;
         }
@@ -411,6 +569,39 @@ impl Config {
                 ));
             }
         }
+        let p = &self.poa;
+        if p.leeway_seconds > 300 {
+            return Err(invalid("poa.leeway_seconds", "must be at most 300"));
+        }
+        if p.replay_capacity == 0 {
+            return Err(invalid("poa.replay_capacity", "must be at least 1"));
+        }
+        if p.replay_sweep_seconds == 0 {
+            return Err(invalid("poa.replay_sweep_seconds", "must be at least 1"));
+        }
+        let pol = &self.policy;
+        if pol.queue_capacity == 0 {
+            return Err(invalid("policy.queue_capacity", "must be at least 1"));
+        }
+        if pol.threads > 256 {
+            return Err(invalid("policy.threads", "must be at most 256"));
+        }
+        if pol.eval_timeout_ms == 0 || pol.opa_timeout_ms == 0 {
+            return Err(invalid(
+                "policy.eval_timeout_ms",
+                "timeouts must be at least 1 ms",
+            ));
+        }
+        if pol.engine == PolicyEngine::Opa {
+            validate_upstream_url(&pol.opa_decision_url)
+                .map_err(|m| invalid("policy.opa_decision_url", m))?;
+        }
+        if self.upstream.connect_timeout_seconds == 0 {
+            return Err(invalid(
+                "upstream.connect_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
         self.validate_tenants()
     }
 
@@ -468,6 +659,12 @@ impl Config {
             if t.burst == 0 {
                 return Err(invalid(key("burst"), "must be at least 1"));
             }
+            if t.poa.max_ttl_seconds == 0 || t.poa.max_ttl_seconds > 900 {
+                return Err(invalid(
+                    key("poa.max_ttl_seconds"),
+                    "must be between 1 and 900",
+                ));
+            }
             let mut connector_ids = HashSet::new();
             for (j, c) in t.connectors.iter().enumerate() {
                 let ckey = |field: &str| format!("tenants[{i}].connectors[{j}].{field}");
@@ -489,6 +686,12 @@ impl Config {
                             format!("{p:?} must be an absolute path prefix without '..' or '//'"),
                         ));
                     }
+                }
+                if c.timeout_seconds == 0 || c.timeout_seconds > 3600 {
+                    return Err(invalid(
+                        ckey("timeout_seconds"),
+                        "must be between 1 and 3600",
+                    ));
                 }
                 if let Some(rl) = &c.rate_limit {
                     check_rate(
@@ -582,6 +785,20 @@ pub fn parse_bool(v: &str) -> Option<bool> {
 /// Reads the real process environment.
 pub fn process_env(var: &str) -> Option<String> {
     std::env::var(var).ok()
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A tenant with defaults, mapped by trust domain `{id}.example`.
+    pub fn tenant(id: &str) -> TenantConfig {
+        Config::from_toml(&format!(
+            "[[tenants]]\nid = \"{id}\"\ntrust_domain = \"{id}.example\"\n"
+        ))
+        .map(|mut c| c.tenants.remove(0))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TlsConfig};
+use crate::config::{
+    Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TenantPoaConfig, TlsConfig,
+};
+
+/// The dev mandate signing key (PKCS#8 PEM) and its public half.
+pub const SIGNING_KEY: &str = "poa-signing.key";
+pub const SIGNING_PUB: &str = "poa-signing.pub.pem";
 use crate::pki::{self, DevPki};
 
 /// Options of `atb dev`.
@@ -27,6 +33,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
             requests_per_second: 50.0,
             burst: 100,
         }),
+        timeout_seconds: 30,
     };
     let tenant = |id: &str, td: Option<&str>, prefix: Option<&str>| TenantConfig {
         id: id.into(),
@@ -36,6 +43,10 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         max_connections: 64,
         requests_per_second: 100.0,
         burst: 200,
+        poa: TenantPoaConfig {
+            public_key_files: vec![pki.dir.join(SIGNING_PUB)],
+            ..TenantPoaConfig::default()
+        },
         connectors: vec![connector("crm")],
     };
     let mut c = Config::default();
@@ -66,6 +77,9 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
     } else {
         pki::generate(dir, &pki::default_agents(), 30, false)?
     };
+    if !dir.join(SIGNING_KEY).exists() {
+        crate::poa::keys::generate_signing_key(&dir.join(SIGNING_KEY), &dir.join(SIGNING_PUB))?;
+    }
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
         let mut bytes = [0u8; 24];

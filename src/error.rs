@@ -21,6 +21,8 @@ pub struct Rejection {
     pub retry_after: Option<u64>,
     /// Ask the client to close the connection after this answer.
     pub close: bool,
+    /// Structured detail (the policy's `details` on `policy_denied`).
+    pub details: Option<serde_json::Value>,
 }
 
 impl Rejection {
@@ -35,6 +37,7 @@ impl Rejection {
             reason: reason.into(),
             retry_after: None,
             close: false,
+            details: None,
         }
     }
 
@@ -114,12 +117,107 @@ impl Rejection {
         Self::new(StatusCode::UNAUTHORIZED, "poa_invalid", reason)
     }
 
+    pub fn poa_expired(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "poa_expired", reason)
+    }
+
+    pub fn poa_revoked(reason: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "poa_revoked", reason)
+    }
+
+    pub fn poa_subject_mismatch() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "poa_subject_mismatch",
+            "the mandate's sub is not the client certificate's SPIFFE ID",
+        )
+    }
+
+    pub fn action_mismatch() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "action_mismatch",
+            "X-ATB-Action does not equal the mandate's act",
+        )
+    }
+
+    pub fn poa_replay() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "poa_replay",
+            "this mandate has already been used",
+        )
+    }
+
+    pub fn replay_store_unavailable(reason: String) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "replay_store_unavailable",
+            reason,
+        )
+        .retry_after(1)
+    }
+
+    pub fn policy_denied(reason: String, details: Option<serde_json::Value>) -> Self {
+        let mut r = Self::new(StatusCode::FORBIDDEN, "policy_denied", reason);
+        r.details = details;
+        r
+    }
+
+    pub fn policy_unavailable(reason: String) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_unavailable",
+            reason,
+        )
+        .retry_after(1)
+    }
+
+    pub fn egress_denied(reason: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "egress_denied", reason)
+    }
+
+    pub fn connector_rate_limited(wait: Duration) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "the connector's rate limit is exceeded",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64)
+    }
+
+    pub fn upstream_error(reason: String) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", reason)
+    }
+
+    pub fn upstream_timeout() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "the upstream did not answer in time",
+        )
+    }
+
+    pub fn body_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {limit} bytes"),
+        )
+    }
+
+    pub fn bad_request(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
     /// The JSON response, with `request_id` filled in.
     pub fn to_response(&self, request_id: &str) -> HttpResponse {
         #[derive(Serialize)]
         struct Body<'a> {
             error: &'a str,
             reason: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            details: Option<&'a serde_json::Value>,
             request_id: &'a str,
         }
         let mut response = HttpResponse::build(self.status);
@@ -132,6 +230,7 @@ impl Rejection {
         response.json(Body {
             error: self.code,
             reason: &self.reason,
+            details: self.details.as_ref(),
             request_id,
         })
     }

@@ -5,6 +5,7 @@
 //! (from the `atb-actors` crate).
 
 pub mod admission;
+pub mod audit;
 pub mod broker;
 pub mod config;
 pub mod connection;
@@ -16,9 +17,11 @@ pub mod metrics;
 pub mod pki;
 pub mod poa;
 pub mod policy;
+pub mod replay;
 pub mod spiffe;
 pub mod tenant;
 pub mod tls;
+pub mod upstream;
 
 /// The admin API token from `admin.token` or `admin.token_file`.
 pub fn admin_token(config: &config::Config) -> Result<Option<String>, String> {

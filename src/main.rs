@@ -39,6 +39,43 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         upstream: SocketAddr,
     },
+    /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
+    Mint {
+        /// Ed25519 private key, PKCS#8 PEM.
+        #[arg(long)]
+        key: PathBuf,
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        sub: String,
+        /// The action, e.g. crm.contact.read.
+        #[arg(long)]
+        act: String,
+        /// Constraints (JSON object).
+        #[arg(long, default_value = "{}")]
+        con: String,
+        /// Legal basis and approval evidence (JSON object).
+        #[arg(
+            long,
+            default_value = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"dev-owner"}}"#
+        )]
+        leg: String,
+        /// Lifetime in seconds (exp - iat).
+        #[arg(long, default_value_t = 60)]
+        ttl: i64,
+        /// Issued-at (Unix seconds); default now.
+        #[arg(long, allow_negative_numbers = true)]
+        iat: Option<i64>,
+        /// Mandate id; default random.
+        #[arg(long)]
+        jti: Option<String>,
+        #[arg(long)]
+        iss: Option<String>,
+        #[arg(long)]
+        aud: Option<String>,
+        /// Key id; default the key's RFC 7638 thumbprint.
+        #[arg(long)]
+        kid: Option<String>,
+    },
     /// Certificate helpers.
     Pki {
         #[command(subcommand)]
@@ -122,6 +159,49 @@ fn run(cli: Cli) -> Result<(), String> {
                 demo_handle.stop(true).await;
                 result
             })
+        }
+        Command::Mint {
+            key,
+            sub,
+            act,
+            con,
+            leg,
+            ttl,
+            iat,
+            jti,
+            iss,
+            aud,
+            kid,
+        } => {
+            let signing = atb::poa::keys::load_signing_pem(&key)?;
+            let object = |name: &str, text: &str| -> Result<serde_json::Value, String> {
+                match serde_json::from_str(text) {
+                    Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+                    _ => Err(format!("--{name} must be a JSON object")),
+                }
+            };
+            let iat = iat.unwrap_or_else(atb::replay::unix_now);
+            let jti = match jti {
+                Some(j) => j,
+                None => {
+                    let mut b = [0u8; 16];
+                    openssl::rand::rand_bytes(&mut b).map_err(|e| e.to_string())?;
+                    b.iter().map(|x| format!("{x:02x}")).collect()
+                }
+            };
+            let mut claims = serde_json::json!({
+                "sub": sub, "act": act, "con": object("con", &con)?, "leg": object("leg", &leg)?,
+                "iat": iat, "exp": iat + ttl, "jti": jti,
+            });
+            if let Some(i) = iss {
+                claims["iss"] = i.into();
+            }
+            if let Some(a) = aud {
+                claims["aud"] = a.into();
+            }
+            let kid = kid.unwrap_or_else(|| atb::poa::keys::thumbprint(&signing.verifying_key()));
+            println!("{}", atb::poa::token::sign(&claims, &signing, &kid));
+            Ok(())
         }
         Command::Pki {
             command:

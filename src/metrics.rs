@@ -2,7 +2,8 @@
 
 use atb_actors::ActorMetrics;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Label value for requests not attributable to a configured tenant.
@@ -20,6 +21,15 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub tenant_connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    /// Mandate checks by `result` (`valid`, `invalid`, `expired`, …).
+    pub poa_validations: IntCounterVec,
+    pub policy_seconds: HistogramVec,
+    pub policy_decisions: IntCounterVec,
+    pub replay_rejections: IntCounterVec,
+    pub replay_entries: IntGauge,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_seconds: HistogramVec,
+    pub audit_events: IntCounterVec,
     pub actors: ActorMetrics,
 }
 
@@ -62,6 +72,64 @@ impl Metrics {
             ),
             &["tenant"],
         )?;
+        let counter =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let histogram =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<HistogramVec> {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(vec![
+                        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                    labels,
+                )?;
+                registry.register(Box::new(h.clone()))?;
+                Ok(h)
+            };
+        let poa_validations = counter(
+            "atb_poa_validations_total",
+            "PoA mandate checks, by tenant and result",
+            &["tenant", "result"],
+        )?;
+        let policy_seconds = histogram(
+            "atb_policy_evaluation_seconds",
+            "Time to obtain a policy decision",
+            &["engine"],
+        )?;
+        let policy_decisions = counter(
+            "atb_policy_decisions_total",
+            "Policy decisions, by tenant, decision and risk tier",
+            &["tenant", "decision", "risk_tier"],
+        )?;
+        let replay_rejections = counter(
+            "atb_replay_rejections_total",
+            "Mandates refused by the replay check (replay, full, unavailable)",
+            &["tenant", "cause"],
+        )?;
+        let replay_entries = IntGauge::new(
+            "atb_replay_cache_entries",
+            "Entries held by the in-memory replay cache",
+        )?;
+        registry.register(Box::new(replay_entries.clone()))?;
+        let upstream_requests = counter(
+            "atb_upstream_requests_total",
+            "Requests forwarded to connectors, by outcome (2xx, 4xx, 5xx, timeout, error)",
+            &["tenant", "connector", "status"],
+        )?;
+        let upstream_seconds = histogram(
+            "atb_upstream_duration_seconds",
+            "Time until a connector's response headers",
+            &["tenant", "connector"],
+        )?;
+        let audit_events = counter(
+            "atb_audit_events_total",
+            "Audit events recorded, by decision",
+            &["decision"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -75,6 +143,14 @@ impl Metrics {
             rejections,
             tenant_connections,
             connections_refused,
+            poa_validations,
+            policy_seconds,
+            policy_decisions,
+            replay_rejections,
+            replay_entries,
+            upstream_requests,
+            upstream_seconds,
+            audit_events,
             actors,
         })
     }

@@ -176,7 +176,7 @@ fn self_signed_ca(key: &PKey<Private>, days: u32) -> PkiResult<X509> {
     Ok(b.build())
 }
 
-fn write_file(path: &Path, bytes: &[u8], secret: bool) -> PkiResult<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> PkiResult<()> {
     let mut opts = fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]

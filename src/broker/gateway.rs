@@ -1,23 +1,51 @@
 //! The agent-facing pipeline on the mTLS listener, one step after another
 //! (SPEC §3). Each step either passes or ends the request with its own
-//! rejection; nothing after a failed step runs.
+//! rejection; nothing after a failed step runs, and every request ends in
+//! exactly one audit event.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use atb_actors::CallError;
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
 use tracing_actix_web::RequestId;
 
 use crate::admission::{Admission, ShardRequest};
-use crate::poa::presented::presented_token;
+use crate::audit::{decision_for, now_rfc3339, AuditEvent};
 use crate::broker::state::BrokerState;
 use crate::connection::{ConnectionSlot, PeerConnection};
 use crate::error::Rejection;
 use crate::metrics::{status_class, NO_TENANT};
+use crate::poa::claims::PoaClaims;
+use crate::poa::presented::presented_token;
+use crate::poa::{claims, token, PoaError};
+use crate::replay::{unix_now, Verdict};
 use crate::tenant::Tenant;
+use crate::upstream::{self, Body, Stamp, UpstreamError};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ATB_ACTION: &str = "x-atb-action";
+
+/// The HTTP client of one worker (awc clients are per thread), pooling
+/// connections to connectors and OPA.
+pub struct Outbound {
+    pub client: awc::Client,
+}
+
+impl Outbound {
+    pub fn new(connect_timeout: Duration) -> Self {
+        let connector = awc::Connector::new().timeout(connect_timeout);
+        Self {
+            client: awc::Client::builder()
+                .connector(connector)
+                .disable_redirects()
+                .finish(),
+        }
+    }
+}
 
 /// Routes of the mTLS listener.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -27,44 +55,67 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// Liveness on the agent port; needs no client certificate.
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// What the pipeline learnt, for metrics and the audit event.
+#[derive(Default)]
+struct Trail {
+    tenant: Option<Tenant>,
+    agent: String,
+    action: String,
+    jti: String,
+    risk_tier: String,
+    connector: String,
+    reason: String,
 }
 
 /// Every protected request.
-async fn handle(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
+async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<BrokerState>,
+    outbound: web::Data<Outbound>,
+) -> HttpResponse {
     let started = Instant::now();
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map(|id| id.to_string())
         .unwrap_or_default();
-    let mut tenant: Option<Tenant> = None;
-    let outcome = pipeline(&req, &state, &mut tenant).await;
-    let tenant_label = tenant.as_ref().map_or(NO_TENANT, |t| t.id.as_str());
+    let mut trail = Trail::default();
+    let outcome = pipeline(
+        &req,
+        payload,
+        &state,
+        &outbound.client,
+        &request_id,
+        &mut trail,
+    )
+    .await;
+    let tenant_label = trail.tenant.as_ref().map_or(NO_TENANT, |t| t.id.as_str());
     let (mut response, code) = match outcome {
-        Ok(response) => (response, None),
+        Ok(response) => (response, ""),
         Err(rejection) => {
             state
                 .metrics
                 .rejections
                 .with_label_values(&[tenant_label, rejection.code])
                 .inc();
-            (rejection.to_response(&request_id), Some(rejection.code))
+            trail.reason = rejection.reason.to_string();
+            (rejection.to_response(&request_id), rejection.code)
         }
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
     let status = response.status().as_u16();
-    state
-        .metrics
-        .requests
+    let elapsed = started.elapsed();
+    let m = &state.metrics;
+    m.requests
         .with_label_values(&[tenant_label, status_class(status)])
         .inc();
-    let elapsed = started.elapsed();
-    state
-        .metrics
-        .request_duration
+    m.request_duration
         .with_label_values(&[tenant_label])
         .observe(elapsed.as_secs_f64());
     tracing::info!(
@@ -72,17 +123,45 @@ async fn handle(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse
         method = %req.method(),
         path = req.path(),
         status,
-        error = code.unwrap_or(""),
+        error = code,
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
+    state
+        .audit
+        .record(AuditEvent {
+            ts: now_rfc3339(),
+            event: "decision",
+            request_id,
+            tenant: tenant_label.to_owned(),
+            agent: trail.agent,
+            method: req.method().to_string(),
+            path: req.path().to_owned(),
+            action: trail.action,
+            jti: trail.jti,
+            decision: decision_for(status),
+            status,
+            code,
+            reason: if code.is_empty() {
+                "allow".into()
+            } else {
+                trail.reason
+            },
+            risk_tier: trail.risk_tier,
+            connector: trail.connector,
+            latency_us: elapsed.as_micros() as u64,
+        })
+        .await;
     response
 }
 
 async fn pipeline(
     req: &HttpRequest,
+    payload: web::Payload,
     state: &BrokerState,
-    tenant_out: &mut Option<Tenant>,
+    client: &awc::Client,
+    request_id: &str,
+    trail: &mut Trail,
 ) -> Result<HttpResponse, Rejection> {
     let retry_after = u64::from(state.config.broker.retry_after_seconds);
 
@@ -99,50 +178,375 @@ async fn pipeline(
         .identity
         .as_ref()
         .map_err(|e| Rejection::spiffe_id_required(e.to_string()))?;
+    trail.agent = agent.to_string();
 
     // 3. A known, enabled tenant owns that identity.
     let tenant = peer
         .tenant
         .as_ref()
         .ok_or_else(|| Rejection::unknown_tenant("no tenant owns this SPIFFE ID"))?;
-    *tenant_out = Some(tenant.clone());
+    trail.tenant = Some(tenant.clone());
     if !tenant.enabled {
         return Err(Rejection::unknown_tenant("the tenant is disabled"));
     }
     if matches!(peer.slot, ConnectionSlot::OverLimit) {
         return Err(Rejection::connection_limit(retry_after));
     }
+    let tenant_key = state
+        .tenant_key(&tenant.id)
+        .ok_or_else(|| Rejection::unknown_tenant("the tenant is not configured"))?
+        .clone();
 
     // 4. The tenant's shard admits the request under its rate limit.
-    admit(state, tenant, retry_after).await?;
+    let admitted = shard(
+        state,
+        &tenant.id,
+        ShardRequest::Admit {
+            tenant: tenant_key.clone(),
+            requests_per_second: tenant.requests_per_second,
+            burst: tenant.burst,
+            now: Instant::now(),
+        },
+        retry_after,
+    )
+    .await?;
+    if let Admission::Limited { retry_after } = admitted {
+        return Err(Rejection::rate_limited(retry_after));
+    }
 
-    // 5. A PoA mandate is presented.
-    let Some(_token) = presented_token(req.headers())? else {
+    // 5–9. A mandate is presented, verified and bound to this caller.
+    let Some(token) = presented_token(req.headers())? else {
         return Err(Rejection::poa_required());
     };
-    tracing::debug!(agent = %agent, "PoA presented");
-    // No verification keys exist for any tenant yet, so no mandate can be
-    // verified: fail closed.
-    Err(Rejection::poa_invalid(
-        "no PoA verification keys are configured for this tenant",
-    ))
+    let claims = verify_mandate(state, tenant, token, agent.as_str(), req, trail)?;
+
+    // 10. Single use, marked only now that signature and claims passed.
+    if let Some(replay) = &state.replay {
+        let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
+        let replay_metric = |cause: &str| {
+            state
+                .metrics
+                .replay_rejections
+                .with_label_values(&[tenant.id.as_str(), cause])
+                .inc()
+        };
+        match replay.mark(&tenant_key, &claims.jti, keep_until, unix_now()) {
+            Ok(Verdict::Fresh) => {}
+            Ok(Verdict::Replayed) => {
+                replay_metric("replay");
+                count_validation(state, tenant, "replay");
+                return Err(Rejection::poa_replay());
+            }
+            Err(e) => {
+                replay_metric("full");
+                return Err(Rejection::replay_store_unavailable(e.to_string()));
+            }
+        }
+    }
+    count_validation(state, tenant, "valid");
+
+    // 11. The request as the policy sees it.
+    let (params, body) = read_params(req, payload, &state.config.upstream).await?;
+    let usage = match shard(
+        state,
+        &tenant.id,
+        ShardRequest::Usage {
+            tenant: tenant_key.clone(),
+            action: claims.act.clone(),
+            now: Instant::now(),
+        },
+        retry_after,
+    )
+    .await?
+    {
+        Admission::Count(n) => n,
+        _ => 0,
+    };
+    let input = json!({
+        "agent": {"spiffe_id": agent.as_str()},
+        "poa": Value::Object(claims.raw.clone()),
+        "request": {
+            "method": req.method().as_str(),
+            "path": req.path(),
+            "action": claims.act,
+            "params": Value::Object(params),
+        },
+        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
+        "current_time_ns": now_ns(),
+        "rate_limit_state": {claims.act.as_str(): usage},
+        "tenant": {"id": tenant.id},
+    });
+
+    // 12. The policy decides; no decision means no access.
+    let started = Instant::now();
+    let decided = state.policy.decide(client, input).await;
+    state
+        .metrics
+        .policy_seconds
+        .with_label_values(&[state.policy.engine_label()])
+        .observe(started.elapsed().as_secs_f64());
+    let decision = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            state
+                .metrics
+                .policy_decisions
+                .with_label_values(&[&tenant.id, "error", "unknown"])
+                .inc();
+            tracing::warn!(error = %e, "policy unavailable; refusing");
+            return Err(Rejection::policy_unavailable(e.to_string()));
+        }
+    };
+    trail.risk_tier = decision.risk_tier.clone();
+    state
+        .metrics
+        .policy_decisions
+        .with_label_values(&[
+            tenant.id.as_str(),
+            if decision.allow { "allow" } else { "deny" },
+            decision.tier_label(),
+        ])
+        .inc();
+    if !decision.allow {
+        return Err(Rejection::policy_denied(decision.reason, decision.details));
+    }
+
+    // 13. Connector and egress allowlist.
+    let requested = claims.raw.get("con").and_then(|c| c.get("connector"));
+    let requested = match requested {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => {
+            return Err(Rejection::egress_denied(
+                "con.connector must be a string".into(),
+            ))
+        }
+    };
+    let connector = upstream::resolve_connector(tenant, requested)
+        .map_err(|e| Rejection::egress_denied(e.0))?;
+    trail.connector = connector.id.clone();
+    upstream::check_path(req.path()).map_err(|e| Rejection::egress_denied(e.0))?;
+    if !upstream::egress_allowed(&connector.egress_allowlist, req.path()) {
+        return Err(Rejection::egress_denied(format!(
+            "{} is outside connector {}'s egress allowlist",
+            req.path(),
+            connector.id
+        )));
+    }
+
+    // 14. The connector's rate limit (and the action's usage count).
+    let dispatched = shard(
+        state,
+        &tenant.id,
+        ShardRequest::Dispatch {
+            tenant: tenant_key,
+            connector: Arc::from(connector.id.as_str()),
+            rate: connector
+                .rate_limit
+                .map(|r| (r.requests_per_second, r.burst)),
+            action: claims.act.clone(),
+            now: Instant::now(),
+        },
+        retry_after,
+    )
+    .await?;
+    if let Admission::Limited { retry_after } = dispatched {
+        return Err(Rejection::connector_rate_limited(retry_after));
+    }
+
+    // 15. Forward and stream the answer back.
+    let url = upstream::target_url(connector, req.path(), req.query_string());
+    let stamp = Stamp {
+        agent: agent.as_str(),
+        tenant: &tenant.id,
+        action: &claims.act,
+        request_id,
+    };
+    let started = Instant::now();
+    let forwarded = upstream::forward(
+        client,
+        &url,
+        req.method().clone(),
+        req.headers(),
+        &stamp,
+        body,
+        Duration::from_secs(connector.timeout_seconds),
+    )
+    .await;
+    let m = &state.metrics;
+    m.upstream_seconds
+        .with_label_values(&[&tenant.id, &connector.id])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match &forwarded {
+        Ok(r) => match r.status().as_u16() {
+            500.. => "5xx",
+            400..=499 => "4xx",
+            _ => "2xx",
+        },
+        Err(UpstreamError::Timeout) => "timeout",
+        Err(UpstreamError::Failed(_)) => "error",
+    };
+    m.upstream_requests
+        .with_label_values(&[&tenant.id, &connector.id, outcome])
+        .inc();
+    match forwarded {
+        Ok(response) => Ok(response),
+        Err(UpstreamError::Timeout) => Err(Rejection::upstream_timeout()),
+        Err(UpstreamError::Failed(e)) => {
+            tracing::warn!(connector = %connector.id, error = %e, "upstream failed");
+            Err(Rejection::upstream_error(
+                "the upstream could not be reached".into(),
+            ))
+        }
+    }
 }
 
-async fn admit(state: &BrokerState, tenant: &Tenant, retry_after: u64) -> Result<(), Rejection> {
-    let key = state
-        .tenant_key(&tenant.id)
-        .ok_or_else(|| Rejection::unknown_tenant("the tenant is not configured"))?;
-    let request = ShardRequest::Admit {
-        tenant: key.clone(),
-        requests_per_second: tenant.requests_per_second,
-        burst: tenant.burst,
-        now: Instant::now(),
+fn count_validation(state: &BrokerState, tenant: &Tenant, result: &str) {
+    state
+        .metrics
+        .poa_validations
+        .with_label_values(&[&tenant.id, result])
+        .inc();
+}
+
+/// Steps 5–9: signature, claims, subject, action, revocation.
+fn verify_mandate(
+    state: &BrokerState,
+    tenant: &Tenant,
+    token: &str,
+    agent: &str,
+    req: &HttpRequest,
+    trail: &mut Trail,
+) -> Result<PoaClaims, Rejection> {
+    let fail = |result: &str, r: Rejection| {
+        count_validation(state, tenant, result);
+        r
     };
-    match state.shards.call(&tenant.id, request).await {
-        Ok(Admission::Admitted) => Ok(()),
-        Ok(Admission::Limited { retry_after }) => Err(Rejection::rate_limited(retry_after)),
-        Err(e) => Err(call_rejection(e, retry_after)),
+    let poa_err = |e: PoaError| {
+        count_validation(state, tenant, e.result_label());
+        match e {
+            PoaError::Invalid(r) => Rejection::poa_invalid(r),
+            PoaError::Expired(r) => Rejection::poa_expired(r),
+        }
+    };
+    let auth = state.auth.get(&tenant.id).ok_or_else(|| {
+        fail(
+            "invalid",
+            Rejection::poa_invalid("no verification keys for this tenant"),
+        )
+    })?;
+    let unverified = token::parse(token).map_err(poa_err)?;
+    if auth.revoked_kids.contains(&unverified.kid) {
+        return Err(fail(
+            "revoked",
+            Rejection::poa_revoked("the signing key has been revoked"),
+        ));
     }
+    let key = auth.keys.get(&unverified.kid).ok_or_else(|| {
+        fail(
+            "invalid",
+            Rejection::poa_invalid("unknown kid: no such key for this tenant"),
+        )
+    })?;
+    let payload = unverified.verify(key).map_err(poa_err)?;
+    let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
+    trail.jti = claims.jti.clone();
+    trail.action = claims.act.clone();
+    if claims.sub != agent {
+        return Err(fail("subject_mismatch", Rejection::poa_subject_mismatch()));
+    }
+    if let Some(h) = req.headers().get(X_ATB_ACTION) {
+        if h.as_bytes() != claims.act.as_bytes() {
+            return Err(fail("action_mismatch", Rejection::action_mismatch()));
+        }
+    }
+    if auth.revoked_jtis.contains(&claims.jti) {
+        return Err(fail(
+            "revoked",
+            Rejection::poa_revoked("this mandate has been revoked"),
+        ));
+    }
+    Ok(claims)
+}
+
+/// `request.params`: the query string, overlaid with the top level of a
+/// JSON object body. JSON bodies are read (bounded) and forwarded as read;
+/// other bodies stream through untouched.
+async fn read_params(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limits: &crate::config::UpstreamConfig,
+) -> Result<(Map<String, Value>, Body), Rejection> {
+    let mut params = Map::new();
+    if !req.query_string().is_empty() {
+        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|_| Rejection::bad_request("the query string is not valid"))?;
+        for (k, v) in pairs.into_inner() {
+            params.insert(k, Value::String(v));
+        }
+    }
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        let len: u64 = len
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Rejection::bad_request("Content-Length is not a number"))?;
+        if len > limits.max_body_bytes {
+            return Err(Rejection::body_too_large(limits.max_body_bytes));
+        }
+    }
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
+    if !is_json {
+        return Ok((params, Body::Streaming(payload)));
+    }
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
+        if buf.len() + chunk.len() > limits.max_json_body_bytes {
+            return Err(Rejection::body_too_large(limits.max_json_body_bytes as u64));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    let bytes = buf.freeze();
+    if !bytes.is_empty() {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(body)) => params.extend(body),
+            Ok(_) => {}
+            Err(_) => return Err(Rejection::bad_request("the JSON body is not valid JSON")),
+        }
+    }
+    Ok((params, Body::Buffered(bytes)))
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+async fn shard(
+    state: &BrokerState,
+    tenant_id: &str,
+    request: ShardRequest,
+    retry_after: u64,
+) -> Result<Admission, Rejection> {
+    state
+        .shards
+        .call(tenant_id, request)
+        .await
+        .map_err(|e| call_rejection(e, retry_after))
 }
 
 /// A failed shard call is always a refusal (fail closed).

@@ -38,9 +38,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     let gateway = {
         let data = data.clone();
         let connections = state.connections.clone();
+        let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(web::Data::new(gateway::Outbound::new(connect_timeout)))
                 .wrap(TracingLogger::default())
                 .configure(gateway::routes)
         })

@@ -7,11 +7,118 @@ use std::sync::Arc;
 
 use atb_actors::{PoolConfig, ShardPool};
 
+use std::collections::HashSet;
+use std::time::Duration;
+
 use crate::admission::TenantShardState;
-use crate::config::Config;
+use crate::audit::AuditSink;
+use crate::config::{Config, PolicyEngine, TenantConfig};
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Metrics;
+use crate::poa::claims::ClaimRules;
+use crate::poa::keys::{self, KeySet};
+use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
+use crate::policy::{Decision, PolicyError};
+use crate::replay::MemoryReplay;
 use crate::tenant::TenantDirectory;
+
+/// What a tenant's mandates are checked against.
+pub struct TenantAuth {
+    pub keys: KeySet,
+    pub rules: ClaimRules,
+    pub revoked_jtis: HashSet<String>,
+    pub revoked_kids: HashSet<String>,
+}
+
+impl TenantAuth {
+    fn load(t: &TenantConfig, leeway: u64) -> Result<Self, String> {
+        let mut set = KeySet::default();
+        for (i, path) in t.poa.public_key_files.iter().enumerate() {
+            let key = keys::load_public_pem(path)
+                .map_err(|e| format!("tenants.{}.poa.public_key_files[{i}]: {e}", t.id))?;
+            set.insert(keys::thumbprint(&key), key);
+        }
+        Ok(Self {
+            keys: set,
+            rules: ClaimRules {
+                max_ttl_seconds: t.poa.max_ttl_seconds as i64,
+                leeway_seconds: leeway as i64,
+                issuer: t.poa.issuer.clone(),
+                audience: t.poa.audience.clone(),
+            },
+            revoked_jtis: t.poa.revoked_jtis.iter().cloned().collect(),
+            revoked_kids: t.poa.revoked_kids.iter().cloned().collect(),
+        })
+    }
+}
+
+/// Where decisions come from.
+pub enum PolicyBackend {
+    Embedded(EmbeddedPool),
+    Opa { url: String, timeout: Duration },
+}
+
+impl PolicyBackend {
+    pub fn engine_label(&self) -> &'static str {
+        match self {
+            PolicyBackend::Embedded(_) => "embedded",
+            PolicyBackend::Opa { .. } => "opa",
+        }
+    }
+
+    /// One decision; `client` is the calling worker's HTTP client.
+    pub async fn decide(
+        &self,
+        client: &awc::Client,
+        input: serde_json::Value,
+    ) -> Result<Decision, PolicyError> {
+        match self {
+            PolicyBackend::Embedded(pool) => pool.decide(input).await,
+            PolicyBackend::Opa { url, timeout } => {
+                crate::policy::opa::decide(client, url, *timeout, &input).await
+            }
+        }
+    }
+}
+
+fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, String> {
+    let p = &config.policy;
+    if p.engine == PolicyEngine::Opa {
+        return Ok(PolicyBackend::Opa {
+            url: p.opa_decision_url.clone(),
+            timeout: Duration::from_millis(p.opa_timeout_ms),
+        });
+    }
+    let modules = match &p.dir {
+        Some(dir) => PolicyBundle::from_dir(dir)?,
+        None => vec![(
+            "policies/atb/poa.rego".to_string(),
+            crate::policy::EMBEDDED_POLICY.to_string(),
+        )],
+    };
+    let data = match &p.data_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
+            serde_json::from_str(&text)
+                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?
+        }
+        None => serde_json::json!({}),
+    };
+    let bundle = PolicyBundle {
+        modules,
+        data,
+        eval_timeout: Duration::from_millis(p.eval_timeout_ms),
+    };
+    let threads = if p.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        p.threads
+    };
+    EmbeddedPool::start(bundle, threads, p.queue_capacity, &metrics.actors)
+        .map(PolicyBackend::Embedded)
+        .map_err(|e| format!("policy: {e}"))
+}
 
 /// Actor name of the tenant shards in metrics.
 pub const TENANT_SHARD: &str = "tenant_shard";
@@ -22,6 +129,11 @@ pub struct BrokerState {
     pub connections: Arc<ConnectionRegistry>,
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
+    pub auth: HashMap<String, TenantAuth>,
+    /// `None` when single use is off.
+    pub replay: Option<Arc<MemoryReplay>>,
+    pub policy: PolicyBackend,
+    pub audit: AuditSink,
     /// Interned tenant ids handed to shards without allocating per request.
     tenant_keys: HashMap<String, Arc<str>>,
     maintenance: AtomicBool,
@@ -45,6 +157,26 @@ impl BrokerState {
             &metrics.actors,
             Arc::new(|_| TenantShardState::default()),
         );
+        let mut auth = HashMap::new();
+        for t in &config.tenants {
+            auth.insert(
+                t.id.clone(),
+                TenantAuth::load(t, config.poa.leeway_seconds)?,
+            );
+        }
+        let policy = policy_backend(&config, &metrics)?;
+        let replay = config.poa.single_use.then(|| {
+            let cache = Arc::new(MemoryReplay::new(config.poa.replay_capacity));
+            let sweeper = crate::replay::ReplaySweeper {
+                cache: cache.clone(),
+                every: Duration::from_secs(config.poa.replay_sweep_seconds),
+                entries_gauge: metrics.replay_entries.clone(),
+            };
+            actix::Supervisor::start(move |_| sweeper);
+            cache
+        });
+        let audit = AuditSink::stdout(65_536, metrics.audit_events.clone())
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         let tenant_keys = directory
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))
@@ -57,6 +189,10 @@ impl BrokerState {
             connections,
             shards,
             metrics,
+            auth,
+            replay,
+            policy,
+            audit,
             tenant_keys,
             admin_token,
         }))

@@ -48,10 +48,9 @@ fn required_string<'a>(m: &'a Map<String, Value>, k: &'static str) -> Result<&'a
 fn int(m: &Map<String, Value>, k: &'static str) -> Result<Option<i64>, PoaError> {
     match m.get(k) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| PoaError::invalid(format!("claim {k} must be a whole number of seconds"))),
+        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| {
+            PoaError::invalid(format!("claim {k} must be a whole number of seconds"))
+        }),
         Some(_) => Err(PoaError::invalid(format!("claim {k} must be a number"))),
     }
 }
@@ -60,7 +59,9 @@ fn object(m: &Map<String, Value>, k: &'static str) -> Result<(), PoaError> {
     match m.get(k) {
         Some(Value::Object(_)) => Ok(()),
         None | Some(Value::Null) => Err(PoaError::invalid(format!("claim {k} is required"))),
-        Some(_) => Err(PoaError::invalid(format!("claim {k} must be a JSON object"))),
+        Some(_) => Err(PoaError::invalid(format!(
+            "claim {k} must be a JSON object"
+        ))),
     }
 }
 
@@ -73,7 +74,9 @@ pub fn validate(payload: &[u8], rules: &ClaimRules, now: i64) -> Result<PoaClaim
     let act = required_string(&raw, "act")?.to_owned();
     let jti = required_string(&raw, "jti")?.to_owned();
     if jti.len() > 256 || jti.trim() != jti {
-        return Err(PoaError::invalid("claim jti must be at most 256 characters without surrounding spaces"));
+        return Err(PoaError::invalid(
+            "claim jti must be at most 256 characters without surrounding spaces",
+        ));
     }
     if act.len() > 256 {
         return Err(PoaError::invalid("claim act is too long"));
@@ -180,7 +183,10 @@ mod tests {
     #[test]
     fn required_claims_and_types() {
         for k in ["sub", "act", "jti", "con", "leg", "iat", "exp"] {
-            assert!(matches!(check(&without(k), &rules()), Err(PoaError::Invalid(_))), "{k}");
+            assert!(
+                matches!(check(&without(k), &rules()), Err(PoaError::Invalid(_))),
+                "{k}"
+            );
         }
         for (k, v) in [
             ("sub", json!(1)),
@@ -191,7 +197,13 @@ mod tests {
             ("iat", json!("1")),
             ("exp", json!(1.5)),
         ] {
-            assert!(matches!(check(&with(k, v.clone()), &rules()), Err(PoaError::Invalid(_))), "{k}={v}");
+            assert!(
+                matches!(
+                    check(&with(k, v.clone()), &rules()),
+                    Err(PoaError::Invalid(_))
+                ),
+                "{k}={v}"
+            );
         }
         assert!(validate(b"[1]", &rules(), NOW).is_err());
     }
@@ -203,9 +215,15 @@ mod tests {
         assert!(check(&with("exp", json!(NOW - 5)), &r).is_err());
         // Longer than the tenant's max.
         let long = with("exp", json!(NOW - 5 + 301));
-        assert!(check(&long, &r).unwrap_err().reason().contains("maximum of 300s"));
+        assert!(check(&long, &r)
+            .unwrap_err()
+            .reason()
+            .contains("maximum of 300s"));
         // A tenant max above 900 is capped at 900.
-        let r900 = ClaimRules { max_ttl_seconds: 3600, ..rules() };
+        let r900 = ClaimRules {
+            max_ttl_seconds: 3600,
+            ..rules()
+        };
         let mut c = good();
         c["iat"] = json!(NOW);
         c["exp"] = json!(NOW + 901);

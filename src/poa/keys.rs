@@ -64,6 +64,33 @@ pub fn load_public_pem(path: &Path) -> Result<VerifyingKey, String> {
         .map_err(|e| format!("{}: not an Ed25519 public key PEM: {e}", path.display()))
 }
 
+/// Reads an Ed25519 private key (PKCS#8 PEM, as `openssl genpkey
+/// -algorithm ed25519` writes it).
+pub fn load_signing_pem(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim())
+        .map_err(|e| format!("{}: not an Ed25519 private key PEM: {e}", path.display()))
+}
+
+/// Creates a new Ed25519 key pair: private PKCS#8 PEM (mode 0600) and
+/// public SubjectPublicKeyInfo PEM.
+pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), String> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    let mut seed = [0u8; 32];
+    openssl::rand::rand_bytes(&mut seed).map_err(|e| format!("openssl: {e}"))?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let private_pem = key
+        .to_pkcs8_pem(Default::default())
+        .map_err(|e| format!("cannot encode key: {e}"))?;
+    let public_pem = key
+        .verifying_key()
+        .to_public_key_pem(Default::default())
+        .map_err(|e| format!("cannot encode key: {e}"))?;
+    crate::pki::write_file(private, private_pem.as_bytes(), true)?;
+    crate::pki::write_file(public, public_pem.as_bytes(), false)
+}
+
 /// Parses a JWKS document. Only Ed25519 `OKP` signing keys are taken;
 /// other keys are skipped (one odd key does not poison the set), keys
 /// carrying private material are refused outright.
@@ -83,7 +110,8 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         if s("kty") != Some("OKP") || s("crv") != Some("Ed25519") {
             continue;
         }
-        if matches!(s("use"), Some(u) if u != "sig") || matches!(s("alg"), Some(a) if a != "EdDSA") {
+        if matches!(s("use"), Some(u) if u != "sig") || matches!(s("alg"), Some(a) if a != "EdDSA")
+        {
             continue;
         }
         let Some(x) = s("x").and_then(|x| URL_SAFE_NO_PAD.decode(x).ok()) else {
@@ -118,7 +146,10 @@ mod tests {
             .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
             .unwrap();
         let key = VerifyingKey::from_bytes(&x.try_into().unwrap()).unwrap();
-        assert_eq!(thumbprint(&key), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            thumbprint(&key),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
     }
 
     #[test]
@@ -141,7 +172,9 @@ mod tests {
     fn jwks_errors() {
         assert!(parse_jwks(b"nope").is_err());
         assert!(parse_jwks(b"{}").is_err());
-        assert!(parse_jwks(br#"{"keys": []}"#).unwrap_err().contains("no usable"));
+        assert!(parse_jwks(br#"{"keys": []}"#)
+            .unwrap_err()
+            .contains("no usable"));
         let private = br#"{"keys": [{"kty":"OKP","crv":"Ed25519","x":"AA","d":"AA"}]}"#;
         assert!(parse_jwks(private).unwrap_err().contains("private"));
     }

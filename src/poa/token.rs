@@ -41,9 +41,12 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, PoaError> {
         return Err(PoaError::invalid("token is too long"));
     }
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(PoaError::invalid("token is not a compact JWS (three dot-separated parts)"));
+        return Err(PoaError::invalid(
+            "token is not a compact JWS (three dot-separated parts)",
+        ));
     };
     let header: Header = serde_json::from_slice(&b64(h, "header")?)
         .map_err(|_| PoaError::invalid("header is not a JSON object"))?;
@@ -58,7 +61,9 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, PoaError> {
         None => return Err(PoaError::invalid("header has no alg")),
     }
     if header.crit.is_some() {
-        return Err(PoaError::invalid("critical header extensions are not supported"));
+        return Err(PoaError::invalid(
+            "critical header extensions are not supported",
+        ));
     }
     let kid = match header.kid {
         Some(serde_json::Value::String(k)) if !k.trim().is_empty() && k.len() <= 256 => k,
@@ -66,8 +71,8 @@ pub fn parse(token: &str) -> Result<Unverified<'_>, PoaError> {
         None => return Err(PoaError::invalid("header has no kid")),
     };
     let sig = b64(s, "signature")?;
-    let signature = Signature::from_slice(&sig)
-        .map_err(|_| PoaError::invalid("signature is not 64 bytes"))?;
+    let signature =
+        Signature::from_slice(&sig).map_err(|_| PoaError::invalid("signature is not 64 bytes"))?;
     let payload = b64(p, "payload")?;
     Ok(Unverified {
         kid,
@@ -138,7 +143,10 @@ mod tests {
         let u = parse(&t).unwrap();
         assert_eq!(u.kid, "k1");
         let payload = u.verify(&k.verifying_key()).unwrap();
-        assert_eq!(serde_json::from_slice::<serde_json::Value>(&payload).unwrap(), claims);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&payload).unwrap(),
+            claims
+        );
     }
 
     #[test]
@@ -150,14 +158,23 @@ mod tests {
         let other = URL_SAFE_NO_PAD.encode(serde_json::json!({"sub": "y"}).to_string());
         parts[1] = &other;
         let tampered = parts.join(".");
-        assert!(parse(&tampered).unwrap().verify(&key(1).verifying_key()).is_err());
+        assert!(parse(&tampered)
+            .unwrap()
+            .verify(&key(1).verifying_key())
+            .is_err());
     }
 
     #[test]
     fn algorithm_confusion_is_refused() {
         let claims = serde_json::json!({"sub": "x"});
-        for alg in ["none", "HS256", "RS256", "ES256", "EdDSA ", "eddsa", "Ed25519"] {
-            let t = forge(serde_json::json!({"alg": alg, "kid": "k1"}), &claims, &[0u8; 64]);
+        for alg in [
+            "none", "HS256", "RS256", "ES256", "EdDSA ", "eddsa", "Ed25519",
+        ] {
+            let t = forge(
+                serde_json::json!({"alg": alg, "kid": "k1"}),
+                &claims,
+                &[0u8; 64],
+            );
             assert!(err(&t).contains("not accepted"), "{alg}: {}", err(&t));
         }
         let t = forge(serde_json::json!({"kid": "k1"}), &claims, &[0u8; 64]);
@@ -180,9 +197,17 @@ mod tests {
         assert!(err("!!.e30.AA").contains("base64url"));
         let t = forge(serde_json::json!({"alg": "EdDSA"}), &claims, &[0u8; 64]);
         assert!(err(&t).contains("no kid"));
-        let t = forge(serde_json::json!({"alg": "EdDSA", "kid": 7}), &claims, &[0u8; 64]);
+        let t = forge(
+            serde_json::json!({"alg": "EdDSA", "kid": 7}),
+            &claims,
+            &[0u8; 64],
+        );
         assert!(err(&t).contains("kid must be"));
-        let t = forge(serde_json::json!({"alg": "EdDSA", "kid": "k", "crit": ["b64"]}), &claims, &[0u8; 64]);
+        let t = forge(
+            serde_json::json!({"alg": "EdDSA", "kid": "k", "crit": ["b64"]}),
+            &claims,
+            &[0u8; 64],
+        );
         assert!(err(&t).contains("critical"));
         let t = forge(ok_header.clone(), &claims, &[0u8; 63]);
         assert!(err(&t).contains("64 bytes"));

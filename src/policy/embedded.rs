@@ -64,7 +64,8 @@ impl PolicyBundle {
                 .add_policy(name.clone(), src.clone())
                 .map_err(|e| format!("{name}: {e}"))?;
         }
-        let data = regorus::Value::from_json_str(&self.data.to_string()).map_err(|e| e.to_string())?;
+        let data =
+            regorus::Value::from_json_str(&self.data.to_string()).map_err(|e| e.to_string())?;
         engine.add_data(data).map_err(|e| e.to_string())?;
         // Evaluate once so compile-time problems surface at start.
         engine.set_input(regorus::Value::new_object());
@@ -136,11 +137,17 @@ impl EmbeddedPool {
         let l = ["policy", "pool"];
         let m = Arc::new(PoolMetrics {
             depth: metrics.mailbox_depth.with_label_values(&l),
-            ok: metrics.messages.with_label_values(&["policy", "pool", "ok"]),
-            fault: metrics.messages.with_label_values(&["policy", "pool", "fault"]),
+            ok: metrics
+                .messages
+                .with_label_values(&["policy", "pool", "ok"]),
+            fault: metrics
+                .messages
+                .with_label_values(&["policy", "pool", "fault"]),
             seconds: metrics.handle_seconds.with_label_values(&l),
             restarts: metrics.restarts.with_label_values(&l),
-            rejected: metrics.rejected.with_label_values(&["policy", "pool", "full"]),
+            rejected: metrics
+                .rejected
+                .with_label_values(&["policy", "pool", "full"]),
         });
         let bundle = Arc::new(bundle);
         for i in 0..threads.max(1) {
@@ -184,7 +191,9 @@ fn worker(rx: Receiver<Job>, bundle: Arc<PolicyBundle>, m: Arc<PoolMetrics>) {
             engine = bundle.engine().ok();
         }
         let Some(e) = engine.as_mut() else {
-            let _ = job.reply.send(Err(PolicyError::Engine("policy failed to compile".into())));
+            let _ = job
+                .reply
+                .send(Err(PolicyError::Engine("policy failed to compile".into())));
             continue;
         };
         let started = Instant::now();
@@ -200,7 +209,9 @@ fn worker(rx: Receiver<Job>, bundle: Arc<PolicyBundle>, m: Arc<PoolMetrics>) {
                 m.restarts.inc();
                 tracing::error!("policy engine panicked; rebuilding it");
                 engine = None;
-                let _ = job.reply.send(Err(PolicyError::Engine("policy engine panicked".into())));
+                let _ = job
+                    .reply
+                    .send(Err(PolicyError::Engine("policy engine panicked".into())));
             }
         }
     }
@@ -223,25 +234,43 @@ mod tests {
     fn embedded_policy_compiles_and_decides() {
         let mut e = bundle(super::super::EMBEDDED_POLICY).engine().unwrap();
         let agent = "spiffe://acme.example/agent/a";
-        let leg = json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "alice"}});
-        let input = |act: &str, leg: &Value| json!({
-            "agent": {"spiffe_id": agent},
-            "poa": {"sub": agent, "act": act, "con": {}, "leg": leg, "iat": 100, "exp": 160, "jti": "j"},
-            "request": {"method": "GET", "path": "/x", "action": act, "params": {}},
-            "policy": {"max_ttl_seconds": 300},
-        });
+        let leg =
+            json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "alice"}});
+        let input = |act: &str, leg: &Value| {
+            json!({
+                "agent": {"spiffe_id": agent},
+                "poa": {"sub": agent, "act": act, "con": {}, "leg": leg, "iat": 100, "exp": 160, "jti": "j"},
+                "request": {"method": "GET", "path": "/x", "action": act, "params": {}},
+                "policy": {"max_ttl_seconds": 300},
+            })
+        };
         let d = evaluate(&mut e, &input("crm.contact.read", &leg)).unwrap();
         assert!(d.allow, "{d:?}");
         assert_eq!(d.risk_tier, "low");
         let d = evaluate(&mut e, &input("sap.payment.execute", &leg)).unwrap();
-        assert_eq!((d.allow, d.reason.as_str()), (false, "high_risk_dual_control_required"));
+        assert_eq!(
+            (d.allow, d.reason.as_str()),
+            (false, "high_risk_dual_control_required")
+        );
         let mut dual = leg.clone();
-        dual["dual_control"] = json!({"required": true, "approvers": [{"id": "bob"}, {"id": "carol"}]});
-        assert!(evaluate(&mut e, &input("sap.payment.execute", &dual)).unwrap().allow);
+        dual["dual_control"] =
+            json!({"required": true, "approvers": [{"id": "bob"}, {"id": "carol"}]});
+        assert!(
+            evaluate(&mut e, &input("sap.payment.execute", &dual))
+                .unwrap()
+                .allow
+        );
         dual["dual_control"]["approvers"] = json!([{"id": "bob"}, {"id": agent}]);
-        assert!(!evaluate(&mut e, &input("sap.payment.execute", &dual)).unwrap().allow);
+        assert!(
+            !evaluate(&mut e, &input("sap.payment.execute", &dual))
+                .unwrap()
+                .allow
+        );
         let d = evaluate(&mut e, &json!({})).unwrap();
-        assert_eq!((d.allow, d.reason.as_str()), (false, "poa_required_for_action"));
+        assert_eq!(
+            (d.allow, d.reason.as_str()),
+            (false, "poa_required_for_action")
+        );
     }
 
     #[test]
@@ -250,22 +279,35 @@ mod tests {
         let mut e = bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if { x := upper(input.n) ; x != \"\" }\n")
             .engine()
             .unwrap();
-        assert!(matches!(evaluate(&mut e, &json!({"n": 5})), Err(PolicyError::Engine(_))));
+        assert!(matches!(
+            evaluate(&mut e, &json!({"n": 5})),
+            Err(PolicyError::Engine(_))
+        ));
         // Undefined decision.
-        let mut e = bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if input.ok\n")
-            .engine()
-            .unwrap();
+        let mut e =
+            bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if input.ok\n")
+                .engine()
+                .unwrap();
         assert!(evaluate(&mut e, &json!({})).is_err());
-        assert!(bundle("package atb.poa\nthis is not rego").engine().is_err());
+        assert!(bundle("package atb.poa\nthis is not rego")
+            .engine()
+            .is_err());
     }
 
     #[actix_rt::test]
     async fn pool_answers_and_sheds_load() {
         let registry = prometheus::Registry::new();
         let metrics = ActorMetrics::register(&registry).unwrap();
-        let pool = EmbeddedPool::start(bundle(super::super::EMBEDDED_POLICY), 1, 4, &metrics).unwrap();
+        let pool =
+            EmbeddedPool::start(bundle(super::super::EMBEDDED_POLICY), 1, 4, &metrics).unwrap();
         let d = pool.decide(json!({})).await.unwrap();
         assert!(!d.allow);
-        assert_eq!(metrics.messages.with_label_values(&["policy", "pool", "ok"]).get(), 1);
+        assert_eq!(
+            metrics
+                .messages
+                .with_label_values(&["policy", "pool", "ok"])
+                .get(),
+            1
+        );
     }
 }

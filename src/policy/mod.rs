@@ -38,9 +38,9 @@ impl Decision {
     /// Reads a decision object. Anything but an object with a boolean
     /// `allow` is an error; an absent `allow` never means allow.
     pub fn from_value(v: &Value) -> Result<Self, PolicyError> {
-        let obj = v
-            .as_object()
-            .ok_or_else(|| PolicyError::BadDecision(format!("expected an object, got {}", kind(v))))?;
+        let obj = v.as_object().ok_or_else(|| {
+            PolicyError::BadDecision(format!("expected an object, got {}", kind(v)))
+        })?;
         let allow = obj
             .get("allow")
             .and_then(Value::as_bool)
@@ -94,14 +94,23 @@ mod tests {
 
     #[test]
     fn parses_decisions_and_fails_closed_on_odd_shapes() {
-        let d = Decision::from_value(&json!({"allow": true, "reason": "allow", "risk_tier": "high"})).unwrap();
+        let d =
+            Decision::from_value(&json!({"allow": true, "reason": "allow", "risk_tier": "high"}))
+                .unwrap();
         assert!(d.allow);
         assert_eq!(d.tier_label(), "high");
-        let d = Decision::from_value(&json!({"allow": false, "reason": "x", "details": {"a": 1}})).unwrap();
+        let d = Decision::from_value(&json!({"allow": false, "reason": "x", "details": {"a": 1}}))
+            .unwrap();
         assert!(!d.allow);
         assert_eq!(d.details, Some(json!({"a": 1})));
         assert_eq!(d.tier_label(), "unknown");
-        for bad in [json!(null), json!(true), json!("allow"), json!({"reason": "allow"}), json!({"allow": "true"})] {
+        for bad in [
+            json!(null),
+            json!(true),
+            json!("allow"),
+            json!({"reason": "allow"}),
+            json!({"allow": "true"}),
+        ] {
             assert!(Decision::from_value(&bad).is_err(), "{bad}");
         }
     }

@@ -1,0 +1,173 @@
+//! Single-use mandates: a `jti` is accepted once per tenant until it can no
+//! longer be valid (`exp + leeway`). In memory by default.
+//!
+//! The store is bounded and never evicts a live entry: when it is full the
+//! answer is [`ReplayError::Full`], which the pipeline turns into 503
+//! `replay_store_unavailable` (fail closed) — an attacker who floods the
+//! cache gets refusals, not replays. Expired entries are swept by the
+//! [`ReplaySweeper`] actor.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+
+/// First use or replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Fresh,
+    Replayed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("the replay cache is full")]
+    Full,
+    #[error("the replay store is unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// In-memory replay cache: `(tenant, jti) → keep-until` (Unix seconds).
+pub struct MemoryReplay {
+    entries: DashMap<(Arc<str>, String), i64>,
+    len: AtomicUsize,
+    capacity: usize,
+}
+
+impl MemoryReplay {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: DashMap::new(),
+            len: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Marks `jti` of `tenant` as used until `keep_until`; says whether it
+    /// was already in use at `now`.
+    pub fn mark(
+        &self,
+        tenant: &Arc<str>,
+        jti: &str,
+        keep_until: i64,
+        now: i64,
+    ) -> Result<Verdict, ReplayError> {
+        match self.entries.entry((tenant.clone(), jti.to_owned())) {
+            Entry::Occupied(mut e) => {
+                if *e.get() > now {
+                    Ok(Verdict::Replayed)
+                } else {
+                    e.insert(keep_until);
+                    Ok(Verdict::Fresh)
+                }
+            }
+            Entry::Vacant(v) => {
+                if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    return Err(ReplayError::Full);
+                }
+                v.insert(keep_until);
+                Ok(Verdict::Fresh)
+            }
+        }
+    }
+
+    /// Drops entries that can no longer matter at `now`; returns how many.
+    pub fn sweep(&self, now: i64) -> usize {
+        let before = self.entries.len();
+        self.entries.retain(|_, until| *until > now);
+        let removed = before.saturating_sub(self.entries.len());
+        self.len.fetch_sub(removed, Ordering::AcqRel);
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Owns the periodic sweep of a [`MemoryReplay`] (supervised actor).
+pub struct ReplaySweeper {
+    pub cache: Arc<MemoryReplay>,
+    pub every: Duration,
+    pub entries_gauge: prometheus::IntGauge,
+}
+
+impl Actor for ReplaySweeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.every, |this, _| {
+            let removed = this.cache.sweep(unix_now());
+            this.entries_gauge.set(this.cache.len() as i64);
+            if removed > 0 {
+                tracing::debug!(removed, "replay cache swept");
+            }
+        });
+    }
+}
+
+impl Supervised for ReplaySweeper {}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_use_is_a_replay_until_expiry() {
+        let c = MemoryReplay::new(10);
+        let t: Arc<str> = Arc::from("acme");
+        assert_eq!(c.mark(&t, "j1", 200, 100), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "j1", 200, 150), Ok(Verdict::Replayed));
+        // Another tenant's jti space is separate.
+        let u: Arc<str> = Arc::from("globex");
+        assert_eq!(c.mark(&u, "j1", 200, 150), Ok(Verdict::Fresh));
+        // After keep-until the entry no longer matters.
+        assert_eq!(c.mark(&t, "j1", 400, 201), Ok(Verdict::Fresh));
+    }
+
+    #[test]
+    fn full_cache_refuses_instead_of_evicting() {
+        let c = MemoryReplay::new(2);
+        let t: Arc<str> = Arc::from("acme");
+        assert_eq!(c.mark(&t, "a", 200, 100), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "b", 200, 100), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "c", 200, 100), Err(ReplayError::Full));
+        // The live entries are still there.
+        assert_eq!(c.mark(&t, "a", 200, 100), Ok(Verdict::Replayed));
+        // After a sweep past their lifetime there is room again.
+        assert_eq!(c.sweep(300), 2);
+        assert_eq!(c.len(), 0);
+        assert_eq!(c.mark(&t, "c", 400, 300), Ok(Verdict::Fresh));
+    }
+
+    #[test]
+    fn concurrent_marks_of_one_jti_have_one_winner() {
+        let c = Arc::new(MemoryReplay::new(1000));
+        let fresh: usize = (0..16)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || c.mark(&Arc::from("t"), "same", 200, 100))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|v| *v == Ok(Verdict::Fresh))
+            .count();
+        assert_eq!(fresh, 1);
+    }
+}

@@ -1,0 +1,294 @@
+//! Forwarding to a tenant's connector: connector choice, path rules, the
+//! egress allowlist, header hygiene, and streaming both ways.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::Method;
+use actix_web::web::{Bytes, Payload};
+use actix_web::HttpResponse;
+
+use crate::config::ConnectorConfig;
+use crate::tenant::Tenant;
+
+/// Why a request may not leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressDenied(pub String);
+
+/// The connector for a request: the mandate's `con.connector`, else the
+/// tenant's only connector. A named connector must exist.
+pub fn resolve_connector<'t>(
+    tenant: &'t Tenant,
+    requested: Option<&str>,
+) -> Result<&'t ConnectorConfig, EgressDenied> {
+    match requested {
+        Some(id) => tenant
+            .connectors
+            .iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| {
+                EgressDenied(format!(
+                    "connector {:?} is not configured for this tenant",
+                    truncate(id)
+                ))
+            }),
+        None => match tenant.connectors.as_slice() {
+            [only] => Ok(only),
+            [] => Err(EgressDenied("the tenant has no connectors".into())),
+            _ => Err(EgressDenied(
+                "the mandate must name its connector (con.connector)".into(),
+            )),
+        },
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Refuses paths an upstream might normalise differently from us: empty,
+/// `.`/`..` segments, `//`, backslashes, and encoded dots, slashes or
+/// backslashes.
+pub fn check_path(path: &str) -> Result<(), EgressDenied> {
+    if !path.starts_with('/') {
+        return Err(EgressDenied("the path must be absolute".into()));
+    }
+    if path.contains("//") || path.contains('\\') {
+        return Err(EgressDenied("the path is not in canonical form".into()));
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2e", "%2f", "%5c", "%00"]
+        .iter()
+        .any(|e| lower.contains(e))
+    {
+        return Err(EgressDenied(
+            "the path carries encoded dots, slashes or NULs".into(),
+        ));
+    }
+    if path.split('/').any(|s| s == "." || s == "..") {
+        return Err(EgressDenied("the path has dot segments".into()));
+    }
+    Ok(())
+}
+
+/// Whether `path` lies inside one of the allowlisted prefixes (segment
+/// boundary: `/api` allows `/api` and `/api/x`, not `/apix`).
+pub fn egress_allowed(allowlist: &[String], path: &str) -> bool {
+    allowlist.iter().any(|prefix| {
+        if let Some(base) = prefix.strip_suffix('/') {
+            path == base || path.starts_with(prefix.as_str())
+        } else {
+            path == prefix
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        }
+    })
+}
+
+/// The upstream URL: connector base URL (without trailing slash) + path +
+/// query.
+pub fn target_url(connector: &ConnectorConfig, path: &str, query: &str) -> String {
+    let base = connector.upstream_url.trim_end_matches('/');
+    if query.is_empty() {
+        format!("{base}{path}")
+    } else {
+        format!("{base}{path}?{query}")
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether a request header is passed upstream. Credentials meant for the
+/// broker (the PoA) never leave it, nor do client-supplied `X-ATB-*`.
+pub fn forward_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    !(HOP_BY_HOP.contains(&n)
+        || n == "host"
+        || n == "content-length"
+        || n == "authorization"
+        || n == "x-poa-token"
+        || n == "x-request-id"
+        || n.starts_with("x-atb-"))
+}
+
+/// What the broker adds to every forwarded request.
+pub struct Stamp<'a> {
+    pub agent: &'a str,
+    pub tenant: &'a str,
+    pub action: &'a str,
+    pub request_id: &'a str,
+}
+
+/// The request body as the pipeline holds it.
+pub enum Body {
+    Buffered(Bytes),
+    Streaming(Payload),
+}
+
+/// Why forwarding failed: 504 or 502.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Timeout,
+    Failed(String),
+}
+
+/// Sends the request and streams the answer back.
+pub async fn forward(
+    client: &awc::Client,
+    url: &str,
+    method: Method,
+    headers: &HeaderMap,
+    stamp: &Stamp<'_>,
+    body: Body,
+    timeout: Duration,
+) -> Result<HttpResponse, UpstreamError> {
+    let mut up = client.request(method, url).timeout(timeout);
+    for (name, value) in headers.iter() {
+        if forward_request_header(name) {
+            up = up.append_header((name.clone(), value.clone()));
+        }
+    }
+    for (name, value) in [
+        ("x-atb-agent", stamp.agent),
+        ("x-atb-tenant", stamp.tenant),
+        ("x-atb-action", stamp.action),
+        ("x-request-id", stamp.request_id),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            up = up.insert_header((name, v));
+        }
+    }
+    let sent = match body {
+        Body::Buffered(bytes) => up.send_body(bytes).await,
+        Body::Streaming(payload) => up.send_stream(payload).await,
+    };
+    let response = sent.map_err(|e| match e {
+        awc::error::SendRequestError::Timeout => UpstreamError::Timeout,
+        awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout) => {
+            UpstreamError::Timeout
+        }
+        other => UpstreamError::Failed(other.to_string()),
+    })?;
+    let mut out = HttpResponse::build(response.status());
+    for (name, value) in response.headers().iter() {
+        let n = name.as_str();
+        if !HOP_BY_HOP.contains(&n) && name != header::CONTENT_LENGTH {
+            out.append_header((name.clone(), value.clone()));
+        }
+    }
+    Ok(out.streaming(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TenantConfig;
+    use std::sync::Arc;
+
+    fn connector(id: &str) -> ConnectorConfig {
+        ConnectorConfig {
+            id: id.into(),
+            upstream_url: "http://127.0.0.1:9/base/".into(),
+            egress_allowlist: vec!["/api/".into(), "/v2".into()],
+            rate_limit: None,
+            timeout_seconds: 10,
+        }
+    }
+
+    fn tenant(connectors: Vec<ConnectorConfig>) -> Tenant {
+        Arc::new(TenantConfig {
+            connectors,
+            ..crate::config::tests_support::tenant("acme")
+        })
+    }
+
+    #[test]
+    fn connector_resolution() {
+        let one = tenant(vec![connector("crm")]);
+        assert_eq!(resolve_connector(&one, None).unwrap().id, "crm");
+        assert_eq!(resolve_connector(&one, Some("crm")).unwrap().id, "crm");
+        assert!(resolve_connector(&one, Some("erp")).is_err());
+        let two = tenant(vec![connector("crm"), connector("erp")]);
+        assert!(resolve_connector(&two, None).is_err());
+        assert_eq!(resolve_connector(&two, Some("erp")).unwrap().id, "erp");
+        assert!(resolve_connector(&tenant(vec![]), None).is_err());
+    }
+
+    #[test]
+    fn path_rules() {
+        for ok in ["/api/x", "/api/x.json", "/v2", "/a/b-c_d~e"] {
+            assert!(check_path(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "api",
+            "/api//x",
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2e/admin",
+            "/api/%2F",
+            "/api\\x",
+            "/a/%00",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn egress_prefixes_respect_segments() {
+        let list = vec!["/api/".to_string(), "/v2".to_string()];
+        for ok in ["/api", "/api/", "/api/contacts", "/v2", "/v2/x"] {
+            assert!(egress_allowed(&list, ok), "{ok}");
+        }
+        for bad in ["/apix", "/admin", "/v20", "/", "/v"] {
+            assert!(!egress_allowed(&list, bad), "{bad}");
+        }
+        assert!(!egress_allowed(&[], "/api"));
+    }
+
+    #[test]
+    fn urls_and_headers() {
+        let c = connector("crm");
+        assert_eq!(
+            target_url(&c, "/api/x", ""),
+            "http://127.0.0.1:9/base/api/x"
+        );
+        assert_eq!(
+            target_url(&c, "/api/x", "a=1"),
+            "http://127.0.0.1:9/base/api/x?a=1"
+        );
+        for stripped in [
+            "authorization",
+            "x-poa-token",
+            "x-atb-agent",
+            "x-atb-tenant",
+            "connection",
+            "host",
+            "x-request-id",
+        ] {
+            assert!(
+                !forward_request_header(&HeaderName::from_static(stripped)),
+                "{stripped}"
+            );
+        }
+        for kept in ["content-type", "accept", "x-custom"] {
+            assert!(
+                forward_request_header(&HeaderName::from_static(kept)),
+                "{kept}"
+            );
+        }
+    }
+}
