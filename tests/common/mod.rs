@@ -127,6 +127,7 @@ pub struct Broker {
     pub port: u16,
     pub admin_port: u16,
     pub stderr_path: PathBuf,
+    pub stdout_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -163,12 +164,13 @@ level = "info"
         let config_path = dir.path().join("atb.toml");
         fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("stderr.log");
+        let stdout_path = dir.path().join("stdout.log");
         let mut cmd = Command::new(ATB);
         cmd.arg("broker")
             .arg("--config")
             .arg(&config_path)
             .env_remove("ATB_CONFIG")
-            .stdout(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).unwrap())
             .stderr(fs::File::create(&stderr_path).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
@@ -179,6 +181,7 @@ level = "info"
             port,
             admin_port,
             stderr_path,
+            stdout_path,
             _dir: dir,
         };
         broker.wait_healthy();
@@ -209,6 +212,17 @@ level = "info"
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// Audit events written so far (stdout JSON lines).
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.stdout_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("audit line not JSON ({e}): {l}"))
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
@@ -367,4 +381,36 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
 
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// An Ed25519 signing key made with the openssl CLI.
+pub struct SigningKey {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl SigningKey {
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let private = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub.pem"));
+        run(Command::new("openssl")
+            .args(["genpkey", "-algorithm", "ed25519", "-out"])
+            .arg(&private));
+        run(Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public));
+        Self { private, public }
+    }
+
+    /// Mints a mandate with `atb mint` and extra flags.
+    pub fn mint(&self, sub: &str, act: &str, extra: &[&str]) -> String {
+        let mut cmd = Command::new(ATB);
+        cmd.args(["mint", "--key"])
+            .arg(&self.private)
+            .args(["--sub", sub, "--act", act])
+            .args(extra);
+        run(&mut cmd).trim().to_owned()
+    }
 }

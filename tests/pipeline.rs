@@ -1,0 +1,777 @@
+//! The PoA enforcement pipeline over real mTLS: every row of the SPEC §3
+//! table, each with a test that fails if its check is removed.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::*;
+use serde_json::{json, Value};
+
+const ACME: &str = "spiffe://acme.example/agent/demo";
+const GLOBEX: &str = "spiffe://saas.example/tenants/globex/agent/demo";
+const LEG: &str = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"owner"}}"#;
+
+/// An upstream that echoes what it received; `/api/slow` takes 5 s.
+fn start_upstream() -> u16 {
+    async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or(""))))
+            .collect();
+        HttpResponse::Ok()
+            .insert_header(("x-upstream", "yes"))
+            .json(json!({
+                "method": req.method().as_str(), "path": req.path(), "query": req.query_string(),
+                "headers": headers, "body": String::from_utf8_lossy(&body),
+            }))
+    }
+    async fn slow() -> HttpResponse {
+        actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+        HttpResponse::Ok().finish()
+    }
+    let port = free_port();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(|| {
+                App::new()
+                    .route("/api/slow", web::to(slow))
+                    .default_service(web::to(echo))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", port))
+            .unwrap()
+            .run()
+            .await
+        })
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    port
+}
+
+struct Setup {
+    pki: Pki,
+    key: SigningKey,
+    broker: Broker,
+}
+
+fn tenants(key: &SigningKey, upstream: u16, extra_acme_poa: &str) -> String {
+    format!(
+        r#"
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+[tenants.poa]
+public_key_files = ["{pubkey}"]
+revoked_jtis = ["revoked-jti"]
+{extra_acme_poa}
+[[tenants.connectors]]
+id = "crm"
+upstream_url = "http://127.0.0.1:{upstream}"
+egress_allowlist = ["/api/"]
+timeout_seconds = 1
+[[tenants.connectors]]
+id = "tight"
+upstream_url = "http://127.0.0.1:{upstream}"
+egress_allowlist = ["/api/"]
+rate_limit = {{ requests_per_second = 0.001, burst = 1 }}
+[[tenants.connectors]]
+id = "down"
+upstream_url = "http://127.0.0.1:{down}"
+egress_allowlist = ["/api/"]
+
+[[tenants]]
+id = "globex"
+spiffe_prefix = "spiffe://saas.example/tenants/globex"
+[tenants.poa]
+public_key_files = ["{pubkey}"]
+[[tenants.connectors]]
+id = "crm"
+upstream_url = "http://127.0.0.1:{upstream}"
+egress_allowlist = ["/api/"]
+"#,
+        pubkey = key.public.display(),
+        down = free_port(),
+    )
+}
+
+fn setup_with(extra_toml: &str, extra_acme_poa: &str, env: &[(&str, &str)]) -> Setup {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let upstream = start_upstream();
+    let config = format!("{extra_toml}\n{}", tenants(&key, upstream, extra_acme_poa));
+    let broker = Broker::start(&pki, &config, env);
+    Setup { pki, key, broker }
+}
+
+fn setup() -> Setup {
+    setup_with("", "", &[])
+}
+
+impl Setup {
+    fn mint(&self, act: &str, extra: &[&str]) -> String {
+        let mut args = vec!["--leg", LEG, "--con", r#"{"connector":"crm"}"#];
+        args.extend_from_slice(extra);
+        self.key.mint(ACME, act, &args)
+    }
+
+    fn call(&self, agent: &str, path: &str, token: &str, extra: &[&str]) -> Answer {
+        let auth = format!("Authorization: Bearer {token}");
+        let mut args = vec!["-H", auth.as_str()];
+        args.extend_from_slice(extra);
+        agent_get(&self.broker, &self.pki, Some(agent), path, &args)
+    }
+
+    fn acme(&self, path: &str, token: &str) -> Answer {
+        self.call("acme-agent", path, token, &[])
+    }
+}
+
+fn expect(a: &Answer, status: u16, code: &str) {
+    assert_eq!((a.status, a.error().as_str()), (status, code), "{a:?}");
+}
+
+fn forge(header: Value, claims: Value, sig: &[u8]) -> String {
+    format!(
+        "{}.{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string()),
+        URL_SAFE_NO_PAD.encode(sig)
+    )
+}
+
+fn claims_of(token: &str) -> Value {
+    let part = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn kid_of(token: &str) -> String {
+    let part = token.split('.').next().unwrap();
+    let h: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap();
+    h["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn an_allowed_call_reaches_the_upstream_with_broker_headers_and_no_credentials() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let t_first = t.clone();
+    let a = s.call(
+        "acme-agent",
+        "/api/contacts?id=7",
+        &t,
+        &[
+            "-H",
+            "X-ATB-Action: crm.contact.read",
+            "-H",
+            "X-ATB-Tenant: evil",
+            "-H",
+            "X-Custom: kept",
+        ],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.header("x-upstream"), Some("yes"));
+    let echo = a.json();
+    assert_eq!(echo["path"], "/api/contacts");
+    assert_eq!(echo["query"], "id=7");
+    let h = &echo["headers"];
+    assert_eq!(h["x-atb-agent"], ACME);
+    assert_eq!(
+        h["x-atb-tenant"], "acme",
+        "client-supplied X-ATB-Tenant must be replaced"
+    );
+    assert_eq!(h["x-atb-action"], "crm.contact.read");
+    assert_eq!(h["x-request-id"], a.header("x-request-id").unwrap());
+    assert_eq!(h["x-custom"], "kept");
+    assert!(
+        h.get("authorization").is_none(),
+        "the PoA must not reach the upstream"
+    );
+    // A JSON body streams through intact, PoA also stripped from X-PoA-Token.
+    let t = s.mint("crm.contact.read", &[]);
+    let xp = format!("X-PoA-Token: {t}");
+    let a = agent_get(
+        &s.broker,
+        &s.pki,
+        Some("acme-agent"),
+        "/api/contacts",
+        &[
+            "-H",
+            &xp,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"name":"Ada"}"#,
+        ],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["body"], r#"{"name":"Ada"}"#);
+    assert_eq!(a.json()["method"], "POST");
+    assert!(a.json()["headers"].get("x-poa-token").is_none());
+
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_poa_validations_total{result="valid",tenant="acme"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_upstream_requests_total{connector="crm",status="2xx",tenant="acme"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&m, r#"atb_requests_total{status="ok",tenant="acme"}"#),
+        Some(2.0)
+    );
+    assert!(m.contains("atb_policy_evaluation_seconds_bucket{engine=\"embedded\""));
+    assert!(eventually(Duration::from_secs(5), || s
+        .broker
+        .audit()
+        .len()
+        >= 2));
+    let audit = s.broker.audit();
+    assert_eq!(audit[0]["decision"], "allow");
+    assert_eq!(audit[0]["tenant"], "acme");
+    assert_eq!(audit[0]["agent"], ACME);
+    assert_eq!(audit[0]["action"], "crm.contact.read");
+    assert_eq!(audit[0]["jti"], claims_of(&t_first)["jti"]);
+    assert!(audit[0]["latency_us"].as_u64().is_some());
+}
+
+#[test]
+fn missing_and_malformed_mandates_are_refused() {
+    let s = setup();
+    let a = agent_get(&s.broker, &s.pki, Some("acme-agent"), "/api/x", &[]);
+    expect(&a, 401, "poa_required");
+    expect(&s.acme("/api/x", "not-a-jwt"), 401, "poa_invalid");
+}
+
+#[test]
+fn algorithm_confusion_is_refused() {
+    let s = setup();
+    let good = s.mint("crm.contact.read", &[]);
+    let claims = claims_of(&good);
+    let kid = kid_of(&good);
+    // alg none, empty signature.
+    let none = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "kid": kid}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    expect(&s.acme("/api/x", &none), 401, "poa_invalid");
+    // HS256 keyed with the public key's bytes (PEM and raw).
+    let pem = std::fs::read(&s.key.public).unwrap();
+    let raw = openssl::pkey::PKey::public_key_from_pem(&pem)
+        .unwrap()
+        .raw_public_key()
+        .unwrap();
+    for secret in [pem.clone(), raw] {
+        let header = json!({"alg": "HS256", "typ": "JWT", "kid": kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let key = openssl::pkey::PKey::hmac(&secret).unwrap();
+        let mut signer =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+        signer.update(input.as_bytes()).unwrap();
+        let hs = format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(signer.sign_to_vec().unwrap())
+        );
+        let a = s.acme("/api/x", &hs);
+        expect(&a, 401, "poa_invalid");
+        assert!(a.json()["reason"].as_str().unwrap().contains("only EdDSA"));
+    }
+    // The untouched token still works: nothing above burnt its jti.
+    assert_eq!(s.acme("/api/x", &good).status, 200);
+}
+
+#[test]
+fn unknown_kid_and_wrong_key_are_refused() {
+    let s = setup();
+    let other = SigningKey::new(s.pki.dir.path(), "other");
+    let t = other.mint(
+        ACME,
+        "crm.contact.read",
+        &["--leg", LEG, "--con", r#"{"connector":"crm"}"#],
+    );
+    let a = s.acme("/api/x", &t);
+    expect(&a, 401, "poa_invalid");
+    assert!(a.json()["reason"].as_str().unwrap().contains("unknown kid"));
+    // Signed by another key but claiming the trusted key's kid.
+    let real = s.mint("crm.contact.read", &[]);
+    let kid = kid_of(&real);
+    let t = other.mint(ACME, "crm.contact.read", &["--leg", LEG, "--kid", &kid]);
+    let a = s.acme("/api/x", &t);
+    expect(&a, 401, "poa_invalid");
+    assert!(a.json()["reason"].as_str().unwrap().contains("signature"));
+}
+
+#[test]
+fn a_forged_token_does_not_burn_the_real_jti() {
+    let s = setup();
+    let real = s.mint("crm.contact.read", &["--jti", "shared-jti"]);
+    let other = SigningKey::new(s.pki.dir.path(), "attacker");
+    let forged = other.mint(
+        ACME,
+        "crm.contact.read",
+        &["--leg", LEG, "--kid", &kid_of(&real), "--jti", "shared-jti"],
+    );
+    expect(&s.acme("/api/x", &forged), 401, "poa_invalid");
+    assert_eq!(
+        s.acme("/api/x", &real).status,
+        200,
+        "the real token must still be usable"
+    );
+    expect(&s.acme("/api/x", &real), 403, "poa_replay");
+}
+
+#[test]
+fn expired_and_overlong_mandates_are_refused() {
+    let s = setup();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let iat = (now - 200).to_string();
+    let expired = s.mint("crm.contact.read", &["--iat", &iat, "--ttl", "60"]);
+    expect(&s.acme("/api/x", &expired), 401, "poa_expired");
+    let long = s.mint("crm.contact.read", &["--ttl", "301"]);
+    let a = s.acme("/api/x", &long);
+    expect(&a, 401, "poa_invalid");
+    assert!(a.json()["reason"].as_str().unwrap().contains("300s"));
+    let future = (now + 120).to_string();
+    expect(
+        &s.acme("/api/x", &s.mint("crm.contact.read", &["--iat", &future])),
+        401,
+        "poa_invalid",
+    );
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_poa_validations_total{result="expired",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_poa_validations_total{result="invalid",tenant="acme"}"#
+        ),
+        Some(2.0)
+    );
+}
+
+#[test]
+fn issuer_and_audience_are_enforced_when_configured() {
+    let s = setup_with(
+        "",
+        "issuer = \"https://agentauth.test\"\naudience = \"atb-broker\"",
+        &[],
+    );
+    expect(
+        &s.acme("/api/x", &s.mint("crm.contact.read", &[])),
+        401,
+        "poa_invalid",
+    );
+    let wrong_aud = s.mint(
+        "crm.contact.read",
+        &["--iss", "https://agentauth.test", "--aud", "other"],
+    );
+    expect(&s.acme("/api/x", &wrong_aud), 401, "poa_invalid");
+    let ok = s.mint(
+        "crm.contact.read",
+        &["--iss", "https://agentauth.test", "--aud", "atb-broker"],
+    );
+    assert_eq!(s.acme("/api/x", &ok).status, 200);
+}
+
+#[test]
+fn a_mandate_for_another_agent_is_refused() {
+    let s = setup();
+    // Validly signed for globex's agent, presented with acme's certificate.
+    let t = s.key.mint(
+        GLOBEX,
+        "crm.contact.read",
+        &["--leg", LEG, "--con", r#"{"connector":"crm"}"#],
+    );
+    expect(&s.acme("/api/x", &t), 403, "poa_subject_mismatch");
+    // And the other way round: acme's mandate on globex's connection.
+    let t = s.mint("crm.contact.read", &[]);
+    expect(
+        &s.call("globex-agent", "/api/x", &t, &[]),
+        403,
+        "poa_subject_mismatch",
+    );
+    // The rightful owner can still use it.
+    assert_eq!(s.acme("/api/x", &t).status, 200);
+}
+
+#[test]
+fn the_action_header_must_match_the_mandate() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let a = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &["-H", "X-ATB-Action: crm.contact.delete"],
+    );
+    expect(&a, 403, "action_mismatch");
+}
+
+#[test]
+fn revoked_mandates_and_keys_are_refused() {
+    let s = setup();
+    expect(
+        &s.acme(
+            "/api/x",
+            &s.mint("crm.contact.read", &["--jti", "revoked-jti"]),
+        ),
+        401,
+        "poa_revoked",
+    );
+}
+
+#[test]
+fn revoked_kid_is_refused() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let kid = kid_of(&key.mint(ACME, "x", &[]));
+    let upstream = start_upstream();
+    let config = tenants(&key, upstream, &format!("revoked_kids = [\"{kid}\"]"));
+    let broker = Broker::start(&pki, &config, &[]);
+    let t = key.mint(
+        ACME,
+        "crm.contact.read",
+        &["--leg", LEG, "--con", r#"{"connector":"crm"}"#],
+    );
+    let a = agent_get(
+        &broker,
+        &pki,
+        Some("acme-agent"),
+        "/api/x",
+        &["-H", &format!("Authorization: Bearer {t}")],
+    );
+    expect(&a, 401, "poa_revoked");
+}
+
+#[test]
+fn a_mandate_is_single_use() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    assert_eq!(s.acme("/api/x", &t).status, 200);
+    expect(&s.acme("/api/x", &t), 403, "poa_replay");
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_replay_rejections_total{cause="replay",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn single_use_can_be_turned_off() {
+    let s = setup_with("", "", &[("POA_SINGLE_USE", "false")]);
+    let t = s.mint("crm.contact.read", &[]);
+    assert_eq!(s.acme("/api/x", &t).status, 200);
+    assert_eq!(s.acme("/api/x", &t).status, 200);
+}
+
+#[test]
+fn concurrent_replays_from_32_connections_have_exactly_one_winner() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let auth = format!("Authorization: Bearer {t}");
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                ])
+                .arg(s.pki.ca())
+                .arg("--cert")
+                .arg(s.pki.path("acme-agent.crt"))
+                .arg("--key")
+                .arg(s.pki.path("acme-agent.key"))
+                .args(["-H", &auth, &s.broker.url("/api/x")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let codes: Vec<String> = children
+        .into_iter()
+        .map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
+    assert_eq!(
+        codes.iter().filter(|c| *c == "403").count(),
+        31,
+        "{codes:?}"
+    );
+}
+
+#[test]
+fn policy_denials_carry_the_policys_reason() {
+    let s = setup();
+    let a = s.acme("/api/pay", &s.mint("sap.payment.execute", &[]));
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "high_risk_dual_control_required");
+    assert_eq!(a.json()["details"]["tier"], "high");
+    let dual = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"owner"},"dual_control":{"required":true,"approvers":[{"id":"alice"},{"id":"bob"}]}}"#;
+    let t = s.key.mint(
+        ACME,
+        "sap.payment.execute",
+        &["--leg", dual, "--con", r#"{"connector":"crm"}"#],
+    );
+    assert_eq!(s.acme("/api/pay", &t).status, 200);
+    assert!(eventually(Duration::from_secs(5), || s
+        .broker
+        .audit()
+        .iter()
+        .any(|e| e["code"] == "policy_denied")));
+    let e = s
+        .broker
+        .audit()
+        .into_iter()
+        .find(|e| e["code"] == "policy_denied")
+        .unwrap();
+    assert_eq!(e["decision"], "deny");
+    assert_eq!(e["reason"], "high_risk_dual_control_required");
+    assert_eq!(e["risk_tier"], "high");
+}
+
+#[test]
+fn policy_engine_errors_fail_closed_and_params_reach_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        r#"package atb.poa
+import rego.v1
+default decision := {"allow": false, "reason": "deny_by_default"}
+decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
+    input.request.action == "ok"
+    input.request.params.amount < 100
+    input.request.params.region == "eu"
+    input.rate_limit_state.ok >= 0
+    input.current_time_ns > 0
+    input.tenant.id == "acme"
+}
+decision := {"allow": true, "reason": "allow"} if {
+    input.request.action == "boom"
+    to_number("not a number") > 0
+}
+"#,
+    )
+    .unwrap();
+    let policy = format!("[policy]\ndir = \"{}\"\n", dir.path().display());
+    let s = setup_with(&policy, "", &[]);
+    let post = |act: &str, body: &str| {
+        let t = s.mint(act, &[]);
+        s.call(
+            "acme-agent",
+            "/api/x?region=eu",
+            &t,
+            &["-H", "Content-Type: application/json", "--data", body],
+        )
+    };
+    assert_eq!(post("ok", r#"{"amount": 5}"#).status, 200);
+    expect(&post("ok", r#"{"amount": 500}"#), 403, "policy_denied");
+    expect(&post("ok", "{not json"), 400, "bad_request");
+    let a = post("boom", "{}");
+    expect(&a, 503, "policy_unavailable");
+    assert!(a.header("retry-after").is_some());
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_policy_decisions_total{decision="error",risk_tier="unknown",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn opa_unreachable_fails_closed() {
+    let url = format!("http://127.0.0.1:{}/v1/data/atb/poa/decision", free_port());
+    let s = setup_with(
+        "",
+        "",
+        &[("POLICY_ENGINE", "opa"), ("OPA_DECISION_URL", &url)],
+    );
+    let a = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
+    expect(&a, 503, "policy_unavailable");
+}
+
+#[test]
+fn egress_and_connector_rules() {
+    let s = setup();
+    expect(
+        &s.acme("/admin/x", &s.mint("crm.contact.read", &[])),
+        403,
+        "egress_denied",
+    );
+    expect(
+        &s.acme("/api/../admin", &s.mint("crm.contact.read", &[])),
+        403,
+        "egress_denied",
+    );
+    let unknown = s.key.mint(
+        ACME,
+        "crm.contact.read",
+        &["--leg", LEG, "--con", r#"{"connector":"erp"}"#],
+    );
+    expect(&s.acme("/api/x", &unknown), 403, "egress_denied");
+    // With several connectors the mandate must name one.
+    let unnamed = s.key.mint(ACME, "crm.contact.read", &["--leg", LEG]);
+    expect(&s.acme("/api/x", &unnamed), 403, "egress_denied");
+}
+
+#[test]
+fn connector_rate_limit_answers_429() {
+    let s = setup();
+    let tight = |_: ()| {
+        s.key.mint(
+            ACME,
+            "crm.contact.read",
+            &["--leg", LEG, "--con", r#"{"connector":"tight"}"#],
+        )
+    };
+    assert_eq!(s.acme("/api/x", &tight(())).status, 200);
+    let a = s.acme("/api/x", &tight(()));
+    expect(&a, 429, "rate_limited");
+    assert!(a.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+#[test]
+fn upstream_failures_are_502_and_504() {
+    let s = setup();
+    let down = s.key.mint(
+        ACME,
+        "crm.contact.read",
+        &["--leg", LEG, "--con", r#"{"connector":"down"}"#],
+    );
+    expect(&s.acme("/api/x", &down), 502, "upstream_error");
+    expect(
+        &s.acme("/api/slow", &s.mint("crm.contact.read", &[])),
+        504,
+        "upstream_timeout",
+    );
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(&m, r#"atb_requests_total{status="error",tenant="acme"}"#),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_upstream_requests_total{connector="crm",status="timeout",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn oversized_bodies_are_refused() {
+    let s = setup_with(
+        "[upstream]\nmax_json_body_bytes = 64\nmax_body_bytes = 128\n",
+        "",
+        &[],
+    );
+    let big = format!("{{\"x\":\"{}\"}}", "a".repeat(100));
+    let t = s.mint("crm.contact.read", &[]);
+    let a = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &["-H", "Content-Type: application/json", "--data", &big],
+    );
+    expect(&a, 413, "body_too_large");
+    let t = s.mint("crm.contact.read", &[]);
+    let a = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &["-H", "Content-Type: text/plain", "--data", &"b".repeat(200)],
+    );
+    expect(&a, 413, "body_too_large");
+}
+
+/// An independent client: Python requests + PyJWT mint their own EdDSA
+/// mandate and call the broker over mTLS.
+#[test]
+fn python_client_with_pyjwt_passes_through() {
+    let python = std::env::var("ATB_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} not found: run scripts/test (it creates .venv with requests, PyJWT, cryptography)"
+    );
+    let s = setup();
+    let script = r#"
+import sys, time, uuid, json, jwt, requests
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key, Encoding, PublicFormat
+import hashlib, base64
+key_path, url, ca, cert, keyfile, sub = sys.argv[1:7]
+priv = load_pem_private_key(open(key_path, 'rb').read(), password=None)
+raw = priv.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+x = base64.urlsafe_b64encode(raw).rstrip(b'=').decode()
+kid = base64.urlsafe_b64encode(hashlib.sha256(('{"crv":"Ed25519","kty":"OKP","x":"%s"}' % x).encode()).digest()).rstrip(b'=').decode()
+now = int(time.time())
+claims = {"sub": sub, "act": "crm.contact.read", "con": {"connector": "crm"},
+          "leg": {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "owner"}},
+          "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
+token = jwt.encode(claims, priv, algorithm="EdDSA", headers={"kid": kid})
+r1 = requests.get(url, headers={"Authorization": "Bearer " + token}, cert=(cert, keyfile), verify=ca, timeout=10)
+r2 = requests.get(url, headers={"Authorization": "Bearer " + token}, cert=(cert, keyfile), verify=ca, timeout=10)
+print(json.dumps({"first": r1.status_code, "agent": r1.json().get("headers", {}).get("x-atb-agent"),
+                  "second": r2.status_code, "second_error": r2.json().get("error")}))
+"#;
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&s.key.private)
+        .arg(s.broker.url("/api/py"))
+        .arg(s.pki.ca())
+        .arg(s.pki.path("acme-agent.crt"))
+        .arg(s.pki.path("acme-agent.key"))
+        .arg(ACME)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["first"], 200, "{v}");
+    assert_eq!(v["agent"], ACME);
+    assert_eq!(v["second"], 403);
+    assert_eq!(v["second_error"], "poa_replay");
+}
