@@ -139,15 +139,6 @@ fn expect(a: &Answer, status: u16, code: &str) {
     assert_eq!((a.status, a.error().as_str()), (status, code), "{a:?}");
 }
 
-fn forge(header: Value, claims: Value, sig: &[u8]) -> String {
-    format!(
-        "{}.{}.{}",
-        URL_SAFE_NO_PAD.encode(header.to_string()),
-        URL_SAFE_NO_PAD.encode(claims.to_string()),
-        URL_SAFE_NO_PAD.encode(sig)
-    )
-}
-
 fn claims_of(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
