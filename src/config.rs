@@ -41,6 +41,16 @@ pub struct PoaConfig {
     pub replay_capacity: usize,
     /// How often expired replay entries are swept.
     pub replay_sweep_seconds: u64,
+    /// Periodic JWKS refresh interval.
+    pub jwks_refresh_seconds: u64,
+    /// Least time between refreshes triggered by unknown `kid`s (≥ 30).
+    pub jwks_cooldown_seconds: u64,
+    /// How long an unknown `kid` is remembered as unknown.
+    pub jwks_negative_seconds: u64,
+    /// How long keys stay usable after the last successful JWKS fetch.
+    pub jwks_stale_seconds: u64,
+    /// Time limit of one JWKS fetch, in milliseconds.
+    pub jwks_timeout_ms: u64,
 }
 
 impl Default for PoaConfig {
@@ -50,6 +60,11 @@ impl Default for PoaConfig {
             leeway_seconds: 10,
             replay_capacity: 1_000_000,
             replay_sweep_seconds: 5,
+            jwks_refresh_seconds: 300,
+            jwks_cooldown_seconds: 30,
+            jwks_negative_seconds: 60,
+            jwks_stale_seconds: 3600,
+            jwks_timeout_ms: 1500,
         }
     }
 }
@@ -128,6 +143,9 @@ pub struct TenantPoaConfig {
     /// Ed25519 public keys (SubjectPublicKeyInfo PEM); `kid` is each key's
     /// RFC 7638 thumbprint.
     pub public_key_files: Vec<PathBuf>,
+    /// JWKS document with the tenant's keys (e.g. AgentAuth's
+    /// `/.well-known/jwks.json`); Ed25519 `OKP` keys are used.
+    pub jwks_url: Option<String>,
     /// Required `iss`, when set.
     pub issuer: Option<String>,
     /// Required `aud` (string or list member), when set.
@@ -144,6 +162,7 @@ impl Default for TenantPoaConfig {
     fn default() -> Self {
         Self {
             public_key_files: Vec::new(),
+            jwks_url: None,
             issuer: None,
             audience: None,
             max_ttl_seconds: 300,
@@ -579,6 +598,27 @@ impl Config {
         if p.replay_sweep_seconds == 0 {
             return Err(invalid("poa.replay_sweep_seconds", "must be at least 1"));
         }
+        if p.jwks_cooldown_seconds < 30 {
+            return Err(invalid("poa.jwks_cooldown_seconds", "must be at least 30"));
+        }
+        if p.jwks_refresh_seconds < p.jwks_cooldown_seconds {
+            return Err(invalid(
+                "poa.jwks_refresh_seconds",
+                "must be at least poa.jwks_cooldown_seconds",
+            ));
+        }
+        if p.jwks_stale_seconds < p.jwks_refresh_seconds {
+            return Err(invalid(
+                "poa.jwks_stale_seconds",
+                "must be at least poa.jwks_refresh_seconds",
+            ));
+        }
+        if p.jwks_timeout_ms == 0 || p.jwks_negative_seconds == 0 {
+            return Err(invalid(
+                "poa.jwks_timeout_ms",
+                "JWKS timings must be above 0",
+            ));
+        }
         let pol = &self.policy;
         if pol.queue_capacity == 0 {
             return Err(invalid("policy.queue_capacity", "must be at least 1"));
@@ -664,6 +704,9 @@ impl Config {
                     key("poa.max_ttl_seconds"),
                     "must be between 1 and 900",
                 ));
+            }
+            if let Some(url) = &t.poa.jwks_url {
+                validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;
             }
             let mut connector_ids = HashSet::new();
             for (j, c) in t.connectors.iter().enumerate() {

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub audit_events: IntCounterVec,
+    pub jwks: crate::poa::jwks::JwksMetrics,
     pub actors: ActorMetrics,
 }
 
@@ -130,6 +131,19 @@ impl Metrics {
             "Audit events recorded, by decision",
             &["decision"],
         )?;
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("atb_jwks_keys", "Ed25519 keys from a tenant's JWKS"),
+            &["tenant"],
+        )?;
+        registry.register(Box::new(jwks_keys.clone()))?;
+        let jwks = crate::poa::jwks::JwksMetrics {
+            refreshes: counter(
+                "atb_jwks_refreshes_total",
+                "JWKS fetches, by tenant and result",
+                &["tenant", "result"],
+            )?,
+            keys: jwks_keys,
+        };
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -151,6 +165,7 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             audit_events,
+            jwks,
             actors,
         })
     }

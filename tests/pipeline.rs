@@ -766,3 +766,121 @@ print(json.dumps({"first": r1.status_code, "agent": r1.json().get("headers", {})
     assert_eq!(v["second"], 403);
     assert_eq!(v["second_error"], "poa_replay");
 }
+
+/// Serves `jwks` (re-read on every request) at `/jwks.json` on `port`,
+/// counting fetches.
+fn serve_jwks(
+    port: u16,
+    jwks: std::path::PathBuf,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(move || {
+                let jwks = jwks.clone();
+                let hits = hits.clone();
+                App::new().route(
+                    "/jwks.json",
+                    web::get().to(move || {
+                        let jwks = jwks.clone();
+                        let hits = hits.clone();
+                        async move {
+                            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            HttpResponse::Ok()
+                                .content_type("application/json")
+                                .body(std::fs::read(&jwks).unwrap_or_default())
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", port))
+            .unwrap()
+            .run()
+            .await
+        })
+    });
+}
+
+fn jwk(key: &SigningKey, kid: &str) -> Value {
+    let pem = std::fs::read(&key.public).unwrap();
+    let raw = openssl::pkey::PKey::public_key_from_pem(&pem)
+        .unwrap()
+        .raw_public_key()
+        .unwrap();
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(raw)})
+}
+
+#[test]
+fn jwks_keys_survive_a_startup_outage_and_unknown_kids_do_not_storm() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "jwks-key");
+    let jwks_file = pki.path("jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [jwk(&key, "k1")]}).to_string()).unwrap();
+    let jwks_port = free_port();
+    let upstream = start_upstream();
+    let config = format!(
+        r#"
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+[tenants.poa]
+jwks_url = "http://127.0.0.1:{jwks_port}/jwks.json"
+[[tenants.connectors]]
+id = "crm"
+upstream_url = "http://127.0.0.1:{upstream}"
+egress_allowlist = ["/api/"]
+"#
+    );
+    // The JWKS is down when the broker starts: it starts anyway, not ready.
+    let broker = Broker::start(&pki, &config, &[]);
+    let r = admin(&broker, "GET", "/ready", &[], None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["reason"], "verification keys not loaded");
+    let call = |t: &str| {
+        agent_get(
+            &broker,
+            &pki,
+            Some("acme-agent"),
+            "/api/x",
+            &["-H", &format!("Authorization: Bearer {t}")],
+        )
+    };
+    let mint = |kid: &str| key.mint(ACME, "crm.contact.read", &["--leg", LEG, "--kid", kid]);
+    expect(&call(&mint("k1")), 401, "poa_invalid");
+
+    // The JWKS comes up: the broker's retries pick the keys up.
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    serve_jwks(jwks_port, jwks_file.clone(), hits.clone());
+    assert!(
+        eventually(Duration::from_secs(20), || admin(
+            &broker,
+            "GET",
+            "/ready",
+            &[],
+            None
+        )
+        .status
+            == 200),
+        "broker never loaded the JWKS"
+    );
+    assert_eq!(call(&mint("k1")).status, 200);
+
+    // A flood of unknown kids inside the cooldown costs no fetch at all.
+    let before = hits.load(Ordering::SeqCst);
+    for i in 0..20 {
+        expect(&call(&mint(&format!("bogus-{i}"))), 401, "poa_invalid");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before,
+        "unknown kids must not trigger fetches within the cooldown"
+    );
+    // Known keys keep working.
+    assert_eq!(call(&mint("k1")).status, 200);
+    let m = broker.metrics();
+    assert!(metric(&m, r#"atb_jwks_refreshes_total{result="ok",tenant="acme"}"#).unwrap() >= 1.0);
+    assert_eq!(metric(&m, r#"atb_jwks_keys{tenant="acme"}"#), Some(1.0));
+}

@@ -218,7 +218,7 @@ async fn pipeline(
     let Some(token) = presented_token(req.headers())? else {
         return Err(Rejection::poa_required());
     };
-    let claims = verify_mandate(state, tenant, token, agent.as_str(), req, trail)?;
+    let claims = verify_mandate(state, client, tenant, token, agent.as_str(), req, trail).await?;
 
     // 10. Single use, marked only now that signature and claims passed.
     if let Some(replay) = &state.replay {
@@ -410,8 +410,9 @@ fn count_validation(state: &BrokerState, tenant: &Tenant, result: &str) {
 }
 
 /// Steps 5–9: signature, claims, subject, action, revocation.
-fn verify_mandate(
+async fn verify_mandate(
     state: &BrokerState,
+    client: &awc::Client,
     tenant: &Tenant,
     token: &str,
     agent: &str,
@@ -442,13 +443,13 @@ fn verify_mandate(
             Rejection::poa_revoked("the signing key has been revoked"),
         ));
     }
-    let key = auth.keys.get(&unverified.kid).ok_or_else(|| {
+    let key = auth.key(client, &unverified.kid).await.ok_or_else(|| {
         fail(
             "invalid",
             Rejection::poa_invalid("unknown kid: no such key for this tenant"),
         )
     })?;
-    let payload = unverified.verify(key).map_err(poa_err)?;
+    let payload = unverified.verify(&key).map_err(poa_err)?;
     let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
     trail.jti = claims.jti.clone();
     trail.action = claims.act.clone();

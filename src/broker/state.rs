@@ -16,6 +16,7 @@ use crate::config::{Config, PolicyEngine, TenantConfig};
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Metrics;
 use crate::poa::claims::ClaimRules;
+use crate::poa::jwks::{JwksCache, JwksRefresher, JwksTimings};
 use crate::poa::keys::{self, KeySet};
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
@@ -28,10 +29,27 @@ pub struct TenantAuth {
     pub rules: ClaimRules,
     pub revoked_jtis: HashSet<String>,
     pub revoked_kids: HashSet<String>,
+    pub jwks: Option<Arc<JwksCache>>,
 }
 
 impl TenantAuth {
-    fn load(t: &TenantConfig, leeway: u64) -> Result<Self, String> {
+    fn load(t: &TenantConfig, config: &Config, metrics: &Metrics) -> Result<Self, String> {
+        let p = &config.poa;
+        let leeway = p.leeway_seconds;
+        let jwks = t.poa.jwks_url.as_ref().map(|url| {
+            Arc::new(JwksCache::new(
+                t.id.clone(),
+                url.clone(),
+                JwksTimings {
+                    refresh: Duration::from_secs(p.jwks_refresh_seconds),
+                    cooldown: Duration::from_secs(p.jwks_cooldown_seconds),
+                    negative_ttl: Duration::from_secs(p.jwks_negative_seconds),
+                    stale_after: Duration::from_secs(p.jwks_stale_seconds),
+                    timeout: Duration::from_millis(p.jwks_timeout_ms),
+                },
+                metrics.jwks.clone(),
+            ))
+        });
         let mut set = KeySet::default();
         for (i, path) in t.poa.public_key_files.iter().enumerate() {
             let key = keys::load_public_pem(path)
@@ -48,7 +66,24 @@ impl TenantAuth {
             },
             revoked_jtis: t.poa.revoked_jtis.iter().cloned().collect(),
             revoked_kids: t.poa.revoked_kids.iter().cloned().collect(),
+            jwks,
         })
+    }
+
+    /// The key for `kid`: static keys first, then the JWKS (which may
+    /// refresh, single flight, within its cooldown).
+    pub async fn key(
+        &self,
+        client: &awc::Client,
+        kid: &str,
+    ) -> Option<ed25519_dalek::VerifyingKey> {
+        if let Some(k) = self.keys.get(kid) {
+            return Some(*k);
+        }
+        match &self.jwks {
+            Some(j) => j.key(client, kid).await,
+            None => None,
+        }
     }
 }
 
@@ -130,6 +165,8 @@ pub struct BrokerState {
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
     pub auth: HashMap<String, TenantAuth>,
+    /// Every JWKS source (for readiness).
+    jwks: Vec<Arc<JwksCache>>,
     /// `None` when single use is off.
     pub replay: Option<Arc<MemoryReplay>>,
     pub policy: PolicyBackend,
@@ -138,6 +175,7 @@ pub struct BrokerState {
     tenant_keys: HashMap<String, Arc<str>>,
     maintenance: AtomicBool,
     draining: AtomicBool,
+    keys_loaded: AtomicBool,
     admin_token: Option<String>,
 }
 
@@ -159,10 +197,12 @@ impl BrokerState {
         );
         let mut auth = HashMap::new();
         for t in &config.tenants {
-            auth.insert(
-                t.id.clone(),
-                TenantAuth::load(t, config.poa.leeway_seconds)?,
-            );
+            auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics)?);
+        }
+        let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
+        if !jwks.is_empty() {
+            let caches = jwks.clone();
+            actix::Supervisor::start(move |_| JwksRefresher::new(caches));
         }
         let policy = policy_backend(&config, &metrics)?;
         let replay = config.poa.single_use.then(|| {
@@ -184,12 +224,14 @@ impl BrokerState {
         Ok(Arc::new(Self {
             maintenance: AtomicBool::new(config.broker.maintenance_mode),
             draining: AtomicBool::new(false),
+            keys_loaded: AtomicBool::new(false),
             config: Arc::new(config),
             directory,
             connections,
             shards,
             metrics,
             auth,
+            jwks,
             replay,
             policy,
             audit,
@@ -222,6 +264,16 @@ impl BrokerState {
     pub fn ready(&self) -> Result<(), &'static str> {
         if self.draining() {
             return Err("draining");
+        }
+        if !self.keys_loaded.load(Ordering::Acquire) {
+            let now = std::time::Instant::now();
+            if self.jwks.iter().all(|j| j.has_usable_keys(now)) {
+                // Once every JWKS has loaded, later outages are handled by
+                // the stale window instead of flapping readiness.
+                self.keys_loaded.store(true, Ordering::Release);
+            } else {
+                return Err("verification keys not loaded");
+            }
         }
         Ok(())
     }

@@ -1,0 +1,361 @@
+//! Keys from a JWKS URL, refreshed without storms.
+//!
+//! * One refresh at a time per tenant (single flight): callers that find an
+//!   unknown `kid` queue on one lock; the first fetches, the rest re-check.
+//! * A cooldown (≥ 30 s) between refreshes triggered by unknown `kid`s, and
+//!   a negative cache of unknown `kid`s, so a flood of bogus `kid`s costs at
+//!   most one fetch per cooldown.
+//! * Keys from the last good fetch stay usable for a bounded stale window
+//!   while refreshes fail; past it, verification fails closed.
+//! * The [`JwksRefresher`] actor fetches at start (retrying with backoff
+//!   while a tenant has no keys, so a JWKS outage at start-up is survived)
+//!   and then periodically.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use arc_swap::ArcSwap;
+use ed25519_dalek::VerifyingKey;
+
+use super::keys::{parse_jwks, KeySet};
+
+/// Timings of a JWKS source.
+#[derive(Debug, Clone, Copy)]
+pub struct JwksTimings {
+    /// Periodic refresh interval.
+    pub refresh: Duration,
+    /// Least time between refreshes caused by unknown kids.
+    pub cooldown: Duration,
+    /// How long an unknown kid is remembered as unknown.
+    pub negative_ttl: Duration,
+    /// How long keys stay usable after the last successful fetch.
+    pub stale_after: Duration,
+    /// Time limit of one fetch.
+    pub timeout: Duration,
+}
+
+/// The refresh bookkeeping: plain state, driven with explicit times.
+#[derive(Debug, Default)]
+pub struct RefreshState {
+    last_attempt: Option<Instant>,
+    negative: HashMap<String, Instant>,
+}
+
+/// Largest number of remembered unknown kids.
+const MAX_NEGATIVE: usize = 10_000;
+
+impl RefreshState {
+    /// Whether an unknown `kid` may trigger a fetch at `now`. Records the
+    /// kid as unknown when it may not.
+    pub fn may_fetch_for(&mut self, kid: &str, now: Instant, t: &JwksTimings) -> bool {
+        if let Some(seen) = self.negative.get(kid) {
+            if now.saturating_duration_since(*seen) < t.negative_ttl {
+                return false;
+            }
+        }
+        if self
+            .last_attempt
+            .is_some_and(|last| now.saturating_duration_since(last) < t.cooldown)
+        {
+            self.remember_unknown(kid, now, t);
+            return false;
+        }
+        true
+    }
+
+    pub fn attempted(&mut self, now: Instant) {
+        self.last_attempt = Some(now);
+    }
+
+    /// Remembers `kid` as unknown (bounded).
+    pub fn remember_unknown(&mut self, kid: &str, now: Instant, t: &JwksTimings) {
+        if self.negative.len() >= MAX_NEGATIVE {
+            self.negative
+                .retain(|_, seen| now.saturating_duration_since(*seen) < t.negative_ttl);
+            if self.negative.len() >= MAX_NEGATIVE {
+                return;
+            }
+        }
+        self.negative.insert(kid.to_owned(), now);
+    }
+
+    /// A successful fetch makes every remembered unknown kid worth a new look.
+    pub fn fetched(&mut self) {
+        self.negative.clear();
+    }
+}
+
+/// The keys of the last good fetch.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub keys: KeySet,
+    pub fetched_at: Option<Instant>,
+}
+
+impl Snapshot {
+    /// The key for `kid`, if the snapshot is not past its stale window.
+    pub fn get(&self, kid: &str, now: Instant, t: &JwksTimings) -> Option<VerifyingKey> {
+        let fresh = self
+            .fetched_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= t.stale_after);
+        if fresh {
+            self.keys.get(kid).copied()
+        } else {
+            None
+        }
+    }
+}
+
+/// A tenant's JWKS source.
+pub struct JwksCache {
+    pub tenant: String,
+    pub url: String,
+    pub timings: JwksTimings,
+    snapshot: ArcSwap<Snapshot>,
+    state: Mutex<RefreshState>,
+    /// Serialises fetches (single flight).
+    fetch_lock: tokio::sync::Mutex<()>,
+    metrics: JwksMetrics,
+}
+
+#[derive(Clone)]
+pub struct JwksMetrics {
+    pub refreshes: prometheus::IntCounterVec,
+    pub keys: prometheus::IntGaugeVec,
+}
+
+/// Largest JWKS document read.
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+impl JwksCache {
+    pub fn new(tenant: String, url: String, timings: JwksTimings, metrics: JwksMetrics) -> Self {
+        Self {
+            tenant,
+            url,
+            timings,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            state: Mutex::new(RefreshState::default()),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// Whether a fetch has ever succeeded and its keys are still usable.
+    pub fn has_usable_keys(&self, now: Instant) -> bool {
+        let s = self.snapshot.load();
+        s.fetched_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= self.timings.stale_after)
+            && !s.keys.is_empty()
+    }
+
+    /// The key for `kid`, refreshing (single flight, cooldown, negative
+    /// cache) when it is unknown.
+    pub async fn key(&self, client: &awc::Client, kid: &str) -> Option<VerifyingKey> {
+        if let Some(k) = self.snapshot.load().get(kid, Instant::now(), &self.timings) {
+            return Some(k);
+        }
+        let allowed = self
+            .state
+            .lock()
+            .map(|mut s| s.may_fetch_for(kid, Instant::now(), &self.timings))
+            .unwrap_or(false);
+        if !allowed {
+            return None;
+        }
+        let _flight = self.fetch_lock.lock().await;
+        // Someone else may have fetched while we waited.
+        if let Some(k) = self.snapshot.load().get(kid, Instant::now(), &self.timings) {
+            return Some(k);
+        }
+        let again = self
+            .state
+            .lock()
+            .map(|mut s| s.may_fetch_for(kid, Instant::now(), &self.timings))
+            .unwrap_or(false);
+        if !again {
+            return None;
+        }
+        let _ = self.fetch(client).await;
+        let found = self.snapshot.load().get(kid, Instant::now(), &self.timings);
+        if found.is_none() {
+            if let Ok(mut s) = self.state.lock() {
+                s.remember_unknown(kid, Instant::now(), &self.timings);
+            }
+        }
+        found
+    }
+
+    /// Fetches the JWKS once; on success replaces the key set.
+    pub async fn fetch(&self, client: &awc::Client) -> Result<usize, String> {
+        if let Ok(mut s) = self.state.lock() {
+            s.attempted(Instant::now());
+        }
+        let result = self.fetch_inner(client).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .refreshes
+            .with_label_values(&[&self.tenant, label])
+            .inc();
+        match &result {
+            Ok(n) => {
+                self.metrics
+                    .keys
+                    .with_label_values(&[&self.tenant])
+                    .set(*n as i64);
+                if let Ok(mut s) = self.state.lock() {
+                    s.fetched();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, url = %self.url, error = %e, "JWKS refresh failed; keeping the previous keys within their stale window")
+            }
+        }
+        result
+    }
+
+    async fn fetch_inner(&self, client: &awc::Client) -> Result<usize, String> {
+        let mut response = client
+            .get(&self.url)
+            .timeout(self.timings.timeout)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("JWKS answered {}", response.status()));
+        }
+        let body = response
+            .body()
+            .limit(MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys = parse_jwks(&body)?;
+        let n = keys.len();
+        self.snapshot.store(Arc::new(Snapshot {
+            keys,
+            fetched_at: Some(Instant::now()),
+        }));
+        Ok(n)
+    }
+}
+
+/// Fetches every tenant's JWKS at start and periodically (supervised).
+pub struct JwksRefresher {
+    pub caches: Vec<Arc<JwksCache>>,
+    client: Option<awc::Client>,
+}
+
+impl JwksRefresher {
+    pub fn new(caches: Vec<Arc<JwksCache>>) -> Self {
+        Self {
+            caches,
+            client: None,
+        }
+    }
+
+    fn schedule(&self, ctx: &mut Context<Self>, index: usize, delay: Duration, backoff: Duration) {
+        ctx.run_later(delay, move |this, ctx| {
+            let Some(cache) = this.caches.get(index).cloned() else {
+                return;
+            };
+            let client = this.client.get_or_insert_with(awc::Client::default).clone();
+            let fut = async move {
+                let _flight = cache.fetch_lock.lock().await;
+                cache.fetch(&client).await.is_ok()
+            };
+            ctx.spawn(fut.into_actor(this).map(move |ok, this, ctx| {
+                let Some(cache) = this.caches.get(index) else {
+                    return;
+                };
+                let refresh = cache.timings.refresh;
+                if ok || cache.has_usable_keys(Instant::now()) {
+                    this.schedule(ctx, index, refresh, Duration::from_secs(1));
+                } else {
+                    // No usable keys: retry sooner, backing off up to the
+                    // refresh interval.
+                    let next = (backoff * 2).min(refresh);
+                    this.schedule(ctx, index, backoff, next);
+                }
+            }));
+        });
+    }
+}
+
+impl Actor for JwksRefresher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        for index in 0..self.caches.len() {
+            self.schedule(ctx, index, Duration::ZERO, Duration::from_secs(1));
+        }
+    }
+}
+
+impl Supervised for JwksRefresher {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t() -> JwksTimings {
+        JwksTimings {
+            refresh: Duration::from_secs(300),
+            cooldown: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(60),
+            stale_after: Duration::from_secs(3600),
+            timeout: Duration::from_millis(1500),
+        }
+    }
+
+    #[test]
+    fn unknown_kids_fetch_at_most_once_per_cooldown() {
+        let timings = t();
+        let mut s = RefreshState::default();
+        let t0 = Instant::now();
+        assert!(s.may_fetch_for("a", t0, &timings));
+        s.attempted(t0);
+        // A thousand bogus kids inside the cooldown: no fetch.
+        for i in 0..1000 {
+            assert!(!s.may_fetch_for(&format!("bogus-{i}"), t0 + Duration::from_secs(1), &timings));
+        }
+        // After the cooldown a new kid may fetch again…
+        let t1 = t0 + Duration::from_secs(31);
+        assert!(s.may_fetch_for("new", t1, &timings));
+        // …but a kid remembered as unknown waits for its negative TTL.
+        assert!(!s.may_fetch_for("bogus-1", t1, &timings));
+        assert!(s.may_fetch_for("bogus-1", t0 + Duration::from_secs(62), &timings));
+    }
+
+    #[test]
+    fn a_successful_fetch_forgets_unknown_kids() {
+        let timings = t();
+        let mut s = RefreshState::default();
+        let t0 = Instant::now();
+        s.remember_unknown("k", t0, &timings);
+        assert!(!s.may_fetch_for("k", t0, &timings));
+        s.fetched();
+        assert!(s.may_fetch_for("k", t0, &timings));
+    }
+
+    #[test]
+    fn stale_keys_are_served_only_within_the_window() {
+        let timings = t();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+        let mut keys = KeySet::default();
+        keys.insert("k".into(), key);
+        let t0 = Instant::now();
+        let snap = Snapshot {
+            keys,
+            fetched_at: Some(t0),
+        };
+        assert!(snap
+            .get("k", t0 + Duration::from_secs(3600), &timings)
+            .is_some());
+        assert!(snap
+            .get("k", t0 + Duration::from_secs(3601), &timings)
+            .is_none());
+        assert!(snap.get("other", t0, &timings).is_none());
+        assert!(Snapshot::default().get("k", t0, &timings).is_none());
+    }
+}
