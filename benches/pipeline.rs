@@ -1,0 +1,71 @@
+//! Per-request CPU of the PoA pipeline's stateless steps: mandate parsing,
+//! Ed25519 verification and claim checks, and one embedded policy decision.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use atb::poa::claims::{self, ClaimRules};
+use atb::poa::token;
+use atb::policy::embedded::{evaluate, PolicyBundle};
+use criterion::{criterion_group, criterion_main, Criterion};
+use ed25519_dalek::SigningKey;
+use serde_json::json;
+
+const AGENT: &str = "spiffe://acme.example/agent/demo";
+
+fn bench(c: &mut Criterion) {
+    let key = SigningKey::from_bytes(&[9; 32]);
+    let now = 1_800_000_000i64;
+    let leg = json!({
+        "jurisdiction": "EU",
+        "accountable_party": {"type": "user", "id": "owner"},
+        "dual_control": {"required": true, "approvers": [{"id": "alice"}, {"id": "bob"}]},
+    });
+    let claims_doc = json!({
+        "sub": AGENT, "act": "sap.payment.execute", "con": {"connector": "erp", "max_amount": 5000},
+        "leg": leg, "iat": now, "exp": now + 300, "jti": "0123456789abcdef0123456789abcdef",
+    });
+    let jwt = token::sign(&claims_doc, &key, "kid-1");
+    let vk = key.verifying_key();
+    let rules = ClaimRules {
+        max_ttl_seconds: 300,
+        leeway_seconds: 10,
+        issuer: None,
+        audience: None,
+    };
+    c.bench_function("poa_verify_and_claims", |b| {
+        b.iter(|| {
+            let u = token::parse(black_box(&jwt)).expect("parse");
+            let payload = u.verify(&vk).expect("verify");
+            claims::validate(&payload, &rules, now + 1).expect("claims")
+        })
+    });
+
+    let bundle = PolicyBundle {
+        modules: vec![("poa.rego".into(), atb::policy::EMBEDDED_POLICY.into())],
+        data: json!({}),
+        eval_timeout: Duration::from_secs(1),
+    };
+    let mut engine = bundle.engine().expect("policy compiles");
+    let input = |act: &str| {
+        let mut c = claims_doc.clone();
+        c["act"] = act.into();
+        json!({
+            "agent": {"spiffe_id": AGENT}, "poa": c,
+            "request": {"method": "POST", "path": "/api/pay", "action": act, "params": {"amount": 100}},
+            "policy": {"max_ttl_seconds": 300}, "current_time_ns": now as u64 * 1_000_000_000,
+            "rate_limit_state": {act: 3}, "tenant": {"id": "acme"},
+        })
+    };
+    let high = input("sap.payment.execute");
+    let critical_deny = input("org.merger.approve");
+    c.bench_function("policy_high_risk_allow", |b| {
+        b.iter(|| evaluate(&mut engine, black_box(&high)).expect("decision"))
+    });
+    c.bench_function("policy_critical_deny", |b| {
+        b.iter(|| evaluate(&mut engine, black_box(&critical_deny)).expect("decision"))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
