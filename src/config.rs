@@ -325,6 +325,10 @@ pub struct TenantConfig {
     pub burst: u32,
     #[serde(default)]
     pub poa: TenantPoaConfig,
+    /// Connector used when a mandate names none (`con.connector`); with a
+    /// single connector that one is the default.
+    #[serde(default)]
+    pub default_connector: Option<String>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
 }
@@ -744,6 +748,16 @@ impl Config {
                     if rl.burst == 0 {
                         return Err(invalid(ckey("rate_limit.burst"), "must be at least 1"));
                     }
+                }
+            }
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if let Some(d) = &t.default_connector {
+                if !t.connectors.iter().any(|c| &c.id == d) {
+                    return Err(invalid(
+                        format!("tenants[{i}].default_connector"),
+                        format!("{d:?} is not one of the tenant's connectors"),
+                    ));
                 }
             }
         }

@@ -16,7 +16,8 @@ use crate::tenant::Tenant;
 pub struct EgressDenied(pub String);
 
 /// The connector for a request: the mandate's `con.connector`, else the
-/// tenant's only connector. A named connector must exist.
+/// tenant's `default_connector`, else its only connector. A named connector
+/// must exist.
 pub fn resolve_connector<'t>(
     tenant: &'t Tenant,
     requested: Option<&str>,
@@ -33,6 +34,10 @@ pub fn resolve_connector<'t>(
                 ))
             }),
         None => match tenant.connectors.as_slice() {
+            all if tenant.default_connector.is_some() => all
+                .iter()
+                .find(|c| Some(&c.id) == tenant.default_connector.as_ref())
+                .ok_or_else(|| EgressDenied("the default connector is not configured".into())),
             [only] => Ok(only),
             [] => Err(EgressDenied("the tenant has no connectors".into())),
             _ => Err(EgressDenied(
@@ -224,6 +229,10 @@ mod tests {
         assert!(resolve_connector(&one, Some("erp")).is_err());
         let two = tenant(vec![connector("crm"), connector("erp")]);
         assert!(resolve_connector(&two, None).is_err());
+        let mut with_default = (*two).clone();
+        with_default.default_connector = Some("erp".into());
+        let with_default = Arc::new(with_default);
+        assert_eq!(resolve_connector(&with_default, None).unwrap().id, "erp");
         assert_eq!(resolve_connector(&two, Some("erp")).unwrap().id, "erp");
         assert!(resolve_connector(&tenant(vec![]), None).is_err());
     }

@@ -480,6 +480,26 @@ fn a_mandate_is_single_use() {
 }
 
 #[test]
+fn a_full_replay_cache_fails_closed() {
+    let s = setup_with("[poa]\nreplay_capacity = 1\n", "", &[]);
+    assert_eq!(
+        s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,
+        200
+    );
+    let a = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
+    expect(&a, 503, "replay_store_unavailable");
+    assert!(a.header("retry-after").is_some());
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_replay_rejections_total{cause="full",tenant="acme"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
 fn single_use_can_be_turned_off() {
     let s = setup_with("", "", &[("POA_SINGLE_USE", "false")]);
     let t = s.mint("crm.contact.read", &[]);
