@@ -65,6 +65,20 @@ fn bench(c: &mut Criterion) {
     c.bench_function("policy_critical_deny", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&critical_deny)).expect("decision"))
     });
+
+    // The engine's floor: the same input through a one-line policy.
+    let trivial = PolicyBundle {
+        modules: vec![(
+            "t.rego".into(),
+            "package atb.poa\nimport rego.v1\ndecision := {\"allow\": true, \"reason\": \"allow\"}\n".into(),
+        )],
+        data: json!({}),
+        eval_timeout: Duration::from_secs(1),
+    };
+    let mut floor = trivial.engine().expect("trivial policy compiles");
+    c.bench_function("policy_engine_floor", |b| {
+        b.iter(|| evaluate(&mut floor, black_box(&high)).expect("decision"))
+    });
 }
 
 criterion_group!(benches, bench);

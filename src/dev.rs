@@ -110,7 +110,7 @@ Try it:
   curl --cacert {d}/ca.crt https://localhost:{port}/api/hello                         # 401 spiffe_id_required
   curl --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key \
        https://localhost:{port}/api/hello                                             # 401 poa_required
-  T=$(atb mint --key {d}/{key} --sub spiffe://acme.example/agent/demo --act crm.contact.read)
+  T=$({exe} mint --key {d}/{key} --sub spiffe://acme.example/agent/demo --act crm.contact.read)
   curl --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key \
        -H "Authorization: Bearer $T" https://localhost:{port}/api/hello                # 200, then 403 poa_replay
   curl --cacert {d}/ca.crt --cert {d}/stranger-agent.crt --key {d}/stranger-agent.key \
@@ -122,6 +122,7 @@ Stop with Ctrl-C.
 "#,
         upstream = opts.upstream_addr,
         key = SIGNING_KEY,
+        exe = std::env::current_exe().map_or_else(|_| "atb".into(), |p| p.display().to_string()),
     )
 }
 

@@ -333,6 +333,27 @@ fn a_forged_token_does_not_burn_the_real_jti() {
 }
 
 #[test]
+fn a_malformed_body_does_not_burn_the_mandate() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let json = ["-H", "Content-Type: application/json", "--data"];
+    let bad = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &[json[0], json[1], json[2], "{broken"],
+    );
+    expect(&bad, 400, "bad_request");
+    let good = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &[json[0], json[1], json[2], r#"{"ok":true}"#],
+    );
+    assert_eq!(good.status, 200, "{good:?}");
+}
+
+#[test]
 fn expired_and_overlong_mandates_are_refused() {
     let s = setup();
     let now = std::time::SystemTime::now()

@@ -220,7 +220,11 @@ async fn pipeline(
     };
     let claims = verify_mandate(state, client, tenant, token, agent.as_str(), req, trail).await?;
 
-    // 10. Single use, marked only now that signature and claims passed.
+    // 10. The request as the policy will see it (read before the jti is
+    // spent, so a malformed body does not burn the mandate).
+    let (params, body) = read_params(req, payload, &state.config.upstream).await?;
+
+    // 11. Single use, marked only now that signature and claims passed.
     if let Some(replay) = &state.replay {
         let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
         let replay_metric = |cause: &str| {
@@ -245,8 +249,6 @@ async fn pipeline(
     }
     count_validation(state, tenant, "valid");
 
-    // 11. The request as the policy sees it.
-    let (params, body) = read_params(req, payload, &state.config.upstream).await?;
     let usage = match shard(
         state,
         &tenant.id,

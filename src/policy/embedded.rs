@@ -90,17 +90,11 @@ fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io:
 
 /// Evaluates one input with `engine`.
 pub fn evaluate(engine: &mut regorus::Engine, input: &Value) -> Result<Decision, PolicyError> {
-    let input = regorus::Value::from_json_str(&input.to_string())
-        .map_err(|e| PolicyError::Engine(e.to_string()))?;
-    engine.set_input(input);
+    engine.set_input(regorus::Value::from(input.clone()));
     let out = engine
         .eval_rule(DECISION_RULE.to_string())
         .map_err(|e| PolicyError::Engine(e.to_string()))?;
-    let json = out
-        .to_json_str()
-        .map_err(|e| PolicyError::Engine(e.to_string()))?;
-    let value: Value =
-        serde_json::from_str(&json).map_err(|e| PolicyError::Engine(e.to_string()))?;
+    let value = serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))?;
     Decision::from_value(&value)
 }
 
