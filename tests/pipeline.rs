@@ -117,6 +117,12 @@ fn setup() -> Setup {
 }
 
 impl Setup {
+    /// A mandate of `sub` for `act` through `connector`, with the default leg.
+    fn mint_via(&self, sub: &str, act: &str, connector: &str) -> String {
+        let con = format!(r#"{{"connector":"{connector}"}}"#);
+        self.key.mint(sub, act, &["--leg", LEG, "--con", &con])
+    }
+
     fn mint(&self, act: &str, extra: &[&str]) -> String {
         let mut args = vec!["--leg", LEG, "--con", r#"{"connector":"crm"}"#];
         args.extend_from_slice(extra);
@@ -418,11 +424,7 @@ fn issuer_and_audience_are_enforced_when_configured() {
 fn a_mandate_for_another_agent_is_refused() {
     let s = setup();
     // Validly signed for globex's agent, presented with acme's certificate.
-    let t = s.key.mint(
-        GLOBEX,
-        "crm.contact.read",
-        &["--leg", LEG, "--con", r#"{"connector":"crm"}"#],
-    );
+    let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
     expect(&s.acme("/api/x", &t), 403, "poa_subject_mismatch");
     // And the other way round: acme's mandate on globex's connection.
     let t = s.mint("crm.contact.read", &[]);
@@ -674,11 +676,7 @@ fn egress_and_connector_rules() {
         403,
         "egress_denied",
     );
-    let unknown = s.key.mint(
-        ACME,
-        "crm.contact.read",
-        &["--leg", LEG, "--con", r#"{"connector":"erp"}"#],
-    );
+    let unknown = s.mint_via(ACME, "crm.contact.read", "erp");
     expect(&s.acme("/api/x", &unknown), 403, "egress_denied");
     // With several connectors the mandate must name one.
     let unnamed = s.key.mint(ACME, "crm.contact.read", &["--leg", LEG]);
@@ -688,13 +686,7 @@ fn egress_and_connector_rules() {
 #[test]
 fn connector_rate_limit_answers_429() {
     let s = setup();
-    let tight = |_: ()| {
-        s.key.mint(
-            ACME,
-            "crm.contact.read",
-            &["--leg", LEG, "--con", r#"{"connector":"tight"}"#],
-        )
-    };
+    let tight = |_: ()| s.mint_via(ACME, "crm.contact.read", "tight");
     assert_eq!(s.acme("/api/x", &tight(())).status, 200);
     let a = s.acme("/api/x", &tight(()));
     expect(&a, 429, "rate_limited");
@@ -704,11 +696,7 @@ fn connector_rate_limit_answers_429() {
 #[test]
 fn upstream_failures_are_502_and_504() {
     let s = setup();
-    let down = s.key.mint(
-        ACME,
-        "crm.contact.read",
-        &["--leg", LEG, "--con", r#"{"connector":"down"}"#],
-    );
+    let down = s.mint_via(ACME, "crm.contact.read", "down");
     expect(&s.acme("/api/x", &down), 502, "upstream_error");
     expect(
         &s.acme("/api/slow", &s.mint("crm.contact.read", &[])),

@@ -153,38 +153,39 @@ impl JwksCache {
     /// The key for `kid`, refreshing (single flight, cooldown, negative
     /// cache) when it is unknown.
     pub async fn key(&self, client: &awc::Client, kid: &str) -> Option<VerifyingKey> {
-        if let Some(k) = self.snapshot.load().get(kid, Instant::now(), &self.timings) {
+        if let Some(k) = self.cached(kid) {
             return Some(k);
         }
-        let allowed = self
-            .state
-            .lock()
-            .map(|mut s| s.may_fetch_for(kid, Instant::now(), &self.timings))
-            .unwrap_or(false);
-        if !allowed {
+        if !self.may_fetch_for(kid) {
             return None;
         }
         let _flight = self.fetch_lock.lock().await;
         // Someone else may have fetched while we waited.
-        if let Some(k) = self.snapshot.load().get(kid, Instant::now(), &self.timings) {
+        if let Some(k) = self.cached(kid) {
             return Some(k);
         }
-        let again = self
-            .state
-            .lock()
-            .map(|mut s| s.may_fetch_for(kid, Instant::now(), &self.timings))
-            .unwrap_or(false);
-        if !again {
+        if !self.may_fetch_for(kid) {
             return None;
         }
         let _ = self.fetch(client).await;
-        let found = self.snapshot.load().get(kid, Instant::now(), &self.timings);
+        let found = self.cached(kid);
         if found.is_none() {
             if let Ok(mut s) = self.state.lock() {
                 s.remember_unknown(kid, Instant::now(), &self.timings);
             }
         }
         found
+    }
+
+    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
+        self.snapshot.load().get(kid, Instant::now(), &self.timings)
+    }
+
+    fn may_fetch_for(&self, kid: &str) -> bool {
+        self.state
+            .lock()
+            .map(|mut s| s.may_fetch_for(kid, Instant::now(), &self.timings))
+            .unwrap_or(false)
     }
 
     /// Fetches the JWKS once; on success replaces the key set.
