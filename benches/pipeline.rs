@@ -41,11 +41,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let bundle = PolicyBundle {
-        modules: vec![("poa.rego".into(), atb::policy::EMBEDDED_POLICY.into())],
-        data: json!({}),
-        eval_timeout: Duration::from_secs(1),
-    };
+    let bundle = PolicyBundle::load(None, None, &[], Duration::from_secs(1)).expect("policy loads");
     let mut engine = bundle.engine().expect("policy compiles");
     let input = |act: &str| {
         let mut c = claims_doc.clone();

@@ -325,6 +325,10 @@ pub struct TenantConfig {
     pub burst: u32,
     #[serde(default)]
     pub poa: TenantPoaConfig,
+    /// The tenant's policy data (`data.tenants.<id>` in Rego): `time_policy`,
+    /// `rate_limits`, `platform_binding`, `catalog.tiers` overrides.
+    #[serde(default)]
+    pub policy_data: Option<serde_json::Value>,
     /// Connector used when a mandate names none (`con.connector`); with a
     /// single connector that one is the default.
     #[serde(default)]
@@ -708,6 +712,9 @@ impl Config {
                     key("poa.max_ttl_seconds"),
                     "must be between 1 and 900",
                 ));
+            }
+            if t.policy_data.as_ref().is_some_and(|d| !d.is_object()) {
+                return Err(invalid(key("policy_data"), "must be a table"));
             }
             if let Some(url) = &t.poa.jwks_url {
                 validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;

@@ -47,6 +47,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
             public_key_files: vec![pki.dir.join(SIGNING_PUB)],
             ..TenantPoaConfig::default()
         },
+        policy_data: None,
         default_connector: None,
         connectors: vec![connector("crm")],
     };

@@ -574,7 +574,20 @@ fn concurrent_replays_from_32_connections_have_exactly_one_winner() {
 #[test]
 fn policy_denials_carry_the_policys_reason() {
     let s = setup();
+    let pay = |t: &str| {
+        let body = [
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"amount": 500}"#,
+        ];
+        s.call("acme-agent", "/api/pay", t, &body)
+    };
+    // The constraint family runs first: no amount, no payment.
     let a = s.acme("/api/pay", &s.mint("sap.payment.execute", &[]));
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "action_denied");
+    let a = pay(&s.mint("sap.payment.execute", &[]));
     expect(&a, 403, "policy_denied");
     assert_eq!(a.json()["reason"], "high_risk_dual_control_required");
     assert_eq!(a.json()["details"]["tier"], "high");
@@ -584,7 +597,7 @@ fn policy_denials_carry_the_policys_reason() {
         "sap.payment.execute",
         &["--leg", dual, "--con", r#"{"connector":"crm"}"#],
     );
-    assert_eq!(s.acme("/api/pay", &t).status, 200);
+    assert_eq!(pay(&t).status, 200);
     assert!(eventually(Duration::from_secs(5), || s
         .broker
         .audit()
@@ -594,7 +607,7 @@ fn policy_denials_carry_the_policys_reason() {
         .broker
         .audit()
         .into_iter()
-        .find(|e| e["code"] == "policy_denied")
+        .find(|e| e["code"] == "policy_denied" && e["reason"] != "action_denied")
         .unwrap();
     assert_eq!(e["decision"], "deny");
     assert_eq!(e["reason"], "high_risk_dual_control_required");

@@ -124,27 +124,12 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
             timeout: Duration::from_millis(p.opa_timeout_ms),
         });
     }
-    let modules = match &p.dir {
-        Some(dir) => PolicyBundle::from_dir(dir)?,
-        None => vec![(
-            "policies/atb/poa.rego".to_string(),
-            crate::policy::EMBEDDED_POLICY.to_string(),
-        )],
-    };
-    let data = match &p.data_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
-            serde_json::from_str(&text)
-                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?
-        }
-        None => serde_json::json!({}),
-    };
-    let bundle = PolicyBundle {
-        modules,
-        data,
-        eval_timeout: Duration::from_millis(p.eval_timeout_ms),
-    };
+    let bundle = PolicyBundle::load(
+        p.dir.as_deref(),
+        p.data_file.as_deref(),
+        &config.tenants,
+        Duration::from_millis(p.eval_timeout_ms),
+    )?;
     let threads = if p.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {

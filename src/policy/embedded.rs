@@ -30,25 +30,71 @@ pub struct PolicyBundle {
 }
 
 impl PolicyBundle {
-    /// Reads every `.rego` file under `dir` (recursively, sorted), skipping
-    /// `*_test.rego`.
-    pub fn from_dir(dir: &std::path::Path) -> Result<Vec<(String, String)>, String> {
-        let mut files = Vec::new();
-        collect(dir, &mut files).map_err(|e| format!("policy.dir {}: {e}", dir.display()))?;
-        files.sort();
+    /// The policy to run: the `.rego` files under `dir` (recursively,
+    /// sorted, `*_test.rego` skipped) or the embedded policy; `data` is the
+    /// embedded catalogue (or the `.json` files under `dir`), then
+    /// `data_file`, then each tenant's `policy_data` under `tenants.<id>`.
+    pub fn load(
+        dir: Option<&std::path::Path>,
+        data_file: Option<&std::path::Path>,
+        tenants: &[crate::config::TenantConfig],
+        eval_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut data = serde_json::json!({});
         let mut modules = Vec::new();
-        for f in files {
-            let name = f.display().to_string();
-            if name.ends_with("_test.rego") {
-                continue;
+        match dir {
+            None => {
+                modules.push((
+                    "policies/atb/poa.rego".to_string(),
+                    super::EMBEDDED_POLICY.to_string(),
+                ));
+                let catalog: Value = serde_json::from_str(super::EMBEDDED_CATALOG)
+                    .map_err(|e| format!("embedded catalog: {e}"))?;
+                super::merge_data(&mut data, catalog);
             }
-            let src = std::fs::read_to_string(&f).map_err(|e| format!("{name}: {e}"))?;
-            modules.push((name, src));
+            Some(dir) => {
+                let mut files = Vec::new();
+                collect(dir, &mut files)
+                    .map_err(|e| format!("policy.dir {}: {e}", dir.display()))?;
+                files.sort();
+                for f in files {
+                    let name = f.display().to_string();
+                    let text = std::fs::read_to_string(&f).map_err(|e| format!("{name}: {e}"))?;
+                    if name.ends_with("_test.rego") {
+                        continue;
+                    } else if name.ends_with(".rego") {
+                        modules.push((name, text));
+                    } else {
+                        let doc: Value =
+                            serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+                        super::merge_data(&mut data, doc);
+                    }
+                }
+                if modules.is_empty() {
+                    return Err(format!("policy.dir {}: no .rego files", dir.display()));
+                }
+            }
         }
-        if modules.is_empty() {
-            return Err(format!("policy.dir {}: no .rego files", dir.display()));
+        if let Some(path) = data_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
+            let doc: Value = serde_json::from_str(&text)
+                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
+            super::merge_data(&mut data, doc);
         }
-        Ok(modules)
+        for t in tenants {
+            if let Some(d) = &t.policy_data {
+                super::merge_data(
+                    &mut data,
+                    serde_json::json!({"tenants": {t.id.clone(): d.clone()}}),
+                );
+            }
+        }
+        Ok(Self {
+            modules,
+            data,
+            eval_timeout,
+        })
     }
 
     /// Compiles an engine (strict builtin errors, time limit).
@@ -81,7 +127,7 @@ fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io:
         let path = entry?.path();
         if path.is_dir() {
             collect(&path, out)?;
-        } else if path.extension().is_some_and(|e| e == "rego") {
+        } else if path.extension().is_some_and(|e| e == "rego" || e == "json") {
             out.push(path);
         }
     }
@@ -226,7 +272,10 @@ mod tests {
 
     #[test]
     fn embedded_policy_compiles_and_decides() {
-        let mut e = bundle(super::super::EMBEDDED_POLICY).engine().unwrap();
+        let mut e = PolicyBundle::load(None, None, &[], Duration::from_millis(500))
+            .unwrap()
+            .engine()
+            .unwrap();
         let agent = "spiffe://acme.example/agent/a";
         let leg =
             json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "alice"}});
@@ -241,7 +290,12 @@ mod tests {
         let d = evaluate(&mut e, &input("crm.contact.read", &leg)).unwrap();
         assert!(d.allow, "{d:?}");
         assert_eq!(d.risk_tier, "low");
-        let d = evaluate(&mut e, &input("sap.payment.execute", &leg)).unwrap();
+        let pay = |leg: &Value| {
+            let mut i = input("sap.payment.execute", leg);
+            i["request"]["params"] = json!({"amount": 500});
+            i
+        };
+        let d = evaluate(&mut e, &pay(&leg)).unwrap();
         assert_eq!(
             (d.allow, d.reason.as_str()),
             (false, "high_risk_dual_control_required")
@@ -249,17 +303,9 @@ mod tests {
         let mut dual = leg.clone();
         dual["dual_control"] =
             json!({"required": true, "approvers": [{"id": "bob"}, {"id": "carol"}]});
-        assert!(
-            evaluate(&mut e, &input("sap.payment.execute", &dual))
-                .unwrap()
-                .allow
-        );
+        assert!(evaluate(&mut e, &pay(&dual)).unwrap().allow);
         dual["dual_control"]["approvers"] = json!([{"id": "bob"}, {"id": agent}]);
-        assert!(
-            !evaluate(&mut e, &input("sap.payment.execute", &dual))
-                .unwrap()
-                .allow
-        );
+        assert!(!evaluate(&mut e, &pay(&dual)).unwrap().allow);
         let d = evaluate(&mut e, &json!({})).unwrap();
         assert_eq!(
             (d.allow, d.reason.as_str()),

@@ -12,6 +12,22 @@ pub const DECISION_RULE: &str = "data.atb.poa.decision";
 /// The policy shipped inside the binary.
 pub const EMBEDDED_POLICY: &str = include_str!("../../policies/atb/poa.rego");
 
+/// The action catalogue shipped inside the binary (`data.atb.catalog`).
+pub const EMBEDDED_CATALOG: &str = include_str!("../../policies/atb/catalog.json");
+
+/// Deep-merges `extra` into `base` (objects merge key by key; anything else
+/// in `extra` replaces).
+pub fn merge_data(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge_data(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
 /// A parsed decision document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
