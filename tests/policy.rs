@@ -76,7 +76,7 @@ fn rego_unit_tests_pass_on_regorus() {
         engine.set_input(regorus::Value::new_object());
         let rule = format!("data.{package}.{name}");
         match engine.eval_rule(rule.clone()) {
-            Ok(v) if v == regorus::Value::Bool(true) => {}
+            Ok(regorus::Value::Bool(true)) => {}
             Ok(v) => failed.push(format!("{rule}: {v}")),
             Err(e) => failed.push(format!("{rule}: error {e}")),
         }
@@ -88,6 +88,99 @@ fn rego_unit_tests_pass_on_regorus() {
         tests.len(),
         failed.join("\n")
     );
+}
+
+/// The regorus engine with the policy, the test modules and the parity data.
+fn regorus_engine(with_test_data: bool) -> regorus::Engine {
+    let dir = policy_dir();
+    let data = with_test_data
+        .then(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/policy/data.json"));
+    let bundle = atb::policy::embedded::PolicyBundle::load(
+        Some(&dir),
+        data.as_deref(),
+        &[],
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    let mut engine = bundle.engine().unwrap();
+    for f in walk(&dir) {
+        if f.to_string_lossy().ends_with("_test.rego") {
+            engine
+                .add_policy(
+                    f.display().to_string(),
+                    std::fs::read_to_string(&f).unwrap(),
+                )
+                .unwrap();
+        }
+    }
+    engine
+}
+
+/// Identical results on regorus and real OPA: every Rego test, and the full
+/// decision JSON for every corpus input. Needs the OPA engine from PyPI in
+/// the test venv (scripts/test installs it).
+#[test]
+fn regorus_and_opa_agree_on_tests_and_corpus() {
+    let python = std::env::var("ATB_TEST_PYTHON")
+        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let corpus_path = root.join("tests/policy/corpus.jsonl");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/policy/opa_eval.py"))
+        .arg(policy_dir())
+        .arg(root.join("tests/policy/data.json"))
+        .arg(&corpus_path)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (run scripts/test to create the venv)"));
+    assert!(
+        out.status.success(),
+        "OPA side failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let opa: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // Every Rego test passes on OPA too.
+    let tests = opa["tests"].as_object().unwrap();
+    assert!(tests.len() >= 120, "only {} tests reached OPA", tests.len());
+    let failing: Vec<_> = tests
+        .iter()
+        .filter(|(_, v)| **v != serde_json::json!(true))
+        .collect();
+    assert!(failing.is_empty(), "Rego tests failing on OPA: {failing:?}");
+
+    // Every corpus decision is identical.
+    let mut engine = regorus_engine(true);
+    let corpus = std::fs::read_to_string(&corpus_path).unwrap();
+    let cases: Vec<serde_json::Value> = corpus
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(cases.len() >= 150, "corpus has only {} inputs", cases.len());
+    let opa_decisions = opa["decisions"].as_array().unwrap();
+    assert_eq!(opa_decisions.len(), cases.len());
+    let mut differences = Vec::new();
+    let mut reasons = std::collections::BTreeSet::new();
+    for (case, from_opa) in cases.iter().zip(opa_decisions) {
+        engine.set_input(regorus::Value::from(case["input"].clone()));
+        let ours = match engine.eval_rule("data.atb.poa.decision".into()) {
+            Ok(v) => serde_json::to_value(&v).unwrap(),
+            Err(e) => serde_json::json!({"engine_error": e.to_string()}),
+        };
+        if let Some(r) = ours["reason"].as_str() {
+            reasons.insert(r.to_owned());
+        }
+        if &ours != from_opa {
+            differences.push(format!("{}: regorus {ours} / OPA {from_opa}", case["name"]));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} differences:\n{}",
+        differences.len(),
+        differences.join("\n")
+    );
+    // The corpus exercises a wide spread of outcomes.
+    assert!(reasons.len() >= 10, "corpus reaches only {reasons:?}");
 }
 
 #[test]

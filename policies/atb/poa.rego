@@ -71,15 +71,6 @@ tenant_data := d if {
 	is_object(d)
 } else := {}
 
-# A tenant's own document, else the global one, else {}.
-setting(name) := v if {
-	v := tenant_data[name]
-	is_object(v)
-} else := v if {
-	v := data[name]
-	is_object(v)
-} else := {}
-
 has_key(obj, k) if {
 	_ = obj[k]
 }
@@ -88,7 +79,12 @@ has_key(obj, k) if {
 # Catalogue and tiers
 # ---------------------------------------------------------------------------
 
-catalog := object.get(data, ["atb", "catalog"], {})
+# Data is always referenced by static paths: a reference to the whole `data`
+# document would make the engine evaluate every rule of every package.
+catalog := c if {
+	c := data.atb.catalog
+	is_object(c)
+} else := {}
 
 tenant_tiers := t if {
 	t := tenant_data.catalog.tiers
@@ -134,6 +130,17 @@ field_present(f) if {
 	v != null
 }
 
+# The fast check; the per-field details are computed only on denial.
+fields_ok if {
+	poa.sub != null
+	poa.act != null
+	poa.con != null
+	poa.leg != null
+	poa.iat != null
+	poa.exp != null
+	poa.jti != null
+}
+
 leg_problems := {p: true | some p in leg_problem_list}
 
 leg_problem_list contains "leg" if not leg_is_object
@@ -159,6 +166,17 @@ leg_problem_list contains "leg.accountable_party.id" if {
 }
 
 leg_is_object if is_object(poa.leg)
+
+leg_ok if {
+	j := poa.leg.jurisdiction
+	is_string(j)
+	j != ""
+	party := poa.leg.accountable_party
+	is_string(party.type)
+	id := party.id
+	is_string(id)
+	id != ""
+}
 
 jurisdiction_ok if {
 	j := leg.jurisdiction
@@ -194,7 +212,14 @@ ttl_ok if {
 # Platform identity binding (data.platform_binding: none|exact|prefix|mapping)
 # ---------------------------------------------------------------------------
 
-binding := setting("platform_binding")
+# Each tenant's own document, else the global one, else {}.
+binding := v if {
+	v := tenant_data.platform_binding
+	is_object(v)
+} else := v if {
+	v := data.platform_binding
+	is_object(v)
+} else := {}
 
 binding_mode := m if {
 	m := binding.mode
@@ -311,104 +336,104 @@ action_allowed if not act in constrained_actions
 
 action_allowed if {
 	act in constrained_actions
-	constraint_ok[act]
+	constraint_ok(act)
 }
 
 # SAP
-constraint_ok["sap.vendor.change"] if {
+constraint_ok("sap.vendor.change") if {
 	amount := num("amount")
 	amount <= 5000
 	amount <= limit("liability_cap", 0)
 }
 
-constraint_ok["sap.vendor.change"] if {
+constraint_ok("sap.vendor.change") if {
 	amount := num("amount")
 	amount > 5000
 	yes(constraints, "dual_control")
 	amount <= limit("liability_cap", 0)
 }
 
-constraint_ok["sap.vendor.bank_change"] if {
+constraint_ok("sap.vendor.bank_change") if {
 	yes(params, "second_channel_verified")
 	longer_than("change_reason", 10)
 }
 
-constraint_ok["sap.payment.execute"] if {
+constraint_ok("sap.payment.execute") if {
 	amount := num("amount")
 	amount > 0
 	amount <= limit("payment_limit", 100000)
 }
 
-constraint_ok["sap.payment.batch_release"] if {
+constraint_ok("sap.payment.batch_release") if {
 	within(num("batch_count"), 1, limit("max_batch_count", 100))
 	within(num("total_amount"), 0, limit("max_batch_amount", 1000000))
 }
 
-constraint_ok["sap.journal_entry.post"] if {
+constraint_ok("sap.journal_entry.post") if {
 	present("gl_account")
 	present("cost_center")
 	num("amount") != 0
 }
 
 # Salesforce
-constraint_ok["salesforce.bulk.export"] if {
+constraint_ok("salesforce.bulk.export") if {
 	listed("dataset_allowlist", str("dataset"))
 	within(num("row_count"), 1, limit("max_rows", 10000))
 }
 
-constraint_ok["salesforce.bulk.delete"] if {
+constraint_ok("salesforce.bulk.delete") if {
 	listed("deletable_objects", str("object_type"))
 	within(num("record_count"), 1, limit("max_delete_count", 1000))
 }
 
-constraint_ok["salesforce.apex.execute"] if listed("approved_apex_scripts", str("script_name"))
+constraint_ok("salesforce.apex.execute") if listed("approved_apex_scripts", str("script_name"))
 
-constraint_ok["salesforce.report.export_all"] if listed("exportable_reports", str("report_id"))
+constraint_ok("salesforce.report.export_all") if listed("exportable_reports", str("report_id"))
 
 # HR / PII
 pii_export_purposes := {"audit", "legal_hold", "regulatory_compliance", "internal_investigation"}
 
-constraint_ok["hr.employee.export_pii"] if {
+constraint_ok("hr.employee.export_pii") if {
 	str("purpose") in pii_export_purposes
 	within(num("record_count"), 1, limit("max_pii_export", 500))
 }
 
-constraint_ok["hr.employee.terminate"] if {
+constraint_ok("hr.employee.terminate") if {
 	yes(params, "offboarding_checklist_complete")
 	longer_than("termination_reason", 10)
 }
 
-constraint_ok["hr.payroll.run"] if {
+constraint_ok("hr.payroll.run") if {
 	present("payroll_period")
 	within(num("employee_count"), 0, limit("max_payroll_employees", 10000))
 }
 
-constraint_ok["hr.compensation.change"] if {
+constraint_ok("hr.compensation.change") if {
 	within(num("percentage_change"), -50, limit("max_compensation_pct_change", 25))
 	longer_than("justification", 20)
 }
 
 # Customer data
-constraint_ok["customer.gdpr.erasure"] if {
+constraint_ok("customer.gdpr.erasure") if {
 	present("request_id")
 	has_key(params, "days_since_request")
 	within(num("days_since_request"), 0, 30)
 }
 
-constraint_ok["customer.ccpa.export"] if {
+constraint_ok("customer.ccpa.export") if {
 	present("request_id")
 	str("export_format") in {"json", "csv", "pdf"}
 }
 
 customer_pii_purposes := {"support_case", "billing_inquiry", "identity_verification", "fraud_investigation"}
 
-constraint_ok["customer.pii.access"] if {
+constraint_ok("customer.pii.access") if {
 	str("purpose") in customer_pii_purposes
 	present("reference_id")
 }
 
 # IAM
-constraint_ok["iam.role.assign"] if {
+constraint_ok("iam.role.assign") if {
 	present("role_name")
 	present("target_user_id")
 	str("target_user_id") != poa.sub
@@ -416,54 +441,54 @@ constraint_ok["iam.role.assign"] if {
 	allowed_by_optional_list("assignable_roles", str("role_name"))
 }
 
-constraint_ok["iam.mfa.disable"] if {
+constraint_ok("iam.mfa.disable") if {
 	present("incident_reference")
 	present("target_user_id")
 	yes(params, "identity_verified")
 }
 
 # OT / SCADA
-constraint_ok["ot.system.manual_override"] if {
+constraint_ok("ot.system.manual_override") if {
 	yes(params, "human_in_loop_approved")
 	within(limit("override_window_seconds", 0), 1, 900)
 }
 
-constraint_ok["scada.setpoint.change"] if {
+constraint_ok("scada.setpoint.change") if {
 	has_key(params, "new_value")
 	within(num("new_value"), limit("setpoint_min", 0), limit("setpoint_max", 100))
 	yes(params, "safety_review_acknowledged")
 }
 
-constraint_ok["ot.safety.interlock_bypass"] if {
+constraint_ok("ot.safety.interlock_bypass") if {
 	longer_than("emergency_justification", 20)
 	within(num("bypass_duration_seconds"), 1, limit("max_bypass_duration", 3600))
 	yes(params, "safety_officer_approved")
 }
 
 # ServiceNow
-constraint_ok["servicenow.change.emergency_approve"] if {
+constraint_ok("servicenow.change.emergency_approve") if {
 	present("change_number")
 	yes(params, "cab_approved")
 }
 
-constraint_ok["servicenow.change.emergency_approve"] if {
+constraint_ok("servicenow.change.emergency_approve") if {
 	present("change_number")
 	yes(params, "emergency_flag")
 	longer_than("emergency_justification", 20)
 }
 
-constraint_ok["servicenow.incident.priority1_create"] if {
+constraint_ok("servicenow.incident.priority1_create") if {
 	longer_than("business_impact", 10)
 	num("affected_users") > 0
 }
 
 # Workday / Dynamics
-constraint_ok["workday.compensation.change"] if {
+constraint_ok("workday.compensation.change") if {
 	within(num("percentage_change"), -50, limit("max_compensation_pct_change", 25))
 	present("effective_date")
 }
 
-constraint_ok["dynamics.entity.bulk_delete"] if {
+constraint_ok("dynamics.entity.bulk_delete") if {
 	allowed_by_optional_list("deletable_entities", str("entity_type"))
 	within(num("record_count"), 1, limit("max_delete_count", 1000))
 }
@@ -471,12 +496,12 @@ constraint_ok["dynamics.entity.bulk_delete"] if {
 # Cloud IAM
 admin_policy_prefix := "arn:aws:iam::aws:policy/Administrator"
 
-constraint_ok["aws.iam.policy_attach"] if {
+constraint_ok("aws.iam.policy_attach") if {
 	present("policy_arn")
 	not startswith(str("policy_arn"), admin_policy_prefix)
 }
 
-constraint_ok["aws.iam.policy_attach"] if {
+constraint_ok("aws.iam.policy_attach") if {
 	startswith(str("policy_arn"), admin_policy_prefix)
 	yes(constraints, "allow_admin_policy")
 }
@@ -490,14 +515,14 @@ subscription_owner if {
 	subscription_scope
 }
 
-constraint_ok["azure.rbac.assign"] if {
+constraint_ok("azure.rbac.assign") if {
 	present("role_name")
 	present("principal_id")
 	present("scope")
 	not subscription_owner
 }
 
-constraint_ok["azure.rbac.assign"] if {
+constraint_ok("azure.rbac.assign") if {
 	present("principal_id")
 	subscription_owner
 	yes(constraints, "allow_subscription_owner")
@@ -505,13 +530,13 @@ constraint_ok["azure.rbac.assign"] if {
 
 protected_vault if listed("protected_vaults", str("vault_name"))
 
-constraint_ok["azure.keyvault.secret_set"] if {
+constraint_ok("azure.keyvault.secret_set") if {
 	present("vault_name")
 	present("secret_name")
 	not protected_vault
 }
 
-constraint_ok["azure.keyvault.secret_set"] if {
+constraint_ok("azure.keyvault.secret_set") if {
 	present("secret_name")
 	protected_vault
 	yes(constraints, "allow_protected_vault_write")
@@ -599,9 +624,21 @@ tier_denial := {
 # Time policies (data-driven, per tenant with global fallback)
 # ---------------------------------------------------------------------------
 
-time_policy := setting("time_policy")
+time_policy := v if {
+	v := tenant_data.time_policy
+	is_object(v)
+} else := v if {
+	v := data.time_policy
+	is_object(v)
+} else := {}
 
-rate_limits := setting("rate_limits")
+rate_limits := v if {
+	v := tenant_data.rate_limits
+	is_object(v)
+} else := v if {
+	v := data.rate_limits
+	is_object(v)
+} else := {}
 
 rate_limits_configured if count(rate_limits) > 0
 
@@ -698,9 +735,9 @@ violations contains sprintf("approval_expired:%vs_ago", [age]) if {
 # ---------------------------------------------------------------------------
 
 denial := {"reason": "missing_required_fields", "details": missing_fields} if {
-	count(missing_fields) > 0
+	not fields_ok
 } else := {"reason": "leg_invalid", "details": leg_problems} if {
-	count(leg_problems) > 0
+	not leg_ok
 } else := {"reason": "ttl_invalid", "details": {"max_ttl_seconds": min([max_ttl, 900])}} if {
 	not ttl_ok
 } else := {"reason": "sub_mismatch"} if {

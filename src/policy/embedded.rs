@@ -103,7 +103,7 @@ impl PolicyBundle {
         engine.set_strict_builtin_errors(true);
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
             limit: self.eval_timeout,
-            check_interval: std::num::NonZeroU32::new(64).unwrap_or(std::num::NonZeroU32::MIN),
+            check_interval: std::num::NonZeroU32::new(1024).unwrap_or(std::num::NonZeroU32::MIN),
         });
         for (name, src) in &self.modules {
             engine

@@ -1,0 +1,109 @@
+"""Generates tests/policy/corpus.jsonl: decision inputs for the regorus/OPA
+parity test. Deterministic (seeded); rerun after changing the catalogue or
+the input shape: python3 tests/policy/gen_corpus.py > tests/policy/corpus.jsonl
+"""
+import json
+import random
+
+rng = random.Random(20261128)
+AGENT = "spiffe://acme.example/agent/a"
+GOOD_LEG = {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "owner@acme"}}
+LEGS = {
+    "good": GOOD_LEG,
+    "medium": {**GOOD_LEG, "approval": {"approver_id": "alice@acme", "timestamp": 1700000000}},
+    "self": {**GOOD_LEG, "approval": {"approver_id": AGENT}},
+    "dual": {**GOOD_LEG, "dual_control": {"required": True, "approvers": [
+        {"id": "alice@acme", "timestamp": 1699990000}, {"id": "bob@acme", "timestamp": 1700000000}]}},
+    "dual_dup": {**GOOD_LEG, "dual_control": {"required": True, "approvers": [{"id": "a"}, {"id": "a"}]}},
+    "exec": {**GOOD_LEG, "executive_control": {"required": True, "approvers": [
+        {"id": "ceo@acme", "role": "CEO"}, {"id": "cfo@acme", "role": "CFO"}]}},
+    "exec_one_person": {**GOOD_LEG, "executive_control": {"required": True, "approvers": [
+        {"id": "x", "role": "CEO"}, {"id": "x", "role": "CFO"}]}},
+    "exec_bad_role": {**GOOD_LEG, "executive_control": {"required": True, "approvers": [
+        {"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}, {"id": "z", "role": 7}]}},
+    "no_jurisdiction": {"accountable_party": {"type": "user", "id": "o"}},
+    "not_object": "contract",
+}
+ACTIONS = [
+    "crm.contact.read", "kb.docs.search", "crm.contact.update", "erp.order.create", "made.up.action",
+    "sap.vendor.create", "sap.vendor.change", "sap.vendor.bank_change", "sap.payment.execute",
+    "sap.payment.batch_release", "sap.journal_entry.post", "salesforce.bulk.export",
+    "salesforce.bulk.delete", "salesforce.apex.execute", "salesforce.report.export_all",
+    "hr.employee.export_pii", "hr.employee.terminate", "hr.payroll.run", "hr.compensation.change",
+    "customer.gdpr.erasure", "customer.ccpa.export", "customer.pii.access", "iam.role.assign",
+    "iam.mfa.disable", "ot.system.manual_override", "scada.setpoint.change",
+    "ot.safety.interlock_bypass", "servicenow.change.emergency_approve",
+    "servicenow.incident.priority1_create", "workday.compensation.change",
+    "dynamics.entity.bulk_delete", "aws.iam.policy_attach", "azure.rbac.assign",
+    "azure.keyvault.secret_set", "org.company.merge", "finance.wire.over_10m",
+]
+PARAMS = [
+    {}, {"amount": 100}, {"amount": 6000}, {"amount": "100"}, {"amount": 0},
+    {"second_channel_verified": True, "change_reason": "vendor moved banks"},
+    {"batch_count": 10, "total_amount": 5000}, {"gl_account": "4000", "cost_center": "CC", "amount": 5},
+    {"dataset": "leads", "row_count": 50}, {"object_type": "Lead", "record_count": 5},
+    {"script_name": "cleanup"}, {"report_id": "r1"}, {"purpose": "audit", "record_count": 5},
+    {"offboarding_checklist_complete": True, "termination_reason": "position eliminated"},
+    {"payroll_period": "2026-11", "employee_count": 10},
+    {"percentage_change": 10, "justification": "annual review outcome, top performer", "effective_date": "2027-01-01"},
+    {"request_id": "r", "days_since_request": 5, "export_format": "csv"},
+    {"purpose": "support_case", "reference_id": "c1"},
+    {"role_name": "reader", "target_user_id": "u1"}, {"role_name": "reader", "target_user_id": AGENT},
+    {"incident_reference": "INC", "target_user_id": "u1", "identity_verified": True},
+    {"human_in_loop_approved": True}, {"new_value": 50, "safety_review_acknowledged": True},
+    {"emergency_justification": "sensor failure, plant at risk", "bypass_duration_seconds": 60, "safety_officer_approved": True},
+    {"change_number": "CHG", "cab_approved": True}, {"business_impact": "checkout is down", "affected_users": 5},
+    {"entity_type": "lead", "record_count": 5}, {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"},
+    {"role_name": "Owner", "principal_id": "p", "scope": "/subscriptions/1"},
+    {"vault_name": "prod", "secret_name": "s"},
+]
+CONS = [
+    {}, {"liability_cap": 10000}, {"liability_cap": 10000, "dual_control": True}, {"payment_limit": 50},
+    {"dataset_allowlist": ["leads"], "deletable_objects": ["Lead"], "approved_apex_scripts": ["cleanup"],
+     "exportable_reports": ["r1"]},
+    {"override_window_seconds": 600}, {"allow_admin_policy": True}, {"allow_subscription_owner": False},
+    {"protected_vaults": ["prod"]}, {"bypass_rate_limit": True}, {"allow_outside_business_hours": True},
+    {"max_delete_count": "many"},
+]
+TENANTS = ["acme", "hours", "tight", "bound", "nobody"]
+TIMES = [1700000100, 1699960000, 1699711200, 1700090000, None]
+
+
+def case(i):
+    act = rng.choice(ACTIONS)
+    leg = rng.choice(list(LEGS))
+    inp = {
+        "agent": {"spiffe_id": AGENT},
+        "poa": {"sub": AGENT, "act": act, "con": rng.choice(CONS), "leg": LEGS[leg],
+                "iat": 1700000000, "exp": 1700000000 + rng.choice([60, 300, 301, 0]), "jti": f"j-{i}"},
+        "request": {"method": rng.choice(["GET", "POST"]), "path": rng.choice(["/api/x", "/health"]),
+                    "action": act if rng.random() > 0.08 else "other.action", "params": rng.choice(PARAMS)},
+        "policy": {"max_ttl_seconds": rng.choice([300, 900, "300"])},
+        "rate_limit_state": {act: rng.choice([0, 3, 99, 100, 100.5])},
+        "tenant": {"id": rng.choice(TENANTS)},
+    }
+    t = rng.choice(TIMES)
+    if t is not None:
+        inp["current_time_ns"] = t * 1000000000
+    if rng.random() < 0.1:
+        inp["poa"]["sub"] = "spiffe://acme.example/agent/other"
+    if rng.random() < 0.15:
+        inp["platform"] = {"sub": rng.choice(["a", AGENT, "app-1", "x"])}
+    if rng.random() < 0.05:
+        del inp["poa"][rng.choice(["jti", "con", "leg", "iat"])]
+    return {"name": f"gen-{i:03d}-{act}-{leg}", "input": inp}
+
+
+NO_POA = [
+    ("crm.contact.read", "GET", "/crm"), ("kb.docs.search", "POST", "/kb"), ("crm.contact.read", "DELETE", "/crm"),
+    ("", "GET", "/health"), ("", "POST", "/metrics"), ("sap.payment.execute", "POST", "/pay"),
+    ("x.y", "GET", "/x"), ("", "GET", "/ping"),
+]
+
+if __name__ == "__main__":
+    for i, (a, m, p) in enumerate(NO_POA):
+        print(json.dumps({"name": f"no-poa-{i}", "input": {
+            "agent": {"spiffe_id": AGENT}, "request": {"method": m, "path": p, "action": a, "params": {}}}},
+            sort_keys=True))
+    for i in range(200):
+        print(json.dumps(case(i), sort_keys=True))
