@@ -54,9 +54,32 @@ fn bench(c: &mut Criterion) {
         })
     };
     let high = input("sap.payment.execute");
-    let critical_deny = input("org.merger.approve");
+    let critical_deny = input("org.company.merge");
+    let mut critical_allow = critical_deny.clone();
+    critical_allow["poa"]["leg"]["executive_control"] = json!({"required": true, "approvers": [
+        {"id": "ceo@acme", "role": "CEO"}, {"id": "cfo@acme", "role": "CFO"}]});
+    // The benchmarks measure the outcomes their names promise.
+    assert!(
+        evaluate(&mut engine, &high).expect("decision").allow,
+        "high-risk input must be allowed"
+    );
+    assert!(
+        evaluate(&mut engine, &critical_allow)
+            .expect("decision")
+            .allow,
+        "critical input must be allowed"
+    );
+    assert!(
+        !evaluate(&mut engine, &critical_deny)
+            .expect("decision")
+            .allow,
+        "critical input must be denied"
+    );
     c.bench_function("policy_high_risk_allow", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&high)).expect("decision"))
+    });
+    c.bench_function("policy_critical_allow", |b| {
+        b.iter(|| evaluate(&mut engine, black_box(&critical_allow)).expect("decision"))
     });
     c.bench_function("policy_critical_deny", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&critical_deny)).expect("decision"))

@@ -86,22 +86,17 @@ catalog := c if {
 	is_object(c)
 } else := {}
 
-tenant_tiers := t if {
-	t := tenant_data.catalog.tiers
-	is_object(t)
-} else := {}
-
+# One rule, no helpers: the tier is on every decision's path. A tenant's tier
+# that is not one of the four is treated as critical (fail closed).
 known_tiers := {"low", "medium", "high", "critical"}
 
-# A tier value that is not one of the four is treated as critical (fail closed).
-tier_of(t) := t if {
+risk_tier := t if {
+	t := data.tenants[input.tenant.id].catalog.tiers[input.poa.act]
 	t in known_tiers
-} else := "critical"
-
-risk_tier := tier_of(t) if {
-	t := tenant_tiers[act]
-} else := tier_of(t) if {
-	t := catalog.tiers[act]
+} else := "critical" if {
+	_ = data.tenants[input.tenant.id].catalog.tiers[input.poa.act]
+} else := t if {
+	t := data.atb.catalog.tiers[input.poa.act]
 } else := "low"
 
 low_risk_request if {
@@ -569,49 +564,34 @@ medium_approved if {
 	approver := leg.approval.approver_id
 	is_string(approver)
 	approver != ""
-	not is_self(approver)
+	not approver in self_ids
 }
 
-is_self(id) if id == agent
-
-is_self(id) if id == poa.sub
-
-approver_ids(block) := {id |
-	some a in block.approvers
-	id := a.id
-	is_string(id)
-	id != ""
-}
-
-self_listed(block) if {
-	some a in block.approvers
-	is_self(a.id)
-}
+# Who may not approve: the agent itself (by SPIFFE ID or mandate subject).
+self_ids := {id | some id in [agent, poa.sub]; is_string(id)}
 
 dual_control_ok if {
 	block := leg.dual_control
 	block.required == true
-	is_array(block.approvers)
-	count(approver_ids(block)) >= 2
-	not self_listed(block)
+	ids := {id | some a in block.approvers; id := a.id; is_string(id); id != ""}
+	count(ids) >= 2
+	count(ids & self_ids) == 0
 }
 
 # Distinct people holding an executive role: one person with two roles counts once.
-executive_ids(block) := {id |
-	some a in block.approvers
-	id := a.id
-	is_string(id)
-	id != ""
-	is_string(a.role)
-	lower(a.role) in executive_roles
-}
-
 executive_ok if {
 	block := leg.executive_control
 	block.required == true
-	is_array(block.approvers)
-	count(executive_ids(block)) >= 2
-	not self_listed(block)
+	ids := {id | some a in block.approvers; id := a.id; is_string(id); id != ""}
+	count(ids & self_ids) == 0
+	executives := {id |
+		some a in block.approvers
+		id := a.id
+		is_string(id)
+		is_string(a.role)
+		lower(a.role) in executive_roles
+	}
+	count(executives) >= 2
 }
 
 tier_denial := {
@@ -769,6 +749,6 @@ decision := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier":
 	denial
 } else := {"allow": true, "reason": "allow", "risk_tier": risk_tier}
 
-request_tier := tier_of(t) if {
-	t := catalog.tiers[request_action]
+request_tier := t if {
+	t := data.atb.catalog.tiers[request_action]
 } else := "low"
