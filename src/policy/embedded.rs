@@ -314,6 +314,34 @@ mod tests {
     }
 
     #[test]
+    fn tenant_policy_data_lands_under_data_tenants() {
+        let c = crate::config::Config::from_toml(
+            "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n[tenants.policy_data.catalog.tiers]\n\"acme.ledger.close\" = \"high\"\n",
+        )
+        .unwrap();
+        let b = PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500)).unwrap();
+        assert_eq!(
+            b.data["tenants"]["acme"]["catalog"]["tiers"]["acme.ledger.close"],
+            "high"
+        );
+        // The embedded catalogue is there too.
+        assert_eq!(
+            b.data["atb"]["catalog"]["tiers"]["sap.payment.execute"],
+            "high"
+        );
+        let mut e = b.engine().unwrap();
+        let agent = "spiffe://acme.example/agent/a";
+        let input = json!({
+            "agent": {"spiffe_id": agent}, "tenant": {"id": "acme"},
+            "poa": {"sub": agent, "act": "acme.ledger.close", "con": {}, "iat": 1, "exp": 60, "jti": "j",
+                    "leg": {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "o"}}},
+            "request": {"method": "POST", "path": "/x", "action": "acme.ledger.close", "params": {}},
+        });
+        let d = evaluate(&mut e, &input).unwrap();
+        assert_eq!(d.reason, "high_risk_dual_control_required");
+    }
+
+    #[test]
     fn engine_errors_are_errors_not_decisions() {
         // A builtin type error under strict mode.
         let mut e = bundle("package atb.poa\nimport rego.v1\ndecision := {\"allow\": true} if { x := upper(input.n) ; x != \"\" }\n")
