@@ -458,6 +458,31 @@ impl Config {
                 }),
             }
         }
+        fn choice<T: Copy>(
+            env: EnvLookup<'_>,
+            var: &'static str,
+            options: &[(&str, T)],
+        ) -> Result<Option<T>, ConfigError> {
+            let Some(v) = env(var) else {
+                return Ok(None);
+            };
+            let wanted = v.trim().to_ascii_lowercase();
+            options
+                .iter()
+                .find(|(name, _)| *name == wanted)
+                .map(|(_, value)| Some(*value))
+                .ok_or_else(|| ConfigError::Env {
+                    var,
+                    message: format!(
+                        "{v:?} is not one of {}",
+                        options
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                })
+        }
         let addr = "a socket address like 0.0.0.0:8443";
         if let Some(v) = parsed(env, "LISTEN_ADDR", addr)? {
             self.broker.listen_addr = v;
@@ -483,17 +508,12 @@ impl Config {
         if let Some(v) = env("TLS_CLIENT_CA_FILE") {
             self.tls.client_ca_file = v.into();
         }
-        if let Some(v) = env("LOG_FORMAT") {
-            self.logging.format = match v.trim().to_ascii_lowercase().as_str() {
-                "json" => LogFormat::Json,
-                "text" => LogFormat::Text,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "LOG_FORMAT",
-                        message: format!("{v:?} is not one of json, text"),
-                    })
-                }
-            };
+        if let Some(v) = choice(
+            env,
+            "LOG_FORMAT",
+            &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+        )? {
+            self.logging.format = v;
         }
         if let Some(v) = env("LOG_LEVEL") {
             self.logging.level = v;
@@ -507,17 +527,15 @@ impl Config {
         if let Some(v) = flag(env, "POA_SINGLE_USE")? {
             self.poa.single_use = v;
         }
-        if let Some(v) = env("POLICY_ENGINE") {
-            self.policy.engine = match v.trim().to_ascii_lowercase().as_str() {
-                "embedded" => PolicyEngine::Embedded,
-                "opa" => PolicyEngine::Opa,
-                _ => {
-                    return Err(ConfigError::Env {
-                        var: "POLICY_ENGINE",
-                        message: format!("{v:?} is not one of embedded, opa"),
-                    })
-                }
-            };
+        if let Some(v) = choice(
+            env,
+            "POLICY_ENGINE",
+            &[
+                ("embedded", PolicyEngine::Embedded),
+                ("opa", PolicyEngine::Opa),
+            ],
+        )? {
+            self.policy.engine = v;
         }
         if let Some(v) = env("OPA_DECISION_URL") {
             self.policy.opa_decision_url = v.trim().to_owned();
@@ -955,6 +973,15 @@ mod tests {
         let env = |k: &str| (k == "LISTEN_ADDR").then(|| ":8443".to_string());
         let e = c.apply_env(&env).unwrap_err().to_string();
         assert!(e.contains("LISTEN_ADDR"), "{e}");
+        let env = |k: &str| (k == "POLICY_ENGINE").then(|| "wasm".to_string());
+        let e = c.apply_env(&env).unwrap_err().to_string();
+        assert!(
+            e.contains("POLICY_ENGINE") && e.contains("embedded, opa"),
+            "{e}"
+        );
+        let env = |k: &str| (k == "POLICY_ENGINE").then(|| " OPA ".to_string());
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.policy.engine, PolicyEngine::Opa);
     }
 
     #[test]

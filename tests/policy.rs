@@ -55,20 +55,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn rego_unit_tests_pass_on_regorus() {
     let dir = policy_dir();
-    let bundle =
-        atb::policy::embedded::PolicyBundle::load(Some(&dir), None, &[], Duration::from_secs(5))
-            .unwrap();
-    let mut engine = bundle.engine().unwrap();
-    for f in walk(&dir) {
-        if f.to_string_lossy().ends_with("_test.rego") {
-            engine
-                .add_policy(
-                    f.display().to_string(),
-                    std::fs::read_to_string(&f).unwrap(),
-                )
-                .unwrap();
-        }
-    }
+    let mut engine = regorus_engine(false);
     let tests = test_rules(&dir);
     assert!(tests.len() >= 120, "only {} Rego tests", tests.len());
     let mut failed = Vec::new();
