@@ -20,6 +20,8 @@ pub struct DevOptions {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub upstream_addr: SocketAddr,
+    /// Tenant request rate (burst twice that); connectors get half.
+    pub tenant_rps: f64,
 }
 
 /// The embedded dev configuration for a PKI in `pki` and a demo upstream.
@@ -30,8 +32,8 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         upstream_url: upstream.clone(),
         egress_allowlist: vec!["/api/".into()],
         rate_limit: Some(RateLimitConfig {
-            requests_per_second: 50.0,
-            burst: 100,
+            requests_per_second: opts.tenant_rps / 2.0,
+            burst: opts.tenant_rps as u32,
         }),
         timeout_seconds: 30,
     };
@@ -41,8 +43,8 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         trust_domain: td.map(Into::into),
         spiffe_prefix: prefix.map(Into::into),
         max_connections: 64,
-        requests_per_second: 100.0,
-        burst: 200,
+        requests_per_second: opts.tenant_rps,
+        burst: (opts.tenant_rps * 2.0) as u32,
         poa: TenantPoaConfig {
             public_key_files: vec![pki.dir.join(SIGNING_PUB)],
             ..TenantPoaConfig::default()
@@ -139,6 +141,7 @@ mod tests {
             listen_addr: "127.0.0.1:8443".parse().unwrap(),
             admin_addr: "127.0.0.1:8080".parse().unwrap(),
             upstream_addr: "127.0.0.1:9000".parse().unwrap(),
+            tenant_rps: 100.0,
         };
         let pki = prepare(dir.path()).unwrap();
         let c = config(&pki, &opts);

@@ -38,6 +38,10 @@ enum Command {
         admin: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9000")]
         upstream: SocketAddr,
+        /// Each demo tenant's request rate limit (burst is twice that;
+        /// connectors get half). Raise it for load benchmarks.
+        #[arg(long, default_value_t = 100.0)]
+        tenant_rps: f64,
     },
     /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
     Mint {
@@ -131,12 +135,14 @@ fn run(cli: Cli) -> Result<(), String> {
             listen,
             admin,
             upstream,
+            tenant_rps,
         } => {
             let opts = DevOptions {
                 dir,
                 listen_addr: listen,
                 admin_addr: admin,
                 upstream_addr: upstream,
+                tenant_rps,
             };
             let pki = dev::prepare(&opts.dir)?;
             let mut config = dev::config(&pki, &opts);
