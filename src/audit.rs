@@ -41,17 +41,37 @@ pub fn decision_for(status: u16) -> &'static str {
     }
 }
 
+/// An event the audit sink can write: serialisable, with a bounded label
+/// for the `atb_audit_events_total` counter.
+pub trait AuditRecord: Serialize + Send + 'static {
+    fn metric_label(&self) -> &'static str;
+}
+
+impl AuditRecord for AuditEvent {
+    fn metric_label(&self) -> &'static str {
+        self.decision
+    }
+}
+
 /// Hands events to the writer thread.
-#[derive(Clone)]
-pub struct AuditSink {
-    tx: mpsc::Sender<AuditEvent>,
+pub struct AuditSink<E: AuditRecord = AuditEvent> {
+    tx: mpsc::Sender<E>,
     events: prometheus::IntCounterVec,
 }
 
-impl AuditSink {
+impl<E: AuditRecord> Clone for AuditSink<E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+impl<E: AuditRecord> AuditSink<E> {
     /// Starts the stdout writer with a queue of `capacity` events.
     pub fn stdout(capacity: usize, events: prometheus::IntCounterVec) -> std::io::Result<Self> {
-        let (tx, mut rx) = mpsc::channel::<AuditEvent>(capacity.max(1));
+        let (tx, mut rx) = mpsc::channel::<E>(capacity.max(1));
         std::thread::Builder::new()
             .name("atb-audit".into())
             .spawn(move || {
@@ -71,8 +91,8 @@ impl AuditSink {
     }
 
     /// Records `event`, waiting for queue room if needed.
-    pub async fn record(&self, event: AuditEvent) {
-        self.events.with_label_values(&[event.decision]).inc();
+    pub async fn record(&self, event: E) {
+        self.events.with_label_values(&[event.metric_label()]).inc();
         if self.tx.send(event).await.is_err() {
             tracing::error!("audit writer is gone; event could not be written");
         }
@@ -84,15 +104,19 @@ pub fn now_rfc3339() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
-    let secs = now.as_secs() as i64;
+    let secs = rfc3339(now.as_secs() as i64);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), now.subsec_millis())
+}
+
+/// Unix seconds as RFC 3339 UTC (second precision).
+pub fn rfc3339(secs: i64) -> String {
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         t / 3600,
         t % 3600 / 60,
         t % 60,
-        now.subsec_millis()
     )
 }
 
@@ -123,6 +147,7 @@ mod tests {
         let ts = now_rfc3339();
         assert_eq!(ts.len(), 24, "{ts}");
         assert!(ts.ends_with('Z'));
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     pub upstream: UpstreamConfig,
     pub tenants: Vec<TenantConfig>,
+    pub agentauth: crate::agentauth::config::AgentAuthConfig,
 }
 
 /// Mandate handling common to all tenants.
@@ -393,11 +394,59 @@ pub enum ConfigError {
     Invalid { key: String, message: String },
 }
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.into(),
     }
+}
+
+pub(crate) fn env_parsed<T: std::str::FromStr>(
+    env: EnvLookup<'_>,
+    var: &'static str,
+    what: &str,
+) -> Result<Option<T>, ConfigError> {
+    match env(var) {
+        None => Ok(None),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
+            var,
+            message: format!("{v:?} is not {what}"),
+        }),
+    }
+}
+pub(crate) fn env_flag(env: EnvLookup<'_>, var: &'static str) -> Result<Option<bool>, ConfigError> {
+    match env(var) {
+        None => Ok(None),
+        Some(v) => parse_bool(&v).map(Some).ok_or_else(|| ConfigError::Env {
+            var,
+            message: format!("{v:?} is not a boolean (true/false, 1/0, yes/no, on/off)"),
+        }),
+    }
+}
+pub(crate) fn env_choice<T: Copy>(
+    env: EnvLookup<'_>,
+    var: &'static str,
+    options: &[(&str, T)],
+) -> Result<Option<T>, ConfigError> {
+    let Some(v) = env(var) else {
+        return Ok(None);
+    };
+    let wanted = v.trim().to_ascii_lowercase();
+    options
+        .iter()
+        .find(|(name, _)| *name == wanted)
+        .map(|(_, value)| Some(*value))
+        .ok_or_else(|| ConfigError::Env {
+            var,
+            message: format!(
+                "{v:?} is not one of {}",
+                options
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
 }
 
 /// Source of environment variables (a function so tests need not touch the
@@ -436,67 +485,20 @@ impl Config {
     /// Applies the documented environment overrides (names follow the
     /// operator guide where it has one).
     pub fn apply_env(&mut self, env: EnvLookup<'_>) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(
-            env: EnvLookup<'_>,
-            var: &'static str,
-            what: &str,
-        ) -> Result<Option<T>, ConfigError> {
-            match env(var) {
-                None => Ok(None),
-                Some(v) => v.trim().parse().map(Some).map_err(|_| ConfigError::Env {
-                    var,
-                    message: format!("{v:?} is not {what}"),
-                }),
-            }
-        }
-        fn flag(env: EnvLookup<'_>, var: &'static str) -> Result<Option<bool>, ConfigError> {
-            match env(var) {
-                None => Ok(None),
-                Some(v) => parse_bool(&v).map(Some).ok_or_else(|| ConfigError::Env {
-                    var,
-                    message: format!("{v:?} is not a boolean (true/false, 1/0, yes/no, on/off)"),
-                }),
-            }
-        }
-        fn choice<T: Copy>(
-            env: EnvLookup<'_>,
-            var: &'static str,
-            options: &[(&str, T)],
-        ) -> Result<Option<T>, ConfigError> {
-            let Some(v) = env(var) else {
-                return Ok(None);
-            };
-            let wanted = v.trim().to_ascii_lowercase();
-            options
-                .iter()
-                .find(|(name, _)| *name == wanted)
-                .map(|(_, value)| Some(*value))
-                .ok_or_else(|| ConfigError::Env {
-                    var,
-                    message: format!(
-                        "{v:?} is not one of {}",
-                        options
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                })
-        }
         let addr = "a socket address like 0.0.0.0:8443";
-        if let Some(v) = parsed(env, "LISTEN_ADDR", addr)? {
+        if let Some(v) = env_parsed(env, "LISTEN_ADDR", addr)? {
             self.broker.listen_addr = v;
         }
-        if let Some(v) = parsed(env, "HTTP_LISTEN_ADDR", addr)? {
+        if let Some(v) = env_parsed(env, "HTTP_LISTEN_ADDR", addr)? {
             self.broker.admin_addr = v;
         }
-        if let Some(v) = flag(env, "MAINTENANCE_MODE")? {
+        if let Some(v) = env_flag(env, "MAINTENANCE_MODE")? {
             self.broker.maintenance_mode = v;
         }
-        if let Some(v) = parsed(env, "ATB_WORKERS", "a whole number")? {
+        if let Some(v) = env_parsed(env, "ATB_WORKERS", "a whole number")? {
             self.broker.workers = v;
         }
-        if let Some(v) = parsed(env, "ATB_DRAIN_DELAY_SECONDS", "a whole number of seconds")? {
+        if let Some(v) = env_parsed(env, "ATB_DRAIN_DELAY_SECONDS", "a whole number of seconds")? {
             self.broker.drain_delay_seconds = v;
         }
         if let Some(v) = env("TLS_CERT_FILE") {
@@ -508,7 +510,7 @@ impl Config {
         if let Some(v) = env("TLS_CLIENT_CA_FILE") {
             self.tls.client_ca_file = v.into();
         }
-        if let Some(v) = choice(
+        if let Some(v) = env_choice(
             env,
             "LOG_FORMAT",
             &[("json", LogFormat::Json), ("text", LogFormat::Text)],
@@ -518,16 +520,16 @@ impl Config {
         if let Some(v) = env("LOG_LEVEL") {
             self.logging.level = v;
         }
-        if let Some(v) = parsed(env, "ATB_SHARDS", "a whole number")? {
+        if let Some(v) = env_parsed(env, "ATB_SHARDS", "a whole number")? {
             self.shards.count = v;
         }
         if let Some(v) = env("ATB_ADMIN_TOKEN") {
             self.admin.token = Some(v);
         }
-        if let Some(v) = flag(env, "POA_SINGLE_USE")? {
+        if let Some(v) = env_flag(env, "POA_SINGLE_USE")? {
             self.poa.single_use = v;
         }
-        if let Some(v) = choice(
+        if let Some(v) = env_choice(
             env,
             "POLICY_ENGINE",
             &[
@@ -543,9 +545,10 @@ impl Config {
         if let Some(v) = env("POLICY_DIR") {
             self.policy.dir = Some(v.into());
         }
-        if let Some(v) = flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
+        if let Some(v) = env_flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
             self.debug.fault_injection = v;
         }
+        self.agentauth.apply_env(env)?;
         Ok(())
     }
 
@@ -668,6 +671,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.agentauth.validate()?;
         self.validate_tenants()
     }
 

@@ -22,7 +22,26 @@ pub struct DevOptions {
     pub upstream_addr: SocketAddr,
     /// Tenant request rate (burst twice that); connectors get half.
     pub tenant_rps: f64,
+    /// AgentAuth's HTTPS listener and its plain admin listener.
+    pub agentauth_addr: SocketAddr,
+    pub agentauth_admin_addr: SocketAddr,
 }
+
+/// The dev identity provider's key (approver tokens) and key id.
+pub const DEV_IDP_KEY: &str = "dev-idp.key";
+pub const DEV_IDP_PUB: &str = "dev-idp.pem";
+pub const DEV_IDP_ISSUER: &str = "atb-dev-idp";
+pub const DEV_APPROVER_AUDIENCE: &str = "atb-agentauth";
+/// AgentAuth's signing keys (see `atb keys rotate`).
+pub const AGENTAUTH_KEYS: &str = "agentauth-keys";
+/// Dev approvers: name, roles. Their tokens are written to
+/// `approver-<name>.jwt` and printed by `atb dev`.
+pub const DEV_APPROVERS: [(&str, &[&str]); 4] = [
+    ("alice", &["manager"]),
+    ("bob", &["manager"]),
+    ("carol", &["ceo"]),
+    ("dave", &["cfo"]),
+];
 
 /// The embedded dev configuration for a PKI in `pki` and a demo upstream.
 pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
@@ -46,7 +65,12 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         requests_per_second: opts.tenant_rps,
         burst: (opts.tenant_rps * 2.0) as u32,
         poa: TenantPoaConfig {
+            // Mandates from `atb mint` (dev key) and from AgentAuth (JWKS).
             public_key_files: vec![pki.dir.join(SIGNING_PUB)],
+            jwks_url: Some(format!(
+                "http://{}/.well-known/jwks.json",
+                opts.agentauth_admin_addr
+            )),
             ..TenantPoaConfig::default()
         },
         policy_data: None,
@@ -64,6 +88,13 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
     };
     c.logging.format = LogFormat::Text;
     c.admin.token_file = Some(opts.dir.join("admin.token"));
+    let a = &mut c.agentauth;
+    a.listen_addr = opts.agentauth_addr;
+    a.admin_addr = opts.agentauth_admin_addr;
+    a.keys_dir = opts.dir.join(AGENTAUTH_KEYS);
+    a.approvers.issuer = DEV_IDP_ISSUER.into();
+    a.approvers.audience = DEV_APPROVER_AUDIENCE.into();
+    a.approvers.public_key_files = vec![opts.dir.join(DEV_IDP_PUB)];
     c.tenants = vec![
         tenant("acme", Some("acme.example"), None),
         tenant("globex", None, Some("spiffe://saas.example/tenants/globex")),
@@ -84,6 +115,17 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
     if !dir.join(SIGNING_KEY).exists() {
         crate::poa::keys::generate_signing_key(&dir.join(SIGNING_KEY), &dir.join(SIGNING_PUB))?;
     }
+    if !dir
+        .join(AGENTAUTH_KEYS)
+        .join(crate::agentauth::keyring::ACTIVE)
+        .exists()
+    {
+        crate::agentauth::keyring::rotate(&dir.join(AGENTAUTH_KEYS), false)?;
+    }
+    if !dir.join(DEV_IDP_KEY).exists() {
+        crate::poa::keys::generate_signing_key(&dir.join(DEV_IDP_KEY), &dir.join(DEV_IDP_PUB))?;
+    }
+    write_approver_tokens(dir, 12 * 3600)?;
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
         let mut bytes = [0u8; 24];
@@ -93,6 +135,31 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
             .map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
     }
     Ok(pki)
+}
+
+/// Signs a dev approver token (as the dev identity provider would).
+pub fn approver_token(dir: &Path, name: &str, roles: &[&str], ttl: i64) -> Result<String, String> {
+    let key = crate::poa::keys::load_signing_pem(&dir.join(DEV_IDP_KEY))?;
+    let now = crate::replay::unix_now();
+    let claims = serde_json::json!({
+        "iss": DEV_IDP_ISSUER, "aud": DEV_APPROVER_AUDIENCE,
+        "sub": format!("{name}@acme.example"), "email": format!("{name}@acme.example"),
+        "roles": roles, "iat": now, "exp": now + ttl,
+    });
+    Ok(crate::poa::token::sign(&claims, &key, "dev-idp"))
+}
+
+/// Writes `approver-<name>.jwt` for every dev approver.
+fn write_approver_tokens(dir: &Path, ttl: i64) -> Result<(), String> {
+    for (name, roles) in DEV_APPROVERS {
+        let token = approver_token(dir, name, roles, ttl)?;
+        pki::write_file(
+            &dir.join(format!("approver-{name}.jwt")),
+            token.as_bytes(),
+            true,
+        )?;
+    }
+    Ok(())
 }
 
 /// What to tell the person who just ran `atb dev`.
@@ -106,6 +173,7 @@ ATB dev is up.
   agent listener (mTLS)  https://localhost:{port}
   admin listener         http://localhost:{admin}   (/health /ready /metrics)
   demo upstream          http://{upstream}
+  AgentAuth              https://localhost:{aa}   (admin http://{aa_admin}: /health /ready /metrics /.well-known/jwks.json)
   dev PKI and token      {d}/
 
 Try it:
@@ -119,11 +187,23 @@ Try it:
   curl --cacert {d}/ca.crt --cert {d}/stranger-agent.crt --key {d}/stranger-agent.key \
        https://localhost:{port}/api/hello                                             # 403 unknown_tenant
   curl -s http://localhost:{admin}/metrics | grep atb_actor_
+
+AgentAuth (mTLS for agents, OIDC bearer tokens for approvers):
+  AA="curl -s --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key"
+  $AA -d '{{"act":"sap.vendor.create","con":{{}},"leg":{{"jurisdiction":"EU","accountable_party":{{"type":"user","id":"dev-owner"}}}}}}' \
+       https://localhost:{aa}/v1/challenge                                           # risk_tier high, approvals_needed 2
+  curl -s --cacert {d}/ca.crt -X POST -H "Authorization: Bearer $(cat {d}/approver-alice.jwt)" \
+       https://localhost:{aa}/v1/challenge/$ID/approve                               # then approver-bob.jwt
+  $AA -d '{{"challenge_id":"'$ID'"}}' https://localhost:{aa}/v1/mandate              # the mandate, once
+  dev approvers (tokens valid 12 h): {d}/approver-{{alice,bob}}.jwt (manager),
+    {d}/approver-carol.jwt (ceo), {d}/approver-dave.jwt (cfo)
   curl -X POST -H "Authorization: Bearer $(cat {d}/admin.token)" \
        -d '{{"enabled":true}}' http://localhost:{admin}/admin/maintenance              # maintenance on
 Stop with Ctrl-C.
 "#,
         upstream = opts.upstream_addr,
+        aa = opts.agentauth_addr.port(),
+        aa_admin = opts.agentauth_admin_addr,
         key = SIGNING_KEY,
         exe = std::env::current_exe().map_or_else(|_| "atb".into(), |p| p.display().to_string()),
     )
@@ -142,10 +222,15 @@ mod tests {
             admin_addr: "127.0.0.1:8080".parse().unwrap(),
             upstream_addr: "127.0.0.1:9000".parse().unwrap(),
             tenant_rps: 100.0,
+            agentauth_addr: "127.0.0.1:8444".parse().unwrap(),
+            agentauth_admin_addr: "127.0.0.1:8081".parse().unwrap(),
         };
         let pki = prepare(dir.path()).unwrap();
         let c = config(&pki, &opts);
         c.validate().unwrap();
+        c.agentauth.validate_for_service().unwrap();
+        crate::agentauth::keyring::KeyRing::load(&c.agentauth.keys_dir).unwrap();
+        assert!(dir.path().join("approver-carol.jwt").exists());
         assert!(crate::admin_token(&c).unwrap().is_some());
         // A second run reuses the PKI instead of failing.
         prepare(dir.path()).unwrap();

@@ -5,6 +5,7 @@
 //! (from the `atb-actors` crate).
 
 pub mod admission;
+pub mod agentauth;
 pub mod audit;
 pub mod broker;
 pub mod config;

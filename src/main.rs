@@ -27,7 +27,22 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Run everything locally on embedded defaults: dev PKI, demo upstream, broker.
+    /// Run AgentAuth (challenges, approvals, mandates; HTTPS + admin listener).
+    Agentauth {
+        /// TOML configuration file; environment variables override it.
+        #[arg(long, short, env = "ATB_CONFIG")]
+        config: Option<PathBuf>,
+        /// Validate the configuration and keys, then exit.
+        #[arg(long)]
+        check: bool,
+    },
+    /// AgentAuth signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Run everything locally on embedded defaults: dev PKI, demo upstream,
+    /// broker and AgentAuth.
     Dev {
         /// Where the dev PKI and admin token live (created if missing).
         #[arg(long, default_value = "atb-dev")]
@@ -42,6 +57,10 @@ enum Command {
         /// connectors get half). Raise it for load benchmarks.
         #[arg(long, default_value_t = 100.0)]
         tenant_rps: f64,
+        #[arg(long, default_value = "127.0.0.1:8444")]
+        agentauth: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        agentauth_admin: SocketAddr,
     },
     /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
     Mint {
@@ -88,6 +107,23 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Rotate the key directory: previous <- active <- next <- new key.
+    /// Creates the directory's first keys when it is empty. AgentAuth
+    /// picks the change up without a restart.
+    Rotate {
+        /// The key directory (AgentAuth's `agentauth.keys_dir`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Compromise: revoke every key in the directory (brokers refuse
+        /// their mandates after their next JWKS refresh) and start over
+        /// with fresh keys.
+        #[arg(long)]
+        emergency: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Generate a dev CA, a localhost server certificate and agent client
     /// certificates with SPIFFE URI SANs for two tenants.
@@ -130,12 +166,44 @@ fn run(cli: Cli) -> Result<(), String> {
             atb::logging::init(&config.logging)?;
             actix_web::rt::System::new().block_on(atb::broker::run(config))
         }
+        Command::Agentauth { config, check } => {
+            let config =
+                Config::load(config.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
+            config
+                .agentauth
+                .validate_for_service()
+                .map_err(|e| e.to_string())?;
+            if check {
+                atb::tls::acceptor(&config.tls)?;
+                atb::agentauth::keyring::KeyRing::load(&config.agentauth.keys_dir)?;
+                println!("configuration is valid");
+                return Ok(());
+            }
+            atb::logging::init(&config.logging)?;
+            actix_web::rt::System::new().block_on(atb::agentauth::run(config))
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate { dir, emergency },
+        } => {
+            let r = atb::agentauth::keyring::rotate(&dir, emergency)?;
+            println!("active   {}", r.active);
+            println!("next     {}", r.next);
+            if let Some(p) = r.previous {
+                println!("previous {p}");
+            }
+            for k in r.revoked {
+                println!("revoked  {k}");
+            }
+            Ok(())
+        }
         Command::Dev {
             dir,
             listen,
             admin,
             upstream,
             tenant_rps,
+            agentauth,
+            agentauth_admin,
         } => {
             let opts = DevOptions {
                 dir,
@@ -143,6 +211,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 admin_addr: admin,
                 upstream_addr: upstream,
                 tenant_rps,
+                agentauth_addr: agentauth,
+                agentauth_admin_addr: agentauth_admin,
             };
             let pki = dev::prepare(&opts.dir)?;
             let mut config = dev::config(&pki, &opts);
@@ -161,7 +231,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 let demo_handle = demo.handle();
                 actix_web::rt::spawn(demo);
                 eprintln!("{}", dev::banner(&pki, &opts));
-                let result = atb::broker::run(config).await;
+                let result = futures_util::future::try_join(
+                    atb::broker::run(config.clone()),
+                    atb::agentauth::run(config),
+                )
+                .await
+                .map(|_| ());
                 demo_handle.stop(true).await;
                 result
             })

@@ -439,7 +439,7 @@ async fn verify_mandate(
         )
     })?;
     let unverified = token::parse(token).map_err(poa_err)?;
-    if auth.revoked_kids.contains(&unverified.kid) {
+    if auth.kid_revoked(&unverified.kid) {
         return Err(fail(
             "revoked",
             Rejection::poa_revoked("the signing key has been revoked"),

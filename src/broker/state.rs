@@ -70,6 +70,11 @@ impl TenantAuth {
         })
     }
 
+    /// Whether `kid` is revoked by configuration or by the issuer's JWKS.
+    pub fn kid_revoked(&self, kid: &str) -> bool {
+        self.revoked_kids.contains(kid) || self.jwks.as_ref().is_some_and(|j| j.is_revoked(kid))
+    }
+
     /// The key for `kid`: static keys first, then the JWKS (which may
     /// refresh, single flight, within its cooldown).
     pub async fn key(

@@ -177,6 +177,12 @@ impl JwksCache {
         found
     }
 
+    /// Whether the last good fetch listed `kid` as revoked (revocations
+    /// hold whatever the snapshot's age).
+    pub fn is_revoked(&self, kid: &str) -> bool {
+        self.snapshot.load().keys.is_revoked(kid)
+    }
+
     fn cached(&self, kid: &str) -> Option<VerifyingKey> {
         self.snapshot.load().get(kid, Instant::now(), &self.timings)
     }

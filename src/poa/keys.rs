@@ -1,7 +1,7 @@
 //! Verification keys: Ed25519 public keys addressed by `kid` (RFC 7638
 //! thumbprint unless configured), from PEM files or a JWKS document.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -26,10 +26,11 @@ pub fn public_jwk(key: &VerifyingKey, kid: &str) -> serde_json::Value {
     })
 }
 
-/// A tenant's keys by `kid`.
+/// A tenant's keys by `kid`, and the key ids its issuer has revoked.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
     keys: HashMap<String, VerifyingKey>,
+    revoked: HashSet<String>,
 }
 
 impl KeySet {
@@ -43,6 +44,11 @@ impl KeySet {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// Whether the issuer published `kid` as revoked.
+    pub fn is_revoked(&self, kid: &str) -> bool {
+        self.revoked.contains(kid)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -91,9 +97,15 @@ pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), String>
     crate::pki::write_file(public, public_pem.as_bytes(), false)
 }
 
+/// Largest number of revoked key ids read from a JWKS document.
+const MAX_REVOKED_KIDS: usize = 10_000;
+
 /// Parses a JWKS document. Only Ed25519 `OKP` signing keys are taken;
 /// other keys are skipped (one odd key does not poison the set), keys
-/// carrying private material are refused outright.
+/// carrying private material are refused outright. The extension member
+/// `revoked_kids` (AgentAuth publishes it after an emergency rotation)
+/// lists key ids whose mandates must be refused; a listed key is never
+/// used even if the document also carries it.
 pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
@@ -102,6 +114,20 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         .and_then(|k| k.as_array())
         .ok_or("JWKS has no \"keys\" array")?;
     let mut set = KeySet::default();
+    if let Some(list) = doc.get("revoked_kids") {
+        let list = list
+            .as_array()
+            .ok_or("JWKS revoked_kids must be an array of strings")?;
+        if list.len() > MAX_REVOKED_KIDS {
+            return Err("JWKS lists too many revoked_kids".into());
+        }
+        for kid in list {
+            let kid = kid
+                .as_str()
+                .ok_or("JWKS revoked_kids must be an array of strings")?;
+            set.revoked.insert(kid.to_owned());
+        }
+    }
     for jwk in keys {
         if jwk.get("d").is_some() {
             return Err("JWKS contains private key material".into());
@@ -126,7 +152,9 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         let kid = s("kid")
             .filter(|k| !k.trim().is_empty())
             .map_or_else(|| thumbprint(&key), str::to_owned);
-        set.insert(kid, key);
+        if !set.revoked.contains(&kid) {
+            set.insert(kid, key);
+        }
     }
     if set.is_empty() {
         return Err("JWKS contains no usable Ed25519 keys".into());
@@ -166,6 +194,20 @@ mod tests {
         assert!(set.get("main").is_some());
         assert!(set.get(&thumbprint(&k)).is_some());
         assert!(set.get("rsa").is_none());
+    }
+
+    #[test]
+    fn jwks_revoked_kids_are_kept_and_never_used() {
+        let a = SigningKey::from_bytes(&[1; 32]).verifying_key();
+        let b = SigningKey::from_bytes(&[2; 32]).verifying_key();
+        let doc = serde_json::json!({"keys": [public_jwk(&a, "a"), public_jwk(&b, "b")],
+            "revoked_kids": ["b", "gone"]});
+        let set = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        assert!(set.get("a").is_some());
+        assert!(set.get("b").is_none());
+        assert!(set.is_revoked("b") && set.is_revoked("gone") && !set.is_revoked("a"));
+        let bad = serde_json::json!({"keys": [public_jwk(&a, "a")], "revoked_kids": [1]});
+        assert!(parse_jwks(bad.to_string().as_bytes()).is_err());
     }
 
     #[test]

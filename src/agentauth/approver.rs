@@ -1,0 +1,630 @@
+//! Approver authentication: an OIDC JWT from the organisation's identity
+//! provider. The signature algorithm must be one of the configured ones and
+//! must match the key's type (RS256 ⇔ RSA, ES256 ⇔ P-256, EdDSA ⇔ Ed25519),
+//! never `none` or HMAC; `iss`, `aud` and `exp` are required; identity and
+//! roles come from the token only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::ecdsa::EcdsaSig;
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{Id, PKey, Public};
+use openssl::rsa::Rsa;
+use openssl::sign::Verifier;
+use serde_json::Value;
+
+use super::challenge::Approver;
+use super::config::ApproverAuthConfig;
+
+/// Longest approver token accepted.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Largest JWKS document read.
+const MAX_JWKS_BYTES: usize = 512 * 1024;
+
+/// A verification key and the algorithm it serves.
+#[derive(Clone, Debug)]
+pub struct ApproverKey {
+    pub alg: &'static str,
+    key: PKey<Public>,
+}
+
+impl ApproverKey {
+    /// Wraps a public key; only RSA (≥ 2048 bits), P-256 and Ed25519 keys.
+    pub fn new(key: PKey<Public>) -> Result<Self, String> {
+        let alg = match key.id() {
+            Id::RSA if key.bits() >= 2048 => "RS256",
+            Id::RSA => return Err("RSA keys must have at least 2048 bits".into()),
+            Id::EC => {
+                let ec = key.ec_key().map_err(|e| e.to_string())?;
+                if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+                    return Err("only P-256 EC keys are supported".into());
+                }
+                "ES256"
+            }
+            Id::ED25519 => "EdDSA",
+            _ => return Err("unsupported key type (RSA, EC P-256 or Ed25519)".into()),
+        };
+        Ok(Self { alg, key })
+    }
+
+    fn verify(&self, input: &[u8], sig: &[u8]) -> bool {
+        let check = || -> Result<bool, openssl::error::ErrorStack> {
+            match self.alg {
+                "RS256" => {
+                    let mut v = Verifier::new(MessageDigest::sha256(), &self.key)?;
+                    v.update(input)?;
+                    v.verify(sig)
+                }
+                "ES256" => {
+                    if sig.len() != 64 {
+                        return Ok(false);
+                    }
+                    let r = BigNum::from_slice(&sig[..32])?;
+                    let s = BigNum::from_slice(&sig[32..])?;
+                    let der = EcdsaSig::from_private_components(r, s)?.to_der()?;
+                    let mut v = Verifier::new(MessageDigest::sha256(), &self.key)?;
+                    v.update(input)?;
+                    v.verify(&der)
+                }
+                _ => {
+                    let mut v = Verifier::new_without_digest(&self.key)?;
+                    v.verify_oneshot(sig, input)
+                }
+            }
+        };
+        check().unwrap_or(false)
+    }
+}
+
+/// Reads one JWK (public RSA, EC P-256 or Ed25519 key).
+pub fn key_from_jwk(jwk: &Value) -> Result<ApproverKey, String> {
+    if jwk.get("d").is_some() {
+        return Err("JWKS contains private key material".into());
+    }
+    let s = |k: &str| jwk.get(k).and_then(Value::as_str);
+    let b = |k: &str| -> Result<Vec<u8>, String> {
+        s(k).and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
+            .ok_or_else(|| format!("JWK member {k} is missing or not base64url"))
+    };
+    if matches!(s("use"), Some(u) if u != "sig") {
+        return Err("not a signing key".into());
+    }
+    let err = |e: openssl::error::ErrorStack| e.to_string();
+    let key = match (s("kty"), s("crv")) {
+        (Some("RSA"), _) => {
+            let n = BigNum::from_slice(&b("n")?).map_err(err)?;
+            let e = BigNum::from_slice(&b("e")?).map_err(err)?;
+            PKey::from_rsa(Rsa::from_public_components(n, e).map_err(err)?).map_err(err)?
+        }
+        (Some("EC"), Some("P-256")) => {
+            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(err)?;
+            let x = BigNum::from_slice(&b("x")?).map_err(err)?;
+            let y = BigNum::from_slice(&b("y")?).map_err(err)?;
+            let ec = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
+            PKey::from_ec_key(ec).map_err(err)?
+        }
+        (Some("OKP"), Some("Ed25519")) => {
+            PKey::public_key_from_raw_bytes(&b("x")?, Id::ED25519).map_err(err)?
+        }
+        _ => return Err("unsupported key type".into()),
+    };
+    let key = ApproverKey::new(key)?;
+    if let Some(alg) = s("alg") {
+        if alg != key.alg {
+            return Err(format!("JWK alg {alg} does not fit its key type"));
+        }
+    }
+    Ok(key)
+}
+
+/// Parses a JWKS document; keys that cannot be used are skipped.
+pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, ApproverKey>, String> {
+    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+    let keys = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or("JWKS has no \"keys\" array")?;
+    let mut out = HashMap::new();
+    for (i, jwk) in keys.iter().enumerate() {
+        if jwk.get("d").is_some() {
+            return Err("JWKS contains private key material".into());
+        }
+        match key_from_jwk(jwk) {
+            Ok(k) => {
+                let kid = jwk
+                    .get("kid")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("#{i}"), str::to_owned);
+                out.insert(kid, k);
+            }
+            Err(e) => tracing::debug!(error = %e, "skipping an approver JWKS key"),
+        }
+    }
+    if out.is_empty() {
+        return Err("JWKS contains no usable keys".into());
+    }
+    Ok(out)
+}
+
+/// Why an approver token is refused (the text is safe to return).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AuthError(pub String);
+
+fn fail(s: impl Into<String>) -> AuthError {
+    AuthError(s.into())
+}
+
+/// The keys approver tokens are checked against.
+pub struct ApproverKeys {
+    static_keys: HashMap<String, ApproverKey>,
+    fetched: ArcSwap<HashMap<String, ApproverKey>>,
+    jwks_url: Option<String>,
+    last_fetch: Mutex<Option<Instant>>,
+    fetch_lock: tokio::sync::Mutex<()>,
+    cooldown: Duration,
+}
+
+impl ApproverKeys {
+    pub fn new(config: &ApproverAuthConfig) -> Result<Self, String> {
+        let mut static_keys = HashMap::new();
+        for path in &config.public_key_files {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let key = PKey::public_key_from_pem(&pem)
+                .map_err(|e| format!("{}: not a public key PEM: {e}", path.display()))
+                .and_then(|k| {
+                    ApproverKey::new(k).map_err(|e| format!("{}: {e}", path.display()))
+                })?;
+            let kid = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            static_keys.insert(kid, key);
+        }
+        Ok(Self {
+            static_keys,
+            fetched: ArcSwap::from_pointee(HashMap::new()),
+            jwks_url: config.jwks_url.clone(),
+            last_fetch: Mutex::new(None),
+            fetch_lock: tokio::sync::Mutex::new(()),
+            cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
+        })
+    }
+
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.jwks_url.as_deref()
+    }
+
+    fn find(&self, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
+        let fetched = self.fetched.load();
+        let all = || self.static_keys.iter().chain(fetched.iter());
+        match kid {
+            Some(kid) => all()
+                .find(|(k, _)| k.as_str() == kid)
+                .map(|(_, v)| v.clone()),
+            None => {
+                // No kid: only unambiguous when exactly one key fits the alg.
+                let mut fitting = all().filter(|(_, v)| v.alg == alg);
+                match (fitting.next(), fitting.next()) {
+                    (Some((_, k)), None) => Some(k.clone()),
+                    _ => None,
+                }
+            }
+        }
+        .filter(|k| k.alg == alg)
+    }
+
+    /// The key for a token, fetching the JWKS (single flight, cooldown)
+    /// when the `kid` is unknown.
+    async fn key(&self, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
+        if let Some(k) = self.find(kid, alg) {
+            return Some(k);
+        }
+        self.jwks_url.as_ref()?;
+        let _flight = self.fetch_lock.lock().await;
+        if let Some(k) = self.find(kid, alg) {
+            return Some(k);
+        }
+        let due = self
+            .last_fetch
+            .lock()
+            .map(|l| l.is_none_or(|t| t.elapsed() >= self.cooldown))
+            .unwrap_or(false);
+        if due {
+            let _ = self.refresh().await;
+        }
+        self.find(kid, alg)
+    }
+
+    /// Fetches the JWKS now; on success replaces the fetched keys.
+    pub async fn refresh(&self) -> Result<usize, String> {
+        let Some(url) = &self.jwks_url else {
+            return Ok(0);
+        };
+        if let Ok(mut l) = self.last_fetch.lock() {
+            *l = Some(Instant::now());
+        }
+        // A client per fetch: fetches are rare (refresh interval, unknown
+        // kids after a cooldown) and awc clients are bound to one thread.
+        let client = awc::Client::default();
+        let mut response = client
+            .get(url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("approver JWKS {url}: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "approver JWKS {url} answered {}",
+                response.status()
+            ));
+        }
+        let body = response
+            .body()
+            .limit(MAX_JWKS_BYTES)
+            .await
+            .map_err(|e| format!("approver JWKS {url}: {e}"))?;
+        let keys = parse_jwks(&body)?;
+        let n = keys.len();
+        self.fetched.store(Arc::new(keys));
+        Ok(n)
+    }
+}
+
+/// Verifies approver tokens.
+pub struct ApproverAuth {
+    pub config: ApproverAuthConfig,
+    pub keys: ApproverKeys,
+}
+
+impl ApproverAuth {
+    pub fn new(config: ApproverAuthConfig) -> Result<Self, String> {
+        let keys = ApproverKeys::new(&config)?;
+        Ok(Self { config, keys })
+    }
+
+    /// Authenticates `token` at `now` (Unix seconds).
+    pub async fn authenticate(&self, token: &str, now: i64) -> Result<Approver, AuthError> {
+        let parsed = parse(token, &self.config.algorithms)?;
+        let key = self
+            .keys
+            .key(parsed.kid.as_deref(), parsed.alg)
+            .await
+            .ok_or_else(|| fail("no key fits the token's kid and alg"))?;
+        if !key.verify(parsed.input.as_bytes(), &parsed.signature) {
+            return Err(fail("signature does not verify"));
+        }
+        claims_to_approver(&parsed.claims, &self.config, now)
+    }
+}
+
+struct Parsed<'a> {
+    alg: &'static str,
+    kid: Option<String>,
+    input: &'a str,
+    signature: Vec<u8>,
+    claims: Value,
+}
+
+fn parse<'a>(token: &'a str, allowed: &[String]) -> Result<Parsed<'a>, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(fail("token is too long"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(fail("not a compact JWS"));
+    };
+    let decode = |part: &str, what: &str| {
+        URL_SAFE_NO_PAD
+            .decode(part)
+            .map_err(|_| fail(format!("{what} is not base64url")))
+    };
+    let header: Value =
+        serde_json::from_slice(&decode(h, "header")?).map_err(|_| fail("header is not JSON"))?;
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+    let alg = super::config::APPROVER_ALGORITHMS
+        .into_iter()
+        .find(|a| *a == alg && allowed.iter().any(|x| x == a))
+        .ok_or_else(|| fail("alg is not accepted"))?;
+    if header.get("crit").is_some() {
+        return Err(fail("critical header extensions are not supported"));
+    }
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= 256 => Some(k.clone()),
+        Some(_) => return Err(fail("kid must be a non-empty string")),
+    };
+    let claims: Value =
+        serde_json::from_slice(&decode(p, "payload")?).map_err(|_| fail("payload is not JSON"))?;
+    Ok(Parsed {
+        alg,
+        kid,
+        input: &token[..h.len() + 1 + p.len()],
+        signature: decode(s, "signature")?,
+        claims,
+    })
+}
+
+/// Checks the registered claims and reads identity and roles.
+pub fn claims_to_approver(
+    claims: &Value,
+    config: &ApproverAuthConfig,
+    now: i64,
+) -> Result<Approver, AuthError> {
+    if !claims.is_object() {
+        return Err(fail("claims are not a JSON object"));
+    }
+    let leeway = config.leeway_seconds as i64;
+    let num = |k: &str| claims.get(k).and_then(Value::as_i64);
+    if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
+        return Err(fail("wrong or missing iss"));
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => *a == config.audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&config.audience)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(fail("wrong or missing aud"));
+    }
+    let exp = num("exp").ok_or_else(|| fail("exp is required"))?;
+    if now > exp.saturating_add(leeway) {
+        return Err(fail("token has expired"));
+    }
+    if let Some(nbf) = claims.get("nbf") {
+        let nbf = nbf.as_i64().ok_or_else(|| fail("nbf is not a number"))?;
+        if now.saturating_add(leeway) < nbf {
+            return Err(fail("token is not valid yet"));
+        }
+    }
+    if let Some(iat) = claims.get("iat") {
+        let iat = iat.as_i64().ok_or_else(|| fail("iat is not a number"))?;
+        if iat > now.saturating_add(leeway) {
+            return Err(fail("token was issued in the future"));
+        }
+    }
+    let text = |k: &str| {
+        claims
+            .get(k)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.len() <= 512)
+            .map(str::to_owned)
+    };
+    let email = text("email");
+    let id = text(&config.identity_claim)
+        .or_else(|| email.clone())
+        .ok_or_else(|| {
+            fail(format!(
+                "token names no approver ({} or email)",
+                config.identity_claim
+            ))
+        })?;
+    let roles = match claims.get(&config.role_claim) {
+        Some(Value::String(r)) => vec![r.trim().to_ascii_lowercase()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(64)
+            .map(|r| r.trim().to_ascii_lowercase())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tenant = match &config.tenant_claim {
+        None => None,
+        Some(claim) => {
+            Some(text(claim).ok_or_else(|| fail(format!("token has no {claim} claim")))?)
+        }
+    };
+    Ok(Approver {
+        id,
+        email,
+        roles,
+        tenant,
+    })
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use openssl::pkey::Private;
+    use openssl::sign::Signer;
+    use serde_json::json;
+
+    /// Signs `claims` as a compact JWS with `key` (test helper, also used
+    /// by the integration tests' dev IdP through `atb dev`).
+    pub fn sign(claims: &Value, key: &PKey<Private>, alg: &str, kid: Option<&str>) -> String {
+        let mut header = json!({"alg": alg, "typ": "JWT"});
+        if let Some(k) = kid {
+            header["kid"] = k.into();
+        }
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = match alg {
+            "RS256" => {
+                let mut s = Signer::new(MessageDigest::sha256(), key).unwrap();
+                s.update(input.as_bytes()).unwrap();
+                s.sign_to_vec().unwrap()
+            }
+            "ES256" => {
+                let mut s = Signer::new(MessageDigest::sha256(), key).unwrap();
+                s.update(input.as_bytes()).unwrap();
+                let der = s.sign_to_vec().unwrap();
+                let sig = EcdsaSig::from_der(&der).unwrap();
+                let mut raw = sig.r().to_vec_padded(32).unwrap();
+                raw.extend(sig.s().to_vec_padded(32).unwrap());
+                raw
+            }
+            _ => {
+                let mut s = Signer::new_without_digest(key).unwrap();
+                s.sign_oneshot_to_vec(input.as_bytes()).unwrap()
+            }
+        };
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+    }
+
+    fn config() -> ApproverAuthConfig {
+        ApproverAuthConfig {
+            issuer: "https://idp.example".into(),
+            audience: "atb-agentauth".into(),
+            ..ApproverAuthConfig::default()
+        }
+    }
+
+    fn claims(now: i64) -> Value {
+        json!({"iss": "https://idp.example", "aud": ["x", "atb-agentauth"], "sub": "alice",
+               "email": "alice@example.com", "roles": ["CFO", "engineer"], "exp": now + 60, "iat": now})
+    }
+
+    fn auth_with(keys: Vec<(&str, PKey<Private>)>) -> ApproverAuth {
+        let mut a = ApproverAuth::new(config()).unwrap();
+        for (kid, k) in keys {
+            let public = PKey::public_key_from_der(&k.public_key_to_der().unwrap()).unwrap();
+            a.keys
+                .static_keys
+                .insert(kid.into(), ApproverKey::new(public).unwrap());
+        }
+        a
+    }
+
+    #[actix_web::test]
+    async fn every_algorithm_verifies_and_reads_identity() {
+        let rsa = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+        let ec = PKey::from_ec_key(
+            EcKey::generate(&EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap()).unwrap(),
+        )
+        .unwrap();
+        let ed = PKey::generate_ed25519().unwrap();
+        let auth = auth_with(vec![
+            ("r", rsa.clone()),
+            ("e", ec.clone()),
+            ("d", ed.clone()),
+        ]);
+        let now = 1_700_000_000;
+        for (key, alg, kid) in [
+            (&rsa, "RS256", "r"),
+            (&ec, "ES256", "e"),
+            (&ed, "EdDSA", "d"),
+        ] {
+            let t = sign(&claims(now), key, alg, Some(kid));
+            let a = auth.authenticate(&t, now).await.unwrap();
+            assert_eq!(a.id, "alice");
+            assert_eq!(a.email.as_deref(), Some("alice@example.com"));
+            assert_eq!(a.roles, vec!["cfo", "engineer"]);
+        }
+        // An alg that does not fit the key named by kid.
+        let t = sign(&claims(now), &ed, "EdDSA", Some("r"));
+        assert!(auth.authenticate(&t, now).await.is_err());
+        // A signature by another key.
+        let other = PKey::generate_ed25519().unwrap();
+        let t = sign(&claims(now), &other, "EdDSA", Some("d"));
+        assert_eq!(
+            auth.authenticate(&t, now).await.unwrap_err().0,
+            "signature does not verify"
+        );
+        // HS256 and none are never accepted.
+        for alg in ["HS256", "none"] {
+            let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg}).to_string());
+            let body = URL_SAFE_NO_PAD.encode(claims(now).to_string());
+            let t = format!("{header}.{body}.AAAA");
+            assert_eq!(
+                auth.authenticate(&t, now).await.unwrap_err().0,
+                "alg is not accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn registered_claims_are_required() {
+        let c = config();
+        let now = 1_700_000_000;
+        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+            (Box::new(|v| v["iss"] = "https://evil".into()), "iss"),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("iss");
+                }),
+                "iss",
+            ),
+            (Box::new(|v| v["aud"] = "other".into()), "aud"),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("aud");
+                }),
+                "aud",
+            ),
+            (
+                Box::new(|v| {
+                    v.as_object_mut().unwrap().remove("exp");
+                }),
+                "exp is required",
+            ),
+            (Box::new(move |v| v["exp"] = (now - 31).into()), "expired"),
+            (
+                Box::new(move |v| v["nbf"] = (now + 31).into()),
+                "not valid yet",
+            ),
+            (Box::new(move |v| v["iat"] = (now + 31).into()), "future"),
+            (
+                Box::new(|v| {
+                    let o = v.as_object_mut().unwrap();
+                    o.remove("sub");
+                    o.remove("email");
+                }),
+                "names no approver",
+            ),
+        ];
+        for (mutate, want) in cases {
+            let mut v = claims(now);
+            mutate(&mut v);
+            let e = claims_to_approver(&v, &c, now).unwrap_err().0;
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // Within leeway is fine; email stands in for a missing sub.
+        let mut v = claims(now);
+        v["exp"] = (now - 29).into();
+        v.as_object_mut().unwrap().remove("sub");
+        v["roles"] = "CEO".into();
+        let a = claims_to_approver(&v, &c, now).unwrap();
+        assert_eq!(a.id, "alice@example.com");
+        assert_eq!(a.roles, vec!["ceo"]);
+    }
+
+    #[test]
+    fn jwks_keys_of_every_type() {
+        let rsa = Rsa::generate(2048).unwrap();
+        let n = URL_SAFE_NO_PAD.encode(rsa.n().to_vec());
+        let e = URL_SAFE_NO_PAD.encode(rsa.e().to_vec());
+        let ed = PKey::generate_ed25519().unwrap();
+        let x = URL_SAFE_NO_PAD.encode(ed.raw_public_key().unwrap());
+        let doc = json!({"keys": [
+            {"kty": "RSA", "kid": "r", "n": n, "e": e, "alg": "RS256", "use": "sig"},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "d", "x": x},
+            {"kty": "OKP", "crv": "Ed25519", "kid": "bad-alg", "x": x, "alg": "RS256"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "RSA", "kid": "enc", "n": n, "e": e, "use": "enc"},
+        ]});
+        let keys = parse_jwks(doc.to_string().as_bytes()).unwrap();
+        let mut kids: Vec<_> = keys.keys().cloned().collect();
+        kids.sort();
+        assert_eq!(kids, vec!["d", "r"]);
+        assert!(parse_jwks(br#"{"keys": [{"kty":"RSA","d":"x"}]}"#).is_err());
+        assert!(parse_jwks(br#"{"keys": []}"#).is_err());
+        let small = Rsa::generate(1024).unwrap();
+        let weak = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(small.n().to_vec()), "e": e});
+        assert!(key_from_jwk(&weak).unwrap_err().contains("2048"));
+    }
+}

@@ -1,0 +1,672 @@
+//! AgentAuth's HTTP API. Each handler reads top to bottom: source-address
+//! budget, caller identity (agent mTLS or approver JWT), identity budget,
+//! input, one atomic state transition, answer — and every outcome is
+//! counted and audited by [`finish`].
+
+use std::any::Any;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use actix_tls::accept::openssl::TlsStream;
+use actix_web::dev::Extensions;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::rt::net::TcpStream;
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+use tracing_actix_web::RequestId;
+
+use super::challenge::{self, Approver, Challenge, Refusal, Status};
+use super::observe::AgentAuthEvent;
+use super::state::AgentAuthState;
+use crate::error::Rejection;
+use crate::replay::unix_now;
+use crate::spiffe::SpiffeId;
+use crate::tenant::Tenant;
+use crate::tls::{peer_identity, IdentityError};
+
+/// The connection's client-certificate identity (set at accept time).
+pub struct PeerIdentity(pub Result<SpiffeId, IdentityError>);
+
+/// `on_connect` hook: read the peer identity once per connection.
+pub fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
+    if let Some(tls) = connection.downcast_ref::<TlsStream<TcpStream>>() {
+        extensions.insert(PeerIdentity(peer_identity(tls.ssl())));
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/health", web::get().to(health))
+        .route("/ready", web::get().to(ready))
+        .route("/.well-known/jwks.json", web::get().to(jwks))
+        .route("/v1/challenge", web::post().to(create_challenge))
+        .route("/v1/challenge/{id}", web::get().to(read_challenge))
+        .route("/v1/challenge/{id}/approve", web::post().to(approve))
+        .route("/v1/challenge/{id}/reject", web::post().to(reject))
+        .route("/v1/approvals", web::get().to(list_approvals))
+        .route("/v1/mandate", web::post().to(mint));
+}
+
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn ready(state: web::Data<AgentAuthState>) -> HttpResponse {
+    if state.ready() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({"status": "not_ready"}))
+    }
+}
+
+pub async fn jwks(state: web::Data<AgentAuthState>) -> HttpResponse {
+    match state.keys.load_full() {
+        Some(ring) => HttpResponse::Ok()
+            .insert_header((header::CACHE_CONTROL, "public, max-age=30"))
+            .json(ring.jwks()),
+        None => Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keys_unavailable",
+            "no signing keys are loaded",
+        )
+        .to_response(""),
+    }
+}
+
+/// Per-request bookkeeping.
+struct Call {
+    route: &'static str,
+    event: AgentAuthEvent,
+    started: Instant,
+}
+
+impl Call {
+    fn new(
+        req: &HttpRequest,
+        state: &AgentAuthState,
+        route: &'static str,
+        event: &'static str,
+    ) -> Self {
+        let request_id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let source = source_addr(req, state)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default();
+        Self {
+            route,
+            started: Instant::now(),
+            event: AgentAuthEvent {
+                event,
+                request_id,
+                source,
+                ..AgentAuthEvent::default()
+            },
+        }
+    }
+
+    fn describe(&mut self, c: &Challenge, now: i64) {
+        let e = &mut self.event;
+        e.challenge_id.clone_from(&c.id);
+        e.tenant.clone_from(&c.tenant);
+        e.agent.clone_from(&c.agent);
+        e.action.clone_from(&c.act);
+        e.risk_tier = c.tier.as_str().to_owned();
+        e.approvals = Some(c.approvals.len());
+        e.approvals_needed = Some(c.approvals_needed);
+        if e.reason.is_empty() {
+            e.reason = format!("status {}", c.status(now).as_str());
+        }
+    }
+}
+
+fn source_addr(req: &HttpRequest, state: &AgentAuthState) -> Option<IpAddr> {
+    let forwarded: Vec<&str> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    state
+        .proxies
+        .source(req.peer_addr().map(|a| a.ip()), &forwarded)
+}
+
+/// Counts, logs and audits the outcome; adds `X-Request-ID`.
+async fn finish(
+    state: &AgentAuthState,
+    mut call: Call,
+    result: Result<HttpResponse, Rejection>,
+) -> HttpResponse {
+    let m = &state.metrics;
+    let mut response = match result {
+        Ok(r) => r,
+        Err(rejection) => {
+            m.refusals
+                .with_label_values(&[call.route, rejection.code])
+                .inc();
+            call.event.code = rejection.code.to_owned();
+            call.event.reason = rejection.reason.to_string();
+            rejection.to_response(&call.event.request_id)
+        }
+    };
+    let status = response.status().as_u16();
+    call.event.status = status;
+    call.event.outcome = match status {
+        500.. => "error",
+        400..=499 => "refused",
+        _ => "ok",
+    };
+    if let Ok(v) = HeaderValue::from_str(&call.event.request_id) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static("x-request-id"), v);
+    }
+    m.requests
+        .with_label_values(&[call.route, crate::metrics::status_class(status)])
+        .inc();
+    m.duration
+        .with_label_values(&[call.route])
+        .observe(call.started.elapsed().as_secs_f64());
+    tracing::info!(
+        route = call.route,
+        status,
+        error = %call.event.code,
+        challenge = %call.event.challenge_id,
+        "agentauth request"
+    );
+    state.audit(call.event).await;
+    response
+}
+
+/// Takes one request from `key`'s budget.
+async fn budget(state: &AgentAuthState, key: &str, per_minute: u32) -> Result<(), Rejection> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    match state.limiter.hit(key, per_minute, now_ms).await {
+        Ok(None) => Ok(()),
+        Ok(Some(wait)) => Err(Rejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests; retry in {wait} s"),
+        )
+        .retry_after(wait)),
+        Err(r) => Err(r.to_rejection()),
+    }
+}
+
+async fn address_budget(state: &AgentAuthState, call: &Call) -> Result<(), Rejection> {
+    if call.event.source.is_empty() {
+        return Ok(());
+    }
+    let key = format!("addr:{}", call.event.source);
+    budget(state, &key, state.config.address_requests_per_minute).await
+}
+
+/// The calling agent: a verified client certificate with one SPIFFE ID,
+/// owned by an enabled tenant.
+fn agent(req: &HttpRequest, state: &AgentAuthState) -> Result<(SpiffeId, Tenant), Rejection> {
+    let ext = req.conn_data::<PeerIdentity>();
+    let id = match ext.map(|p| &p.0) {
+        Some(Ok(id)) => id.clone(),
+        Some(Err(e)) => return Err(Rejection::spiffe_id_required(e.to_string())),
+        None => {
+            return Err(Rejection::spiffe_id_required(
+                "no client certificate was presented".into(),
+            ))
+        }
+    };
+    match state.tenants.resolve(&id) {
+        Some(t) if t.enabled => Ok((id, t.clone())),
+        _ => Err(Rejection::unknown_tenant(
+            "the SPIFFE ID belongs to no enabled tenant",
+        )),
+    }
+}
+
+async fn agent_with_budget(
+    req: &HttpRequest,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<(SpiffeId, Tenant), Rejection> {
+    address_budget(state, call).await?;
+    let (id, tenant) = agent(req, state)?;
+    call.event.agent = id.as_str().to_owned();
+    call.event.tenant.clone_from(&tenant.id);
+    budget(
+        state,
+        &format!("agent:{}", id.as_str()),
+        state.config.agent_requests_per_minute,
+    )
+    .await?;
+    Ok((id, tenant))
+}
+
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The calling approver, from an OIDC bearer token.
+async fn approver(
+    req: &HttpRequest,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<Approver, Rejection> {
+    let unauthenticated = |reason: String| {
+        Rejection::new(StatusCode::UNAUTHORIZED, "approver_unauthenticated", reason)
+    };
+    let token = bearer(req).ok_or_else(|| {
+        unauthenticated("an approver token is required: Authorization: Bearer <OIDC JWT>".into())
+    })?;
+    let who = state
+        .approvers
+        .authenticate(token, unix_now())
+        .await
+        .map_err(|e| unauthenticated(format!("approver token refused: {e}")))?;
+    call.event.approver.clone_from(&who.id);
+    budget(
+        state,
+        &format!("approver:{}", who.id.to_ascii_lowercase()),
+        state.config.approver_requests_per_minute,
+    )
+    .await?;
+    Ok(who)
+}
+
+fn tenant_scoped(state: &AgentAuthState) -> bool {
+    state.config.approvers.tenant_claim.is_some()
+}
+
+/// Reads a JSON object body (empty = `{}` when `empty_ok`).
+fn json_body(body: &[u8], empty_ok: bool) -> Result<Value, Rejection> {
+    if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
+        return Ok(json!({}));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(_) => Err(Rejection::bad_request("the body must be a JSON object")),
+        Err(e) => Err(Rejection::bad_request(format!("the body is not JSON: {e}"))),
+    }
+}
+
+async fn read_body(payload: web::Payload, state: &AgentAuthState) -> Result<web::Bytes, Rejection> {
+    let limit = state.config.max_body_bytes;
+    payload
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| Rejection::body_too_large(limit as u64))?
+        .map_err(|e| Rejection::bad_request(format!("cannot read the body: {e}")))
+}
+
+async fn create_challenge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "challenge_create", "challenge.created");
+    let result = create_challenge_inner(&req, payload, &state, &mut call).await;
+    finish(&state, call, result).await
+}
+
+async fn create_challenge_inner(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &web::Data<AgentAuthState>,
+    call: &mut Call,
+) -> Result<HttpResponse, Rejection> {
+    let (agent, tenant) = agent_with_budget(req, state, call).await?;
+    let body = json_body(&read_body(payload, state).await?, false)?;
+    let request = challenge::parse_request(&body, agent.as_str())
+        .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
+    call.event.action.clone_from(&request.act);
+    let tiers = state.tiers.clone();
+    let (t, act) = (tenant.id.clone(), request.act.clone());
+    let tier = web::block(move || tiers.tier(&t, &act))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r)
+        .map_err(|e| {
+            Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "policy_unavailable",
+                format!("the risk tier could not be decided: {e}"),
+            )
+            .retry_after(5)
+        })?;
+    let id = challenge::random_id("chal_").map_err(internal)?;
+    let now = unix_now();
+    let c = Challenge::new(
+        id,
+        tenant.id.clone(),
+        agent.as_str().to_owned(),
+        request,
+        tier,
+        now,
+        state.config.challenge_ttl_seconds as i64,
+    );
+    call.describe(&c, now);
+    state
+        .challenges
+        .insert(c.clone())
+        .await
+        .map_err(|r| r.to_rejection())?;
+    state.metrics.challenges_open.inc();
+    Ok(HttpResponse::Ok().json(json!({
+        "challenge_id": c.id,
+        "expires_at": crate::audit::rfc3339(c.expires_at),
+        "risk_tier": c.tier.as_str(),
+        "approvals_needed": c.approvals_needed,
+        "requires_dual_control": c.approvals_needed >= 2,
+        "status": c.status(now).as_str(),
+        "approval_hint": "approvers: POST /v1/challenge/{id}/approve with an OIDC bearer token; agent: POST /v1/mandate once approved",
+    })))
+}
+
+async fn read_challenge(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "challenge_read", "challenge.read");
+    let result = read_challenge_inner(&req, &path, &state, &mut call).await;
+    finish(&state, call, result).await
+}
+
+async fn read_challenge_inner(
+    req: &HttpRequest,
+    id: &str,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<HttpResponse, Rejection> {
+    address_budget(state, call).await?;
+    // The requesting agent (client certificate) or an approver (bearer).
+    let as_agent = if bearer(req).is_none() {
+        let (agent, _) = agent(req, state)?;
+        call.event.agent = agent.as_str().to_owned();
+        budget(
+            state,
+            &format!("agent:{}", agent.as_str()),
+            state.config.agent_requests_per_minute,
+        )
+        .await?;
+        Some(agent)
+    } else {
+        None
+    };
+    let approver = match as_agent {
+        Some(_) => None,
+        None => Some(approver(req, state, call).await?),
+    };
+    let c = state
+        .challenges
+        .get(id)
+        .await
+        .map_err(|r| r.to_rejection())?;
+    let now = unix_now();
+    call.describe(&c, now);
+    let allowed = match (&as_agent, &approver) {
+        (Some(agent), _) => agent.as_str() == c.agent,
+        (None, Some(a)) => a.may_act_for(&c.tenant, tenant_scoped(state)),
+        (None, None) => false,
+    };
+    if !allowed {
+        // Indistinguishable from an unknown id: ids are not an oracle.
+        return Err(Refusal::NotFound.to_rejection());
+    }
+    Ok(HttpResponse::Ok().json(c.view(now)))
+}
+
+async fn list_approvals(
+    req: HttpRequest,
+    query: web::Query<std::collections::HashMap<String, String>>,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "approvals_list", "approvals.listed");
+    let result = list_inner(&req, &query, &state, &mut call).await;
+    finish(&state, call, result).await
+}
+
+async fn list_inner(
+    req: &HttpRequest,
+    query: &std::collections::HashMap<String, String>,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<HttpResponse, Rejection> {
+    address_budget(state, call).await?;
+    let who = approver(req, state, call).await?;
+    let status = match query.get("status").map(String::as_str) {
+        None | Some("pending") => Some(Status::Pending),
+        Some("all") => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            Rejection::bad_request(
+                "status must be pending, approved, rejected, expired, minted or all",
+            )
+        })?),
+    };
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| Rejection::bad_request("limit must be between 1 and 500"))?,
+    };
+    let tenant = if tenant_scoped(state) {
+        who.tenant.clone()
+    } else {
+        None
+    };
+    let now = unix_now();
+    let found = state
+        .challenges
+        .list(tenant.as_deref(), status, now, limit)
+        .await
+        .map_err(|r| r.to_rejection())?;
+    call.event.reason = format!("{} challenges", found.len());
+    Ok(HttpResponse::Ok().json(json!({
+        "challenges": found.iter().map(|c| c.view(now)).collect::<Vec<_>>(),
+    })))
+}
+
+async fn approve(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "challenge_approve", "challenge.approved");
+    let result = decide_inner(&req, &path, None, &state, &mut call).await;
+    finish(&state, call, result).await
+}
+
+async fn reject(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "challenge_reject", "challenge.rejected");
+    let result = match read_body(payload, &state)
+        .await
+        .and_then(|b| json_body(&b, true))
+    {
+        Ok(body) => {
+            let reason = match body.get("reason") {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) if s.len() <= 1024 => Ok(Some(s.clone())),
+                Some(_) => Err(Rejection::bad_request(
+                    "reason must be a string of at most 1024 bytes",
+                )),
+            };
+            match reason {
+                Ok(reason) => decide_inner(&req, &path, Some(reason), &state, &mut call).await,
+                Err(r) => Err(r),
+            }
+        }
+        Err(r) => Err(r),
+    };
+    finish(&state, call, result).await
+}
+
+/// Approve (`rejection == None`) or reject, atomically.
+async fn decide_inner(
+    req: &HttpRequest,
+    id: &str,
+    rejection: Option<Option<String>>,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<HttpResponse, Rejection> {
+    address_budget(state, call).await?;
+    let who = approver(req, state, call).await?;
+    let now = unix_now();
+    let scoped = tenant_scoped(state);
+    let executives = &state.config.approvers.executive_roles;
+    let who_ref = &who;
+    let result = state
+        .challenges
+        .update(
+            id,
+            Box::new(move |c| {
+                if !who_ref.may_act_for(&c.tenant, scoped) {
+                    return Err(Refusal::WrongTenant);
+                }
+                match &rejection {
+                    None => c.approve(who_ref, executives, now),
+                    Some(reason) => c.reject(who_ref, reason.clone(), now),
+                }
+            }),
+        )
+        .await;
+    let c = match result {
+        Ok(c) => c,
+        Err(refusal) => {
+            // Describe the challenge in the audit event when it exists.
+            if let Ok(c) = state.challenges.get(id).await {
+                call.describe(&c, now);
+            }
+            return Err(refusal.to_rejection());
+        }
+    };
+    call.describe(&c, now);
+    Ok(HttpResponse::Ok().json(json!({
+        "challenge_id": c.id,
+        "status": c.status(now).as_str(),
+        "risk_tier": c.tier.as_str(),
+        "approvals": c.approvals.len(),
+        "approvals_needed": c.approvals_needed,
+        "fully_approved": c.status(now) == Status::Approved,
+    })))
+}
+
+async fn mint(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AgentAuthState>,
+) -> HttpResponse {
+    let mut call = Call::new(&req, &state, "mandate", "mandate.minted");
+    let result = mint_inner(&req, payload, &state, &mut call).await;
+    finish(&state, call, result).await
+}
+
+async fn mint_inner(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AgentAuthState,
+    call: &mut Call,
+) -> Result<HttpResponse, Rejection> {
+    let (agent, _) = agent_with_budget(req, state, call).await?;
+    let body = json_body(&read_body(payload, state).await?, false)?;
+    if let Some(k) = body.as_object().and_then(|o| {
+        o.keys()
+            .find(|k| !matches!(k.as_str(), "challenge_id" | "ttl_seconds" | "format"))
+    }) {
+        return Err(Rejection::bad_request(format!("unknown field {k:?}")));
+    }
+    let id = body
+        .get("challenge_id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .ok_or_else(|| Rejection::bad_request("challenge_id is required"))?
+        .to_owned();
+    match body.get("format").and_then(Value::as_str) {
+        None | Some("jwt") => {}
+        Some(_) => {
+            return Err(Rejection::bad_request(
+                "format must be \"jwt\" (Biscuit output is not available yet)",
+            ))
+        }
+    }
+    let cfg = &state.config;
+    let ttl = match body.get("ttl_seconds") {
+        None => cfg.mandate_ttl_seconds,
+        Some(v) => v
+            .as_u64()
+            .filter(|t| (1..=cfg.max_mandate_ttl_seconds).contains(t))
+            .ok_or_else(|| {
+                Rejection::bad_request(format!(
+                    "ttl_seconds must be between 1 and {}",
+                    cfg.max_mandate_ttl_seconds
+                ))
+            })?,
+    };
+    let ring = state.keys.load_full().ok_or_else(|| {
+        Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "keys_unavailable",
+            "no signing keys are loaded",
+        )
+        .retry_after(5)
+    })?;
+    let jti = challenge::random_id("poa_").map_err(internal)?;
+    let now = unix_now();
+    let exp = now + ttl as i64;
+    let (agent_id, jti_ref) = (agent.as_str(), jti.as_str());
+    let result = state
+        .challenges
+        .update(&id, Box::new(move |c| c.mint(agent_id, jti_ref, exp, now)))
+        .await;
+    let c = match result {
+        Ok(c) => c,
+        Err(refusal) => {
+            if let Ok(c) = state.challenges.get(&id).await {
+                // Only the requesting agent learns about the challenge.
+                if c.agent == agent.as_str() {
+                    call.describe(&c, now);
+                } else {
+                    call.event.challenge_id.clone_from(&c.id);
+                }
+            }
+            return Err(refusal.to_rejection());
+        }
+    };
+    call.describe(&c, now);
+    let claims = c.claims(&cfg.issuer, &cfg.audience, &jti, now, exp);
+    let token = ring.sign(&claims);
+    call.event.jti.clone_from(&jti);
+    call.event.kid.clone_from(&ring.active.kid);
+    Ok(HttpResponse::Ok().json(json!({
+        "token": token,
+        "token_type": "jwt",
+        "jti": jti,
+        "kid": ring.active.kid,
+        "expires_at": crate::audit::rfc3339(exp),
+        "risk_tier": c.tier.as_str(),
+        "approvals": c.approvals.len(),
+        "dual_control_used": c.approvals_needed >= 2,
+    })))
+}
+
+fn internal(e: String) -> Rejection {
+    tracing::error!(error = %e, "internal error");
+    Rejection::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "an internal error occurred",
+    )
+}

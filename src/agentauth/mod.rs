@@ -1,0 +1,215 @@
+//! AgentAuth: agents ask for authority (challenge), humans approve it per
+//! risk tier, and the requesting agent receives exactly one signed mandate.
+//!
+//! * `client_addr` — the request's source address (trusted proxies only);
+//! * `challenge` — the challenge model and its transitions (plain logic);
+//! * `store` — state behind traits (in-memory here), atomic transitions;
+//! * `approver` — OIDC approver tokens (RS256/ES256/EdDSA, JWKS or PEM);
+//! * `keyring` — signing keys from a directory, rotation;
+//! * `state`, `http` — the service wiring and its HTTP API;
+//! * `observe` — metrics and audit events.
+
+pub mod approver;
+pub mod challenge;
+pub mod client_addr;
+pub mod config;
+pub mod http;
+pub mod keyring;
+pub mod observe;
+pub mod state;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::config::Config;
+use observe::AgentAuthEvent;
+pub use state::AgentAuthState;
+
+/// Seconds an expired challenge stays readable (status `expired`) before
+/// it is swept.
+const EXPIRED_GRACE_SECONDS: i64 = 300;
+
+/// Runs AgentAuth until SIGTERM/SIGINT, then drains and returns. Must be
+/// called inside an actix `System`.
+pub async fn run(config: Config) -> Result<(), String> {
+    config
+        .agentauth
+        .validate_for_service()
+        .map_err(|e| e.to_string())?;
+    let tls = crate::tls::acceptor(&config.tls)?;
+    let state = AgentAuthState::start(&config)?;
+    let a = state.config.clone();
+    let workers = if a.workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        a.workers
+    };
+    let data = web::Data::from(state.clone());
+    let api = {
+        let data = data.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(TracingLogger::default())
+                .configure(http::routes)
+        })
+        .on_connect(http::on_connect)
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .client_request_timeout(Duration::from_secs(5))
+        .bind_openssl(a.listen_addr, tls)
+        .map_err(|e| {
+            format!(
+                "cannot listen on agentauth.listen_addr {}: {e}",
+                a.listen_addr
+            )
+        })?
+        .run()
+    };
+    let admin = {
+        let data = data.clone();
+        HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/health", web::get().to(http::health))
+                .route("/ready", web::get().to(http::ready))
+                .route("/.well-known/jwks.json", web::get().to(http::jwks))
+                .route(
+                    "/metrics",
+                    web::get().to(|s: web::Data<AgentAuthState>| async move {
+                        HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(s.metrics.render())
+                    }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .bind(a.admin_addr)
+        .map_err(|e| {
+            format!(
+                "cannot listen on agentauth.admin_addr {}: {e}",
+                a.admin_addr
+            )
+        })?
+        .run()
+    };
+    spawn_background(state.clone());
+    tracing::info!(
+        listen_addr = %a.listen_addr,
+        admin_addr = %a.admin_addr,
+        issuer = %a.issuer,
+        audience = %a.audience,
+        active_kid = state.keys.load().as_ref().map_or("", |k| k.active.kid.as_str()),
+        "agentauth started"
+    );
+
+    let (api_handle, admin_handle) = (api.handle(), admin.handle());
+    let lifecycle = state.clone();
+    actix_web::rt::spawn(async move {
+        let signal = crate::broker::shutdown_signal().await;
+        lifecycle.start_draining();
+        tracing::info!(
+            signal,
+            "shutdown requested: readiness is now false, draining"
+        );
+        api_handle.stop(true).await;
+        admin_handle.stop(true).await;
+    });
+    let (x, y) = futures_util::future::join(api, admin).await;
+    x.map_err(|e| format!("agentauth listener failed: {e}"))?;
+    y.map_err(|e| format!("agentauth admin listener failed: {e}"))?;
+    tracing::info!("agentauth stopped");
+    Ok(())
+}
+
+/// Key directory reloads, expired-challenge sweeps, approver JWKS refresh.
+fn spawn_background(state: Arc<AgentAuthState>) {
+    let s = state.clone();
+    actix_web::rt::spawn(async move {
+        let every = Duration::from_secs(s.config.key_reload_seconds);
+        let mut seen = keyring::fingerprint(&s.config.keys_dir);
+        loop {
+            actix_web::rt::time::sleep(every).await;
+            let now = keyring::fingerprint(&s.config.keys_dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let mut event = AgentAuthEvent {
+                event: "keys.reloaded",
+                ..AgentAuthEvent::default()
+            };
+            match s.reload_keys() {
+                Ok(Some(kid)) => {
+                    tracing::info!(active_kid = %kid, "signing keys reloaded");
+                    event.outcome = "ok";
+                    event.kid = kid;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "signing key reload failed; keeping the current keys");
+                    event.outcome = "error";
+                    event.reason = e;
+                }
+            }
+            s.audit(event).await;
+        }
+    });
+    let s = state.clone();
+    actix_web::rt::spawn(async move {
+        loop {
+            actix_web::rt::time::sleep(Duration::from_secs(15)).await;
+            let now = crate::replay::unix_now();
+            let Ok(gone) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
+                continue;
+            };
+            s.metrics.challenges_open.sub(gone.len() as i64);
+            for c in gone {
+                if c.minted.is_some() || c.rejected.is_some() {
+                    continue;
+                }
+                s.audit(AgentAuthEvent {
+                    event: "challenge.expired",
+                    outcome: "ok",
+                    challenge_id: c.id.clone(),
+                    tenant: c.tenant.clone(),
+                    agent: c.agent.clone(),
+                    action: c.act.clone(),
+                    risk_tier: c.tier.as_str().to_owned(),
+                    approvals: Some(c.approvals.len()),
+                    approvals_needed: Some(c.approvals_needed),
+                    ..AgentAuthEvent::default()
+                })
+                .await;
+            }
+        }
+    });
+    if state.approvers.keys.jwks_url().is_some() {
+        let s = state;
+        actix_web::rt::spawn(async move {
+            let every = Duration::from_secs(s.config.approvers.jwks_refresh_seconds);
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match s.approvers.keys.refresh().await {
+                    Ok(n) => {
+                        tracing::debug!(keys = n, "approver JWKS refreshed");
+                        actix_web::rt::time::sleep(every).await;
+                        backoff = Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "approver JWKS refresh failed");
+                        actix_web::rt::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(every);
+                    }
+                }
+            }
+        });
+    }
+}

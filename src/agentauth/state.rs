@@ -1,0 +1,167 @@
+//! What the AgentAuth handlers share: configuration, tenants, state
+//! stores, keys, approver authentication, the risk-tier policy, metrics
+//! and audit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use super::approver::ApproverAuth;
+use super::challenge::Tier;
+use super::client_addr::TrustedProxies;
+use super::config::AgentAuthConfig;
+use super::keyring::KeyRing;
+use super::observe::{AgentAuthEvent, AgentAuthMetrics};
+use super::store::{ChallengeStore, MemoryChallenges, MemoryRateLimiter, RateLimiter};
+use crate::audit::AuditSink;
+use crate::config::Config;
+use crate::policy::embedded::PolicyBundle;
+use crate::tenant::TenantDirectory;
+
+/// The rule giving an action's risk tier (the broker's policy decides with
+/// the same rule, so issuer and broker never disagree).
+pub const RISK_TIER_RULE: &str = "data.atb.poa.risk_tier";
+
+/// Evaluates the risk tier with the embedded policy.
+pub struct TierPolicy {
+    engine: Mutex<regorus::Engine>,
+}
+
+impl TierPolicy {
+    pub fn new(bundle: &PolicyBundle) -> Result<Self, String> {
+        let mut engine = bundle.engine()?;
+        engine.set_input(regorus::Value::new_object());
+        engine
+            .eval_rule(RISK_TIER_RULE.to_string())
+            .map_err(|e| format!("{RISK_TIER_RULE}: {e}"))?;
+        Ok(Self {
+            engine: Mutex::new(engine),
+        })
+    }
+
+    /// The tier of `act` for `tenant` (blocking: call off the I/O threads).
+    pub fn tier(&self, tenant: &str, act: &str) -> Result<Tier, String> {
+        let input = serde_json::json!({"tenant": {"id": tenant}, "poa": {"act": act}});
+        let mut engine = self
+            .engine
+            .lock()
+            .map_err(|_| "policy engine lock poisoned".to_string())?;
+        engine.set_input(regorus::Value::from(input));
+        let v = engine
+            .eval_rule(RISK_TIER_RULE.to_string())
+            .map_err(|e| e.to_string())?;
+        match v.as_string() {
+            Ok(s) => Ok(Tier::from_policy(s.as_ref())),
+            Err(_) => Err(format!("{RISK_TIER_RULE} is not a string")),
+        }
+    }
+}
+
+pub struct AgentAuthState {
+    pub config: AgentAuthConfig,
+    pub tenants: TenantDirectory,
+    pub challenges: Arc<dyn ChallengeStore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub keys: ArcSwapOption<KeyRing>,
+    pub approvers: ApproverAuth,
+    pub tiers: Arc<TierPolicy>,
+    pub proxies: TrustedProxies,
+    pub metrics: AgentAuthMetrics,
+    pub audit: AuditSink<AgentAuthEvent>,
+    draining: AtomicBool,
+}
+
+impl AgentAuthState {
+    /// Builds the state from a validated configuration. The key directory
+    /// is read once here; a missing or bad key fails the start.
+    pub fn start(config: &Config) -> Result<Arc<Self>, String> {
+        let a = &config.agentauth;
+        let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
+        let keys = KeyRing::load(&a.keys_dir)?;
+        let p = &config.policy;
+        let bundle = PolicyBundle::load(
+            p.dir.as_deref(),
+            p.data_file.as_deref(),
+            &config.tenants,
+            Duration::from_millis(p.eval_timeout_ms),
+        )?;
+        let audit = AuditSink::stdout(65_536, metrics.audit_events.clone())
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        let state = Arc::new(Self {
+            tenants: TenantDirectory::new(&config.tenants),
+            challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
+            limiter: Arc::new(MemoryRateLimiter::new(100_000)),
+            keys: ArcSwapOption::from_pointee(None),
+            approvers: ApproverAuth::new(a.approvers.clone())?,
+            tiers: Arc::new(TierPolicy::new(&bundle)?),
+            proxies: TrustedProxies::parse(&a.trusted_proxies)?,
+            metrics,
+            audit,
+            draining: AtomicBool::new(false),
+            config: a.clone(),
+        });
+        state.install_keys(keys);
+        Ok(state)
+    }
+
+    /// Publishes a key ring (and its gauges).
+    pub fn install_keys(&self, ring: KeyRing) {
+        let g = &self.metrics.signing_keys;
+        g.with_label_values(&["active"]).set(1);
+        g.with_label_values(&["next"])
+            .set(i64::from(ring.next.is_some()));
+        g.with_label_values(&["previous"])
+            .set(i64::from(ring.previous.is_some()));
+        g.with_label_values(&["revoked"])
+            .set(ring.revoked.len() as i64);
+        self.keys.store(Some(Arc::new(ring)));
+    }
+
+    /// Re-reads the key directory; keeps the current keys on failure.
+    pub fn reload_keys(&self) -> Result<Option<String>, String> {
+        match KeyRing::load(&self.config.keys_dir) {
+            Ok(ring) => {
+                let changed = self.keys.load().as_ref().is_none_or(|old| {
+                    old.active.kid != ring.active.kid
+                        || old.next.as_ref().map(|k| &k.kid) != ring.next.as_ref().map(|k| &k.kid)
+                        || old.previous.as_ref().map(|k| &k.kid)
+                            != ring.previous.as_ref().map(|k| &k.kid)
+                        || old.revoked != ring.revoked
+                });
+                let kid = ring.active.kid.clone();
+                self.metrics.key_reloads.with_label_values(&["ok"]).inc();
+                if changed {
+                    self.install_keys(ring);
+                    Ok(Some(kid))
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(e) => {
+                self.metrics.key_reloads.with_label_values(&["error"]).inc();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Acquire) && self.keys.load().is_some()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Records an audit event (waits for queue room; never drops) and
+    /// counts it.
+    pub async fn audit(&self, mut event: AgentAuthEvent) {
+        event.ts = crate::audit::now_rfc3339();
+        self.metrics
+            .events
+            .with_label_values(&[event.event, event.outcome])
+            .inc();
+        self.audit.record(event).await;
+    }
+}

@@ -1,0 +1,344 @@
+//! AgentAuth state behind traits: challenges and rate-limit buckets. The
+//! in-memory implementations live here; a shared (Redis) implementation
+//! plugs in behind the same traits so replicas agree.
+//!
+//! Every change to a challenge goes through [`ChallengeStore::update`],
+//! which applies a transition atomically: two approvals racing never lose
+//! one nor count one twice, and a challenge is minted at most once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use futures_util::future::BoxFuture;
+
+use super::challenge::{Challenge, Refusal, Status};
+
+/// A transition applied under the store's lock for one challenge.
+pub type Transition<'a> = Box<dyn FnMut(&mut Challenge) -> Result<(), Refusal> + Send + 'a>;
+
+pub trait ChallengeStore: Send + Sync + 'static {
+    /// Stores a new challenge; `Refusal::Full` when at capacity.
+    fn insert(&self, challenge: Challenge) -> BoxFuture<'_, Result<(), Refusal>>;
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Challenge, Refusal>>;
+    /// Applies `transition` atomically and returns the challenge after it.
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        transition: Transition<'a>,
+    ) -> BoxFuture<'a, Result<Challenge, Refusal>>;
+    /// Up to `limit` challenges of `tenant` (all tenants when `None`) in
+    /// `status` at `now`, oldest first.
+    fn list<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        status: Option<Status>,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Challenge>, Refusal>>;
+    /// Removes challenges that expired more than `grace` seconds before
+    /// `now` and returns them.
+    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Vec<Challenge>, Refusal>>;
+}
+
+/// Challenges in this process.
+pub struct MemoryChallenges {
+    map: DashMap<String, Challenge>,
+    capacity: usize,
+    len: AtomicUsize,
+}
+
+impl MemoryChallenges {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            capacity,
+            len: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl ChallengeStore for MemoryChallenges {
+    fn insert(&self, challenge: Challenge) -> BoxFuture<'_, Result<(), Refusal>> {
+        let result = if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.len.fetch_sub(1, Ordering::AcqRel);
+            Err(Refusal::Full)
+        } else {
+            match self.map.entry(challenge.id.clone()) {
+                dashmap::Entry::Occupied(_) => {
+                    self.len.fetch_sub(1, Ordering::AcqRel);
+                    Err(Refusal::Store("challenge id collision".into()))
+                }
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(challenge);
+                    Ok(())
+                }
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Challenge, Refusal>> {
+        let result = self.map.get(id).map(|c| c.clone()).ok_or(Refusal::NotFound);
+        Box::pin(async move { result })
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        mut transition: Transition<'a>,
+    ) -> BoxFuture<'a, Result<Challenge, Refusal>> {
+        // The entry's write lock is held across check and change.
+        let result = match self.map.get_mut(id) {
+            None => Err(Refusal::NotFound),
+            Some(mut entry) => {
+                let mut next = entry.clone();
+                transition(&mut next).map(|()| {
+                    *entry = next.clone();
+                    next
+                })
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    fn list<'a>(
+        &'a self,
+        tenant: Option<&'a str>,
+        status: Option<Status>,
+        now: i64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Challenge>, Refusal>> {
+        let mut found: Vec<Challenge> = self
+            .map
+            .iter()
+            .filter(|c| tenant.is_none_or(|t| c.tenant == t))
+            .filter(|c| status.is_none_or(|s| c.status(now) == s))
+            .map(|c| c.clone())
+            .collect();
+        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        found.truncate(limit);
+        Box::pin(async move { Ok(found) })
+    }
+
+    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Vec<Challenge>, Refusal>> {
+        let mut gone = Vec::new();
+        self.map.retain(|_, c| {
+            let keep = c.expires_at + grace > now;
+            if !keep {
+                gone.push(c.clone());
+            }
+            keep
+        });
+        self.len.fetch_sub(gone.len(), Ordering::AcqRel);
+        Box::pin(async move { Ok(gone) })
+    }
+}
+
+/// Per-key request budgets ("at most N per minute", a token bucket with a
+/// burst of N refilled continuously).
+pub trait RateLimiter: Send + Sync + 'static {
+    /// Takes one request from `key`'s budget; `Ok(Some(seconds))` means
+    /// refused, retry after that many seconds.
+    fn hit<'a>(
+        &'a self,
+        key: &'a str,
+        per_minute: u32,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, Refusal>>;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: u64,
+}
+
+/// Token buckets in this process, bounded: when full, buckets that have
+/// refilled completely (indistinguishable from new ones) are dropped, and
+/// if that frees nothing the table starts over.
+pub struct MemoryRateLimiter {
+    buckets: DashMap<String, Bucket>,
+    max_keys: usize,
+}
+
+impl MemoryRateLimiter {
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            buckets: DashMap::new(),
+            max_keys,
+        }
+    }
+
+    fn take(&self, key: &str, per_minute: u32, now_ms: u64) -> Option<u64> {
+        let capacity = f64::from(per_minute);
+        let rate_per_ms = capacity / 60_000.0;
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            self.buckets.retain(|_, b| {
+                b.tokens + now_ms.saturating_sub(b.at_ms) as f64 * rate_per_ms < capacity
+            });
+            if self.buckets.len() >= self.max_keys {
+                // Still full of live buckets: start over rather than grow
+                // without bound (a reset only ever grants fresh budgets).
+                tracing::warn!(keys = self.max_keys, "rate-limit table full; resetting it");
+                self.buckets.clear();
+            }
+        }
+        let mut b = self.buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: capacity,
+            at_ms: now_ms,
+        });
+        let refilled =
+            (b.tokens + now_ms.saturating_sub(b.at_ms) as f64 * rate_per_ms).min(capacity);
+        b.at_ms = now_ms.max(b.at_ms);
+        if refilled >= 1.0 {
+            b.tokens = refilled - 1.0;
+            None
+        } else {
+            b.tokens = refilled;
+            let wait_ms = (1.0 - refilled) / rate_per_ms;
+            Some(((wait_ms / 1000.0).ceil() as u64).max(1))
+        }
+    }
+}
+
+impl RateLimiter for MemoryRateLimiter {
+    fn hit<'a>(
+        &'a self,
+        key: &'a str,
+        per_minute: u32,
+        now_ms: u64,
+    ) -> BoxFuture<'a, Result<Option<u64>, Refusal>> {
+        let result = self.take(key, per_minute, now_ms);
+        Box::pin(async move { Ok(result) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::challenge::{parse_request, Approver, Tier};
+    use super::*;
+
+    fn challenge(id: &str, tier: Tier, now: i64) -> Challenge {
+        let req = parse_request(
+            &serde_json::json!({"act": "a.b", "con": {}, "leg": {}}),
+            "spiffe://t/agent",
+        )
+        .unwrap();
+        Challenge::new(
+            id.into(),
+            "acme".into(),
+            "spiffe://t/agent".into(),
+            req,
+            tier,
+            now,
+            60,
+        )
+    }
+
+    #[actix_web::test]
+    async fn capacity_ids_and_sweep() {
+        let s = MemoryChallenges::new(2);
+        s.insert(challenge("a", Tier::Low, 0)).await.unwrap();
+        assert!(matches!(
+            s.insert(challenge("a", Tier::Low, 0)).await,
+            Err(Refusal::Store(_))
+        ));
+        s.insert(challenge("b", Tier::High, 30)).await.unwrap();
+        assert_eq!(
+            s.insert(challenge("c", Tier::Low, 0)).await,
+            Err(Refusal::Full)
+        );
+        assert_eq!(s.get("zz").await, Err(Refusal::NotFound));
+        let pending = s.list(Some("acme"), Some(Status::Pending), 10, 10).await;
+        assert_eq!(pending.unwrap().len(), 1);
+        assert_eq!(s.list(Some("other"), None, 10, 10).await.unwrap().len(), 0);
+        let gone = s.sweep(70, 5).await.unwrap();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0].id, "a");
+        s.insert(challenge("c", Tier::Low, 70)).await.unwrap();
+    }
+
+    #[actix_web::test]
+    async fn failed_transitions_change_nothing() {
+        let s = MemoryChallenges::new(10);
+        s.insert(challenge("a", Tier::High, 0)).await.unwrap();
+        let r = s
+            .update(
+                "a",
+                Box::new(|c| {
+                    c.act = "changed".into();
+                    Err(Refusal::SelfApproval)
+                }),
+            )
+            .await;
+        assert_eq!(r, Err(Refusal::SelfApproval));
+        assert_eq!(s.get("a").await.unwrap().act, "a.b");
+    }
+
+    #[test]
+    fn racing_approvals_are_all_counted_once() {
+        let store = Arc::new(MemoryChallenges::new(10));
+        futures_executor_block_on(store.insert(challenge("a", Tier::High, 0))).unwrap();
+        // 8 threads, each approving as 8 people, half of them shared:
+        // exactly two approvals land, no more, no fewer.
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut ok = 0;
+                    for p in 0..8 {
+                        let who = Approver {
+                            id: format!("person-{}", (t * 8 + p) % 4),
+                            email: None,
+                            roles: vec![],
+                            tenant: None,
+                        };
+                        let r = futures_executor_block_on(
+                            store.update("a", Box::new(move |c| c.approve(&who, &[], 1))),
+                        );
+                        if r.is_ok() {
+                            ok += 1;
+                        }
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let total: i32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 2);
+        let c = futures_executor_block_on(store.get("a")).unwrap();
+        assert_eq!(c.approvals.len(), 2);
+        assert_ne!(c.approvals[0].approver_id, c.approvals[1].approver_id);
+    }
+
+    fn futures_executor_block_on<T>(f: BoxFuture<'_, T>) -> T {
+        actix_web::rt::System::new().block_on(f)
+    }
+
+    #[test]
+    fn buckets_refill_and_say_when() {
+        let l = MemoryRateLimiter::new(100);
+        for _ in 0..3 {
+            assert_eq!(l.take("k", 3, 0), None);
+        }
+        // Empty: one token takes 20 s at 3/min.
+        assert_eq!(l.take("k", 3, 0), Some(20));
+        assert_eq!(l.take("k", 3, 10_000), Some(10));
+        assert_eq!(l.take("k", 3, 20_000), None);
+        assert_eq!(l.take("other", 3, 20_000), None);
+    }
+
+    #[test]
+    fn bucket_map_is_bounded() {
+        let l = MemoryRateLimiter::new(10);
+        for i in 0..100 {
+            l.take(&format!("k{i}"), 60, 0);
+        }
+        // Full buckets after a minute are dropped to make room.
+        assert!(l.buckets.len() <= 11, "{}", l.buckets.len());
+        l.take("late", 60, 120_000);
+        assert!(l.buckets.len() <= 11);
+    }
+}
