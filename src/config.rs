@@ -526,6 +526,9 @@ impl Config {
         if let Some(v) = env("ATB_ADMIN_TOKEN") {
             self.admin.token = Some(v);
         }
+        if let Some(v) = env_parsed(env, "POA_JWKS_CACHE_SECONDS", "a whole number of seconds")? {
+            self.poa.jwks_refresh_seconds = v;
+        }
         if let Some(v) = env_flag(env, "POA_SINGLE_USE")? {
             self.poa.single_use = v;
         }

@@ -551,7 +551,8 @@ pub mod tests {
     fn registered_claims_are_required() {
         let c = config();
         let now = 1_700_000_000;
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (Box::new(|v| v["iss"] = "https://evil".into()), "iss"),
             (
                 Box::new(|v| {

@@ -169,6 +169,9 @@ impl AgentAuthConfig {
         if let Some(v) = env("AGENTAUTH_KEYS_DIR") {
             self.keys_dir = v.into();
         }
+        if let Some(v) = env_parsed(env, "AGENTAUTH_KEY_RELOAD_SECONDS", secs)? {
+            self.key_reload_seconds = v;
+        }
         let n = "a whole number";
         if let Some(v) = env_parsed(env, "RATE_LIMIT_PER_AGENT", n)? {
             self.agent_requests_per_minute = v;
@@ -370,7 +373,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let cases: Vec<(fn(&mut AgentAuthConfig), &str)> = vec![
+        type Mutation = fn(&mut AgentAuthConfig);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|c| c.mandate_ttl_seconds = 901, "mandate_ttl_seconds"),
             (
                 |c| c.max_mandate_ttl_seconds = 1000,
