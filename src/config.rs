@@ -945,6 +945,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/atb.example.toml");
         let c = Config::from_file(&path).unwrap();
         c.validate().unwrap();
+        c.agentauth.validate_for_service().unwrap();
         assert!(!c.tenants.is_empty());
     }
 
