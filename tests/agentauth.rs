@@ -582,7 +582,7 @@ fn expired_challenges_and_rate_limits() {
     assert_eq!((r.status, r.error()), (429, "rate_limited".into()));
     let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&wait), "{wait}");
-    // Another agent has its own budget; a spoofed X-Forwarded-For changes nothing.
+    // Another agent has its own budget.
     let r = dev.challenge_as("acme-agent-2", "crm.contact.read", json!({}), leg("x"));
     assert_eq!(r.status, 200);
 }
@@ -681,4 +681,29 @@ fn claims_kid(token: &str) -> String {
         .unwrap();
     let v: Value = serde_json::from_slice(&bytes).unwrap();
     v["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn source_address_budget_ignores_untrusted_forwarded_for() {
+    let dev = Dev::start(&[("RATE_LIMIT_PER_IP", "3")]);
+    let url = format!("https://localhost:{}/v1/approvals", dev.aa);
+    let ca = dev.path("ca.crt");
+    let auth = format!("Authorization: Bearer {}", dev.token("alice"));
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| {
+            // Each request claims another client address; no proxy is
+            // trusted, so all of them spend the peer's budget.
+            let xff = format!("X-Forwarded-For: 198.51.100.{i}");
+            curl(&["--cacert", &ca, "-H", &auth, "-H", &xff, &url]).status
+        })
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let m = dev.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_agentauth_refusals_total{code="rate_limited",route="approvals_list"}"#
+        ),
+        Some(1.0)
+    );
 }
