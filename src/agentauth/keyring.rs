@@ -64,15 +64,7 @@ impl KeyRing {
     /// never published or used, and an active key that is revoked is an
     /// error (fail closed rather than sign with it).
     pub fn load(dir: &Path) -> Result<Self, String> {
-        let read = |name: &str| -> Result<Option<NamedKey>, String> {
-            let path = dir.join(name);
-            if !path.exists() {
-                return Ok(None);
-            }
-            crate::poa::keys::load_signing_pem(&path)
-                .map(NamedKey::new)
-                .map(Some)
-        };
+        let read = |name: &str| read_key(dir, name);
         let active = read(ACTIVE)?.ok_or_else(|| {
             format!(
                 "{}: no active signing key (create one with `atb keys rotate --dir {}`)",
@@ -117,6 +109,17 @@ impl KeyRing {
     }
 }
 
+/// The key in `dir/name`, if that file exists.
+fn read_key(dir: &Path, name: &str) -> Result<Option<NamedKey>, String> {
+    let path = dir.join(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    crate::poa::keys::load_signing_pem(&path)
+        .map(NamedKey::new)
+        .map(Some)
+}
+
 fn read_revoked(path: &Path) -> Result<BTreeSet<String>, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text
@@ -149,16 +152,7 @@ pub struct Rotation {
 ///   previous key remains.
 pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let load = |name: &str| -> Result<Option<NamedKey>, String> {
-        let p = dir.join(name);
-        if p.exists() {
-            crate::poa::keys::load_signing_pem(&p)
-                .map(NamedKey::new)
-                .map(Some)
-        } else {
-            Ok(None)
-        }
-    };
+    let load = |name: &str| read_key(dir, name);
     let (active, next, previous) = (load(ACTIVE)?, load(NEXT)?, load(PREVIOUS)?);
     let mut revoked = read_revoked(&dir.join(REVOKED))?;
     let fresh = || -> Result<NamedKey, String> {

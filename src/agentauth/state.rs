@@ -4,7 +4,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
@@ -80,13 +79,7 @@ impl AgentAuthState {
         let a = &config.agentauth;
         let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
         let keys = KeyRing::load(&a.keys_dir)?;
-        let p = &config.policy;
-        let bundle = PolicyBundle::load(
-            p.dir.as_deref(),
-            p.data_file.as_deref(),
-            &config.tenants,
-            Duration::from_millis(p.eval_timeout_ms),
-        )?;
+        let bundle = PolicyBundle::from_config(config)?;
         let audit = AuditSink::stdout(65_536, metrics.audit_events.clone())
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         let state = Arc::new(Self {

@@ -129,12 +129,7 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
             timeout: Duration::from_millis(p.opa_timeout_ms),
         });
     }
-    let bundle = PolicyBundle::load(
-        p.dir.as_deref(),
-        p.data_file.as_deref(),
-        &config.tenants,
-        Duration::from_millis(p.eval_timeout_ms),
-    )?;
+    let bundle = PolicyBundle::from_config(config)?;
     let threads = if p.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {

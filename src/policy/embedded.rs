@@ -97,6 +97,17 @@ impl PolicyBundle {
         })
     }
 
+    /// The bundle `config.policy` names, with every tenant's policy data.
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, String> {
+        let p = &config.policy;
+        Self::load(
+            p.dir.as_deref(),
+            p.data_file.as_deref(),
+            &config.tenants,
+            Duration::from_millis(p.eval_timeout_ms),
+        )
+    }
+
     /// Compiles an engine (strict builtin errors, time limit).
     pub fn engine(&self) -> Result<regorus::Engine, String> {
         let mut engine = regorus::Engine::new();
