@@ -12,6 +12,7 @@ pub mod config;
 pub mod connection;
 pub mod demo_upstream;
 pub mod dev;
+pub mod drain;
 pub mod error;
 pub mod logging;
 pub mod metrics;

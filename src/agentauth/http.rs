@@ -321,8 +321,11 @@ async fn create_challenge_inner(
     state: &web::Data<AgentAuthState>,
     call: &mut Call,
 ) -> Result<HttpResponse, Rejection> {
+    // The body is read first (bounded): answering an HTTP/2 request before
+    // its body has arrived resets the stream instead of delivering the answer.
+    let body = read_body(payload, state).await;
     let (agent, tenant) = agent_with_budget(req, state, call).await?;
-    let body = json_body(&read_body(payload, state).await?, false)?;
+    let body = json_body(&body?, false)?;
     let request = challenge::parse_request(&body, agent.as_str())
         .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
     call.event.action.clone_from(&request.act);
@@ -478,10 +481,18 @@ async fn list_inner(
 async fn approve(
     req: HttpRequest,
     path: web::Path<String>,
+    payload: web::Payload,
     state: web::Data<AgentAuthState>,
 ) -> HttpResponse {
     let mut call = Call::new(&req, &state, "challenge_approve", "challenge.approved");
-    let result = decide_inner(&req, &path, None, &state, &mut call).await;
+    // No body is needed; one that is sent must be empty or a JSON object.
+    let result = match read_body(payload, &state)
+        .await
+        .and_then(|b| json_body(&b, true))
+    {
+        Ok(_) => decide_inner(&req, &path, None, &state, &mut call).await,
+        Err(r) => Err(r),
+    };
     finish(&state, call, result).await
 }
 
@@ -580,8 +591,9 @@ async fn mint_inner(
     state: &AgentAuthState,
     call: &mut Call,
 ) -> Result<HttpResponse, Rejection> {
+    let body = read_body(payload, state).await;
     let (agent, _) = agent_with_budget(req, state, call).await?;
-    let body = json_body(&read_body(payload, state).await?, false)?;
+    let body = json_body(&body?, false)?;
     if let Some(k) = body.as_object().and_then(|o| {
         o.keys()
             .find(|k| !matches!(k.as_str(), "challenge_id" | "ttl_seconds" | "format"))

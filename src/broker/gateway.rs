@@ -84,15 +84,21 @@ async fn handle(
         .map(|id| id.to_string())
         .unwrap_or_default();
     let mut trail = Trail::default();
+    let mut payload = Some(payload);
     let outcome = pipeline(
         &req,
-        payload,
+        &mut payload,
         &state,
         &outbound.client,
         &request_id,
         &mut trail,
     )
     .await;
+    // A refused request whose body was never read: read it (bounded) so
+    // the client sees the answer rather than a reset stream.
+    if let (Err(_), Some(p)) = (&outcome, payload.as_mut()) {
+        crate::drain::drain(p).await;
+    }
     let tenant_label = trail.tenant.as_ref().map_or(NO_TENANT, |t| t.id.as_str());
     let (mut response, code) = match outcome {
         Ok(response) => (response, ""),
@@ -157,7 +163,7 @@ async fn handle(
 
 async fn pipeline(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut Option<web::Payload>,
     state: &BrokerState,
     client: &awc::Client,
     request_id: &str,
@@ -222,7 +228,7 @@ async fn pipeline(
 
     // 10. The request as the policy will see it (read before the jti is
     // spent, so a malformed body does not burn the mandate).
-    let (params, body) = read_params(req, payload, &state.config.upstream).await?;
+    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
 
     // 11. Single use, marked only now that signature and claims passed.
     if let Some(replay) = &state.replay {
@@ -364,6 +370,11 @@ async fn pipeline(
         action: &claims.act,
         request_id,
     };
+    let body = match (buffered, payload.take()) {
+        (Some(bytes), _) => Body::Buffered(bytes),
+        (None, Some(p)) => Body::Streaming(p),
+        (None, None) => Body::Buffered(web::Bytes::new()),
+    };
     let started = Instant::now();
     let forwarded = upstream::forward(
         client,
@@ -473,13 +484,14 @@ async fn verify_mandate(
 }
 
 /// `request.params`: the query string, overlaid with the top level of a
-/// JSON object body. JSON bodies are read (bounded) and forwarded as read;
-/// other bodies stream through untouched.
+/// JSON object body. JSON bodies are read (bounded) and forwarded as read
+/// (`Some(bytes)`); other bodies stay in `payload` and stream through
+/// untouched when the request is forwarded.
 async fn read_params(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: &mut Option<web::Payload>,
     limits: &crate::config::UpstreamConfig,
-) -> Result<(Map<String, Value>, Body), Rejection> {
+) -> Result<(Map<String, Value>, Option<web::Bytes>), Rejection> {
     let mut params = Map::new();
     if !req.query_string().is_empty() {
         let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
@@ -511,13 +523,17 @@ async fn read_params(
         })
         .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
     if !is_json {
-        return Ok((params, Body::Streaming(payload)));
+        return Ok((params, None));
     }
+    let Some(mut body) = payload.take() else {
+        return Ok((params, None));
+    };
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    while let Some(chunk) = body.next().await {
         let chunk =
             chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
         if buf.len() + chunk.len() > limits.max_json_body_bytes {
+            crate::drain::drain(&mut body).await;
             return Err(Rejection::body_too_large(limits.max_json_body_bytes as u64));
         }
         buf.extend_from_slice(&chunk);
@@ -530,7 +546,7 @@ async fn read_params(
             Err(_) => return Err(Rejection::bad_request("the JSON body is not valid JSON")),
         }
     }
-    Ok((params, Body::Buffered(bytes)))
+    Ok((params, Some(bytes)))
 }
 
 fn now_ns() -> u64 {
