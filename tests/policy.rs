@@ -148,7 +148,7 @@ fn regorus_and_opa_agree_on_tests_and_corpus() {
     let mut differences = Vec::new();
     let mut reasons = std::collections::BTreeSet::new();
     for (case, from_opa) in cases.iter().zip(opa_decisions) {
-        engine.set_input(regorus::Value::from(case["input"].clone()));
+        engine.set_input(atb::policy::embedded::input_value(&case["input"]));
         let ours = match engine.eval_rule("data.atb.poa.decision".into()) {
             Ok(v) => serde_json::to_value(&v).unwrap(),
             Err(e) => serde_json::json!({"engine_error": e.to_string()}),

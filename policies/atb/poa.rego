@@ -71,10 +71,6 @@ tenant_data := d if {
 	is_object(d)
 } else := {}
 
-has_key(obj, k) if {
-	_ = obj[k]
-}
-
 # ---------------------------------------------------------------------------
 # Catalogue and tiers
 # ---------------------------------------------------------------------------
@@ -262,279 +258,423 @@ binding_detail := sprintf("platform_sub '%v' does not match SPIFFE ID '%v' (mode
 # absent (a present value of the wrong type denies).
 # ---------------------------------------------------------------------------
 
-limit(name, default_value) := v if {
-	v := constraints[name]
-	is_number(v)
-} else := default_value if {
-	not has_key(constraints, name)
-}
-
-num(name) := v if {
-	v := params[name]
-	is_number(v)
-} else := 0 if {
-	not has_key(params, name)
-}
-
-str(name) := v if {
-	v := params[name]
-	is_string(v)
-} else := "" if {
-	not has_key(params, name)
-}
-
-yes(obj, name) if obj[name] == true
-
-longer_than(name, n) if count(str(name)) > n
-
-present(name) if longer_than(name, 0)
-
-listed(list_name, value) if {
-	list := constraints[list_name]
-	is_array(list)
-	value in list
-}
+# constraint_check(act, params, con, self_ids) is true or false for a
+# constrained action and undefined for any other. One definition per family,
+# dispatched by the constant first argument, so only that family's body runs.
+# Callers test it inside a comprehension: OPA moves a call out of `not f(x) ==
+# false`, so an undefined result would fail the rule there instead of
+# negating.
+# Operands are read inline: a missing number counts as 0, a missing string as
+# "", and a present value of the wrong type fails the check; a missing limit
+# takes its documented default.
+action_allowed if [r | r := constraint_check(act, params, constraints, self_ids); r == false] == []
 
 # An allowlist in con restricts when non-empty; absent or empty means unconstrained.
-allowed_by_optional_list(list_name, value) if {
-	not has_key(constraints, list_name)
-}
-
-allowed_by_optional_list(list_name, value) if {
-	list := constraints[list_name]
+allowed_by_optional_list(c, list_name, value) if {
+	list := object.get(c, list_name, [])
 	is_array(list)
-	count(list) == 0
-}
-
-allowed_by_optional_list(list_name, value) if listed(list_name, value)
-
-within(value, low, high) if {
-	value >= low
-	value <= high
-}
-
-constrained_actions := {
-	"sap.vendor.change", "sap.vendor.bank_change", "sap.payment.execute",
-	"sap.payment.batch_release", "sap.journal_entry.post",
-	"salesforce.bulk.export", "salesforce.bulk.delete", "salesforce.apex.execute",
-	"salesforce.report.export_all",
-	"hr.employee.export_pii", "hr.employee.terminate", "hr.payroll.run", "hr.compensation.change",
-	"customer.gdpr.erasure", "customer.ccpa.export", "customer.pii.access",
-	"iam.role.assign", "iam.mfa.disable",
-	"ot.system.manual_override", "scada.setpoint.change", "ot.safety.interlock_bypass",
-	"servicenow.change.emergency_approve", "servicenow.incident.priority1_create",
-	"workday.compensation.change", "dynamics.entity.bulk_delete",
-	"aws.iam.policy_attach", "azure.rbac.assign", "azure.keyvault.secret_set",
-}
-
-action_allowed if not act in constrained_actions
-
-action_allowed if {
-	act in constrained_actions
-	constraint_ok(act)
+	true in [count(list) == 0, value in list]
 }
 
 # SAP
-constraint_ok("sap.vendor.change") if {
-	amount := num("amount")
+constraint_check("sap.vendor.change", p, c, _) := true if {
+	amount := object.get(p, "amount", 0)
+	amount > true
+	amount < ""
 	amount <= 5000
-	amount <= limit("liability_cap", 0)
-}
-
-constraint_ok("sap.vendor.change") if {
-	amount := num("amount")
+	cap := object.get(c, "liability_cap", 0)
+	cap > true
+	cap < ""
+	amount <= cap
+} else := true if {
+	amount := object.get(p, "amount", 0)
+	amount > true
+	amount < ""
 	amount > 5000
-	yes(constraints, "dual_control")
-	amount <= limit("liability_cap", 0)
-}
+	c.dual_control == true
+	cap := object.get(c, "liability_cap", 0)
+	cap > true
+	cap < ""
+	amount <= cap
+} else := false
 
-constraint_ok("sap.vendor.bank_change") if {
-	yes(params, "second_channel_verified")
-	longer_than("change_reason", 10)
-}
+constraint_check("sap.vendor.bank_change", p, _, _) := true if {
+	p.second_channel_verified == true
+	reason := object.get(p, "change_reason", "")
+	"" <= reason
+	reason < []
+	count(reason) > 10
+} else := false
 
-constraint_ok("sap.payment.execute") if {
-	amount := num("amount")
+constraint_check("sap.payment.execute", p, c, _) := true if {
+	amount := object.get(p, "amount", 0)
+	amount > true
+	amount < ""
 	amount > 0
-	amount <= limit("payment_limit", 100000)
-}
+	max := object.get(c, "payment_limit", 100000)
+	max > true
+	max < ""
+	amount <= max
+} else := false
 
-constraint_ok("sap.payment.batch_release") if {
-	within(num("batch_count"), 1, limit("max_batch_count", 100))
-	within(num("total_amount"), 0, limit("max_batch_amount", 1000000))
-}
+constraint_check("sap.payment.batch_release", p, c, _) := true if {
+	n := object.get(p, "batch_count", 0)
+	n > true
+	n < ""
+	max_n := object.get(c, "max_batch_count", 100)
+	max_n > true
+	max_n < ""
+	n >= 1
+	n <= max_n
+	total := object.get(p, "total_amount", 0)
+	total > true
+	total < ""
+	max_total := object.get(c, "max_batch_amount", 1000000)
+	max_total > true
+	max_total < ""
+	total >= 0
+	total <= max_total
+} else := false
 
-constraint_ok("sap.journal_entry.post") if {
-	present("gl_account")
-	present("cost_center")
-	num("amount") != 0
-}
+constraint_check("sap.journal_entry.post", p, _, _) := true if {
+	account := object.get(p, "gl_account", "")
+	"" < account
+	account < []
+	center := object.get(p, "cost_center", "")
+	"" < center
+	center < []
+	amount := object.get(p, "amount", 0)
+	amount > true
+	amount < ""
+	amount != 0
+} else := false
 
 # Salesforce
-constraint_ok("salesforce.bulk.export") if {
-	listed("dataset_allowlist", str("dataset"))
-	within(num("row_count"), 1, limit("max_rows", 10000))
-}
+constraint_check("salesforce.bulk.export", p, c, _) := true if {
+	dataset := object.get(p, "dataset", "")
+	"" <= dataset
+	dataset < []
+	list := c.dataset_allowlist
+	is_array(list)
+	dataset in list
+	rows := object.get(p, "row_count", 0)
+	rows > true
+	rows < ""
+	max := object.get(c, "max_rows", 10000)
+	max > true
+	max < ""
+	rows >= 1
+	rows <= max
+} else := false
 
-constraint_ok("salesforce.bulk.delete") if {
-	listed("deletable_objects", str("object_type"))
-	within(num("record_count"), 1, limit("max_delete_count", 1000))
-}
+constraint_check("salesforce.bulk.delete", p, c, _) := true if {
+	object_type := object.get(p, "object_type", "")
+	"" <= object_type
+	object_type < []
+	list := c.deletable_objects
+	is_array(list)
+	object_type in list
+	n := object.get(p, "record_count", 0)
+	n > true
+	n < ""
+	max := object.get(c, "max_delete_count", 1000)
+	max > true
+	max < ""
+	n >= 1
+	n <= max
+} else := false
 
-constraint_ok("salesforce.apex.execute") if listed("approved_apex_scripts", str("script_name"))
+constraint_check("salesforce.apex.execute", p, c, _) := true if {
+	script := object.get(p, "script_name", "")
+	"" <= script
+	script < []
+	list := c.approved_apex_scripts
+	is_array(list)
+	script in list
+} else := false
 
-constraint_ok("salesforce.report.export_all") if listed("exportable_reports", str("report_id"))
+constraint_check("salesforce.report.export_all", p, c, _) := true if {
+	report := object.get(p, "report_id", "")
+	"" <= report
+	report < []
+	list := c.exportable_reports
+	is_array(list)
+	report in list
+} else := false
 
 # HR / PII
-pii_export_purposes := {"audit", "legal_hold", "regulatory_compliance", "internal_investigation"}
+constraint_check("hr.employee.export_pii", p, c, _) := true if {
+	purpose := object.get(p, "purpose", "")
+	"" <= purpose
+	purpose < []
+	purpose in {"audit", "legal_hold", "regulatory_compliance", "internal_investigation"}
+	n := object.get(p, "record_count", 0)
+	n > true
+	n < ""
+	max := object.get(c, "max_pii_export", 500)
+	max > true
+	max < ""
+	n >= 1
+	n <= max
+} else := false
 
-constraint_ok("hr.employee.export_pii") if {
-	str("purpose") in pii_export_purposes
-	within(num("record_count"), 1, limit("max_pii_export", 500))
-}
+constraint_check("hr.employee.terminate", p, _, _) := true if {
+	p.offboarding_checklist_complete == true
+	reason := object.get(p, "termination_reason", "")
+	"" <= reason
+	reason < []
+	count(reason) > 10
+} else := false
 
-constraint_ok("hr.employee.terminate") if {
-	yes(params, "offboarding_checklist_complete")
-	longer_than("termination_reason", 10)
-}
+constraint_check("hr.payroll.run", p, c, _) := true if {
+	period := object.get(p, "payroll_period", "")
+	"" < period
+	period < []
+	n := object.get(p, "employee_count", 0)
+	n > true
+	n < ""
+	max := object.get(c, "max_payroll_employees", 10000)
+	max > true
+	max < ""
+	n >= 0
+	n <= max
+} else := false
 
-constraint_ok("hr.payroll.run") if {
-	present("payroll_period")
-	within(num("employee_count"), 0, limit("max_payroll_employees", 10000))
-}
-
-constraint_ok("hr.compensation.change") if {
-	within(num("percentage_change"), -50, limit("max_compensation_pct_change", 25))
-	longer_than("justification", 20)
-}
+constraint_check("hr.compensation.change", p, c, _) := true if {
+	pct := object.get(p, "percentage_change", 0)
+	pct > true
+	pct < ""
+	max := object.get(c, "max_compensation_pct_change", 25)
+	max > true
+	max < ""
+	pct >= -50
+	pct <= max
+	justification := object.get(p, "justification", "")
+	"" <= justification
+	justification < []
+	count(justification) > 20
+} else := false
 
 # Customer data
-constraint_ok("customer.gdpr.erasure") if {
-	present("request_id")
-	has_key(params, "days_since_request")
-	within(num("days_since_request"), 0, 30)
-}
+constraint_check("customer.gdpr.erasure", p, _, _) := true if {
+	request_id := object.get(p, "request_id", "")
+	"" < request_id
+	request_id < []
+	days := p.days_since_request
+	days > true
+	days < ""
+	days >= 0
+	days <= 30
+} else := false
 
-constraint_ok("customer.ccpa.export") if {
-	present("request_id")
-	str("export_format") in {"json", "csv", "pdf"}
-}
+constraint_check("customer.ccpa.export", p, _, _) := true if {
+	request_id := object.get(p, "request_id", "")
+	"" < request_id
+	request_id < []
+	format := object.get(p, "export_format", "")
+	"" <= format
+	format < []
+	format in {"json", "csv", "pdf"}
+} else := false
 
-customer_pii_purposes := {"support_case", "billing_inquiry", "identity_verification", "fraud_investigation"}
-
-constraint_ok("customer.pii.access") if {
-	str("purpose") in customer_pii_purposes
-	present("reference_id")
-}
+constraint_check("customer.pii.access", p, _, _) := true if {
+	purpose := object.get(p, "purpose", "")
+	"" <= purpose
+	purpose < []
+	purpose in {"support_case", "billing_inquiry", "identity_verification", "fraud_investigation"}
+	reference := object.get(p, "reference_id", "")
+	"" < reference
+	reference < []
+} else := false
 
 # IAM
-constraint_ok("iam.role.assign") if {
-	present("role_name")
-	present("target_user_id")
-	str("target_user_id") != poa.sub
-	str("target_user_id") != agent
-	allowed_by_optional_list("assignable_roles", str("role_name"))
-}
+constraint_check("iam.role.assign", p, c, self_ids) := true if {
+	role := object.get(p, "role_name", "")
+	"" < role
+	role < []
+	target := object.get(p, "target_user_id", "")
+	"" < target
+	target < []
+	not target in self_ids
+	allowed_by_optional_list(c, "assignable_roles", role)
+} else := false
 
-constraint_ok("iam.mfa.disable") if {
-	present("incident_reference")
-	present("target_user_id")
-	yes(params, "identity_verified")
-}
+constraint_check("iam.mfa.disable", p, _, _) := true if {
+	incident := object.get(p, "incident_reference", "")
+	"" < incident
+	incident < []
+	target := object.get(p, "target_user_id", "")
+	"" < target
+	target < []
+	p.identity_verified == true
+} else := false
 
 # OT / SCADA
-constraint_ok("ot.system.manual_override") if {
-	yes(params, "human_in_loop_approved")
-	within(limit("override_window_seconds", 0), 1, 900)
-}
+constraint_check("ot.system.manual_override", p, c, _) := true if {
+	p.human_in_loop_approved == true
+	window := object.get(c, "override_window_seconds", 0)
+	window > true
+	window < ""
+	window >= 1
+	window <= 900
+} else := false
 
-constraint_ok("scada.setpoint.change") if {
-	has_key(params, "new_value")
-	within(num("new_value"), limit("setpoint_min", 0), limit("setpoint_max", 100))
-	yes(params, "safety_review_acknowledged")
-}
+constraint_check("scada.setpoint.change", p, c, _) := true if {
+	value := p.new_value
+	value > true
+	value < ""
+	low := object.get(c, "setpoint_min", 0)
+	low > true
+	low < ""
+	high := object.get(c, "setpoint_max", 100)
+	high > true
+	high < ""
+	value >= low
+	value <= high
+	p.safety_review_acknowledged == true
+} else := false
 
-constraint_ok("ot.safety.interlock_bypass") if {
-	longer_than("emergency_justification", 20)
-	within(num("bypass_duration_seconds"), 1, limit("max_bypass_duration", 3600))
-	yes(params, "safety_officer_approved")
-}
+constraint_check("ot.safety.interlock_bypass", p, c, _) := true if {
+	justification := object.get(p, "emergency_justification", "")
+	"" <= justification
+	justification < []
+	count(justification) > 20
+	seconds := object.get(p, "bypass_duration_seconds", 0)
+	seconds > true
+	seconds < ""
+	max := object.get(c, "max_bypass_duration", 3600)
+	max > true
+	max < ""
+	seconds >= 1
+	seconds <= max
+	p.safety_officer_approved == true
+} else := false
 
 # ServiceNow
-constraint_ok("servicenow.change.emergency_approve") if {
-	present("change_number")
-	yes(params, "cab_approved")
-}
+constraint_check("servicenow.change.emergency_approve", p, _, _) := true if {
+	change := object.get(p, "change_number", "")
+	"" < change
+	change < []
+	p.cab_approved == true
+} else := true if {
+	change := object.get(p, "change_number", "")
+	"" < change
+	change < []
+	p.emergency_flag == true
+	justification := object.get(p, "emergency_justification", "")
+	"" <= justification
+	justification < []
+	count(justification) > 20
+} else := false
 
-constraint_ok("servicenow.change.emergency_approve") if {
-	present("change_number")
-	yes(params, "emergency_flag")
-	longer_than("emergency_justification", 20)
-}
-
-constraint_ok("servicenow.incident.priority1_create") if {
-	longer_than("business_impact", 10)
-	num("affected_users") > 0
-}
+constraint_check("servicenow.incident.priority1_create", p, _, _) := true if {
+	impact := object.get(p, "business_impact", "")
+	"" <= impact
+	impact < []
+	count(impact) > 10
+	users := object.get(p, "affected_users", 0)
+	users > true
+	users < ""
+	users > 0
+} else := false
 
 # Workday / Dynamics
-constraint_ok("workday.compensation.change") if {
-	within(num("percentage_change"), -50, limit("max_compensation_pct_change", 25))
-	present("effective_date")
-}
+constraint_check("workday.compensation.change", p, c, _) := true if {
+	pct := object.get(p, "percentage_change", 0)
+	pct > true
+	pct < ""
+	max := object.get(c, "max_compensation_pct_change", 25)
+	max > true
+	max < ""
+	pct >= -50
+	pct <= max
+	date := object.get(p, "effective_date", "")
+	"" < date
+	date < []
+} else := false
 
-constraint_ok("dynamics.entity.bulk_delete") if {
-	allowed_by_optional_list("deletable_entities", str("entity_type"))
-	within(num("record_count"), 1, limit("max_delete_count", 1000))
-}
+constraint_check("dynamics.entity.bulk_delete", p, c, _) := true if {
+	entity := object.get(p, "entity_type", "")
+	"" <= entity
+	entity < []
+	allowed_by_optional_list(c, "deletable_entities", entity)
+	n := object.get(p, "record_count", 0)
+	n > true
+	n < ""
+	max := object.get(c, "max_delete_count", 1000)
+	max > true
+	max < ""
+	n >= 1
+	n <= max
+} else := false
 
 # Cloud IAM
-admin_policy_prefix := "arn:aws:iam::aws:policy/Administrator"
+constraint_check("aws.iam.policy_attach", p, c, _) := true if {
+	arn := object.get(p, "policy_arn", "")
+	"" < arn
+	arn < []
+	not startswith(arn, "arn:aws:iam::aws:policy/Administrator")
+} else := true if {
+	arn := object.get(p, "policy_arn", "")
+	"" <= arn
+	arn < []
+	startswith(arn, "arn:aws:iam::aws:policy/Administrator")
+	c.allow_admin_policy == true
+} else := false
 
-constraint_ok("aws.iam.policy_attach") if {
-	present("policy_arn")
-	not startswith(str("policy_arn"), admin_policy_prefix)
+constraint_check("azure.rbac.assign", p, c, _) := true if {
+	role := object.get(p, "role_name", "")
+	"" < role
+	role < []
+	principal := object.get(p, "principal_id", "")
+	"" < principal
+	principal < []
+	scope := object.get(p, "scope", "")
+	"" < scope
+	scope < []
+	not subscription_owner(role, scope)
+} else := true if {
+	principal := object.get(p, "principal_id", "")
+	"" < principal
+	principal < []
+	role := object.get(p, "role_name", "")
+	"" <= role
+	role < []
+	scope := object.get(p, "scope", "")
+	"" <= scope
+	scope < []
+	subscription_owner(role, scope)
+	c.allow_subscription_owner == true
+} else := false
+
+subscription_owner(role, scope) if {
+	lower(role) == "owner"
+	regex.match(`^/subscriptions/[^/]+/?$`, scope)
 }
 
-constraint_ok("aws.iam.policy_attach") if {
-	startswith(str("policy_arn"), admin_policy_prefix)
-	yes(constraints, "allow_admin_policy")
-}
+constraint_check("azure.keyvault.secret_set", p, c, _) := true if {
+	vault := object.get(p, "vault_name", "")
+	"" < vault
+	vault < []
+	secret := object.get(p, "secret_name", "")
+	"" < secret
+	secret < []
+	not protected_vault(c, vault)
+} else := true if {
+	secret := object.get(p, "secret_name", "")
+	"" < secret
+	secret < []
+	vault := object.get(p, "vault_name", "")
+	"" <= vault
+	vault < []
+	protected_vault(c, vault)
+	c.allow_protected_vault_write == true
+} else := false
 
-subscription_scope if regex.match(`^/subscriptions/[^/]+/?$`, str("scope"))
-
-owner_role if lower(str("role_name")) == "owner"
-
-subscription_owner if {
-	owner_role
-	subscription_scope
-}
-
-constraint_ok("azure.rbac.assign") if {
-	present("role_name")
-	present("principal_id")
-	present("scope")
-	not subscription_owner
-}
-
-constraint_ok("azure.rbac.assign") if {
-	present("principal_id")
-	subscription_owner
-	yes(constraints, "allow_subscription_owner")
-}
-
-protected_vault if listed("protected_vaults", str("vault_name"))
-
-constraint_ok("azure.keyvault.secret_set") if {
-	present("vault_name")
-	present("secret_name")
-	not protected_vault
-}
-
-constraint_ok("azure.keyvault.secret_set") if {
-	present("secret_name")
-	protected_vault
-	yes(constraints, "allow_protected_vault_write")
+protected_vault(c, vault) if {
+	list := c.protected_vaults
+	is_array(list)
+	vault in list
 }
 
 # ---------------------------------------------------------------------------
@@ -543,53 +683,43 @@ constraint_ok("azure.keyvault.secret_set") if {
 
 executive_roles := {"ceo", "cfo", "coo", "cto", "ciso", "board_member", "general_counsel", "chief_risk_officer"}
 
-approval_ok if risk_tier == "low"
-
-approval_ok if {
-	risk_tier == "medium"
-	medium_approved
-}
-
-approval_ok if {
-	risk_tier == "high"
-	dual_control_ok
-}
-
-approval_ok if {
-	risk_tier == "critical"
-	executive_ok
-}
-
-medium_approved if {
-	approver := leg.approval.approver_id
-	is_string(approver)
-	approver != ""
-	not approver in self_ids
-}
+approval_ok if approved(risk_tier, leg, self_ids)
 
 # Who may not approve: the agent itself (by SPIFFE ID or mandate subject).
 self_ids := {id | some id in [agent, poa.sub]; is_string(id)}
 
-dual_control_ok if {
+# approved(tier, leg, self_ids): the tier's approval evidence is complete.
+approved("low", _, _) := true
+
+approved("medium", leg, self_ids) if {
+	approver := leg.approval.approver_id
+	"" < approver
+	approver < []
+	not approver in self_ids
+}
+
+approved("high", leg, self_ids) if {
 	block := leg.dual_control
 	block.required == true
-	ids := {id | some a in block.approvers; id := a.id; is_string(id); id != ""}
+	ids := {id | some a in block.approvers; id := a.id; "" < id; id < []}
 	count(ids) >= 2
-	count(ids & self_ids) == 0
+	ids & self_ids == set()
 }
 
 # Distinct people holding an executive role: one person with two roles counts once.
-executive_ok if {
+approved("critical", leg, self_ids) if {
 	block := leg.executive_control
 	block.required == true
-	ids := {id | some a in block.approvers; id := a.id; is_string(id); id != ""}
-	count(ids & self_ids) == 0
+	ids := {id | some a in block.approvers; id := a.id; "" < id; id < []}
+	ids & self_ids == set()
 	executives := {id |
 		some a in block.approvers
 		id := a.id
-		is_string(id)
-		is_string(a.role)
-		lower(a.role) in executive_roles
+		"" <= id
+		id < []
+		"" <= a.role
+		a.role < []
+		lower(a.role) in {"ceo", "cfo", "coo", "cto", "ciso", "board_member", "general_counsel", "chief_risk_officer"}
 	}
 	count(executives) >= 2
 }
@@ -659,7 +789,7 @@ within_business_hours if {
 violations contains "outside_business_hours" if {
 	risk_tier == "high"
 	hours_required
-	not yes(constraints, "allow_outside_business_hours")
+	not constraints.allow_outside_business_hours == true
 	not within_business_hours
 }
 
@@ -678,7 +808,7 @@ action_count := n if {
 
 violations contains sprintf("rate_limit_exceeded:%v/%v", [action_count, action_limit]) if {
 	rate_limits_configured
-	not yes(constraints, "bypass_rate_limit")
+	not constraints.bypass_rate_limit == true
 	action_count >= action_limit
 }
 
@@ -740,7 +870,83 @@ no_poa_allowed if low_risk_request
 
 no_poa_allowed if safe_path_request
 
-decision := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
+# The first branch is the allow path in one rule body: every check of the
+# chain below, inline, for the configuration the broker always sends (numeric
+# max_ttl_seconds and current_time_ns) and no tenant platform binding, time
+# policy or rate limits and no global binding or rate limits. An input that
+# fails any of it, or needs anything else, takes the full chain, which finds
+# the first failing check (and allows too when nothing fails), so the
+# decisions are the chain's. Inline, because on the embedded engine every
+# rule reference and every call (builtins too) costs more than the
+# expressions it saves. Type guards are comparisons: Rego orders values of
+# different types (null < booleans < numbers < strings < arrays < ...), so
+# `x > true; x < ""` holds exactly for numbers and `"" < x; x < []` exactly
+# for non-empty strings.
+decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
+	p := input.poa
+
+	# Required fields: jti here, the others by the type checks below (which
+	# also make p a non-empty object).
+	p.jti != null
+
+	# Legal basis.
+	l := p.leg
+	"" < l.jurisdiction
+	l.jurisdiction < []
+	"" <= l.accountable_party.type
+	l.accountable_party.type < []
+	"" < l.accountable_party.id
+	l.accountable_party.id < []
+
+	# TTL.
+	p.iat > true
+	p.iat < ""
+	p.exp > true
+	p.exp < ""
+	ttl := p.exp - p.iat
+	ttl > 0
+	ttl <= 900
+	ttl_limit := input.policy.max_ttl_seconds
+	ttl_limit > true
+	ttl_limit < ""
+	ttl <= ttl_limit
+
+	# Subject, platform binding (none configured), action.
+	me := input.agent.spiffe_id
+	"" <= me
+	me < []
+	p.sub == me
+	[d | d := data.tenants[input.tenant.id]; tenant_overrides(d, p.act)] == []
+	[m | m := data.platform_binding.mode; m != "none"] == []
+	a := p.act
+	"" <= a
+	a < []
+	input.request.action == a
+
+	# The action's constraint family.
+	c := p.con
+	is_object(c)
+	rp := input.request.params
+	is_object(rp)
+	self := {me}
+	[r | r := constraint_check(a, rp, c, self); r == false] == []
+
+	# Tier and its approvals.
+	tier := object.get(data.atb.catalog, ["tiers", a], "low")
+	approved(tier, l, self)
+
+	# Time policies: global business hours and rate limits not in force;
+	# every approval within the window.
+	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
+	[1 | r := data.rate_limits; is_object(r); r != {}] == []
+	ns := input.current_time_ns
+	ns > true
+	ns < ""
+	now := ns / 1000000000
+	[t | t := l.approval.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | some x in l.dual_control.approvers; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | some x in l.executive_control.approvers; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+} else := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
 	not poa_provided
 	no_poa_allowed
 } else := {"allow": false, "reason": "poa_required_for_action", "risk_tier": request_tier} if {
@@ -748,6 +954,26 @@ decision := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier":
 } else := object.union({"allow": false, "risk_tier": risk_tier}, denial) if {
 	denial
 } else := {"allow": true, "reason": "allow", "risk_tier": risk_tier}
+
+# The tenant's own data changes this decision: its platform binding, time
+# policy or rate limits, or its tier for the action (a non-object value falls
+# back to the global document, and is not counted when false).
+tenant_overrides(d, _) if d.platform_binding
+
+tenant_overrides(d, _) if d.time_policy
+
+tenant_overrides(d, _) if d.rate_limits
+
+tenant_overrides(d, act) if {
+	_ = d.catalog.tiers[act]
+}
+
+# An approval of this age is outside the global approval window.
+global_window_exceeded(age) := age > w if {
+	w := data.time_policy.approval_window_seconds
+	w > true
+	w < ""
+} else := age > 86400
 
 request_tier := t if {
 	t := data.atb.catalog.tiers[request_action]
