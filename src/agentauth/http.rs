@@ -388,24 +388,12 @@ async fn read_challenge_inner(
     state: &AgentAuthState,
     call: &mut Call,
 ) -> Result<HttpResponse, Rejection> {
-    address_budget(state, call).await?;
     // The requesting agent (client certificate) or an approver (bearer).
-    let as_agent = if bearer(req).is_none() {
-        let (agent, _) = agent(req, state)?;
-        call.event.agent = agent.as_str().to_owned();
-        budget(
-            state,
-            &format!("agent:{}", agent.as_str()),
-            state.config.agent_requests_per_minute,
-        )
-        .await?;
-        Some(agent)
+    let (as_agent, approver) = if bearer(req).is_none() {
+        (Some(agent_with_budget(req, state, call).await?.0), None)
     } else {
-        None
-    };
-    let approver = match as_agent {
-        Some(_) => None,
-        None => Some(approver(req, state, call).await?),
+        address_budget(state, call).await?;
+        (None, Some(approver(req, state, call).await?))
     };
     let c = state
         .challenges
