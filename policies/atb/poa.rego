@@ -701,7 +701,9 @@ approved("medium", leg, self_ids) if {
 approved("high", leg, self_ids) if {
 	block := leg.dual_control
 	block.required == true
-	ids := {id | some a in block.approvers; id := a.id; "" < id; id < []}
+	approvers := block.approvers
+	is_array(approvers)
+	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
 	count(ids) >= 2
 	ids & self_ids == set()
 }
@@ -710,10 +712,12 @@ approved("high", leg, self_ids) if {
 approved("critical", leg, self_ids) if {
 	block := leg.executive_control
 	block.required == true
-	ids := {id | some a in block.approvers; id := a.id; "" < id; id < []}
+	approvers := block.approvers
+	is_array(approvers)
+	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
 	ids & self_ids == set()
 	executives := {id |
-		some a in block.approvers
+		some a in approvers
 		id := a.id
 		"" <= id
 		id < []
@@ -823,13 +827,17 @@ approval_times contains t if {
 }
 
 approval_times contains t if {
-	some a in leg.dual_control.approvers
+	approvers := leg.dual_control.approvers
+	is_array(approvers)
+	some a in approvers
 	t := a.timestamp
 	is_number(t)
 }
 
 approval_times contains t if {
-	some a in leg.executive_control.approvers
+	approvers := leg.executive_control.approvers
+	is_array(approvers)
+	some a in approvers
 	t := a.timestamp
 	is_number(t)
 }
@@ -944,8 +952,8 @@ decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	ns < ""
 	now := ns / 1000000000
 	[t | t := l.approval.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | some x in l.dual_control.approvers; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | some x in l.executive_control.approvers; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | xs := l.dual_control.approvers; is_array(xs); some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | xs := l.executive_control.approvers; is_array(xs); some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
 } else := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
 	not poa_provided
 	no_poa_allowed

@@ -216,6 +216,30 @@ test_catalog_counts if {
 	count(data.atb.catalog.low_risk) == 49
 	count([a | data.atb.catalog.tiers[a] == "medium"]) == 37
 	count([a | data.atb.catalog.tiers[a] == "high"]) == 74
+	count([a | data.atb.catalog.tiers[a] == "critical"]) == 34
+	count(data.atb.catalog.safe_paths) == 4
+}
+
+# One action of each critical family: org, finance, legal/regulatory, data,
+# infrastructure, security kill-switches, OT emergency.
+test_tier_critical_families if {
+	every a in [
+		"org.company.dissolve", "treasury.hedge.significant", "legal.settlement.major",
+		"compliance.violation.disclose", "data.encryption_keys.export", "gdpr.breach.notify",
+		"infra.disaster_recovery.invoke", "security.audit.disable", "security.master_key.rotate",
+		"ot.reactor.scram", "ot.pipeline.emergency_shutoff",
+	] {
+		tier(a) == "critical"
+	}
+}
+
+# A critical action never passes on a lower tier's evidence.
+test_critical_family_needs_executives if {
+	every a in ["security.firewall.disable", "finance.dividend.declare", "infra.network.core_change"] {
+		denied(mk(a, {}, {}, dual_leg), "critical_risk_executive_approval_required")
+		denied(mk(a, {}, {}, medium_leg), "critical_risk_executive_approval_required")
+		allowed(mk(a, {}, {}, exec_leg))
+	}
 }
 
 test_tenant_tier_override if {
@@ -267,6 +291,10 @@ test_high_self_in_approvers if denied(mk("sap.vendor.create", {}, {}, dual_with(
 
 test_high_approvers_not_array if denied(mk("sap.vendor.create", {}, {}, dual_with({"a": 1}, true)), "high_risk_dual_control_required")
 
+test_high_approvers_scalar if denied(mk("sap.vendor.create", {}, {}, dual_with("alice,bob", true)), "high_risk_dual_control_required")
+
+test_high_approvers_null if denied(mk("sap.vendor.create", {}, {}, dual_with(null, true)), "high_risk_dual_control_required")
+
 test_critical_without_exec if denied(mk("org.company.merge", {}, {}, good_leg), "critical_risk_executive_approval_required")
 
 test_critical_with_exec if allowed(mk("org.company.merge", {}, {}, exec_leg))
@@ -282,6 +310,10 @@ test_critical_single_exec if denied(mk("org.company.merge", {}, {}, exec_with([{
 test_critical_self_listed if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}, {"id": agent, "role": "cto"}])), "critical_risk_executive_approval_required")
 
 test_critical_non_string_role_ignored if allowed(mk("org.company.merge", {}, {}, exec_with([{"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}, {"id": "z", "role": 7}])))
+
+test_critical_approvers_scalar if denied(mk("org.company.merge", {}, {}, exec_with("ceo,cfo")), "critical_risk_executive_approval_required")
+
+test_critical_approvers_object if denied(mk("org.company.merge", {}, {}, exec_with({"ceo": {"id": "x", "role": "CEO"}, "cfo": {"id": "y", "role": "CFO"}})), "critical_risk_executive_approval_required")
 
 test_critical_dual_control_is_not_enough if denied(mk("org.company.merge", {}, {}, dual_leg), "critical_risk_executive_approval_required")
 

@@ -100,6 +100,51 @@ NO_POA = [
     ("x.y", "GET", "/x"), ("", "GET", "/ping"),
 ]
 
+# Fixed cases after the random ones (so adding here keeps the others stable):
+# approval blocks of the wrong shape, where the engines once differed, and one
+# action of every critical family with each kind of evidence.
+ODD_LEGS = {
+    "dual_scalar": {**GOOD_LEG, "dual_control": {"required": True, "approvers": "alice,bob"}},
+    "dual_null": {**GOOD_LEG, "dual_control": {"required": True, "approvers": None}},
+    "dual_object": {**GOOD_LEG, "dual_control": {"required": True, "approvers": {
+        "a": {"id": "alice@acme", "timestamp": 1700000000}, "b": {"id": "bob@acme"}}}},
+    "exec_scalar": {**GOOD_LEG, "executive_control": {"required": True, "approvers": "ceo,cfo"}},
+    "exec_object": {**GOOD_LEG, "executive_control": {"required": True, "approvers": {
+        "x": {"id": "ceo@acme", "role": "CEO"}, "y": {"id": "cfo@acme", "role": "CFO"}}}},
+    "approval_scalar": {**GOOD_LEG, "approval": "alice@acme"},
+    "exec_and_dual_scalar": {**LEGS["exec"], "dual_control": {"required": True, "approvers": 7}},
+    "dual_and_exec_scalar": {**LEGS["dual"], "executive_control": {"required": True, "approvers": "x"}},
+}
+CRITICAL_FAMILIES = [
+    "org.company.dissolve", "finance.bond.issuance", "treasury.investment.major", "legal.settlement.major",
+    "compliance.regulator.filing_major", "data.employee.full_export", "gdpr.breach.notify",
+    "infra.datacenter.decommission", "security.audit.disable", "security.master_key.rotate",
+    "ot.reactor.scram", "ot.safety.system_shutdown",
+]
+
+
+def fixed(name, act, leg):
+    inp = {
+        "agent": {"spiffe_id": AGENT},
+        "poa": {"sub": AGENT, "act": act, "con": {}, "leg": leg,
+                "iat": 1700000000, "exp": 1700000300, "jti": f"j-{name}"},
+        "request": {"method": "POST", "path": "/api/x", "action": act, "params": {}},
+        "policy": {"max_ttl_seconds": 300},
+        "current_time_ns": 1700000100 * 1000000000,
+        "tenant": {"id": "acme"},
+    }
+    return {"name": name, "input": inp}
+
+
+def fixed_cases():
+    for leg_name, leg in ODD_LEGS.items():
+        for act in ["crm.contact.update", "sap.vendor.create", "org.company.merge"]:
+            yield fixed(f"odd-{leg_name}-{act}", act, leg)
+    for i, act in enumerate(CRITICAL_FAMILIES):
+        for leg_name in ["exec", "dual", "medium", "exec_one_person"]:
+            yield fixed(f"critical-{i:02d}-{act}-{leg_name}", act, LEGS[leg_name])
+
+
 if __name__ == "__main__":
     for i, (a, m, p) in enumerate(NO_POA):
         print(json.dumps({"name": f"no-poa-{i}", "input": {
@@ -107,3 +152,5 @@ if __name__ == "__main__":
             sort_keys=True))
     for i in range(200):
         print(json.dumps(case(i), sort_keys=True))
+    for c in fixed_cases():
+        print(json.dumps(c, sort_keys=True))
