@@ -702,7 +702,8 @@ approved("high", leg, self_ids) if {
 	block := leg.dual_control
 	block.required == true
 	approvers := block.approvers
-	is_array(approvers)
+	[] <= approvers
+	approvers < {}
 	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
 	count(ids) >= 2
 	ids & self_ids == set()
@@ -713,7 +714,8 @@ approved("critical", leg, self_ids) if {
 	block := leg.executive_control
 	block.required == true
 	approvers := block.approvers
-	is_array(approvers)
+	[] <= approvers
+	approvers < {}
 	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
 	ids & self_ids == set()
 	executives := {id |
@@ -878,19 +880,54 @@ no_poa_allowed if low_risk_request
 
 no_poa_allowed if safe_path_request
 
-# The first branch is the allow path in one rule body: every check of the
-# chain below, inline, for the configuration the broker always sends (numeric
-# max_ttl_seconds and current_time_ns) and no tenant platform binding, time
-# policy or rate limits and no global binding or rate limits. An input that
-# fails any of it, or needs anything else, takes the full chain, which finds
-# the first failing check (and allows too when nothing fails), so the
+# The first two branches decide the common case in few rule bodies: the
+# configuration the broker always sends (numeric max_ttl_seconds and
+# current_time_ns), with no tenant platform binding, time policy, rate limits
+# or tier override and no global binding or rate limits. `common_case_tier`
+# holds every check of the chain below up to the approvals; the first branch
+# adds the approvals and time policies (allow), the second answers a missing
+# approval directly (the chain's next check). An input outside the common
+# case, or failing a check before the approvals, takes the full chain, which
+# finds the first failing check (and allows too when nothing fails), so the
 # decisions are the chain's. Inline, because on the embedded engine every
 # rule reference and every call (builtins too) costs more than the
-# expressions it saves. Type guards are comparisons: Rego orders values of
-# different types (null < booleans < numbers < strings < arrays < ...), so
-# `x > true; x < ""` holds exactly for numbers and `"" < x; x < []` exactly
-# for non-empty strings.
+# expressions it saves.
 decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
+	tier := common_case_tier
+	l := input.poa.leg
+	approved(tier, l, {input.agent.spiffe_id})
+
+	# Time policies: global business hours and rate limits not in force;
+	# every approval within the window.
+	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
+	[1 | r := data.rate_limits; is_object(r); r != {}] == []
+	ns := input.current_time_ns
+	ns > true
+	ns < ""
+	now := ns / 1000000000
+	[t | t := l.approval.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | xs := l.dual_control.approvers; [] <= xs; xs < {}; some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	[t | xs := l.executive_control.approvers; [] <= xs; xs < {}; some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+} else := {"allow": false, "reason": tier_denial[tier], "details": {"tier": tier, "action": input.poa.act}, "risk_tier": tier} if {
+	tier := common_case_tier
+	not approved(tier, input.poa.leg, {input.agent.spiffe_id})
+} else := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
+	not poa_provided
+	no_poa_allowed
+} else := {"allow": false, "reason": "poa_required_for_action", "risk_tier": request_tier} if {
+	not poa_provided
+} else := object.union({"allow": false, "risk_tier": risk_tier}, denial) if {
+	denial
+} else := {"allow": true, "reason": "allow", "risk_tier": risk_tier}
+
+# The action's tier when the input is in the common case (see decision) and
+# passes every check before the approvals; undefined otherwise.
+# Type guards are comparisons: Rego orders values of different types (null <
+# booleans < numbers < strings < arrays < objects; sets, which JSON has not,
+# sort differently per engine), so `x > true; x < ""` holds exactly for
+# numbers, `"" < x; x < []` exactly for non-empty strings and `[] <= x; x <
+# {}` exactly for arrays.
+common_case_tier := tier if {
 	p := input.poa
 
 	# Required fields: jti here, the others by the type checks below (which
@@ -939,29 +976,8 @@ decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	self := {me}
 	[r | r := constraint_check(a, rp, c, self); r == false] == []
 
-	# Tier and its approvals.
 	tier := object.get(data.atb.catalog, ["tiers", a], "low")
-	approved(tier, l, self)
-
-	# Time policies: global business hours and rate limits not in force;
-	# every approval within the window.
-	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
-	[1 | r := data.rate_limits; is_object(r); r != {}] == []
-	ns := input.current_time_ns
-	ns > true
-	ns < ""
-	now := ns / 1000000000
-	[t | t := l.approval.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | xs := l.dual_control.approvers; is_array(xs); some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | xs := l.executive_control.approvers; is_array(xs); some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-} else := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
-	not poa_provided
-	no_poa_allowed
-} else := {"allow": false, "reason": "poa_required_for_action", "risk_tier": request_tier} if {
-	not poa_provided
-} else := object.union({"allow": false, "risk_tier": risk_tier}, denial) if {
-	denial
-} else := {"allow": true, "reason": "allow", "risk_tier": risk_tier}
+}
 
 # The tenant's own data changes this decision: its platform binding, time
 # policy or rate limits, or its tier for the action (a non-object value falls
