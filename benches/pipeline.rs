@@ -54,6 +54,8 @@ fn bench(c: &mut Criterion) {
         })
     };
     let high = input("sap.payment.execute");
+    let mut constraint_deny = high.clone();
+    constraint_deny["request"]["params"]["amount"] = json!(100_001);
     let critical_deny = input("org.company.merge");
     let mut critical_allow = critical_deny.clone();
     critical_allow["poa"]["leg"]["executive_control"] = json!({"required": true, "approvers": [
@@ -75,6 +77,13 @@ fn bench(c: &mut Criterion) {
             .allow,
         "critical input must be denied"
     );
+    assert_eq!(
+        evaluate(&mut engine, &constraint_deny)
+            .expect("decision")
+            .reason,
+        "action_denied",
+        "the payment over its limit must be refused by its constraint"
+    );
     c.bench_function("policy_high_risk_allow", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&high)).expect("decision"))
     });
@@ -83,6 +92,10 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("policy_critical_deny", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&critical_deny)).expect("decision"))
+    });
+
+    c.bench_function("policy_constraint_deny", |b| {
+        b.iter(|| evaluate(&mut engine, black_box(&constraint_deny)).expect("decision"))
     });
 
     // The engine's floor: the same input through a one-line policy.
