@@ -157,6 +157,12 @@ pub struct TenantPoaConfig {
     pub revoked_jtis: Vec<String>,
     /// Revoked key ids: 401 `poa_revoked`.
     pub revoked_kids: Vec<String>,
+    /// Calls without a mandate go to the policy (with an empty `poa` and the
+    /// `X-ATB-Action` header as the action), which allows only its low-risk
+    /// catalogue actions with their methods and `GET` on the safe paths;
+    /// everything else stays 401 `poa_required`. Off: every call needs a
+    /// mandate.
+    pub allow_unmandated_low_risk: bool,
 }
 
 impl Default for TenantPoaConfig {
@@ -169,6 +175,7 @@ impl Default for TenantPoaConfig {
             max_ttl_seconds: 300,
             revoked_jtis: Vec::new(),
             revoked_kids: Vec::new(),
+            allow_unmandated_low_risk: false,
         }
     }
 }

@@ -113,6 +113,16 @@ impl Rejection {
         )
     }
 
+    /// No mandate, on the unmandated low-risk path, and the policy did not
+    /// allow the call without one.
+    pub fn poa_required_by_policy(policy_reason: String) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "poa_required",
+            format!("a PoA mandate is required for this call (policy: {policy_reason})"),
+        )
+    }
+
     pub fn poa_invalid(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "poa_invalid", reason)
     }

@@ -63,12 +63,15 @@ struct Setup {
     broker: Broker,
 }
 
-fn tenants(key: &SigningKey, upstream: u16, extra_acme_poa: &str) -> String {
+/// Two tenants; `extra_acme` adds keys to acme itself, `extra_acme_poa` to
+/// its `[tenants.poa]`.
+fn tenants(key: &SigningKey, upstream: u16, extra_acme: &str, extra_acme_poa: &str) -> String {
     format!(
         r#"
 [[tenants]]
 id = "acme"
 trust_domain = "acme.example"
+{extra_acme}
 [tenants.poa]
 public_key_files = ["{pubkey}"]
 revoked_jtis = ["revoked-jti"]
@@ -104,11 +107,20 @@ egress_allowlist = ["/api/"]
 }
 
 fn setup_with(extra_toml: &str, extra_acme_poa: &str, env: &[(&str, &str)]) -> Setup {
+    setup_acme(extra_toml, "", extra_acme_poa, env)
+}
+
+fn setup_acme(
+    extra_toml: &str,
+    extra_acme: &str,
+    extra_acme_poa: &str,
+    env: &[(&str, &str)],
+) -> Setup {
     let pki = Pki::new(&[]);
     let key = SigningKey::new(pki.dir.path(), "poa");
     let upstream = start_upstream();
-    let config = format!("{extra_toml}\n{}", tenants(&key, upstream, extra_acme_poa));
-    let broker = Broker::start(&pki, &config, env);
+    let tenants = tenants(&key, upstream, extra_acme, extra_acme_poa);
+    let broker = Broker::start(&pki, &format!("{extra_toml}\n{tenants}"), env);
     Setup { pki, key, broker }
 }
 
@@ -254,6 +266,100 @@ fn missing_and_malformed_mandates_are_refused() {
     let a = agent_get(&s.broker, &s.pki, Some("acme-agent"), "/api/x", &[]);
     expect(&a, 401, "poa_required");
     expect(&s.acme("/api/x", "not-a-jwt"), 401, "poa_invalid");
+}
+
+#[test]
+fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
+    let s = setup_acme(
+        "",
+        "default_connector = \"crm\"",
+        "allow_unmandated_low_risk = true",
+        &[],
+    );
+    let bare = |agent: &str, path: &str, extra: &[&str]| {
+        agent_get(&s.broker, &s.pki, Some(agent), path, extra)
+    };
+    // A low-risk catalogue action with its method: the policy allows it
+    // without a mandate and the call is forwarded as that action.
+    let a = bare(
+        "acme-agent",
+        "/api/contacts",
+        &["-H", "X-ATB-Action: crm.contact.read"],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-atb-action"], "crm.contact.read");
+    assert_eq!(h["x-atb-agent"], ACME);
+    // The same action with a method the catalogue does not list for it.
+    let post = bare(
+        "acme-agent",
+        "/api/contacts",
+        &["-X", "POST", "-H", "X-ATB-Action: crm.contact.read"],
+    );
+    expect(&post, 401, "poa_required");
+    assert!(post.json()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("poa_required_for_action"));
+    // Actions above low risk, unknown actions and no action at all.
+    for action in [
+        "sap.payment.execute",
+        "crm.contact.update",
+        "made.up.action",
+    ] {
+        let header = format!("X-ATB-Action: {action}");
+        expect(
+            &bare("acme-agent", "/api/x", &["-H", &header]),
+            401,
+            "poa_required",
+        );
+    }
+    expect(&bare("acme-agent", "/api/x", &[]), 401, "poa_required");
+    // A header that is no action name is a bad request, not a policy input.
+    for action in ["crm contact", "crm.contact.read;x", &"a".repeat(257)] {
+        let header = format!("X-ATB-Action: {action}");
+        expect(
+            &bare("acme-agent", "/api/x", &["-H", &header]),
+            400,
+            "bad_request",
+        );
+    }
+    // The allowed call passes the later steps too: egress still applies.
+    expect(
+        &bare(
+            "acme-agent",
+            "/admin/x",
+            &["-H", "X-ATB-Action: crm.contact.read"],
+        ),
+        403,
+        "egress_denied",
+    );
+    // Another tenant that did not enable the path: a mandate is required.
+    expect(
+        &bare(
+            "globex-agent",
+            "/api/x",
+            &["-H", "X-ATB-Action: crm.contact.read"],
+        ),
+        401,
+        "poa_required",
+    );
+    // The audit names the path taken.
+    let audit = s.broker.audit();
+    assert!(audit
+        .iter()
+        .any(|e| e["reason"] == "allow_low_risk_without_poa"
+            && e["action"] == "crm.contact.read"
+            && e["status"] == 200));
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_poa_validations_total{result="absent",tenant="acme"}"#
+        ),
+        Some(7.0),
+        "{m}"
+    );
 }
 
 #[test]
@@ -469,7 +575,7 @@ fn revoked_kid_is_refused() {
     let key = SigningKey::new(pki.dir.path(), "poa");
     let kid = kid_of(&key.mint(ACME, "x", &[]));
     let upstream = start_upstream();
-    let config = tenants(&key, upstream, &format!("revoked_kids = [\"{kid}\"]"));
+    let config = tenants(&key, upstream, "", &format!("revoked_kids = [\"{kid}\"]"));
     let broker = Broker::start(&pki, &config, &[]);
     let t = key.mint(
         ACME,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::Rejection;
+use crate::poa::{is_action_name, MAX_ACTION_LEN};
 
 /// Risk tier, as the policy's `risk_tier` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -254,7 +255,6 @@ impl Refusal {
 }
 
 /// Limits on agent-supplied JSON.
-pub const MAX_ACTION_LEN: usize = 256;
 pub const MAX_DEPTH: usize = 10;
 pub const MAX_STRING_LEN: usize = 4096;
 pub const MAX_KEY_LEN: usize = 256;
@@ -293,14 +293,10 @@ pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, Stri
         .get("act")
         .and_then(Value::as_str)
         .ok_or("act is required and must be a string")?;
-    if act.is_empty() || act.len() > MAX_ACTION_LEN {
-        return Err(format!("act must be 1 to {MAX_ACTION_LEN} bytes"));
-    }
-    if !act
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-    {
-        return Err("act may contain only letters, digits, '.', '_', '-' and ':'".into());
+    if !is_action_name(act) {
+        return Err(format!(
+            "act must be 1 to {MAX_ACTION_LEN} letters, digits, '.', '_', '-' or ':'"
+        ));
     }
     let object = |name: &str| -> Result<Value, String> {
         match obj.get(name) {
@@ -682,7 +678,11 @@ mod tests {
             (json!({"act": "", "con": {}, "leg": {}}), "1 to"),
             (
                 json!({"act": "a b", "con": {}, "leg": {}}),
-                "may contain only",
+                "letters, digits",
+            ),
+            (
+                json!({"act": "a".repeat(257), "con": {}, "leg": {}}),
+                "1 to 256",
             ),
             (json!({"act": "a", "leg": {}}), "con is required"),
             (json!({"act": "a", "con": [], "leg": {}}), "con must be"),

@@ -21,7 +21,7 @@ use crate::error::Rejection;
 use crate::metrics::{status_class, NO_TENANT};
 use crate::poa::claims::PoaClaims;
 use crate::poa::presented::presented_token;
-use crate::poa::{claims, token, PoaError};
+use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
 use crate::replay::{unix_now, Verdict};
 use crate::tenant::Tenant;
 use crate::upstream::{self, Body, Stamp, UpstreamError};
@@ -148,7 +148,7 @@ async fn handle(
             decision: decision_for(status),
             status,
             code,
-            reason: if code.is_empty() {
+            reason: if code.is_empty() && trail.reason.is_empty() {
                 "allow".into()
             } else {
                 trail.reason
@@ -220,117 +220,24 @@ async fn pipeline(
         return Err(Rejection::rate_limited(retry_after));
     }
 
-    // 5–9. A mandate is presented, verified and bound to this caller.
-    let Some(token) = presented_token(req.headers())? else {
-        return Err(Rejection::poa_required());
+    // 5–12. What this call may do: a mandate, verified and decided by the
+    // policy; or, where the tenant allows it, a low-risk call the policy
+    // allows without one.
+    let caller = Caller {
+        tenant,
+        key: &tenant_key,
+        agent: agent.as_str(),
     };
-    let claims = verify_mandate(state, client, tenant, token, agent.as_str(), req, trail).await?;
-
-    // 10. The request as the policy will see it (read before the jti is
-    // spent, so a malformed body does not burn the mandate).
-    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
-
-    // 11. Single use, marked only now that signature and claims passed.
-    if let Some(replay) = &state.replay {
-        let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
-        let replay_metric = |cause: &str| {
-            state
-                .metrics
-                .replay_rejections
-                .with_label_values(&[tenant.id.as_str(), cause])
-                .inc()
-        };
-        match replay.mark(&tenant_key, &claims.jti, keep_until, unix_now()) {
-            Ok(Verdict::Fresh) => {}
-            Ok(Verdict::Replayed) => {
-                replay_metric("replay");
-                count_validation(state, tenant, "replay");
-                return Err(Rejection::poa_replay());
-            }
-            Err(e) => {
-                replay_metric("full");
-                return Err(Rejection::replay_store_unavailable(e.to_string()));
-            }
+    let grant = match presented_token(req.headers())? {
+        Some(token) => mandated(req, payload, state, client, &caller, token, trail).await?,
+        None if tenant.poa.allow_unmandated_low_risk => {
+            unmandated(req, payload, state, client, &caller, trail).await?
         }
-    }
-    count_validation(state, tenant, "valid");
-
-    let usage = match shard(
-        state,
-        &tenant.id,
-        ShardRequest::Usage {
-            tenant: tenant_key.clone(),
-            action: claims.act.clone(),
-            now: Instant::now(),
-        },
-        retry_after,
-    )
-    .await?
-    {
-        Admission::Count(n) => n,
-        _ => 0,
+        None => return Err(Rejection::poa_required()),
     };
-    let input = json!({
-        "agent": {"spiffe_id": agent.as_str()},
-        "poa": Value::Object(claims.raw.clone()),
-        "request": {
-            "method": req.method().as_str(),
-            "path": req.path(),
-            "action": claims.act,
-            "params": Value::Object(params),
-        },
-        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
-        "current_time_ns": now_ns(),
-        "rate_limit_state": {claims.act.as_str(): usage},
-        "tenant": {"id": tenant.id},
-    });
-
-    // 12. The policy decides; no decision means no access.
-    let started = Instant::now();
-    let decided = state.policy.decide(client, input).await;
-    state
-        .metrics
-        .policy_seconds
-        .with_label_values(&[state.policy.engine_label()])
-        .observe(started.elapsed().as_secs_f64());
-    let decision = match decided {
-        Ok(d) => d,
-        Err(e) => {
-            state
-                .metrics
-                .policy_decisions
-                .with_label_values(&[&tenant.id, "error", "unknown"])
-                .inc();
-            tracing::warn!(error = %e, "policy unavailable; refusing");
-            return Err(Rejection::policy_unavailable(e.to_string()));
-        }
-    };
-    trail.risk_tier = decision.risk_tier.clone();
-    state
-        .metrics
-        .policy_decisions
-        .with_label_values(&[
-            tenant.id.as_str(),
-            if decision.allow { "allow" } else { "deny" },
-            decision.tier_label(),
-        ])
-        .inc();
-    if !decision.allow {
-        return Err(Rejection::policy_denied(decision.reason, decision.details));
-    }
 
     // 13. Connector and egress allowlist.
-    let requested = claims.raw.get("con").and_then(|c| c.get("connector"));
-    let requested = match requested {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => {
-            return Err(Rejection::egress_denied(
-                "con.connector must be a string".into(),
-            ))
-        }
-    };
-    let connector = upstream::resolve_connector(tenant, requested)
+    let connector = upstream::resolve_connector(tenant, grant.connector.as_deref())
         .map_err(|e| Rejection::egress_denied(e.0))?;
     trail.connector = connector.id.clone();
     upstream::check_path(req.path()).map_err(|e| Rejection::egress_denied(e.0))?;
@@ -352,7 +259,7 @@ async fn pipeline(
             rate: connector
                 .rate_limit
                 .map(|r| (r.requests_per_second, r.burst)),
-            action: claims.act.clone(),
+            action: grant.action.clone(),
             now: Instant::now(),
         },
         retry_after,
@@ -367,10 +274,10 @@ async fn pipeline(
     let stamp = Stamp {
         agent: agent.as_str(),
         tenant: &tenant.id,
-        action: &claims.act,
+        action: &grant.action,
         request_id,
     };
-    let body = match (buffered, payload.take()) {
+    let body = match (grant.buffered, payload.take()) {
         (Some(bytes), _) => Body::Buffered(bytes),
         (None, Some(p)) => Body::Streaming(p),
         (None, None) => Body::Buffered(web::Bytes::new()),
@@ -412,6 +319,209 @@ async fn pipeline(
             ))
         }
     }
+}
+
+/// Who is calling: the tenant (with its state key) and the agent's SPIFFE ID.
+struct Caller<'a> {
+    tenant: &'a Tenant,
+    key: &'a Arc<str>,
+    agent: &'a str,
+}
+
+/// What a call was granted: the action it performs, the connector its
+/// mandate names (if any) and the body already read for the policy.
+struct Grant {
+    action: String,
+    connector: Option<String>,
+    buffered: Option<web::Bytes>,
+}
+
+/// Steps 5–12 for a call with a mandate: verified and bound to this caller,
+/// spent once, and allowed by the policy.
+async fn mandated(
+    req: &HttpRequest,
+    payload: &mut Option<web::Payload>,
+    state: &BrokerState,
+    client: &awc::Client,
+    &Caller { tenant, key, agent }: &Caller<'_>,
+    token: &str,
+    trail: &mut Trail,
+) -> Result<Grant, Rejection> {
+    let retry_after = u64::from(state.config.broker.retry_after_seconds);
+    let claims = verify_mandate(state, client, tenant, token, agent, req, trail).await?;
+    let connector = match claims.raw.get("con").and_then(|c| c.get("connector")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err(Rejection::egress_denied(
+                "con.connector must be a string".into(),
+            ))
+        }
+    };
+
+    // 10. The request as the policy will see it (read before the jti is
+    // spent, so a malformed body does not burn the mandate).
+    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
+
+    // 11. Single use, marked only now that signature and claims passed.
+    if let Some(replay) = &state.replay {
+        let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
+        let replay_metric = |cause: &str| {
+            state
+                .metrics
+                .replay_rejections
+                .with_label_values(&[tenant.id.as_str(), cause])
+                .inc()
+        };
+        match replay.mark(key, &claims.jti, keep_until, unix_now()) {
+            Ok(Verdict::Fresh) => {}
+            Ok(Verdict::Replayed) => {
+                replay_metric("replay");
+                count_validation(state, tenant, "replay");
+                return Err(Rejection::poa_replay());
+            }
+            Err(e) => {
+                replay_metric("full");
+                return Err(Rejection::replay_store_unavailable(e.to_string()));
+            }
+        }
+    }
+    count_validation(state, tenant, "valid");
+
+    let usage = match shard(
+        state,
+        &tenant.id,
+        ShardRequest::Usage {
+            tenant: key.clone(),
+            action: claims.act.clone(),
+            now: Instant::now(),
+        },
+        retry_after,
+    )
+    .await?
+    {
+        Admission::Count(n) => n,
+        _ => 0,
+    };
+    let input = json!({
+        "agent": {"spiffe_id": agent},
+        "poa": Value::Object(claims.raw.clone()),
+        "request": {
+            "method": req.method().as_str(),
+            "path": req.path(),
+            "action": claims.act,
+            "params": Value::Object(params),
+        },
+        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
+        "current_time_ns": now_ns(),
+        "rate_limit_state": {claims.act.as_str(): usage},
+        "tenant": {"id": tenant.id},
+    });
+
+    // 12. The policy decides; no decision means no access.
+    let decision = decide(state, client, tenant, input, trail).await?;
+    if !decision.allow {
+        return Err(Rejection::policy_denied(decision.reason, decision.details));
+    }
+    Ok(Grant {
+        action: claims.act,
+        connector,
+        buffered,
+    })
+}
+
+/// Steps 5–12 for a call without a mandate, on a tenant that allows
+/// unmandated low-risk calls: the policy sees an empty `poa` and the action
+/// the caller names in `X-ATB-Action`, and allows only what its low-risk
+/// catalogue (with methods) and safe paths hold. Anything else is 401
+/// `poa_required`, as if the tenant did not allow the path at all.
+async fn unmandated(
+    req: &HttpRequest,
+    payload: &mut Option<web::Payload>,
+    state: &BrokerState,
+    client: &awc::Client,
+    &Caller { tenant, agent, .. }: &Caller<'_>,
+    trail: &mut Trail,
+) -> Result<Grant, Rejection> {
+    let action = match req.headers().get(X_ATB_ACTION) {
+        None => String::new(),
+        Some(h) => h
+            .to_str()
+            .ok()
+            .filter(|a| is_action_name(a))
+            .ok_or_else(|| {
+                Rejection::bad_request(format!(
+                    "X-ATB-Action must be 1 to {MAX_ACTION_LEN} letters, digits, '.', '_', '-' or ':'"
+                ))
+            })?
+            .to_owned(),
+    };
+    trail.action = action.clone();
+    count_validation(state, tenant, "absent");
+    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
+    let input = json!({
+        "agent": {"spiffe_id": agent},
+        "poa": {},
+        "request": {
+            "method": req.method().as_str(),
+            "path": req.path(),
+            "action": action,
+            "params": Value::Object(params),
+        },
+        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
+        "current_time_ns": now_ns(),
+        "tenant": {"id": tenant.id},
+    });
+    let decision = decide(state, client, tenant, input, trail).await?;
+    if !decision.allow {
+        return Err(Rejection::poa_required_by_policy(decision.reason));
+    }
+    trail.reason = decision.reason;
+    Ok(Grant {
+        action,
+        connector: None,
+        buffered,
+    })
+}
+
+/// One policy decision, timed and counted; an engine failure refuses.
+async fn decide(
+    state: &BrokerState,
+    client: &awc::Client,
+    tenant: &Tenant,
+    input: Value,
+    trail: &mut Trail,
+) -> Result<crate::policy::Decision, Rejection> {
+    let started = Instant::now();
+    let decided = state.policy.decide(client, input).await;
+    state
+        .metrics
+        .policy_seconds
+        .with_label_values(&[state.policy.engine_label()])
+        .observe(started.elapsed().as_secs_f64());
+    let decision = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            state
+                .metrics
+                .policy_decisions
+                .with_label_values(&[&tenant.id, "error", "unknown"])
+                .inc();
+            tracing::warn!(error = %e, "policy unavailable; refusing");
+            return Err(Rejection::policy_unavailable(e.to_string()));
+        }
+    };
+    trail.risk_tier = decision.risk_tier.clone();
+    state
+        .metrics
+        .policy_decisions
+        .with_label_values(&[
+            tenant.id.as_str(),
+            if decision.allow { "allow" } else { "deny" },
+            decision.tier_label(),
+        ])
+        .inc();
+    Ok(decision)
 }
 
 fn count_validation(state: &BrokerState, tenant: &Tenant, result: &str) {
