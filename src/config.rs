@@ -120,7 +120,8 @@ impl Default for PolicyConfig {
 pub struct UpstreamConfig {
     /// Seconds to establish a connection to a connector.
     pub connect_timeout_seconds: u64,
-    /// Largest request body accepted (by Content-Length); bigger => 413.
+    /// Largest request body accepted (by Content-Length, or counted while a
+    /// chunked body streams); bigger => 413.
     pub max_body_bytes: u64,
     /// JSON bodies up to this size are read to give the policy
     /// `request.params`; bigger JSON bodies get 413.

@@ -118,7 +118,7 @@ impl Metrics {
         registry.register(Box::new(replay_entries.clone()))?;
         let upstream_requests = counter(
             "atb_upstream_requests_total",
-            "Requests forwarded to connectors, by outcome (2xx, 4xx, 5xx, timeout, error)",
+            "Requests forwarded to connectors, by outcome (2xx, 4xx, 5xx, timeout, error, body_too_large)",
             &["tenant", "connector", "status"],
         )?;
         let upstream_seconds = histogram(

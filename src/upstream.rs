@@ -1,12 +1,18 @@
 //! Forwarding to a tenant's connector: connector choice, path rules, the
 //! egress allowlist, header hygiene, and streaming both ways.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{Bytes, Payload};
 use actix_web::HttpResponse;
+use futures_util::{Stream, StreamExt};
 
 use crate::config::ConnectorConfig;
 use crate::tenant::Tenant;
@@ -141,14 +147,52 @@ pub struct Stamp<'a> {
 /// The request body as the pipeline holds it.
 pub enum Body {
     Buffered(Bytes),
-    Streaming(Payload),
+    /// Not read yet; streamed to the upstream, at most `limit` bytes.
+    Streaming {
+        payload: Payload,
+        limit: u64,
+    },
 }
 
-/// Why forwarding failed: 504 or 502.
+/// Why forwarding failed: 504, 502, or 413 for a streamed body that grew
+/// past its limit (a chunked body has no Content-Length to check first).
 #[derive(Debug)]
 pub enum UpstreamError {
     Timeout,
     Failed(String),
+    BodyTooLarge(u64),
+}
+
+/// A streamed request body that ends in an error once more than `left`
+/// bytes have passed, which aborts the upstream request; `exceeded` tells
+/// the caller why the send failed.
+struct LimitedBody {
+    payload: Payload,
+    left: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Stream for LimitedBody {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.exceeded.load(Ordering::Relaxed) {
+            return Poll::Ready(None);
+        }
+        match self.payload.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len() as u64) {
+                Some(left) => {
+                    self.left = left;
+                    Poll::Ready(Some(Ok(chunk)))
+                }
+                None => {
+                    self.exceeded.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(PayloadError::Overflow)))
+                }
+            },
+            other => other,
+        }
+    }
 }
 
 /// Sends the request and streams the answer back.
@@ -177,11 +221,20 @@ pub async fn forward(
             up = up.insert_header((name, v));
         }
     }
-    let sent = match body {
-        Body::Buffered(bytes) => up.send_body(bytes).await,
-        Body::Streaming(payload) => up.send_stream(payload).await,
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let (sent, limit) = match body {
+        Body::Buffered(bytes) => (up.send_body(bytes).await, 0),
+        Body::Streaming { payload, limit } => {
+            let limited = LimitedBody {
+                payload,
+                left: limit,
+                exceeded: exceeded.clone(),
+            };
+            (up.send_stream(limited).await, limit)
+        }
     };
     let response = sent.map_err(|e| match e {
+        _ if exceeded.load(Ordering::Relaxed) => UpstreamError::BodyTooLarge(limit),
         awc::error::SendRequestError::Timeout => UpstreamError::Timeout,
         awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout) => {
             UpstreamError::Timeout

@@ -860,6 +860,32 @@ fn oversized_bodies_are_refused() {
         &["-H", "Content-Type: text/plain", "--data", &"b".repeat(200)],
     );
     expect(&a, 413, "body_too_large");
+    // A chunked body has no Content-Length: it is cut off at the limit
+    // while it streams, and the upstream never gets a complete request.
+    let chunked = |len: usize| {
+        let t = s.mint("crm.contact.read", &[]);
+        let body = "c".repeat(len);
+        s.call(
+            "acme-agent",
+            "/api/x",
+            &t,
+            &[
+                "--http1.1",
+                "-H",
+                "Content-Type: text/plain",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                &body,
+            ],
+        )
+    };
+    let small = chunked(100);
+    assert_eq!(small.status, 200, "{small:?}");
+    assert_eq!(small.json()["body"], "c".repeat(100));
+    expect(&chunked(5000), 413, "body_too_large");
+    let m = s.broker.metrics();
+    assert!(m.contains(r#"status="body_too_large""#), "{m}");
 }
 
 /// An independent client: Python requests + PyJWT mint their own EdDSA

@@ -279,7 +279,10 @@ async fn pipeline(
     };
     let body = match (grant.buffered, payload.take()) {
         (Some(bytes), _) => Body::Buffered(bytes),
-        (None, Some(p)) => Body::Streaming(p),
+        (None, Some(p)) => Body::Streaming {
+            payload: p,
+            limit: state.config.upstream.max_body_bytes,
+        },
         (None, None) => Body::Buffered(web::Bytes::new()),
     };
     let started = Instant::now();
@@ -305,6 +308,7 @@ async fn pipeline(
         },
         Err(UpstreamError::Timeout) => "timeout",
         Err(UpstreamError::Failed(_)) => "error",
+        Err(UpstreamError::BodyTooLarge(_)) => "body_too_large",
     };
     m.upstream_requests
         .with_label_values(&[&tenant.id, &connector.id, outcome])
@@ -312,6 +316,7 @@ async fn pipeline(
     match forwarded {
         Ok(response) => Ok(response),
         Err(UpstreamError::Timeout) => Err(Rejection::upstream_timeout()),
+        Err(UpstreamError::BodyTooLarge(limit)) => Err(Rejection::body_too_large(limit)),
         Err(UpstreamError::Failed(e)) => {
             tracing::warn!(connector = %connector.id, error = %e, "upstream failed");
             Err(Rejection::upstream_error(
