@@ -98,6 +98,11 @@ pub struct PolicyConfig {
     pub opa_decision_url: String,
     /// Time limit of one OPA call, in milliseconds.
     pub opa_timeout_ms: u64,
+    /// How often `dir` and `data_file` are re-read (embedded engine); a
+    /// changed bundle that compiles replaces the running one, a bad one is
+    /// refused and the running one stays. 0 = only on
+    /// `POST /admin/policy/reload`.
+    pub reload_seconds: u64,
 }
 
 impl Default for PolicyConfig {
@@ -111,6 +116,7 @@ impl Default for PolicyConfig {
             eval_timeout_ms: 100,
             opa_decision_url: "http://localhost:8181/v1/data/atb/poa/decision".into(),
             opa_timeout_ms: 1500,
+            reload_seconds: 30,
         }
     }
 }
@@ -555,6 +561,9 @@ impl Config {
         }
         if let Some(v) = env("POLICY_DIR") {
             self.policy.dir = Some(v.into());
+        }
+        if let Some(v) = env_parsed(env, "POLICY_RELOAD_SECONDS", "a whole number of seconds")? {
+            self.policy.reload_seconds = v;
         }
         if let Some(v) = env_flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
             self.debug.fault_injection = v;

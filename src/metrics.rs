@@ -25,6 +25,8 @@ pub struct Metrics {
     pub poa_validations: IntCounterVec,
     pub policy_seconds: HistogramVec,
     pub policy_decisions: IntCounterVec,
+    /// Policy reloads by `result` (`changed`, `unchanged`, `error`).
+    pub policy_reloads: IntCounterVec,
     pub replay_rejections: IntCounterVec,
     pub replay_entries: IntGauge,
     pub upstream_requests: IntCounterVec,
@@ -106,6 +108,11 @@ impl Metrics {
             "Policy decisions, by tenant, decision and risk tier",
             &["tenant", "decision", "risk_tier"],
         )?;
+        let policy_reloads = counter(
+            "atb_policy_reloads_total",
+            "Policy reloads (changed, unchanged, error: the running policy stays)",
+            &["result"],
+        )?;
         let replay_rejections = counter(
             "atb_replay_rejections_total",
             "Mandates refused by the replay check (replay, full, unavailable)",
@@ -160,6 +167,7 @@ impl Metrics {
             poa_validations,
             policy_seconds,
             policy_decisions,
+            policy_reloads,
             replay_rejections,
             replay_entries,
             upstream_requests,

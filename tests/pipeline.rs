@@ -771,6 +771,72 @@ decision := {"allow": true, "reason": "allow"} if {
 }
 
 #[test]
+fn the_policy_reloads_atomically_and_keeps_the_last_good_one() {
+    // The shipped policy and catalogue, from a directory we can edit.
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/atb");
+    for f in ["poa.rego", "catalog.json"] {
+        std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    let policy = format!("[policy]\ndir = \"{}\"\n", dir.path().display());
+    let token = "reload-token-0123456789abcdef";
+    let s = setup_with(
+        &policy,
+        "",
+        &[("ATB_ADMIN_TOKEN", token), ("POLICY_RELOAD_SECONDS", "1")],
+    );
+    let auth = format!("Authorization: Bearer {token}");
+    let reload = |headers: &[&str]| admin(&s.broker, "POST", "/admin/policy/reload", headers, None);
+    let read = || s.acme("/api/x", &s.mint("crm.contact.read", &[]));
+    assert_eq!(read().status, 200);
+    assert_eq!(reload(&[&auth]).json(), json!({"changed": false}));
+    expect(&reload(&[]), 401, "admin_unauthorized");
+
+    // The tenant's catalogue now calls the action high risk: reloaded on
+    // demand, the next call needs dual control.
+    let catalog_path = dir.path().join("catalog.json");
+    let original = std::fs::read_to_string(&catalog_path).unwrap();
+    let mut catalog: Value = serde_json::from_str(&original).unwrap();
+    catalog["atb"]["catalog"]["tiers"]["crm.contact.read"] = json!("high");
+    std::fs::write(&catalog_path, catalog.to_string()).unwrap();
+    assert_eq!(reload(&[&auth]).json(), json!({"changed": true}));
+    let denied = read();
+    expect(&denied, 403, "policy_denied");
+    assert_eq!(denied.json()["reason"], "high_risk_dual_control_required");
+
+    // A policy that does not compile is refused with its reason; the
+    // running one stays, on demand and on the periodic reload alike.
+    std::fs::write(
+        dir.path().join("broken.rego"),
+        "package atb.poa\nthis is not rego\n",
+    )
+    .unwrap();
+    let refused = reload(&[&auth]);
+    expect(&refused, 422, "policy_invalid");
+    assert!(refused.json()["reason"]
+        .as_str()
+        .unwrap()
+        .contains("broken.rego"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(read().json()["reason"], "high_risk_dual_control_required");
+    let m = s.broker.metrics();
+    assert!(
+        metric(&m, r#"atb_policy_reloads_total{result="error"}"#).unwrap() >= 2.0,
+        "{m}"
+    );
+
+    // Fixed on disk: the periodic reload picks it up without a request.
+    std::fs::remove_file(dir.path().join("broken.rego")).unwrap();
+    std::fs::write(&catalog_path, original).unwrap();
+    assert!(eventually(Duration::from_secs(10), || read().status == 200));
+    let m = s.broker.metrics();
+    assert!(
+        metric(&m, r#"atb_policy_reloads_total{result="changed"}"#).unwrap() >= 2.0,
+        "{m}"
+    );
+}
+
+#[test]
 fn opa_unreachable_fails_closed() {
     let url = format!("http://127.0.0.1:{}/v1/data/atb/poa/decision", free_port());
     let s = setup_with(

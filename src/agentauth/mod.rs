@@ -101,6 +101,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         .run()
     };
     spawn_background(state.clone());
+    spawn_policy_reload(state.clone(), &config);
     tracing::info!(
         listen_addr = %a.listen_addr,
         admin_addr = %a.admin_addr,
@@ -127,6 +128,46 @@ pub async fn run(config: Config) -> Result<(), String> {
     y.map_err(|e| format!("agentauth admin listener failed: {e}"))?;
     tracing::info!("agentauth stopped");
     Ok(())
+}
+
+/// Re-reads the policy every `policy.reload_seconds` so risk tiers follow
+/// the broker's policy without a restart; a bad policy is refused (and
+/// audited) and the running one stays.
+fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
+    if config.policy.reload_seconds == 0 {
+        return;
+    }
+    let every = Duration::from_secs(config.policy.reload_seconds);
+    let config = Arc::new(config.clone());
+    actix_web::rt::spawn(async move {
+        loop {
+            actix_web::rt::time::sleep(every).await;
+            let (s, c) = (state.clone(), config.clone());
+            let outcome = web::block(move || {
+                crate::policy::embedded::PolicyBundle::from_config(&c)
+                    .and_then(|b| s.tiers.replace(b))
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            let mut event = AgentAuthEvent {
+                event: "policy.reloaded",
+                ..AgentAuthEvent::default()
+            };
+            match outcome {
+                Ok(false) => continue,
+                Ok(true) => {
+                    tracing::info!("risk-tier policy reloaded");
+                    event.outcome = "ok";
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy reload refused; the running policy stays");
+                    event.outcome = "error";
+                    event.reason = e;
+                }
+            }
+            state.audit(event).await;
+        }
+    });
 }
 
 /// Key directory reloads, expired-challenge sweeps, approver JWKS refresh.

@@ -25,28 +25,48 @@ pub const RISK_TIER_RULE: &str = "data.atb.poa.risk_tier";
 
 /// Evaluates the risk tier with the embedded policy.
 pub struct TierPolicy {
-    engine: Mutex<regorus::Engine>,
+    running: Mutex<(PolicyBundle, regorus::Engine)>,
 }
 
 impl TierPolicy {
-    pub fn new(bundle: &PolicyBundle) -> Result<Self, String> {
+    pub fn new(bundle: PolicyBundle) -> Result<Self, String> {
+        let engine = Self::compile(&bundle)?;
+        Ok(Self {
+            running: Mutex::new((bundle, engine)),
+        })
+    }
+
+    fn compile(bundle: &PolicyBundle) -> Result<regorus::Engine, String> {
         let mut engine = bundle.engine()?;
         engine.set_input(regorus::Value::new_object());
         engine
             .eval_rule(RISK_TIER_RULE.to_string())
             .map_err(|e| format!("{RISK_TIER_RULE}: {e}"))?;
-        Ok(Self {
-            engine: Mutex::new(engine),
-        })
+        Ok(engine)
+    }
+
+    /// Swaps in `bundle` if it differs and compiles; otherwise the running
+    /// policy stays. `Ok(true)`: the policy changed. Blocking.
+    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
+        if self.lock()?.0 == bundle {
+            return Ok(false);
+        }
+        let engine = Self::compile(&bundle)?;
+        *self.lock()? = (bundle, engine);
+        Ok(true)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, (PolicyBundle, regorus::Engine)>, String> {
+        self.running
+            .lock()
+            .map_err(|_| "policy engine lock poisoned".to_string())
     }
 
     /// The tier of `act` for `tenant` (blocking: call off the I/O threads).
     pub fn tier(&self, tenant: &str, act: &str) -> Result<Tier, String> {
         let input = serde_json::json!({"tenant": {"id": tenant}, "poa": {"act": act}});
-        let mut engine = self
-            .engine
-            .lock()
-            .map_err(|_| "policy engine lock poisoned".to_string())?;
+        let mut running = self.lock()?;
+        let engine = &mut running.1;
         engine.set_input(regorus::Value::from(input));
         let v = engine
             .eval_rule(RISK_TIER_RULE.to_string())
@@ -88,7 +108,7 @@ impl AgentAuthState {
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
             approvers: ApproverAuth::new(a.approvers.clone())?,
-            tiers: Arc::new(TierPolicy::new(&bundle)?),
+            tiers: Arc::new(TierPolicy::new(bundle)?),
             proxies: TrustedProxies::parse(&a.trusted_proxies)?,
             metrics,
             audit,
@@ -156,5 +176,38 @@ impl AgentAuthState {
             .with_label_values(&[event.event, event.outcome])
             .inc();
         self.audit.record(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn shipped() -> PolicyBundle {
+        PolicyBundle::load(None, None, &[], Duration::from_millis(500)).unwrap()
+    }
+
+    #[test]
+    fn tiers_follow_a_replaced_policy_and_survive_a_bad_one() {
+        let tiers = TierPolicy::new(shipped()).unwrap();
+        assert_eq!(tiers.tier("acme", "crm.contact.read").unwrap(), Tier::Low);
+        assert_eq!(tiers.replace(shipped()), Ok(false));
+        let mut changed = shipped();
+        changed.data["atb"]["catalog"]["tiers"]["crm.contact.read"] = "critical".into();
+        assert_eq!(tiers.replace(changed), Ok(true));
+        assert_eq!(
+            tiers.tier("acme", "crm.contact.read").unwrap(),
+            Tier::Critical
+        );
+        let mut broken = shipped();
+        broken
+            .modules
+            .push(("bad.rego".into(), "package atb.poa\nnot rego".into()));
+        assert!(tiers.replace(broken).is_err());
+        assert_eq!(
+            tiers.tier("acme", "crm.contact.read").unwrap(),
+            Tier::Critical
+        );
     }
 }

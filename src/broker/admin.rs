@@ -1,5 +1,5 @@
 //! The plain-HTTP admin listener: liveness, readiness, metrics, and the
-//! token-protected maintenance toggle.
+//! token-protected maintenance toggle and policy reload.
 
 use actix_web::http::header::{ContentType, AUTHORIZATION};
 use actix_web::http::StatusCode;
@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::admission::ShardRequest;
-use crate::broker::state::BrokerState;
+use crate::broker::state::{BrokerState, PolicyBackend};
 use crate::error::Rejection;
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
@@ -15,7 +15,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .route("/ready", web::get().to(ready))
         .route("/metrics", web::get().to(metrics))
         .route("/admin/maintenance", web::get().to(get_maintenance))
-        .route("/admin/maintenance", web::post().to(set_maintenance));
+        .route("/admin/maintenance", web::post().to(set_maintenance))
+        .route("/admin/policy/reload", web::post().to(reload_policy));
     if fault_injection {
         cfg.route("/debug/fault", web::post().to(inject_fault));
     }
@@ -112,6 +113,36 @@ async fn set_maintenance(
         "maintenance mode changed through the admin API"
     );
     HttpResponse::Ok().json(serde_json::json!({"maintenance": toggle.enabled}))
+}
+
+/// Re-reads the policy now: 200 `{"changed": bool}`, 422 with the reason
+/// when the new policy is refused (the running one stays), 409 on OPA.
+async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    if matches!(state.policy, PolicyBackend::Opa { .. }) {
+        return Rejection::new(
+            StatusCode::CONFLICT,
+            "policy_engine_opa",
+            "the policy engine is opa: OPA loads its own policy",
+        )
+        .to_response("");
+    }
+    let reloading = state.clone();
+    match web::block(move || reloading.reload_policy()).await {
+        Ok(Ok(changed)) => HttpResponse::Ok().json(serde_json::json!({"changed": changed})),
+        Ok(Err(reason)) => {
+            Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid", reason)
+                .to_response("")
+        }
+        Err(_) => Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_reload_failed",
+            "the reload could not run",
+        )
+        .to_response(""),
+    }
 }
 
 #[derive(Deserialize)]

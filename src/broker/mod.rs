@@ -11,7 +11,7 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
-use crate::config::Config;
+use crate::config::{Config, PolicyEngine};
 pub use state::BrokerState;
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns.
@@ -81,6 +81,21 @@ pub async fn run(config: Config) -> Result<(), String> {
         maintenance = state.maintenance(),
         "broker started"
     );
+
+    if config.policy.reload_seconds > 0 && config.policy.engine == PolicyEngine::Embedded {
+        let reloading = state.clone();
+        let every = Duration::from_secs(config.policy.reload_seconds);
+        actix_web::rt::spawn(async move {
+            let mut tick = actix_web::rt::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let state = reloading.clone();
+                // The outcome is logged and counted by reload_policy.
+                let _ = web::block(move || state.reload_policy()).await;
+            }
+        });
+    }
 
     let gateway_handle = gateway.handle();
     let admin_handle = admin.handle();

@@ -263,6 +263,32 @@ impl BrokerState {
         Ok(())
     }
 
+    /// Re-reads `policy.dir` / `policy.data_file` (tenant policy data is
+    /// part of the configuration) and swaps in a changed bundle that
+    /// compiles; on any failure the running policy stays. `Ok(true)`: the
+    /// policy changed. Blocking: call off the I/O threads.
+    pub fn reload_policy(&self) -> Result<bool, String> {
+        let PolicyBackend::Embedded(pool) = &self.policy else {
+            return Err("the policy engine is opa: OPA loads its own policy".into());
+        };
+        let outcome = PolicyBundle::from_config(&self.config).and_then(|b| pool.replace(b));
+        let result = match &outcome {
+            Ok(true) => "changed",
+            Ok(false) => "unchanged",
+            Err(_) => "error",
+        };
+        self.metrics
+            .policy_reloads
+            .with_label_values(&[result])
+            .inc();
+        match &outcome {
+            Ok(true) => tracing::info!("policy reloaded"),
+            Err(e) => tracing::warn!(error = %e, "policy reload refused; the running policy stays"),
+            Ok(false) => {}
+        }
+        outcome
+    }
+
     /// Constant-time check of an admin bearer token; `None` when the admin
     /// API is disabled.
     pub fn admin_token_matches(&self, presented: &str) -> Option<bool> {

@@ -8,9 +8,11 @@
 //! error, and the thread rebuilds its engine.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use serde_json::Value;
@@ -20,7 +22,7 @@ use super::{Decision, PolicyError, DECISION_RULE};
 use atb_actors::ActorMetrics;
 
 /// Rego modules and data an engine is built from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PolicyBundle {
     /// `(file name, source)`.
     pub modules: Vec<(String, String)>,
@@ -205,6 +207,14 @@ struct PoolMetrics {
 pub struct EmbeddedPool {
     tx: Sender<Job>,
     metrics: Arc<PoolMetrics>,
+    current: Arc<Published>,
+}
+
+/// The bundle the threads run, and a counter that moves when it is replaced
+/// (each thread compares it before a job and rebuilds its engine once).
+struct Published {
+    bundle: ArcSwap<PolicyBundle>,
+    generation: AtomicU64,
 }
 
 impl EmbeddedPool {
@@ -232,17 +242,38 @@ impl EmbeddedPool {
                 .rejected
                 .with_label_values(&["policy", "pool", "full"]),
         });
-        let bundle = Arc::new(bundle);
+        let current = Arc::new(Published {
+            bundle: ArcSwap::from_pointee(bundle),
+            generation: AtomicU64::new(0),
+        });
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            let bundle = bundle.clone();
+            let current = current.clone();
             let m = m.clone();
             std::thread::Builder::new()
                 .name(format!("atb-policy-{i}"))
-                .spawn(move || worker(rx, bundle, m))
+                .spawn(move || worker(rx, current, m))
                 .map_err(|e| format!("cannot start policy thread: {e}"))?;
         }
-        Ok(Self { tx, metrics: m })
+        Ok(Self {
+            tx,
+            metrics: m,
+            current,
+        })
+    }
+
+    /// Swaps in `bundle` if it differs from the running one and compiles
+    /// (and answers an empty input); otherwise the running policy stays.
+    /// `Ok(false)`: nothing changed. Compiles on the calling thread, so
+    /// call it off the I/O threads.
+    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
+        if **self.current.bundle.load() == bundle {
+            return Ok(false);
+        }
+        bundle.engine()?;
+        self.current.bundle.store(Arc::new(bundle));
+        self.current.generation.fetch_add(1, Ordering::Release);
+        Ok(true)
     }
 
     /// Queues `input` for evaluation and waits for the decision.
@@ -263,15 +294,21 @@ impl EmbeddedPool {
     }
 }
 
-fn worker(rx: Receiver<Job>, bundle: Arc<PolicyBundle>, m: Arc<PoolMetrics>) {
-    let mut engine = bundle.engine().ok();
+fn worker(rx: Receiver<Job>, current: Arc<Published>, m: Arc<PoolMetrics>) {
+    let mut seen = current.generation.load(Ordering::Acquire);
+    let mut engine = current.bundle.load().engine().ok();
     while let Ok(job) = rx.recv() {
         m.depth.dec();
         if job.reply.is_closed() {
             continue;
         }
+        let generation = current.generation.load(Ordering::Acquire);
+        if generation != seen {
+            seen = generation;
+            engine = None;
+        }
         if engine.is_none() {
-            engine = bundle.engine().ok();
+            engine = current.bundle.load().engine().ok();
         }
         let Some(e) = engine.as_mut() else {
             let _ = job
@@ -435,5 +472,30 @@ mod tests {
                 .get(),
             1
         );
+    }
+
+    #[actix_rt::test]
+    async fn replacing_the_policy_is_atomic_and_keeps_the_old_one_on_failure() {
+        let registry = prometheus::Registry::new();
+        let metrics = ActorMetrics::register(&registry).unwrap();
+        let policy = |allow: bool| {
+            bundle(&format!(
+                "package atb.poa\nimport rego.v1\ndecision := {{\"allow\": {allow}, \"reason\": \"r{allow}\"}}\n"
+            ))
+        };
+        let pool = EmbeddedPool::start(policy(false), 2, 16, &metrics).unwrap();
+        let allowed = || async { pool.decide(json!({})).await.unwrap().allow };
+        assert!(!allowed().await);
+        assert_eq!(pool.replace(policy(false)), Ok(false), "same bundle");
+        assert_eq!(pool.replace(policy(true)), Ok(true));
+        // Every thread picks the new bundle up before its next job.
+        for _ in 0..8 {
+            assert!(allowed().await);
+        }
+        // A bundle that does not compile is refused; the running policy stays.
+        assert!(pool.replace(bundle("package atb.poa\nnot rego")).is_err());
+        for _ in 0..8 {
+            assert!(allowed().await);
+        }
     }
 }
