@@ -238,6 +238,10 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client_ca_file: PathBuf,
+    /// Extra CA certificates (PEM) trusted for outbound HTTPS (JWKS,
+    /// connectors, OPA, approver IdP) next to the system trust store, e.g.
+    /// the CA of AgentAuth's `:8444` certificate.
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -523,6 +527,9 @@ impl Config {
         }
         if let Some(v) = env("TLS_CLIENT_CA_FILE") {
             self.tls.client_ca_file = v.into();
+        }
+        if let Some(v) = env("TLS_OUTBOUND_CA_FILE") {
+            self.tls.outbound_ca_file = Some(v.into());
         }
         if let Some(v) = env_choice(
             env,

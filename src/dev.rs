@@ -67,9 +67,10 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         poa: TenantPoaConfig {
             // Mandates from `atb mint` (dev key) and from AgentAuth (JWKS).
             public_key_files: vec![pki.dir.join(SIGNING_PUB)],
+            // Over HTTPS, verified with the dev CA (tls.outbound_ca_file).
             jwks_url: Some(format!(
-                "http://{}/.well-known/jwks.json",
-                opts.agentauth_admin_addr
+                "https://localhost:{}/.well-known/jwks.json",
+                opts.agentauth_addr.port()
             )),
             ..TenantPoaConfig::default()
         },
@@ -85,6 +86,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         cert_file: pki.server_cert(),
         key_file: pki.server_key(),
         client_ca_file: pki.ca_cert(),
+        outbound_ca_file: Some(pki.ca_cert()),
     };
     c.logging.format = LogFormat::Text;
     c.admin.token_file = Some(opts.dir.join("admin.token"));

@@ -1,4 +1,5 @@
-//! The mTLS listener's TLS context and peer identity extraction.
+//! The mTLS listener's TLS context and peer identity extraction, and the
+//! TLS client settings for outbound HTTPS.
 //!
 //! The server asks every client for a certificate but lets the handshake
 //! finish without one, so `GET /health` works without a client certificate.
@@ -10,7 +11,7 @@
 use std::path::Path;
 
 use openssl::ssl::{
-    SslAcceptor, SslAcceptorBuilder, SslFiletype, SslMethod, SslRef, SslVerifyMode,
+    SslAcceptor, SslAcceptorBuilder, SslConnector, SslFiletype, SslMethod, SslRef, SslVerifyMode,
 };
 use openssl::x509::X509VerifyResult;
 
@@ -30,6 +31,30 @@ pub enum IdentityError {
     SeveralUris(usize),
     #[error("the client certificate's SPIFFE ID is malformed: {0}")]
     Malformed(SpiffeError),
+}
+
+/// TLS for outbound HTTPS (JWKS, connectors, OPA, approver IdP): peer
+/// verification on, the system trust store plus `tls.outbound_ca_file`.
+pub fn outbound(config: &TlsConfig) -> Result<SslConnector, String> {
+    let mut b =
+        SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("outbound TLS: {e}"))?;
+    if let Some(ca) = &config.outbound_ca_file {
+        b.set_ca_file(ca)
+            .map_err(|e| format!("tls.outbound_ca_file {}: {e}", ca.display()))?;
+    }
+    Ok(b.build())
+}
+
+/// An HTTP client for outbound calls, verifying servers with `tls`.
+pub fn http_client(tls: &SslConnector, connect_timeout: std::time::Duration) -> awc::Client {
+    awc::Client::builder()
+        .connector(
+            awc::Connector::new()
+                .openssl(tls.clone())
+                .timeout(connect_timeout),
+        )
+        .disable_redirects()
+        .finish()
 }
 
 /// Builds the TLS acceptor for the agent listener.
@@ -110,5 +135,26 @@ pub fn peer_identity(ssl: &SslRef) -> Result<SpiffeId, IdentityError> {
         [] => Err(IdentityError::NoSpiffeId),
         [one] => SpiffeId::parse(one).map_err(IdentityError::Malformed),
         more => Err(IdentityError::SeveralUris(more.len())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outbound_ca_file_errors_name_the_setting() {
+        assert!(outbound(&TlsConfig::default()).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        for path in [not_pem, dir.path().join("missing.pem")] {
+            let config = TlsConfig {
+                outbound_ca_file: Some(path),
+                ..TlsConfig::default()
+            };
+            let e = outbound(&config).unwrap_err();
+            assert!(e.contains("tls.outbound_ca_file"), "{e}");
+        }
     }
 }

@@ -171,10 +171,15 @@ pub struct ApproverKeys {
     last_fetch: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
     cooldown: Duration,
+    /// Outbound TLS (system trust store + `tls.outbound_ca_file`).
+    tls: openssl::ssl::SslConnector,
 }
 
 impl ApproverKeys {
-    pub fn new(config: &ApproverAuthConfig) -> Result<Self, String> {
+    pub fn new(
+        config: &ApproverAuthConfig,
+        tls: openssl::ssl::SslConnector,
+    ) -> Result<Self, String> {
         let mut static_keys = HashMap::new();
         for path in &config.public_key_files {
             let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -196,6 +201,7 @@ impl ApproverKeys {
             last_fetch: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
+            tls,
         })
     }
 
@@ -254,7 +260,7 @@ impl ApproverKeys {
         }
         // A client per fetch: fetches are rare (refresh interval, unknown
         // kids after a cooldown) and awc clients are bound to one thread.
-        let client = awc::Client::default();
+        let client = crate::tls::http_client(&self.tls, Duration::from_secs(5));
         let mut response = client
             .get(url)
             .timeout(Duration::from_secs(5))
@@ -286,8 +292,11 @@ pub struct ApproverAuth {
 }
 
 impl ApproverAuth {
-    pub fn new(config: ApproverAuthConfig) -> Result<Self, String> {
-        let keys = ApproverKeys::new(&config)?;
+    pub fn new(
+        config: ApproverAuthConfig,
+        tls: openssl::ssl::SslConnector,
+    ) -> Result<Self, String> {
+        let keys = ApproverKeys::new(&config, tls)?;
         Ok(Self { config, keys })
     }
 
@@ -476,6 +485,10 @@ pub mod tests {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
     }
 
+    fn test_tls() -> openssl::ssl::SslConnector {
+        crate::tls::outbound(&crate::config::TlsConfig::default()).unwrap()
+    }
+
     fn config() -> ApproverAuthConfig {
         ApproverAuthConfig {
             issuer: "https://idp.example".into(),
@@ -490,7 +503,7 @@ pub mod tests {
     }
 
     fn auth_with(keys: Vec<(&str, PKey<Private>)>) -> ApproverAuth {
-        let mut a = ApproverAuth::new(config()).unwrap();
+        let mut a = ApproverAuth::new(config(), test_tls()).unwrap();
         for (kid, k) in keys {
             let public = PKey::public_key_from_der(&k.public_key_to_der().unwrap()).unwrap();
             a.keys

@@ -107,7 +107,7 @@ impl AgentAuthState {
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
-            approvers: ApproverAuth::new(a.approvers.clone())?,
+            approvers: ApproverAuth::new(a.approvers.clone(), crate::tls::outbound(&config.tls)?)?,
             tiers: Arc::new(TierPolicy::new(bundle)?),
             proxies: TrustedProxies::parse(&a.trusted_proxies)?,
             metrics,

@@ -36,13 +36,9 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(connect_timeout: Duration) -> Self {
-        let connector = awc::Connector::new().timeout(connect_timeout);
+    pub fn new(tls: &openssl::ssl::SslConnector, connect_timeout: Duration) -> Self {
         Self {
-            client: awc::Client::builder()
-                .connector(connector)
-                .disable_redirects()
-                .finish(),
+            client: crate::tls::http_client(tls, connect_timeout),
         }
     }
 }

@@ -39,10 +39,14 @@ pub async fn run(config: Config) -> Result<(), String> {
         let data = data.clone();
         let connections = state.connections.clone();
         let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
+        let outbound_tls = state.outbound_tls.clone();
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .app_data(web::Data::new(gateway::Outbound::new(connect_timeout)))
+                .app_data(web::Data::new(gateway::Outbound::new(
+                    &outbound_tls,
+                    connect_timeout,
+                )))
                 .wrap(TracingLogger::default())
                 .configure(gateway::routes)
         })

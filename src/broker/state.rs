@@ -155,6 +155,8 @@ pub struct BrokerState {
     /// `None` when single use is off.
     pub replay: Option<Arc<MemoryReplay>>,
     pub policy: PolicyBackend,
+    /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
+    pub outbound_tls: openssl::ssl::SslConnector,
     pub audit: AuditSink,
     /// Interned tenant ids handed to shards without allocating per request.
     tenant_keys: HashMap<String, Arc<str>>,
@@ -168,6 +170,7 @@ impl BrokerState {
     /// Builds the state and starts the shard actors (needs an actix System).
     pub fn start(config: Config, admin_token: Option<String>) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new().map_err(|e| format!("metrics setup failed: {e}"))?;
+        let outbound_tls = crate::tls::outbound(&config.tls)?;
         let directory = Arc::new(TenantDirectory::new(&config.tenants));
         let connections = Arc::new(ConnectionRegistry::new(directory.clone(), &metrics));
         let shards = ShardPool::start(
@@ -187,7 +190,8 @@ impl BrokerState {
         let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
         if !jwks.is_empty() {
             let caches = jwks.clone();
-            actix::Supervisor::start(move |_| JwksRefresher::new(caches));
+            let tls = outbound_tls.clone();
+            actix::Supervisor::start(move |_| JwksRefresher::new(caches, tls.clone()));
         }
         let policy = policy_backend(&config, &metrics)?;
         let replay = config.poa.single_use.then(|| {
@@ -219,6 +223,7 @@ impl BrokerState {
             jwks,
             replay,
             policy,
+            outbound_tls,
             audit,
             tenant_keys,
             admin_token,

@@ -250,13 +250,16 @@ impl JwksCache {
 /// Fetches every tenant's JWKS at start and periodically (supervised).
 pub struct JwksRefresher {
     pub caches: Vec<Arc<JwksCache>>,
+    tls: openssl::ssl::SslConnector,
     client: Option<awc::Client>,
 }
 
 impl JwksRefresher {
-    pub fn new(caches: Vec<Arc<JwksCache>>) -> Self {
+    /// `tls`: outbound TLS (system trust store + `tls.outbound_ca_file`).
+    pub fn new(caches: Vec<Arc<JwksCache>>, tls: openssl::ssl::SslConnector) -> Self {
         Self {
             caches,
+            tls,
             client: None,
         }
     }
@@ -266,7 +269,11 @@ impl JwksRefresher {
             let Some(cache) = this.caches.get(index).cloned() else {
                 return;
             };
-            let client = this.client.get_or_insert_with(awc::Client::default).clone();
+            let tls = &this.tls;
+            let client = this
+                .client
+                .get_or_insert_with(|| crate::tls::http_client(tls, Duration::from_secs(5)))
+                .clone();
             let fut = async move {
                 let _flight = cache.fetch_lock.lock().await;
                 cache.fetch(&client).await.is_ok()
