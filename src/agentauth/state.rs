@@ -67,7 +67,7 @@ impl TierPolicy {
         let input = serde_json::json!({"tenant": {"id": tenant}, "poa": {"act": act}});
         let mut running = self.lock()?;
         let engine = &mut running.1;
-        engine.set_input(regorus::Value::from(input));
+        engine.set_input(crate::policy::embedded::input_value(&input));
         let v = engine
             .eval_rule(RISK_TIER_RULE.to_string())
             .map_err(|e| e.to_string())?;
