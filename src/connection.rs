@@ -1,11 +1,13 @@
-//! Live mTLS connections: who is on the other end and how many connections
-//! each tenant holds. Identity is read once per connection, at accept time,
-//! not once per request.
+//! Live mTLS connections: who is on the other end, how many connections
+//! each tenant holds, and cutting a suspended tenant off. Identity is read
+//! once per connection, at accept time, not once per request.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::Shutdown;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use actix_tls::accept::openssl::TlsStream;
 use actix_web::dev::Extensions;
@@ -40,16 +42,30 @@ struct TenantConnections {
     live: AtomicUsize,
     gauge: IntGauge,
     refused: IntCounter,
+    /// Set through the admin API: requests are refused and live
+    /// connections are closed.
+    suspended: AtomicBool,
+    suspended_gauge: IntGauge,
+    /// A duplicate handle of each live connection's socket, by slot id, so
+    /// a suspension can shut them down. Holding the duplicate also keeps
+    /// the socket from being reused while it is listed.
+    sockets: Mutex<HashMap<u64, std::net::TcpStream>>,
 }
 
 /// Releases a tenant connection slot on drop (i.e. when the connection and
 /// its extensions go away).
-pub struct SlotGuard(Arc<TenantConnections>);
+pub struct SlotGuard {
+    tenant: Arc<TenantConnections>,
+    id: u64,
+}
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
-        self.0.gauge.dec();
+        self.tenant.live.fetch_sub(1, Ordering::AcqRel);
+        self.tenant.gauge.dec();
+        if let Ok(mut sockets) = self.tenant.sockets.lock() {
+            sockets.remove(&self.id);
+        }
     }
 }
 
@@ -57,6 +73,7 @@ impl Drop for SlotGuard {
 pub struct ConnectionRegistry {
     directory: Arc<TenantDirectory>,
     tenants: HashMap<String, Arc<TenantConnections>>,
+    next_slot: AtomicU64,
 }
 
 impl ConnectionRegistry {
@@ -70,11 +87,18 @@ impl ConnectionRegistry {
                         live: AtomicUsize::new(0),
                         gauge: metrics.tenant_connections.with_label_values(&[id]),
                         refused: metrics.connections_refused.with_label_values(&[id]),
+                        suspended: AtomicBool::new(false),
+                        suspended_gauge: metrics.tenant_suspended.with_label_values(&[id]),
+                        sockets: Mutex::new(HashMap::new()),
                     }),
                 )
             })
             .collect();
-        Self { directory, tenants }
+        Self {
+            directory,
+            tenants,
+            next_slot: AtomicU64::new(0),
+        }
     }
 
     /// Classifies a freshly accepted connection (actix-web `on_connect`).
@@ -82,18 +106,30 @@ impl ConnectionRegistry {
         let Some(tls) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
             return;
         };
-        extensions.insert(self.classify(peer_identity(tls.ssl())));
+        // A duplicate of the socket handle, for closing it on suspension.
+        let socket = tls
+            .get_ref()
+            .as_fd()
+            .try_clone_to_owned()
+            .map(std::net::TcpStream::from)
+            .ok();
+        extensions.insert(self.classify(peer_identity(tls.ssl()), socket));
     }
 
-    /// Attributes an identity to its tenant and takes a connection slot.
-    pub fn classify(&self, identity: Result<SpiffeId, IdentityError>) -> PeerConnection {
+    /// Attributes an identity to its tenant and takes a connection slot
+    /// (listing `socket` under it).
+    pub fn classify(
+        &self,
+        identity: Result<SpiffeId, IdentityError>,
+        socket: Option<std::net::TcpStream>,
+    ) -> PeerConnection {
         let tenant = identity
             .as_ref()
             .ok()
             .and_then(|id| self.directory.resolve(id))
             .cloned();
         let slot = match &tenant {
-            Some(t) if t.enabled => self.take_slot(t),
+            Some(t) if t.enabled && !self.suspended(&t.id) => self.take_slot(t, socket),
             _ => ConnectionSlot::Unattributed,
         };
         PeerConnection {
@@ -103,7 +139,7 @@ impl ConnectionRegistry {
         }
     }
 
-    fn take_slot(&self, tenant: &Tenant) -> ConnectionSlot {
+    fn take_slot(&self, tenant: &Tenant, socket: Option<std::net::TcpStream>) -> ConnectionSlot {
         let Some(entry) = self.tenants.get(&tenant.id) else {
             return ConnectionSlot::Unattributed;
         };
@@ -113,7 +149,43 @@ impl ConnectionRegistry {
             return ConnectionSlot::OverLimit;
         }
         entry.gauge.inc();
-        ConnectionSlot::Held(SlotGuard(entry.clone()))
+        let id = self.next_slot.fetch_add(1, Ordering::Relaxed);
+        if let (Some(socket), Ok(mut sockets)) = (socket, entry.sockets.lock()) {
+            sockets.insert(id, socket);
+        }
+        ConnectionSlot::Held(SlotGuard {
+            tenant: entry.clone(),
+            id,
+        })
+    }
+
+    /// Whether `tenant_id` is suspended.
+    pub fn suspended(&self, tenant_id: &str) -> bool {
+        self.tenants
+            .get(tenant_id)
+            .is_some_and(|e| e.suspended.load(Ordering::Acquire))
+    }
+
+    /// Suspends (or resumes) a tenant. Suspending also shuts down every live
+    /// connection of its agents; returns how many, or `None` for an unknown
+    /// tenant. The flag is set first, so a connection accepted meanwhile is
+    /// refused at its first request.
+    pub fn suspend(&self, tenant_id: &str, on: bool) -> Option<usize> {
+        let entry = self.tenants.get(tenant_id)?;
+        entry.suspended.store(on, Ordering::Release);
+        entry.suspended_gauge.set(i64::from(on));
+        if !on {
+            return Some(0);
+        }
+        let sockets = entry.sockets.lock().ok()?;
+        // Shutting the socket down ends the connection for its task
+        // (reads and writes fail), whatever protocol state it is in.
+        Some(
+            sockets
+                .values()
+                .filter(|s| s.shutdown(Shutdown::Both).is_ok())
+                .count(),
+        )
     }
 
     /// Live connections of `tenant_id`.
@@ -154,17 +226,17 @@ mod tests {
     #[test]
     fn enforces_the_tenant_limit_and_releases_on_close() {
         let r = registry();
-        let a = r.classify(id("spiffe://acme.example/a"));
-        let b = r.classify(id("spiffe://acme.example/b"));
+        let a = r.classify(id("spiffe://acme.example/a"), None);
+        let b = r.classify(id("spiffe://acme.example/b"), None);
         assert!(matches!(a.slot, ConnectionSlot::Held(_)));
         assert!(matches!(b.slot, ConnectionSlot::Held(_)));
         assert_eq!(r.live("acme"), 2);
-        let c = r.classify(id("spiffe://acme.example/c"));
+        let c = r.classify(id("spiffe://acme.example/c"), None);
         assert!(matches!(c.slot, ConnectionSlot::OverLimit));
         assert_eq!(r.live("acme"), 2);
         drop(a);
         assert_eq!(r.live("acme"), 1);
-        let d = r.classify(id("spiffe://acme.example/d"));
+        let d = r.classify(id("spiffe://acme.example/d"), None);
         assert!(matches!(d.slot, ConnectionSlot::Held(_)));
     }
 
@@ -172,12 +244,46 @@ mod tests {
     fn unknown_disabled_and_anonymous_peers_take_no_slot() {
         let r = registry();
         for p in [
-            r.classify(id("spiffe://evil.example/a")),
-            r.classify(id("spiffe://off.example/a")),
-            r.classify(Err(IdentityError::NoCertificate)),
+            r.classify(id("spiffe://evil.example/a"), None),
+            r.classify(id("spiffe://off.example/a"), None),
+            r.classify(Err(IdentityError::NoCertificate), None),
         ] {
             assert!(matches!(p.slot, ConnectionSlot::Unattributed));
         }
         assert_eq!(r.live("off"), 0);
+    }
+
+    #[test]
+    fn suspending_a_tenant_shuts_its_connections_and_refuses_slots() {
+        use std::io::Read;
+        let r = registry();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            clients.push(std::net::TcpStream::connect(addr).unwrap());
+            let (server_side, _) = listener.accept().unwrap();
+            held.push(r.classify(id("spiffe://acme.example/a"), Some(server_side)));
+        }
+        assert_eq!(r.live("acme"), 2);
+        assert!(!r.suspended("acme"));
+        assert_eq!(r.suspend("acme", true), Some(2));
+        assert!(r.suspended("acme"));
+        // The peers see the connection end.
+        for c in &mut clients {
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
+        }
+        // No new slots while suspended; slots come back after resuming.
+        let p = r.classify(id("spiffe://acme.example/b"), None);
+        assert!(matches!(p.slot, ConnectionSlot::Unattributed));
+        drop(held);
+        assert_eq!(r.live("acme"), 0);
+        assert_eq!(r.suspend("acme", false), Some(0));
+        let p = r.classify(id("spiffe://acme.example/b"), None);
+        assert!(matches!(p.slot, ConnectionSlot::Held(_)));
+        assert_eq!(r.suspend("nobody", true), None);
     }
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub tenant_connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    /// 1 while a tenant is suspended through the admin API.
+    pub tenant_suspended: IntGaugeVec,
     /// Mandate checks by `result` (`valid`, `invalid`, `expired`, …).
     pub poa_validations: IntCounterVec,
     pub policy_seconds: HistogramVec,
@@ -72,6 +74,13 @@ impl Metrics {
             Opts::new(
                 "atb_tenant_connections_refused_total",
                 "Connections over a tenant's connection limit",
+            ),
+            &["tenant"],
+        )?;
+        let tenant_suspended = IntGaugeVec::new(
+            Opts::new(
+                "atb_tenant_suspended",
+                "1 while the tenant is suspended (requests refused, connections closed)",
             ),
             &["tenant"],
         )?;
@@ -156,6 +165,7 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(tenant_connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(tenant_suspended.clone()))?;
         let actors = ActorMetrics::register(&registry)?;
         Ok(Self {
             registry,
@@ -164,6 +174,7 @@ impl Metrics {
             rejections,
             tenant_connections,
             connections_refused,
+            tenant_suspended,
             poa_validations,
             policy_seconds,
             policy_decisions,

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -322,6 +323,115 @@ fn tenant_connection_limit_is_enforced_and_released() {
     assert_eq!(
         metric(&m, r#"atb_tenant_connections_refused_total{tenant="acme"}"#),
         Some(1.0)
+    );
+}
+
+#[test]
+fn suspending_a_tenant_closes_its_connections_and_refuses_it_until_resumed() {
+    let pki = pki();
+    let token = "suspend-token-0123456789abcdef";
+    let broker = Broker::start(&pki, TENANTS, &[("ATB_ADMIN_TOKEN", token)]);
+    let auth = format!("Authorization: Bearer {token}");
+    // A live, idle connection of an acme agent.
+    let mut holder = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", broker.port),
+        ])
+        .arg("-cert")
+        .arg(pki.path("acme-agent.crt"))
+        .arg("-key")
+        .arg(pki.path("acme-agent.key"))
+        .arg("-CAfile")
+        .arg(pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(
+            &broker.metrics(),
+            r#"atb_tenant_connections{tenant="acme"}"#,
+        ) == Some(1.0)
+    }));
+    // One request, so the connection is in keep-alive (idle for up to 75 s)
+    // rather than waiting for its first request (closed after 5 s).
+    holder
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        holder.try_wait().unwrap(),
+        None,
+        "the connection must be idle, not closed"
+    );
+
+    let set = |id: &str, body: &str, headers: &[&str]| {
+        admin(
+            &broker,
+            "POST",
+            &format!("/admin/tenants/{id}"),
+            headers,
+            Some(body),
+        )
+    };
+    let on = r#"{"suspended": true}"#;
+    assert_eq!(set("acme", on, &[]).status, 401);
+    assert_eq!(set("acme", r#"{"suspended": "yes"}"#, &[&auth]).status, 400);
+    assert_eq!(set("nobody", on, &[&auth]).status, 404);
+    let r = set("acme", on, &[&auth]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["suspended"], true);
+    assert_eq!(r.json()["closed_connections"], 1);
+
+    // The held connection is closed by the broker, not by its client.
+    assert!(eventually(Duration::from_secs(10), || holder
+        .try_wait()
+        .unwrap()
+        .is_some()));
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(
+            &broker.metrics(),
+            r#"atb_tenant_connections{tenant="acme"}"#,
+        ) == Some(0.0)
+    }));
+    // New requests are refused; another tenant is not affected.
+    let a = agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    assert_eq!(
+        (a.status, a.error().as_str()),
+        (403, "unknown_tenant"),
+        "{a:?}"
+    );
+    assert!(a.json()["reason"].as_str().unwrap().contains("suspended"));
+    assert_eq!(
+        agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]).error(),
+        "poa_required"
+    );
+    let view = admin(&broker, "GET", "/admin/tenants/acme", &[&auth], None).json();
+    assert_eq!(view["suspended"], true);
+    assert_eq!(view["enabled"], true);
+    let m = broker.metrics();
+    assert_eq!(
+        metric(&m, r#"atb_tenant_suspended{tenant="acme"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, r#"atb_tenant_suspended{tenant="globex"}"#),
+        Some(0.0)
+    );
+
+    // Resumed: served again.
+    let r = set("acme", r#"{"suspended": false}"#, &[&auth]);
+    assert_eq!(r.json()["suspended"], false);
+    assert_eq!(
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
+        "poa_required"
     );
 }
 

@@ -1,5 +1,5 @@
 //! The plain-HTTP admin listener: liveness, readiness, metrics, and the
-//! token-protected maintenance toggle and policy reload.
+//! token-protected maintenance toggle, policy reload and tenant suspension.
 
 use actix_web::http::header::{ContentType, AUTHORIZATION};
 use actix_web::http::StatusCode;
@@ -16,7 +16,9 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .route("/metrics", web::get().to(metrics))
         .route("/admin/maintenance", web::get().to(get_maintenance))
         .route("/admin/maintenance", web::post().to(set_maintenance))
-        .route("/admin/policy/reload", web::post().to(reload_policy));
+        .route("/admin/policy/reload", web::post().to(reload_policy))
+        .route("/admin/tenants/{id}", web::get().to(get_tenant))
+        .route("/admin/tenants/{id}", web::post().to(set_tenant));
     if fault_injection {
         cfg.route("/debug/fault", web::post().to(inject_fault));
     }
@@ -113,6 +115,86 @@ async fn set_maintenance(
         "maintenance mode changed through the admin API"
     );
     HttpResponse::Ok().json(serde_json::json!({"maintenance": toggle.enabled}))
+}
+
+fn tenant_view(state: &BrokerState, id: &str) -> Option<serde_json::Value> {
+    let tenant = state.directory.get(id)?;
+    Some(serde_json::json!({
+        "id": tenant.id,
+        "enabled": tenant.enabled,
+        "suspended": state.connections.suspended(id),
+        "live_connections": state.connections.live(id),
+    }))
+}
+
+fn no_such_tenant() -> HttpResponse {
+    Rejection::new(
+        StatusCode::NOT_FOUND,
+        "unknown_tenant",
+        "no tenant with this id is configured",
+    )
+    .to_response("")
+}
+
+async fn get_tenant(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    match tenant_view(&state, &id) {
+        Some(v) => HttpResponse::Ok().json(v),
+        None => no_such_tenant(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantToggle {
+    suspended: bool,
+}
+
+/// Suspends or resumes a tenant: `{"suspended": true}` refuses its
+/// requests (403 `unknown_tenant`) and closes its live connections at once;
+/// `false` lets them back. Not persisted: a restart uses the configuration.
+async fn set_tenant(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    let toggle: TenantToggle = match serde_json::from_slice(&body) {
+        Ok(t) => t,
+        Err(e) => {
+            return Rejection::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("expected {{\"suspended\": true|false}}: {e}"),
+            )
+            .to_response("")
+        }
+    };
+    let Some(closed) = state.connections.suspend(&id, toggle.suspended) else {
+        return no_such_tenant();
+    };
+    tracing::warn!(
+        tenant = %id,
+        suspended = toggle.suspended,
+        closed_connections = closed,
+        "tenant suspension changed through the admin API"
+    );
+    match tenant_view(&state, &id) {
+        Some(mut v) => {
+            v["closed_connections"] = closed.into();
+            HttpResponse::Ok().json(v)
+        }
+        None => no_such_tenant(),
+    }
 }
 
 /// Re-reads the policy now: 200 `{"changed": bool}`, 422 with the reason

@@ -191,6 +191,9 @@ async fn pipeline(
     if !tenant.enabled {
         return Err(Rejection::unknown_tenant("the tenant is disabled"));
     }
+    if state.connections.suspended(&tenant.id) {
+        return Err(Rejection::unknown_tenant("the tenant is suspended").closing());
+    }
     if matches!(peer.slot, ConnectionSlot::OverLimit) {
         return Err(Rejection::connection_limit(retry_after));
     }
