@@ -84,6 +84,17 @@ async fn get_maintenance(req: HttpRequest, state: web::Data<BrokerState>) -> Htt
     HttpResponse::Ok().json(serde_json::json!({"maintenance": state.maintenance()}))
 }
 
+/// An admin request's JSON body, or a 400 naming the `expected` shape.
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
+        Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected {expected}: {e}"),
+        )
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MaintenanceToggle {
@@ -98,16 +109,9 @@ async fn set_maintenance(
     if let Err(r) = authorize(&req, &state) {
         return r.to_response("");
     }
-    let toggle: MaintenanceToggle = match serde_json::from_slice(&body) {
+    let toggle: MaintenanceToggle = match json_body(&body, r#"{"enabled": true|false}"#) {
         Ok(t) => t,
-        Err(e) => {
-            return Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("expected {{\"enabled\": true|false}}: {e}"),
-            )
-            .to_response("")
-        }
+        Err(r) => return r.to_response(""),
     };
     state.set_maintenance(toggle.enabled);
     tracing::warn!(
@@ -168,16 +172,9 @@ async fn set_tenant(
     if let Err(r) = authorize(&req, &state) {
         return r.to_response("");
     }
-    let toggle: TenantToggle = match serde_json::from_slice(&body) {
+    let toggle: TenantToggle = match json_body(&body, r#"{"suspended": true|false}"#) {
         Ok(t) => t,
-        Err(e) => {
-            return Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("expected {{\"suspended\": true|false}}: {e}"),
-            )
-            .to_response("")
-        }
+        Err(r) => return r.to_response(""),
     };
     let Some(closed) = state.connections.suspend(&id, toggle.suspended) else {
         return no_such_tenant();
