@@ -24,8 +24,40 @@ pub struct Config {
     pub poa: PoaConfig,
     pub policy: PolicyConfig,
     pub upstream: UpstreamConfig,
+    pub audit: AuditConfig,
     pub tenants: Vec<TenantConfig>,
     pub agentauth: crate::agentauth::config::AgentAuthConfig,
+}
+
+/// Where audit lines go (each process writes its own hash chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSinkKind {
+    Stdout,
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// `stdout` (default; logs go to stderr) or `file`.
+    pub sink: AuditSinkKind,
+    /// The append-only file for `sink = "file"`; a restart continues the
+    /// chain written there.
+    pub file: PathBuf,
+    /// Events waiting for the writer; when full, requests wait for room
+    /// (nothing is dropped).
+    pub queue_capacity: usize,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sink: AuditSinkKind::Stdout,
+            file: PathBuf::new(),
+            queue_capacity: 65_536,
+        }
+    }
 }
 
 /// Mandate handling common to all tenants.
@@ -533,6 +565,19 @@ impl Config {
         }
         if let Some(v) = env_choice(
             env,
+            "AUDIT_SINK",
+            &[
+                ("stdout", AuditSinkKind::Stdout),
+                ("file", AuditSinkKind::File),
+            ],
+        )? {
+            self.audit.sink = v;
+        }
+        if let Some(v) = env("AUDIT_FILE") {
+            self.audit.file = v.into();
+        }
+        if let Some(v) = env_choice(
+            env,
             "LOG_FORMAT",
             &[("json", LogFormat::Json), ("text", LogFormat::Text)],
         )? {
@@ -620,6 +665,15 @@ impl Config {
                     "is required (client certificates are always verified)",
                 ));
             }
+        }
+        if self.audit.sink == AuditSinkKind::File && self.audit.file.as_os_str().is_empty() {
+            return Err(invalid(
+                "audit.file",
+                "is required when audit.sink = \"file\"",
+            ));
+        }
+        if self.audit.queue_capacity == 0 {
+            return Err(invalid("audit.queue_capacity", "must be at least 1"));
         }
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "must not be empty"));
@@ -971,6 +1025,27 @@ mod tests {
         c.validate().unwrap();
         c.agentauth.validate_for_service().unwrap();
         assert!(!c.tenants.is_empty());
+    }
+
+    #[test]
+    fn audit_sink_settings_are_checked() {
+        let file_without_path = parse(&format!("{MINIMAL}\n[audit]\nsink = \"file\"\n"));
+        assert!(err(&file_without_path).contains("audit.file"));
+        let mut c = parse(MINIMAL);
+        let env = |k: &str| match k {
+            "AUDIT_SINK" => Some("file".to_string()),
+            "AUDIT_FILE" => Some("/var/log/atb/audit.jsonl".to_string()),
+            _ => None,
+        };
+        c.apply_env(&env).unwrap();
+        assert_eq!(c.audit.sink, AuditSinkKind::File);
+        c.validate().unwrap();
+        let bad = |k: &str| (k == "AUDIT_SINK").then(|| "syslog".to_string());
+        assert!(c
+            .apply_env(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("AUDIT_SINK"));
     }
 
     #[test]

@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Audit logs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run everything locally on embedded defaults: dev PKI, demo upstream,
     /// broker and AgentAuth.
     Dev {
@@ -124,6 +129,14 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chains of an audit log (a file, or `-` for stdin):
+    /// every line's own hash, its sequence number and its link to the
+    /// previous line of its chain. Exits 1 at the first break.
+    Verify { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum PkiCommand {
     /// Generate a dev CA, a localhost server certificate and agent client
     /// certificates with SPIFFE URI SANs for two tenants.
@@ -195,6 +208,27 @@ fn run(cli: Cli) -> Result<(), String> {
                 println!("revoked  {k}");
             }
             Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let result = if file.as_os_str() == "-" {
+                atb::audit::chain::verify(std::io::stdin().lock())
+            } else {
+                std::fs::File::open(&file)
+                    .and_then(|f| atb::audit::chain::verify(std::io::BufReader::new(f)))
+            }
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+            for (chain, (lines, starts)) in &result.chains {
+                println!("chain {chain}: {lines} lines, {starts} start(s)");
+            }
+            match result.broken {
+                None => {
+                    println!("intact: {} lines", result.lines);
+                    Ok(())
+                }
+                Some((line, why)) => Err(format!("audit chain broken at line {line}: {why}")),
+            }
         }
         Command::Dev {
             dir,

@@ -647,6 +647,90 @@ fn sigterm_turns_readiness_off_drains_and_exits_zero() {
     assert!(broker.stderr().contains("broker stopped"));
 }
 
+/// `atb audit verify FILE`: (success, stdout + stderr).
+fn audit_verify(file: &std::path::Path) -> (bool, String) {
+    let out = Command::new(ATB)
+        .args(["audit", "verify"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn audit_lines_form_a_hash_chain_that_atb_audit_verify_checks() {
+    let pki = pki();
+    let mut broker = Broker::start(&pki, TENANTS, &[]);
+    for agent in ["acme-agent", "globex-agent", "acme-agent"] {
+        agent_get(&broker, &pki, Some(agent), "/api/x", &[]);
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
+    let events = broker.audit();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[2]["chain"], "broker");
+    assert_eq!(events[2]["seq"], 2);
+    assert_eq!(events[2]["prev"], events[1]["hash"]);
+    let (ok, out) = audit_verify(&broker.stdout_path);
+    assert!(ok, "{out}");
+    assert!(out.contains("chain broker: 3 lines"), "{out}");
+
+    // Any edit is found, with its line.
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::read_to_string(&broker.stdout_path).unwrap();
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, log.replacen("\"deny\"", "\"allow\"", 2)).unwrap();
+    let (ok, out) = audit_verify(&tampered);
+    assert!(!ok);
+    assert!(out.contains("broken at line 1"), "{out}");
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.remove(1);
+    std::fs::write(&tampered, lines.join("\n")).unwrap();
+    let (ok, out) = audit_verify(&tampered);
+    assert!(!ok && out.contains("broken at line 2"), "{out}");
+}
+
+#[test]
+fn a_file_audit_sink_continues_its_chain_across_restarts() {
+    let pki = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let env = [
+        ("AUDIT_SINK", "file"),
+        ("AUDIT_FILE", file.to_str().unwrap()),
+    ];
+    for round in 0..2 {
+        let mut broker = Broker::start(&pki, TENANTS, &env);
+        agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+        agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]);
+        let kill = Command::new("kill")
+            .args(["-TERM", &broker.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
+        assert!(
+            broker.audit().is_empty(),
+            "round {round}: nothing on stdout"
+        );
+    }
+    let (ok, out) = audit_verify(&file);
+    assert!(ok, "{out}");
+    assert!(out.contains("chain broker: 4 lines, 1 start"), "{out}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["seq"], 3);
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();

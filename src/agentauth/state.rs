@@ -100,8 +100,7 @@ impl AgentAuthState {
         let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
         let keys = KeyRing::load(&a.keys_dir)?;
         let bundle = PolicyBundle::from_config(config)?;
-        let audit = AuditSink::stdout(65_536, metrics.audit_events.clone())
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        let audit = AuditSink::start("agentauth", &config.audit, metrics.audit_events.clone())?;
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants),
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),

@@ -204,8 +204,7 @@ impl BrokerState {
             actix::Supervisor::start(move |_| sweeper);
             cache
         });
-        let audit = AuditSink::stdout(65_536, metrics.audit_events.clone())
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        let audit = AuditSink::start("broker", &config.audit, metrics.audit_events.clone())?;
         let tenant_keys = directory
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))

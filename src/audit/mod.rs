@@ -1,0 +1,270 @@
+//! Audit events: one JSON line per decision (every allow and every deny)
+//! and per AgentAuth event, sealed into a hash chain ([`chain`]) and written
+//! by a dedicated thread to stdout or an append-only file. The queue is
+//! bounded and a full queue makes the request wait for room — an event is
+//! never dropped.
+
+pub mod chain;
+
+use std::io::{BufReader, Write};
+use std::path::Path;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AuditConfig, AuditSinkKind};
+use chain::{Chain, ChainHead};
+
+/// One decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEvent {
+    /// RFC 3339 UTC timestamp.
+    pub ts: String,
+    pub event: &'static str,
+    pub request_id: String,
+    pub tenant: String,
+    pub agent: String,
+    pub method: String,
+    pub path: String,
+    pub action: String,
+    pub jti: String,
+    /// `allow`, `deny` or `error`.
+    pub decision: &'static str,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The error code (`""` on allow).
+    pub code: &'static str,
+    pub reason: String,
+    pub risk_tier: String,
+    pub connector: String,
+    pub latency_us: u64,
+}
+
+/// The `decision` of an answer: allow for 2xx/3xx, error for 5xx, else deny.
+pub fn decision_for(status: u16) -> &'static str {
+    match status {
+        500.. => "error",
+        400..=499 => "deny",
+        _ => "allow",
+    }
+}
+
+/// An event the audit sink can write: serialisable, with a bounded label
+/// for the `atb_audit_events_total` counter.
+pub trait AuditRecord: Serialize + Send + 'static {
+    fn metric_label(&self) -> &'static str;
+}
+
+impl AuditRecord for AuditEvent {
+    fn metric_label(&self) -> &'static str {
+        self.decision
+    }
+}
+
+/// Hands events to the writer thread.
+pub struct AuditSink<E: AuditRecord = AuditEvent> {
+    tx: mpsc::Sender<Message<E>>,
+    events: prometheus::IntCounterVec,
+}
+
+enum Message<E> {
+    Event(E),
+    /// Settle everything queued before, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+impl<E: AuditRecord> Clone for AuditSink<E> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+impl<E: AuditRecord> AuditSink<E> {
+    /// Starts the writer of chain `chain_name` on the configured sink. A
+    /// file sink continues the chain from the file's last intact line of
+    /// that chain (after a torn last line, on a new line, as a new start).
+    pub fn start(
+        chain_name: &'static str,
+        config: &AuditConfig,
+        events: prometheus::IntCounterVec,
+    ) -> Result<Self, String> {
+        let (out, head) = match config.sink {
+            AuditSinkKind::Stdout => (Output::Stdout(std::io::stdout()), ChainHead::default()),
+            AuditSinkKind::File => {
+                let (file, head) = open_file(&config.file, chain_name)
+                    .map_err(|e| format!("audit.file {}: {e}", config.file.display()))?;
+                (Output::File(file), head.unwrap_or_default())
+            }
+        };
+        let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
+        std::thread::Builder::new()
+            .name("atb-audit".into())
+            .spawn(move || write_loop(rx, Chain::new(chain_name, head), out))
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        Ok(Self { tx, events })
+    }
+
+    /// Records `event`, waiting for queue room if needed.
+    pub async fn record(&self, event: E) {
+        self.events.with_label_values(&[event.metric_label()]).inc();
+        if self.tx.send(Message::Event(event)).await.is_err() {
+            tracing::error!("audit writer is gone; event could not be written");
+        }
+    }
+
+    /// Waits until every event recorded so far is written and settled
+    /// (at shutdown, so nothing queued is lost).
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Message::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+/// Opens `path` for appending and finds where `chain` stands in it. A torn
+/// last line (no newline) is ended first, so the next line starts clean.
+fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, Option<ChainHead>)> {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)?;
+    let head = chain::head_of(BufReader::new(std::fs::File::open(path)?), chain)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8; 1];
+        let mut reader = std::fs::File::open(path)?;
+        reader.seek(SeekFrom::Start(len - 1))?;
+        reader.read_exact(&mut last)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+        }
+    }
+    Ok((file, head))
+}
+
+/// Where sealed lines go.
+enum Output {
+    Stdout(std::io::Stdout),
+    File(std::fs::File),
+}
+
+impl Output {
+    /// One line, in one write.
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Output::Stdout(s) => s.lock().write_all(line),
+            Output::File(f) => f.write_all(line),
+        }
+    }
+
+    /// Makes what was written visible (stdout) or durable (file).
+    fn settle(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Stdout(s) => s.flush(),
+            Output::File(f) => f.sync_data(),
+        }
+    }
+}
+
+/// Seals and writes events as they come, settling the output whenever the
+/// queue is drained. A failed write is retried (with backoff, logged) until
+/// it succeeds: the queue fills meanwhile and requests wait for room, so
+/// nothing is dropped and the chain shows no gap.
+fn write_loop<E: Serialize>(mut rx: mpsc::Receiver<Message<E>>, mut chain: Chain, mut out: Output) {
+    while let Some(message) = rx.blocking_recv() {
+        let event = match message {
+            Message::Event(event) => event,
+            Message::Flush(done) => {
+                if let Err(e) = out.settle() {
+                    tracing::error!(error = %e, "audit output could not be flushed");
+                }
+                let _ = done.send(());
+                continue;
+            }
+        };
+        let mut line = match chain.seal(&event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!(error = %e, "audit event could not be encoded");
+                continue;
+            }
+        };
+        line.push('\n');
+        let mut backoff = std::time::Duration::from_millis(100);
+        while let Err(e) = out.write_line(line.as_bytes()) {
+            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit write failed; retrying (requests wait)");
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
+        if rx.is_empty() {
+            if let Err(e) = out.settle() {
+                tracing::error!(error = %e, "audit output could not be flushed");
+            }
+        }
+    }
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = rfc3339(now.as_secs() as i64);
+    format!("{}.{:03}Z", secs.trim_end_matches('Z'), now.subsec_millis())
+}
+
+/// Unix seconds as RFC 3339 UTC (second precision).
+pub fn rfc3339(secs: i64) -> String {
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let t = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60,
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) — Howard Hinnant's algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        let ts = now_rfc3339();
+        assert_eq!(ts.len(), 24, "{ts}");
+        assert!(ts.ends_with('Z'));
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn decisions_by_status() {
+        assert_eq!(decision_for(200), "allow");
+        assert_eq!(decision_for(403), "deny");
+        assert_eq!(decision_for(503), "error");
+    }
+}
