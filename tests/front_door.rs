@@ -624,11 +624,7 @@ fn sigterm_turns_readiness_off_drains_and_exits_zero() {
     let pki = pki();
     let mut broker = Broker::start(&pki, TENANTS, &[("ATB_DRAIN_DELAY_SECONDS", "2")]);
     assert_eq!(admin(&broker, "GET", "/ready", &[], None).status, 200);
-    let killed = Command::new("kill")
-        .args(["-TERM", &broker.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&broker);
     // During the drain delay: not ready, but still serving.
     assert!(eventually(Duration::from_secs(2), || {
         let r = admin(&broker, "GET", "/ready", &[], None);
@@ -645,6 +641,14 @@ fn sigterm_turns_readiness_off_drains_and_exits_zero() {
         broker.stderr()
     );
     assert!(broker.stderr().contains("broker stopped"));
+}
+
+fn sigterm(broker: &Broker) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
 }
 
 /// `atb audit verify FILE`: (success, stdout + stderr).
@@ -669,11 +673,7 @@ fn audit_lines_form_a_hash_chain_that_atb_audit_verify_checks() {
     for agent in ["acme-agent", "globex-agent", "acme-agent"] {
         agent_get(&broker, &pki, Some(agent), "/api/x", &[]);
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &broker.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigterm(&broker);
     assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
     let events = broker.audit();
     assert_eq!(events.len(), 3, "{events:?}");
@@ -712,11 +712,7 @@ fn a_file_audit_sink_continues_its_chain_across_restarts() {
         let mut broker = Broker::start(&pki, TENANTS, &env);
         agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
         agent_get(&broker, &pki, Some("globex-agent"), "/api/x", &[]);
-        let kill = Command::new("kill")
-            .args(["-TERM", &broker.pid().to_string()])
-            .status()
-            .unwrap();
-        assert!(kill.success());
+        sigterm(&broker);
         assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
         assert!(
             broker.audit().is_empty(),
