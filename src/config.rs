@@ -35,6 +35,7 @@ pub struct Config {
 pub enum AuditSinkKind {
     Stdout,
     File,
+    Http,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -48,6 +49,15 @@ pub struct AuditConfig {
     /// Events waiting for the writer; when full, requests wait for room
     /// (nothing is dropped).
     pub queue_capacity: usize,
+    /// `sink = "http"`: the collector receiving `POST`s of NDJSON batches
+    /// (retried until it answers 2xx).
+    pub http_url: String,
+    /// `Authorization` header value for the collector (prefer the
+    /// `AUDIT_SINK_AUTH` environment variable).
+    pub http_authorization: Option<String>,
+    /// Most lines in one batch (a batch is also sent whenever the queue
+    /// drains).
+    pub http_batch_lines: usize,
 }
 
 impl Default for AuditConfig {
@@ -56,6 +66,9 @@ impl Default for AuditConfig {
             sink: AuditSinkKind::Stdout,
             file: PathBuf::new(),
             queue_capacity: 65_536,
+            http_url: String::new(),
+            http_authorization: None,
+            http_batch_lines: 500,
         }
     }
 }
@@ -569,12 +582,19 @@ impl Config {
             &[
                 ("stdout", AuditSinkKind::Stdout),
                 ("file", AuditSinkKind::File),
+                ("http", AuditSinkKind::Http),
             ],
         )? {
             self.audit.sink = v;
         }
         if let Some(v) = env("AUDIT_FILE") {
             self.audit.file = v.into();
+        }
+        if let Some(v) = env("AUDIT_SINK_URL") {
+            self.audit.http_url = v.trim().to_owned();
+        }
+        if let Some(v) = env("AUDIT_SINK_AUTH") {
+            self.audit.http_authorization = Some(v);
         }
         if let Some(v) = env_choice(
             env,
@@ -670,6 +690,15 @@ impl Config {
             return Err(invalid(
                 "audit.file",
                 "is required when audit.sink = \"file\"",
+            ));
+        }
+        if self.audit.sink == AuditSinkKind::Http
+            && !(self.audit.http_url.starts_with("http://")
+                || self.audit.http_url.starts_with("https://"))
+        {
+            return Err(invalid(
+                "audit.http_url",
+                "must be an http:// or https:// URL when audit.sink = \"http\"",
             ));
         }
         if self.audit.queue_capacity == 0 {
@@ -1031,6 +1060,12 @@ mod tests {
     fn audit_sink_settings_are_checked() {
         let file_without_path = parse(&format!("{MINIMAL}\n[audit]\nsink = \"file\"\n"));
         assert!(err(&file_without_path).contains("audit.file"));
+        let http_without_url = parse(&format!("{MINIMAL}\n[audit]\nsink = \"http\"\n"));
+        assert!(err(&http_without_url).contains("audit.http_url"));
+        let http = parse(&format!(
+            "{MINIMAL}\n[audit]\nsink = \"http\"\nhttp_url = \"https://collector.example/ingest\"\n"
+        ));
+        http.validate().unwrap();
         let mut c = parse(MINIMAL);
         let env = |k: &str| match k {
             "AUDIT_SINK" => Some("file".to_string()),

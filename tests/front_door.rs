@@ -727,6 +727,102 @@ fn a_file_audit_sink_continues_its_chain_across_restarts() {
     assert_eq!(last["seq"], 3);
 }
 
+/// What a collector kept: (Authorization header, body) per accepted post.
+type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+/// An audit collector that refuses its first `refuse` posts with 503 and
+/// keeps the bodies (and Authorization headers) of the rest.
+fn start_collector(refuse: usize) -> (u16, Posts) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use std::sync::Arc;
+    let kept: Posts = Arc::default();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = free_port();
+    let store = kept.clone();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(move || {
+                let (store, seen) = (store.clone(), seen.clone());
+                App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+                    let (store, seen) = (store.clone(), seen.clone());
+                    async move {
+                        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                            return HttpResponse::ServiceUnavailable().finish();
+                        }
+                        let auth = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        store
+                            .lock()
+                            .unwrap()
+                            .push((auth, String::from_utf8_lossy(&body).into_owned()));
+                        HttpResponse::NoContent().finish()
+                    }
+                }))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", port))
+            .unwrap()
+            .run()
+            .await
+        })
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    (port, kept)
+}
+
+#[test]
+fn an_http_audit_sink_retries_until_the_collector_takes_every_line() {
+    let pki = pki();
+    let (port, kept) = start_collector(2);
+    let url = format!("http://127.0.0.1:{port}/ingest");
+    let env = [
+        ("AUDIT_SINK", "http"),
+        ("AUDIT_SINK_URL", url.as_str()),
+        ("AUDIT_SINK_AUTH", "Bearer collector-token"),
+    ];
+    let mut broker = Broker::start(&pki, TENANTS, &env);
+    for agent in ["acme-agent", "globex-agent", "acme-agent"] {
+        agent_get(&broker, &pki, Some(agent), "/api/x", &[]);
+    }
+    // The collector refused twice; the lines arrive anyway, in order.
+    let lines = || -> String {
+        kept.lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    };
+    assert!(eventually(Duration::from_secs(15), || lines()
+        .lines()
+        .count()
+        == 3));
+    assert!(kept
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(auth, _)| auth == "Bearer collector-token"));
+    let dir = tempfile::tempdir().unwrap();
+    let received = dir.path().join("received.jsonl");
+    std::fs::write(&received, lines()).unwrap();
+    let (ok, out) = audit_verify(&received);
+    assert!(ok && out.contains("chain broker: 3 lines"), "{out}");
+    sigterm(&broker);
+    assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
+    assert!(broker.audit().is_empty(), "nothing on stdout");
+    assert!(
+        broker.stderr().contains("audit flush failed"),
+        "{}",
+        broker.stderr()
+    );
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_key_named() {
     let dir = tempfile::tempdir().unwrap();

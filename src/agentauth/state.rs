@@ -100,7 +100,12 @@ impl AgentAuthState {
         let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
         let keys = KeyRing::load(&a.keys_dir)?;
         let bundle = PolicyBundle::from_config(config)?;
-        let audit = AuditSink::start("agentauth", &config.audit, metrics.audit_events.clone())?;
+        let audit = AuditSink::start(
+            "agentauth",
+            &config.audit,
+            &config.tls,
+            metrics.audit_events.clone(),
+        )?;
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants),
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),

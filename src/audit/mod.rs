@@ -1,6 +1,7 @@
 //! Audit events: one JSON line per decision (every allow and every deny)
 //! and per AgentAuth event, sealed into a hash chain ([`chain`]) and written
-//! by a dedicated thread to stdout or an append-only file. The queue is
+//! by a dedicated thread to stdout, an append-only file or an HTTP
+//! collector (NDJSON batches). The queue is
 //! bounded and a full queue makes the request wait for room — an event is
 //! never dropped.
 
@@ -89,20 +90,34 @@ impl<E: AuditRecord> AuditSink<E> {
     pub fn start(
         chain_name: &'static str,
         config: &AuditConfig,
+        tls: &crate::config::TlsConfig,
         events: prometheus::IntCounterVec,
     ) -> Result<Self, String> {
-        let (out, head) = match config.sink {
-            AuditSinkKind::Stdout => (Output::Stdout(std::io::stdout()), ChainHead::default()),
+        // Files are opened here, so a bad path fails the start; an HTTP
+        // client is made on the writer thread, which runs it.
+        let (file, head) = match config.sink {
             AuditSinkKind::File => {
-                let (file, head) = open_file(&config.file, chain_name)
+                let (f, head) = open_file(&config.file, chain_name)
                     .map_err(|e| format!("audit.file {}: {e}", config.file.display()))?;
-                (Output::File(file), head.unwrap_or_default())
+                (Some(f), head.unwrap_or_default())
             }
+            _ => (None, ChainHead::default()),
+        };
+        let http = match config.sink {
+            AuditSinkKind::Http => Some((config.clone(), crate::tls::outbound(tls)?)),
+            _ => None,
         };
         let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
         std::thread::Builder::new()
             .name("atb-audit".into())
-            .spawn(move || write_loop(rx, Chain::new(chain_name, head), out))
+            .spawn(move || {
+                let out = match (file, http) {
+                    (Some(f), _) => Output::File(f),
+                    (None, Some((c, tls))) => Output::Http(Box::new(HttpBatch::new(&c, &tls))),
+                    (None, None) => Output::Stdout(std::io::stdout()),
+                };
+                write_loop(rx, Chain::new(chain_name, head), out)
+            })
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Self { tx, events })
     }
@@ -152,38 +167,120 @@ fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, Option
 enum Output {
     Stdout(std::io::Stdout),
     File(std::fs::File),
+    Http(Box<HttpBatch>),
 }
 
 impl Output {
-    /// One line, in one write.
+    /// One line, in one write (for HTTP: into the pending batch).
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         match self {
             Output::Stdout(s) => s.lock().write_all(line),
             Output::File(f) => f.write_all(line),
+            Output::Http(h) => {
+                h.pending.extend_from_slice(line);
+                h.lines += 1;
+                Ok(())
+            }
         }
     }
 
-    /// Makes what was written visible (stdout) or durable (file).
+    /// Whether the output should be settled before the queue drains.
+    fn full(&self) -> bool {
+        matches!(self, Output::Http(h) if h.lines >= h.max_lines)
+    }
+
+    /// Makes what was written visible (stdout), durable (file) or
+    /// delivered (HTTP: the pending batch is posted).
     fn settle(&mut self) -> std::io::Result<()> {
         match self {
             Output::Stdout(s) => s.flush(),
             Output::File(f) => f.sync_data(),
+            Output::Http(h) => h.post(),
         }
     }
 }
 
+/// Sealed lines posted in batches as NDJSON (the exact bytes, so the
+/// collector's stored body verifies with `atb audit verify`).
+struct HttpBatch {
+    runner: actix_web::rt::SystemRunner,
+    client: awc::Client,
+    url: String,
+    authorization: Option<String>,
+    pending: Vec<u8>,
+    lines: usize,
+    max_lines: usize,
+    timeout: std::time::Duration,
+}
+
+impl HttpBatch {
+    fn new(config: &AuditConfig, tls: &openssl::ssl::SslConnector) -> Self {
+        let runner = actix_web::rt::System::new();
+        let timeout = std::time::Duration::from_secs(10);
+        let client = runner.block_on(async { crate::tls::http_client(tls, timeout) });
+        Self {
+            runner,
+            client,
+            url: config.http_url.clone(),
+            authorization: config.http_authorization.clone(),
+            pending: Vec::new(),
+            lines: 0,
+            max_lines: config.http_batch_lines.max(1),
+            timeout,
+        }
+    }
+
+    /// Posts the pending batch; kept for the next try unless the collector
+    /// answers 2xx.
+    fn post(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut request = self
+            .client
+            .post(&self.url)
+            .timeout(self.timeout)
+            .insert_header(("content-type", "application/x-ndjson"));
+        if let Some(auth) = &self.authorization {
+            request = request.insert_header(("authorization", auth.as_str()));
+        }
+        let body = actix_web::web::Bytes::copy_from_slice(&self.pending);
+        let status = self
+            .runner
+            .block_on(async move { request.send_body(body).await.map(|r| r.status()) })
+            .map_err(|e| std::io::Error::other(format!("audit collector: {e}")))?;
+        if !status.is_success() {
+            return Err(std::io::Error::other(format!(
+                "audit collector answered {status}"
+            )));
+        }
+        self.pending.clear();
+        self.lines = 0;
+        Ok(())
+    }
+}
+
+/// Runs `op` until it succeeds, logging and backing off (up to 5 s) in
+/// between: the queue fills meanwhile and requests wait for room.
+fn retry(what: &str, mut op: impl FnMut() -> std::io::Result<()>) {
+    let mut backoff = std::time::Duration::from_millis(100);
+    while let Err(e) = op() {
+        tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit {what} failed; retrying (requests wait)");
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// Seals and writes events as they come, settling the output whenever the
-/// queue is drained. A failed write is retried (with backoff, logged) until
-/// it succeeds: the queue fills meanwhile and requests wait for room, so
-/// nothing is dropped and the chain shows no gap.
+/// queue is drained (or an HTTP batch is full). Failed writes and settles
+/// are retried until they succeed, so nothing is dropped and the chain
+/// shows no gap.
 fn write_loop<E: Serialize>(mut rx: mpsc::Receiver<Message<E>>, mut chain: Chain, mut out: Output) {
     while let Some(message) = rx.blocking_recv() {
         let event = match message {
             Message::Event(event) => event,
             Message::Flush(done) => {
-                if let Err(e) = out.settle() {
-                    tracing::error!(error = %e, "audit output could not be flushed");
-                }
+                retry("flush", || out.settle());
                 let _ = done.send(());
                 continue;
             }
@@ -196,16 +293,9 @@ fn write_loop<E: Serialize>(mut rx: mpsc::Receiver<Message<E>>, mut chain: Chain
             }
         };
         line.push('\n');
-        let mut backoff = std::time::Duration::from_millis(100);
-        while let Err(e) = out.write_line(line.as_bytes()) {
-            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit write failed; retrying (requests wait)");
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-        }
-        if rx.is_empty() {
-            if let Err(e) = out.settle() {
-                tracing::error!(error = %e, "audit output could not be flushed");
-            }
+        retry("write", || out.write_line(line.as_bytes()));
+        if rx.is_empty() || out.full() {
+            retry("flush", || out.settle());
         }
     }
 }

@@ -204,7 +204,12 @@ impl BrokerState {
             actix::Supervisor::start(move |_| sweeper);
             cache
         });
-        let audit = AuditSink::start("broker", &config.audit, metrics.audit_events.clone())?;
+        let audit = AuditSink::start(
+            "broker",
+            &config.audit,
+            &config.tls,
+            metrics.audit_events.clone(),
+        )?;
         let tenant_keys = directory
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))
