@@ -94,14 +94,15 @@ enum Command {
         #[arg(long, allow_negative_numbers = true)]
         iat: Option<i64>,
         /// Mandate id; default random.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         jti: Option<String>,
         #[arg(long)]
         iss: Option<String>,
         #[arg(long)]
         aud: Option<String>,
-        /// Key id; default the key's RFC 7638 thumbprint.
-        #[arg(long)]
+        /// Key id; default the key's RFC 7638 thumbprint (base64url, so it
+        /// may start with '-').
+        #[arg(long, allow_hyphen_values = true)]
         kid: Option<String>,
     },
     /// Certificate helpers.
