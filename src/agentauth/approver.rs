@@ -5,10 +5,8 @@
 //! roles come from the token only.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use openssl::bn::BigNum;
@@ -23,11 +21,10 @@ use serde_json::Value;
 
 use super::challenge::Approver;
 use super::config::ApproverAuthConfig;
+use crate::poa::jwks::{JwksCache, JwksTimings, KeyDocument};
 
 /// Longest approver token accepted.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Largest JWKS document read.
-const MAX_JWKS_BYTES: usize = 512 * 1024;
 
 /// A verification key and the algorithm it serves.
 #[derive(Clone, Debug)]
@@ -163,14 +160,30 @@ fn fail(s: impl Into<String>) -> AuthError {
     AuthError(s.into())
 }
 
-/// The keys approver tokens are checked against.
+/// The approver IdP's fetched keys, by `kid`.
+#[derive(Default)]
+pub struct ApproverKeySet(HashMap<String, ApproverKey>);
+
+impl KeyDocument for ApproverKeySet {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        parse_jwks(body).map(Self)
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// How long fetched approver keys stay usable while the IdP's JWKS cannot
+/// be fetched; past it only the configured PEM keys verify.
+const APPROVER_KEYS_STALE: Duration = Duration::from_secs(3600);
+
+/// The keys approver tokens are checked against: PEM files, and the IdP's
+/// JWKS through the same cache the broker uses for mandate keys (single
+/// flight, cooldown, negative cache of unknown kids, bounded stale window).
 pub struct ApproverKeys {
     static_keys: HashMap<String, ApproverKey>,
-    fetched: ArcSwap<HashMap<String, ApproverKey>>,
-    jwks_url: Option<String>,
-    last_fetch: Mutex<Option<Instant>>,
-    fetch_lock: tokio::sync::Mutex<()>,
-    cooldown: Duration,
+    jwks: Option<JwksCache<ApproverKeySet>>,
     /// Outbound TLS (system trust store + `tls.outbound_ca_file`).
     tls: openssl::ssl::SslConnector,
 }
@@ -194,30 +207,40 @@ impl ApproverKeys {
                 .unwrap_or_default();
             static_keys.insert(kid, key);
         }
+        let jwks = config.jwks_url.as_ref().map(|url| {
+            JwksCache::new(
+                "approvers".into(),
+                url.clone(),
+                JwksTimings {
+                    refresh: Duration::from_secs(config.jwks_refresh_seconds),
+                    cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
+                    negative_ttl: Duration::from_secs(config.jwks_cooldown_seconds.max(60)),
+                    stale_after: APPROVER_KEYS_STALE,
+                    timeout: Duration::from_secs(5),
+                },
+                None,
+            )
+        });
         Ok(Self {
             static_keys,
-            fetched: ArcSwap::from_pointee(HashMap::new()),
-            jwks_url: config.jwks_url.clone(),
-            last_fetch: Mutex::new(None),
-            fetch_lock: tokio::sync::Mutex::new(()),
-            cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
+            jwks,
             tls,
         })
     }
 
     pub fn jwks_url(&self) -> Option<&str> {
-        self.jwks_url.as_deref()
+        self.jwks.as_ref().map(|j| j.url.as_str())
     }
 
-    fn find(&self, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
-        let fetched = self.fetched.load();
-        let all = || self.static_keys.iter().chain(fetched.iter());
+    /// The key for a token among the PEM keys and `fetched`: by `kid`, or
+    /// without one only when exactly one key fits the alg.
+    fn find(&self, fetched: &ApproverKeySet, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
+        let all = || self.static_keys.iter().chain(fetched.0.iter());
         match kid {
             Some(kid) => all()
                 .find(|(k, _)| k.as_str() == kid)
                 .map(|(_, v)| v.clone()),
             None => {
-                // No kid: only unambiguous when exactly one key fits the alg.
                 let mut fitting = all().filter(|(_, v)| v.alg == alg);
                 match (fitting.next(), fitting.next()) {
                     (Some((_, k)), None) => Some(k.clone()),
@@ -228,64 +251,34 @@ impl ApproverKeys {
         .filter(|k| k.alg == alg)
     }
 
-    /// The key for a token, fetching the JWKS (single flight, cooldown)
-    /// when the `kid` is unknown.
-    async fn key(&self, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
-        if let Some(k) = self.find(kid, alg) {
-            return Some(k);
-        }
-        self.jwks_url.as_ref()?;
-        let _flight = self.fetch_lock.lock().await;
-        if let Some(k) = self.find(kid, alg) {
-            return Some(k);
-        }
-        let due = self
-            .last_fetch
-            .lock()
-            .map(|l| l.is_none_or(|t| t.elapsed() >= self.cooldown))
-            .unwrap_or(false);
-        if due {
-            let _ = self.refresh().await;
-        }
-        self.find(kid, alg)
+    /// A client per fetch: fetches are rare (refresh interval, unknown kids
+    /// after a cooldown) and awc clients are bound to one thread.
+    fn client(&self) -> awc::Client {
+        crate::tls::http_client(&self.tls, Duration::from_secs(5))
     }
 
-    /// Fetches the JWKS now; on success replaces the fetched keys.
+    /// The key for a token, fetching the JWKS when it is not known.
+    async fn key(&self, kid: Option<&str>, alg: &str) -> Option<ApproverKey> {
+        let Some(jwks) = &self.jwks else {
+            return self.find(&ApproverKeySet::default(), kid, alg);
+        };
+        let negative_key = kid.unwrap_or("");
+        jwks.lookup(&self.client(), negative_key, |fetched| {
+            self.find(fetched, kid, alg)
+        })
+        .await
+    }
+
+    /// Fetches the JWKS now (single flight with token-triggered fetches).
     pub async fn refresh(&self) -> Result<usize, String> {
-        let Some(url) = &self.jwks_url else {
+        let Some(jwks) = &self.jwks else {
             return Ok(0);
         };
-        if let Ok(mut l) = self.last_fetch.lock() {
-            *l = Some(Instant::now());
-        }
-        // A client per fetch: fetches are rare (refresh interval, unknown
-        // kids after a cooldown) and awc clients are bound to one thread.
-        let client = crate::tls::http_client(&self.tls, Duration::from_secs(5));
-        let mut response = client
-            .get(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("approver JWKS {url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!(
-                "approver JWKS {url} answered {}",
-                response.status()
-            ));
-        }
-        let body = response
-            .body()
-            .limit(MAX_JWKS_BYTES)
-            .await
-            .map_err(|e| format!("approver JWKS {url}: {e}"))?;
-        let keys = parse_jwks(&body)?;
-        let n = keys.len();
-        self.fetched.store(Arc::new(keys));
-        Ok(n)
+        let _flight = jwks.fetch_lock.lock().await;
+        jwks.fetch(&self.client()).await
     }
 }
 
-/// Verifies approver tokens.
 pub struct ApproverAuth {
     pub config: ApproverAuthConfig,
     pub keys: ApproverKeys,
@@ -640,5 +633,58 @@ pub mod tests {
         let small = Rsa::generate(1024).unwrap();
         let weak = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(small.n().to_vec()), "e": e});
         assert!(key_from_jwk(&weak).unwrap_err().contains("2048"));
+    }
+
+    /// Serves `doc` as a JWKS on a local port, counting fetches.
+    async fn serve_jwks(doc: Value) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let fetches = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = fetches.clone();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let server = actix_web::HttpServer::new(move || {
+            let (doc, counted) = (doc.clone(), counted.clone());
+            actix_web::App::new().default_service(actix_web::web::to(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let doc = doc.clone();
+                async move { actix_web::HttpResponse::Ok().json(doc) }
+            }))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        (url, fetches)
+    }
+
+    #[actix_web::test]
+    async fn idp_keys_come_from_its_jwks_through_the_shared_cache() {
+        use std::sync::atomic::Ordering;
+        let ed = PKey::generate_ed25519().unwrap();
+        let x = URL_SAFE_NO_PAD.encode(ed.raw_public_key().unwrap());
+        let (url, fetches) =
+            serve_jwks(json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "idp-1", "x": x}]}))
+                .await;
+        let mut c = config();
+        c.jwks_url = Some(url);
+        let auth = ApproverAuth::new(c, test_tls()).unwrap();
+        let now = 1_700_000_000;
+        // The first token fetches the JWKS; later ones use the cached keys.
+        for _ in 0..3 {
+            let t = sign(&claims(now), &ed, "EdDSA", Some("idp-1"));
+            assert_eq!(auth.authenticate(&t, now).await.unwrap().id, "alice");
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // Tokens naming unknown kids cost no fetch inside the cooldown.
+        for i in 0..20 {
+            let t = sign(&claims(now), &ed, "EdDSA", Some(&format!("bogus-{i}")));
+            assert!(auth.authenticate(&t, now).await.is_err());
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // A periodic refresh fetches again.
+        assert_eq!(auth.keys.refresh().await, Ok(1));
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 }

@@ -47,7 +47,7 @@ impl TenantAuth {
                     stale_after: Duration::from_secs(p.jwks_stale_seconds),
                     timeout: Duration::from_millis(p.jwks_timeout_ms),
                 },
-                metrics.jwks.clone(),
+                Some(metrics.jwks.clone()),
             ))
         });
         let mut set = KeySet::default();

@@ -87,20 +87,44 @@ impl RefreshState {
     }
 }
 
+/// A key document a [`JwksCache`] holds: parsed from a JWKS body.
+pub trait KeyDocument: Default + Send + Sync + 'static {
+    fn parse(body: &[u8]) -> Result<Self, String>;
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl KeyDocument for KeySet {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        parse_jwks(body)
+    }
+
+    fn len(&self) -> usize {
+        KeySet::len(self)
+    }
+}
+
 /// The keys of the last good fetch.
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    pub keys: KeySet,
+pub struct Snapshot<S = KeySet> {
+    pub keys: S,
     pub fetched_at: Option<Instant>,
 }
 
-impl Snapshot {
+impl<S> Snapshot<S> {
+    /// Whether the keys are within their stale window at `now`.
+    pub fn fresh(&self, now: Instant, t: &JwksTimings) -> bool {
+        self.fetched_at
+            .is_some_and(|at| now.saturating_duration_since(at) <= t.stale_after)
+    }
+}
+
+impl Snapshot<KeySet> {
     /// The key for `kid`, if the snapshot is not past its stale window.
     pub fn get(&self, kid: &str, now: Instant, t: &JwksTimings) -> Option<VerifyingKey> {
-        let fresh = self
-            .fetched_at
-            .is_some_and(|at| now.saturating_duration_since(at) <= t.stale_after);
-        if fresh {
+        if self.fresh(now, t) {
             self.keys.get(kid).copied()
         } else {
             None
@@ -108,16 +132,18 @@ impl Snapshot {
     }
 }
 
-/// A tenant's JWKS source.
-pub struct JwksCache {
-    pub tenant: String,
+/// Keys from one JWKS URL (a tenant's mandate keys, AgentAuth's approver
+/// IdP keys).
+pub struct JwksCache<S: KeyDocument = KeySet> {
+    /// For logs and the metric label: the tenant id, or what the keys are for.
+    pub name: String,
     pub url: String,
     pub timings: JwksTimings,
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: ArcSwap<Snapshot<S>>,
     state: Mutex<RefreshState>,
     /// Serialises fetches (single flight).
-    fetch_lock: tokio::sync::Mutex<()>,
-    metrics: JwksMetrics,
+    pub(crate) fetch_lock: tokio::sync::Mutex<()>,
+    metrics: Option<JwksMetrics>,
 }
 
 #[derive(Clone)]
@@ -129,10 +155,15 @@ pub struct JwksMetrics {
 /// Largest JWKS document read.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-impl JwksCache {
-    pub fn new(tenant: String, url: String, timings: JwksTimings, metrics: JwksMetrics) -> Self {
+impl<S: KeyDocument> JwksCache<S> {
+    pub fn new(
+        name: String,
+        url: String,
+        timings: JwksTimings,
+        metrics: Option<JwksMetrics>,
+    ) -> Self {
         Self {
-            tenant,
+            name,
             url,
             timings,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -145,15 +176,20 @@ impl JwksCache {
     /// Whether a fetch has ever succeeded and its keys are still usable.
     pub fn has_usable_keys(&self, now: Instant) -> bool {
         let s = self.snapshot.load();
-        s.fetched_at
-            .is_some_and(|at| now.saturating_duration_since(at) <= self.timings.stale_after)
-            && !s.keys.is_empty()
+        s.fresh(now, &self.timings) && !s.keys.is_empty()
     }
 
-    /// The key for `kid`, refreshing (single flight, cooldown, negative
-    /// cache) when it is unknown.
-    pub async fn key(&self, client: &awc::Client, kid: &str) -> Option<VerifyingKey> {
-        if let Some(k) = self.cached(kid) {
+    /// `find` over the keys (an empty document once they are past their
+    /// stale window), refreshing when it finds nothing: single flight, at
+    /// most one fetch per cooldown, and `kid` remembered as unknown for the
+    /// negative TTL when even a fresh fetch does not have it.
+    pub async fn lookup<T>(
+        &self,
+        client: &awc::Client,
+        kid: &str,
+        find: impl Fn(&S) -> Option<T>,
+    ) -> Option<T> {
+        if let Some(k) = self.find_fresh(&find) {
             return Some(k);
         }
         if !self.may_fetch_for(kid) {
@@ -161,14 +197,14 @@ impl JwksCache {
         }
         let _flight = self.fetch_lock.lock().await;
         // Someone else may have fetched while we waited.
-        if let Some(k) = self.cached(kid) {
+        if let Some(k) = self.find_fresh(&find) {
             return Some(k);
         }
         if !self.may_fetch_for(kid) {
             return None;
         }
         let _ = self.fetch(client).await;
-        let found = self.cached(kid);
+        let found = self.find_fresh(&find);
         if found.is_none() {
             if let Ok(mut s) = self.state.lock() {
                 s.remember_unknown(kid, Instant::now(), &self.timings);
@@ -177,14 +213,13 @@ impl JwksCache {
         found
     }
 
-    /// Whether the last good fetch listed `kid` as revoked (revocations
-    /// hold whatever the snapshot's age).
-    pub fn is_revoked(&self, kid: &str) -> bool {
-        self.snapshot.load().keys.is_revoked(kid)
-    }
-
-    fn cached(&self, kid: &str) -> Option<VerifyingKey> {
-        self.snapshot.load().get(kid, Instant::now(), &self.timings)
+    fn find_fresh<T>(&self, find: &impl Fn(&S) -> Option<T>) -> Option<T> {
+        let snap = self.snapshot.load();
+        if snap.fresh(Instant::now(), &self.timings) {
+            find(&snap.keys)
+        } else {
+            find(&S::default())
+        }
     }
 
     fn may_fetch_for(&self, kid: &str) -> bool {
@@ -194,29 +229,27 @@ impl JwksCache {
             .unwrap_or(false)
     }
 
-    /// Fetches the JWKS once; on success replaces the key set.
+    /// Fetches the JWKS once; on success replaces the keys.
     pub async fn fetch(&self, client: &awc::Client) -> Result<usize, String> {
         if let Ok(mut s) = self.state.lock() {
             s.attempted(Instant::now());
         }
         let result = self.fetch_inner(client).await;
         let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics
-            .refreshes
-            .with_label_values(&[&self.tenant, label])
-            .inc();
+        if let Some(m) = &self.metrics {
+            m.refreshes.with_label_values(&[&self.name, label]).inc();
+        }
         match &result {
             Ok(n) => {
-                self.metrics
-                    .keys
-                    .with_label_values(&[&self.tenant])
-                    .set(*n as i64);
+                if let Some(m) = &self.metrics {
+                    m.keys.with_label_values(&[&self.name]).set(*n as i64);
+                }
                 if let Ok(mut s) = self.state.lock() {
                     s.fetched();
                 }
             }
             Err(e) => {
-                tracing::warn!(tenant = %self.tenant, url = %self.url, error = %e, "JWKS refresh failed; keeping the previous keys within their stale window")
+                tracing::warn!(keys = %self.name, url = %self.url, error = %e, "JWKS refresh failed; keeping the previous keys within their stale window")
             }
         }
         result
@@ -237,13 +270,27 @@ impl JwksCache {
             .limit(MAX_JWKS_BYTES)
             .await
             .map_err(|e| e.to_string())?;
-        let keys = parse_jwks(&body)?;
+        let keys = S::parse(&body)?;
         let n = keys.len();
         self.snapshot.store(Arc::new(Snapshot {
             keys,
             fetched_at: Some(Instant::now()),
         }));
         Ok(n)
+    }
+}
+
+impl JwksCache<KeySet> {
+    /// The mandate key for `kid` (see [`JwksCache::lookup`]).
+    pub async fn key(&self, client: &awc::Client, kid: &str) -> Option<VerifyingKey> {
+        self.lookup(client, kid, |keys| keys.get(kid).copied())
+            .await
+    }
+
+    /// Whether the last good fetch listed `kid` as revoked (revocations
+    /// hold whatever the snapshot's age).
+    pub fn is_revoked(&self, kid: &str) -> bool {
+        self.snapshot.load().keys.is_revoked(kid)
     }
 }
 
