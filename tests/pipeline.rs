@@ -570,6 +570,64 @@ fn revoked_mandates_and_keys_are_refused() {
 }
 
 #[test]
+fn revocations_added_through_the_admin_api_apply_at_once() {
+    let token = "revoke-token-0123456789abcdef";
+    let s = setup_with("", "", &[("ATB_ADMIN_TOKEN", token)]);
+    let auth = format!("Authorization: Bearer {token}");
+    let revoke = |body: &str, headers: &[&str]| {
+        admin(
+            &s.broker,
+            "POST",
+            "/admin/tenants/acme/revocations",
+            headers,
+            Some(body),
+        )
+    };
+    // A mandate not yet used, then its jti revoked: refused.
+    let pending = s.mint("crm.contact.read", &["--jti", "leaked-jti"]);
+    expect(
+        &revoke(r#"{"jtis": ["leaked-jti"]}"#, &[]),
+        401,
+        "admin_unauthorized",
+    );
+    let r = revoke(r#"{"jtis": ["leaked-jti"]}"#, &[&auth]);
+    assert_eq!(
+        r.json()["jtis"],
+        json!(["leaked-jti", "revoked-jti"]),
+        "{r:?}"
+    );
+    expect(&s.acme("/api/x", &pending), 401, "poa_revoked");
+    // The signing key revoked: every mandate it signed is refused for this
+    // tenant; another tenant trusting the same key is not affected.
+    let t = s.mint("crm.contact.read", &[]);
+    let kid = kid_of(&t);
+    let r = revoke(&format!(r#"{{"kids": ["{kid}"]}}"#), &[&auth]);
+    assert_eq!(r.json()["kids"], json!([kid]));
+    expect(&s.acme("/api/x", &t), 401, "poa_revoked");
+    let g = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+    assert_eq!(s.call("globex-agent", "/api/x", &g, &[]).status, 200);
+    // Bad requests.
+    expect(&revoke(r#"{"jtis": [""]}"#, &[&auth]), 400, "bad_request");
+    expect(&revoke(r#"{"kid": ["x"]}"#, &[&auth]), 400, "bad_request");
+    let unknown = admin(
+        &s.broker,
+        "POST",
+        "/admin/tenants/nobody/revocations",
+        &[&auth],
+        Some("{}"),
+    );
+    expect(&unknown, 404, "unknown_tenant");
+    let listed = admin(
+        &s.broker,
+        "GET",
+        "/admin/tenants/acme/revocations",
+        &[&auth],
+        None,
+    );
+    assert_eq!(listed.json()["kids"], json!([kid]));
+}
+
+#[test]
 fn revoked_kid_is_refused() {
     let pki = Pki::new(&[]);
     let key = SigningKey::new(pki.dir.path(), "poa");

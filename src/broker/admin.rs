@@ -1,5 +1,6 @@
 //! The plain-HTTP admin listener: liveness, readiness, metrics, and the
-//! token-protected maintenance toggle, policy reload and tenant suspension.
+//! token-protected maintenance toggle, policy reload, tenant suspension and
+//! revocations.
 
 use actix_web::http::header::{ContentType, AUTHORIZATION};
 use actix_web::http::StatusCode;
@@ -18,7 +19,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .route("/admin/maintenance", web::post().to(set_maintenance))
         .route("/admin/policy/reload", web::post().to(reload_policy))
         .route("/admin/tenants/{id}", web::get().to(get_tenant))
-        .route("/admin/tenants/{id}", web::post().to(set_tenant));
+        .route("/admin/tenants/{id}", web::post().to(set_tenant))
+        .route(
+            "/admin/tenants/{id}/revocations",
+            web::get().to(get_revocations),
+        )
+        .route(
+            "/admin/tenants/{id}/revocations",
+            web::post().to(add_revocations),
+        );
     if fault_injection {
         cfg.route("/debug/fault", web::post().to(inject_fault));
     }
@@ -192,6 +201,83 @@ async fn set_tenant(
         }
         None => no_such_tenant(),
     }
+}
+
+fn revocations_view(kids: Vec<String>, jtis: Vec<String>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"kids": kids, "jtis": jtis}))
+}
+
+async fn get_revocations(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    match state.auth.get(id.as_str()) {
+        Some(auth) => {
+            let (kids, jtis) = auth.revocations();
+            revocations_view(kids, jtis)
+        }
+        None => no_such_tenant(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Revocations {
+    #[serde(default)]
+    kids: Vec<String>,
+    #[serde(default)]
+    jtis: Vec<String>,
+}
+
+/// Revokes signing keys (`kids`) and mandates (`jtis`) of a tenant at once:
+/// the next request presenting them gets 401 `poa_revoked`. Per replica and
+/// not persisted: for a lasting revocation also set `poa.revoked_kids` /
+/// `revoked_jtis`, or publish the kid in the issuer's JWKS `revoked_kids`
+/// (`atb keys rotate --emergency`).
+async fn add_revocations(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    let Some(auth) = state.auth.get(id.as_str()) else {
+        return no_such_tenant();
+    };
+    let add: Revocations = match json_body(&body, r#"{"kids": [..], "jtis": [..]}"#) {
+        Ok(r) => r,
+        Err(r) => return r.to_response(""),
+    };
+    let bad = add
+        .kids
+        .iter()
+        .chain(&add.jtis)
+        .any(|v| v.is_empty() || v.len() > 256);
+    if bad {
+        return Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "each kid and jti must be 1 to 256 characters",
+        )
+        .to_response("");
+    }
+    if let Err(reason) = auth.revoke(&add.kids, &add.jtis) {
+        return Rejection::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too_many_revocations",
+            reason,
+        )
+        .to_response("");
+    }
+    tracing::warn!(tenant = %id, kids = ?add.kids, jtis = add.jtis.len(), "revocations added through the admin API");
+    let (kids, jtis) = auth.revocations();
+    revocations_view(kids, jtis)
 }
 
 /// Re-reads the policy now: 200 `{"changed": bool}`, 422 with the reason

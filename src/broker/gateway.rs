@@ -588,7 +588,7 @@ async fn verify_mandate(
             return Err(fail("action_mismatch", Rejection::action_mismatch()));
         }
     }
-    if auth.revoked_jtis.contains(&claims.jti) {
+    if auth.jti_revoked(&claims.jti) {
         return Err(fail(
             "revoked",
             Rejection::poa_revoked("this mandate has been revoked"),

@@ -1,6 +1,7 @@
 //! What every request handler shares: configuration snapshot, tenants,
 //! connection registry, tenant shards, metrics and the lifecycle flags.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,10 +28,16 @@ use crate::tenant::TenantDirectory;
 pub struct TenantAuth {
     pub keys: KeySet,
     pub rules: ClaimRules,
-    pub revoked_jtis: HashSet<String>,
-    pub revoked_kids: HashSet<String>,
+    /// From the configuration, plus what `POST /admin/tenants/{id}/revocations`
+    /// adds at runtime (copy on write: revocations are rare, checks are on
+    /// every request).
+    revoked_jtis: ArcSwap<HashSet<String>>,
+    revoked_kids: ArcSwap<HashSet<String>>,
     pub jwks: Option<Arc<JwksCache>>,
 }
+
+/// Most revocations a tenant holds (configured plus added at runtime).
+pub const MAX_REVOCATIONS: usize = 100_000;
 
 impl TenantAuth {
     fn load(t: &TenantConfig, config: &Config, metrics: &Metrics) -> Result<Self, String> {
@@ -64,15 +71,53 @@ impl TenantAuth {
                 issuer: t.poa.issuer.clone(),
                 audience: t.poa.audience.clone(),
             },
-            revoked_jtis: t.poa.revoked_jtis.iter().cloned().collect(),
-            revoked_kids: t.poa.revoked_kids.iter().cloned().collect(),
+            revoked_jtis: ArcSwap::from_pointee(t.poa.revoked_jtis.iter().cloned().collect()),
+            revoked_kids: ArcSwap::from_pointee(t.poa.revoked_kids.iter().cloned().collect()),
             jwks,
         })
     }
 
-    /// Whether `kid` is revoked by configuration or by the issuer's JWKS.
+    /// Whether `kid` is revoked by configuration, the admin API or the
+    /// issuer's JWKS.
     pub fn kid_revoked(&self, kid: &str) -> bool {
-        self.revoked_kids.contains(kid) || self.jwks.as_ref().is_some_and(|j| j.is_revoked(kid))
+        self.revoked_kids.load().contains(kid)
+            || self.jwks.as_ref().is_some_and(|j| j.is_revoked(kid))
+    }
+
+    /// Whether the mandate `jti` is revoked (configuration or admin API).
+    pub fn jti_revoked(&self, jti: &str) -> bool {
+        self.revoked_jtis.load().contains(jti)
+    }
+
+    /// Adds revocations, effective for the next request on this replica.
+    /// Refused as a whole if it would pass [`MAX_REVOCATIONS`] in a set.
+    /// Returns the sizes of both sets.
+    pub fn revoke(&self, kids: &[String], jtis: &[String]) -> Result<(usize, usize), String> {
+        let add = |set: &ArcSwap<HashSet<String>>, more: &[String]| {
+            let mut next = HashSet::clone(&set.load());
+            next.extend(more.iter().cloned());
+            next
+        };
+        let (kids_next, jtis_next) = (add(&self.revoked_kids, kids), add(&self.revoked_jtis, jtis));
+        if kids_next.len() > MAX_REVOCATIONS || jtis_next.len() > MAX_REVOCATIONS {
+            return Err(format!(
+                "a tenant holds at most {MAX_REVOCATIONS} revoked kids and jtis"
+            ));
+        }
+        let sizes = (kids_next.len(), jtis_next.len());
+        self.revoked_kids.store(Arc::new(kids_next));
+        self.revoked_jtis.store(Arc::new(jtis_next));
+        Ok(sizes)
+    }
+
+    /// Both revocation sets, sorted.
+    pub fn revocations(&self) -> (Vec<String>, Vec<String>) {
+        let sorted = |set: &ArcSwap<HashSet<String>>| {
+            let mut v: Vec<String> = set.load().iter().cloned().collect();
+            v.sort();
+            v
+        };
+        (sorted(&self.revoked_kids), sorted(&self.revoked_jtis))
     }
 
     /// The key for `kid`: static keys first, then the JWKS (which may
