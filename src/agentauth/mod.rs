@@ -124,7 +124,7 @@ pub async fn run(config: Config) -> Result<(), String> {
         admin_handle.stop(true).await;
     });
     let (x, y) = futures_util::future::join(api, admin).await;
-    state.audit.flush().await;
+    state.audit.flush(Duration::from_secs(10)).await;
     x.map_err(|e| format!("agentauth listener failed: {e}"))?;
     y.map_err(|e| format!("agentauth admin listener failed: {e}"))?;
     tracing::info!("agentauth stopped");

@@ -131,11 +131,21 @@ impl<E: AuditRecord> AuditSink<E> {
     }
 
     /// Waits until every event recorded so far is written and settled
-    /// (at shutdown, so nothing queued is lost).
-    pub async fn flush(&self) {
+    /// (at shutdown, so nothing queued is lost), at most `limit`: an
+    /// unreachable collector must not keep the process from exiting.
+    pub async fn flush(&self, limit: std::time::Duration) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.tx.send(Message::Flush(done)).await.is_ok() {
-            let _ = wait.await;
+        let flushed = tokio::time::timeout(limit, async {
+            if self.tx.send(Message::Flush(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+        })
+        .await;
+        if flushed.is_err() {
+            tracing::error!(
+                waited_s = limit.as_secs(),
+                "audit events still queued at exit could not be written"
+            );
         }
     }
 }

@@ -119,7 +119,10 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
 
     let (g, a) = futures_util::future::join(gateway, admin).await;
-    state.audit.flush().await;
+    state
+        .audit
+        .flush(Duration::from_secs(b.shutdown_grace_seconds))
+        .await;
     state.shards.stop();
     g.map_err(|e| format!("agent listener failed: {e}"))?;
     a.map_err(|e| format!("admin listener failed: {e}"))?;
