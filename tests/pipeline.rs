@@ -617,6 +617,15 @@ fn revocations_added_through_the_admin_api_apply_at_once() {
         Some("{}"),
     );
     expect(&unknown, 404, "unknown_tenant");
+    // Without the token, whether a tenant exists is not revealed.
+    let probe = admin(
+        &s.broker,
+        "POST",
+        "/admin/tenants/nobody/revocations",
+        &[],
+        Some("{}"),
+    );
+    expect(&probe, 401, "admin_unauthorized");
     let listed = admin(
         &s.broker,
         "GET",

@@ -93,6 +93,18 @@ async fn get_maintenance(req: HttpRequest, state: web::Data<BrokerState>) -> Htt
     HttpResponse::Ok().json(serde_json::json!({"maintenance": state.maintenance()}))
 }
 
+/// An authorized admin request's JSON body (401/404 from [`authorize`], or
+/// a 400 naming the `expected` shape).
+fn admin_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    state: &BrokerState,
+    body: &[u8],
+    expected: &str,
+) -> Result<T, Rejection> {
+    authorize(req, state)?;
+    json_body(body, expected)
+}
+
 /// An admin request's JSON body, or a 400 naming the `expected` shape.
 fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, Rejection> {
     serde_json::from_slice(body).map_err(|e| {
@@ -115,13 +127,11 @@ async fn set_maintenance(
     state: web::Data<BrokerState>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
-    }
-    let toggle: MaintenanceToggle = match json_body(&body, r#"{"enabled": true|false}"#) {
-        Ok(t) => t,
-        Err(r) => return r.to_response(""),
-    };
+    let toggle: MaintenanceToggle =
+        match admin_json(&req, &state, &body, r#"{"enabled": true|false}"#) {
+            Ok(t) => t,
+            Err(r) => return r.to_response(""),
+        };
     state.set_maintenance(toggle.enabled);
     tracing::warn!(
         maintenance = toggle.enabled,
@@ -178,10 +188,8 @@ async fn set_tenant(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
-    }
-    let toggle: TenantToggle = match json_body(&body, r#"{"suspended": true|false}"#) {
+    let toggle: TenantToggle = match admin_json(&req, &state, &body, r#"{"suspended": true|false}"#)
+    {
         Ok(t) => t,
         Err(r) => return r.to_response(""),
     };
@@ -244,15 +252,13 @@ async fn add_revocations(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
-    }
-    let Some(auth) = state.auth.get(id.as_str()) else {
-        return no_such_tenant();
-    };
-    let add: Revocations = match json_body(&body, r#"{"kids": [..], "jtis": [..]}"#) {
+    let add: Revocations = match admin_json(&req, &state, &body, r#"{"kids": [..], "jtis": [..]}"#)
+    {
         Ok(r) => r,
         Err(r) => return r.to_response(""),
+    };
+    let Some(auth) = state.auth.get(id.as_str()) else {
+        return no_such_tenant();
     };
     let bad = add
         .kids
