@@ -598,6 +598,14 @@ fn expired_challenges_and_rate_limits() {
     // Another agent has its own budget.
     let r = dev.challenge_as("acme-agent-2", "crm.contact.read", json!({}), leg("x"));
     assert_eq!(r.status, 200);
+    // Its expiry is audited by the next sweep (every 15 s), not minutes later
+    // when it is removed.
+    assert!(eventually(Duration::from_secs(20), || dev
+        .audit()
+        .iter()
+        .any(
+            |e| e["event"] == "challenge.expired" && e["challenge_id"] == id.as_str()
+        )));
 }
 
 #[test]

@@ -152,6 +152,9 @@ pub struct Challenge {
     pub rejected: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minted: Option<Minted>,
+    /// Its expiry has been audited (by the sweeper, once).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expiry_reported: bool,
 }
 
 /// Why a request about a challenge is refused.
@@ -386,6 +389,7 @@ impl Challenge {
             expires_at: now + ttl_seconds,
             rejected: None,
             minted: None,
+            expiry_reported: false,
         }
     }
 

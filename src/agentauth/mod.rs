@@ -209,14 +209,11 @@ fn spawn_background(state: Arc<AgentAuthState>) {
         loop {
             actix_web::rt::time::sleep(Duration::from_secs(15)).await;
             let now = crate::replay::unix_now();
-            let Ok(gone) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
+            let Ok(swept) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
                 continue;
             };
-            s.metrics.challenges_open.sub(gone.len() as i64);
-            for c in gone {
-                if c.minted.is_some() || c.rejected.is_some() {
-                    continue;
-                }
+            s.metrics.challenges_open.sub(swept.removed as i64);
+            for c in swept.expired {
                 s.audit(AgentAuthEvent {
                     event: "challenge.expired",
                     outcome: "ok",

@@ -35,9 +35,20 @@ pub trait ChallengeStore: Send + Sync + 'static {
         now: i64,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Challenge>, Refusal>>;
-    /// Removes challenges that expired more than `grace` seconds before
-    /// `now` and returns them.
-    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Vec<Challenge>, Refusal>>;
+    /// Reports the pending challenges that have expired since the last
+    /// sweep (once each, while they stay readable as `expired`) and removes
+    /// those that expired more than `grace` seconds before `now`.
+    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Swept, Refusal>>;
+}
+
+/// What a sweep found.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Pending (neither minted nor rejected) challenges that reached their
+    /// expiry since the last sweep.
+    pub expired: Vec<Challenge>,
+    /// How many challenges were removed.
+    pub removed: usize,
 }
 
 /// Challenges in this process.
@@ -120,17 +131,21 @@ impl ChallengeStore for MemoryChallenges {
         Box::pin(async move { Ok(found) })
     }
 
-    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Vec<Challenge>, Refusal>> {
-        let mut gone = Vec::new();
+    fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Swept, Refusal>> {
+        let mut swept = Swept::default();
         self.map.retain(|_, c| {
-            let keep = c.expires_at + grace > now;
-            if !keep {
-                gone.push(c.clone());
+            if c.expires_at <= now && !c.expiry_reported {
+                c.expiry_reported = true;
+                if c.minted.is_none() && c.rejected.is_none() {
+                    swept.expired.push(c.clone());
+                }
             }
+            let keep = c.expires_at + grace > now;
+            swept.removed += usize::from(!keep);
             keep
         });
-        self.len.fetch_sub(gone.len(), Ordering::AcqRel);
-        Box::pin(async move { Ok(gone) })
+        self.len.fetch_sub(swept.removed, Ordering::AcqRel);
+        Box::pin(async move { Ok(swept) })
     }
 }
 
@@ -254,10 +269,32 @@ mod tests {
         let pending = s.list(Some("acme"), Some(Status::Pending), 10, 10).await;
         assert_eq!(pending.unwrap().len(), 1);
         assert_eq!(s.list(Some("other"), None, 10, 10).await.unwrap().len(), 0);
-        let gone = s.sweep(70, 5).await.unwrap();
-        assert_eq!(gone.len(), 1);
-        assert_eq!(gone[0].id, "a");
+        // "a" expires at 60, "b" at 90: at 61 "a" is reported, once, and
+        // stays readable; after the grace it is removed.
+        let swept = s.sweep(61, 5).await.unwrap();
+        assert_eq!(swept.expired.len(), 1);
+        assert_eq!(swept.expired[0].id, "a");
+        assert_eq!(swept.removed, 0);
+        assert!(s.get("a").await.is_ok());
+        let swept = s.sweep(66, 5).await.unwrap();
+        assert!(swept.expired.is_empty());
+        assert_eq!(swept.removed, 1);
         s.insert(challenge("c", Tier::Low, 70)).await.unwrap();
+        // A minted or rejected challenge is not reported as expired.
+        s.update(
+            "b",
+            Box::new(|c| {
+                c.rejected = Some(crate::agentauth::challenge::Decision {
+                    by: "x".into(),
+                    at: 40,
+                    reason: None,
+                });
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(s.sweep(91, 5).await.unwrap().expired.is_empty());
     }
 
     #[actix_web::test]
