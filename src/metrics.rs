@@ -34,6 +34,7 @@ pub struct Metrics {
     pub upstream_requests: IntCounterVec,
     pub upstream_seconds: HistogramVec,
     pub audit_events: IntCounterVec,
+    pub audit_writer: crate::audit::AuditWriterMetrics,
     pub jwks: crate::poa::jwks::JwksMetrics,
     pub actors: ActorMetrics,
 }
@@ -147,6 +148,7 @@ impl Metrics {
             "Audit events recorded, by decision",
             &["decision"],
         )?;
+        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry)?;
         let jwks_keys = IntGaugeVec::new(
             Opts::new("atb_jwks_keys", "Ed25519 keys from a tenant's JWKS"),
             &["tenant"],
@@ -184,6 +186,7 @@ impl Metrics {
             upstream_requests,
             upstream_seconds,
             audit_events,
+            audit_writer,
             jwks,
             actors,
         })

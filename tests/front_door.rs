@@ -813,6 +813,12 @@ fn an_http_audit_sink_retries_until_the_collector_takes_every_line() {
     std::fs::write(&received, lines()).unwrap();
     let (ok, out) = audit_verify(&received);
     assert!(ok && out.contains("chain broker: 3 lines"), "{out}");
+    let m = broker.metrics();
+    assert!(
+        metric(&m, "atb_audit_write_failures_total").unwrap() >= 2.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "atb_audit_queue_depth"), Some(0.0), "{m}");
     sigterm(&broker);
     assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
     assert!(broker.audit().is_empty(), "nothing on stdout");

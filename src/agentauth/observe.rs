@@ -26,6 +26,7 @@ pub struct AgentAuthMetrics {
     pub key_reloads: IntCounterVec,
     /// `atb_audit_events_total{outcome}`.
     pub audit_events: IntCounterVec,
+    pub audit_writer: crate::audit::AuditWriterMetrics,
 }
 
 impl AgentAuthMetrics {
@@ -92,6 +93,7 @@ impl AgentAuthMetrics {
         registry.register(Box::new(signing_keys.clone()))?;
         registry.register(Box::new(key_reloads.clone()))?;
         registry.register(Box::new(audit_events.clone()))?;
+        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -102,6 +104,7 @@ impl AgentAuthMetrics {
             signing_keys,
             key_reloads,
             audit_events,
+            audit_writer,
         })
     }
 

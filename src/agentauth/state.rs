@@ -105,6 +105,7 @@ impl AgentAuthState {
             &config.audit,
             &config.tls,
             metrics.audit_events.clone(),
+            metrics.audit_writer.clone(),
         )?;
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants),

@@ -62,10 +62,38 @@ impl AuditRecord for AuditEvent {
     }
 }
 
+/// The audit writer's own series, so backpressure is visible: a queue
+/// that stays deep, or failed writes (retried, requests wait meanwhile).
+#[derive(Clone)]
+pub struct AuditWriterMetrics {
+    pub queue_depth: prometheus::IntGauge,
+    pub write_failures: prometheus::IntCounter,
+}
+
+impl AuditWriterMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let queue_depth = prometheus::IntGauge::new(
+            "atb_audit_queue_depth",
+            "Audit events waiting for the writer",
+        )?;
+        let write_failures = prometheus::IntCounter::new(
+            "atb_audit_write_failures_total",
+            "Failed audit writes or flushes (each is retried until it succeeds)",
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(write_failures.clone()))?;
+        Ok(Self {
+            queue_depth,
+            write_failures,
+        })
+    }
+}
+
 /// Hands events to the writer thread.
 pub struct AuditSink<E: AuditRecord = AuditEvent> {
     tx: mpsc::Sender<Message<E>>,
     events: prometheus::IntCounterVec,
+    writer: AuditWriterMetrics,
 }
 
 enum Message<E> {
@@ -79,6 +107,7 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
         Self {
             tx: self.tx.clone(),
             events: self.events.clone(),
+            writer: self.writer.clone(),
         }
     }
 }
@@ -92,6 +121,7 @@ impl<E: AuditRecord> AuditSink<E> {
         config: &AuditConfig,
         tls: &crate::config::TlsConfig,
         events: prometheus::IntCounterVec,
+        writer: AuditWriterMetrics,
     ) -> Result<Self, String> {
         // Files are opened here, so a bad path fails the start; an HTTP
         // client is made on the writer thread, which runs it.
@@ -108,6 +138,7 @@ impl<E: AuditRecord> AuditSink<E> {
             _ => None,
         };
         let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
+        let metrics = writer.clone();
         std::thread::Builder::new()
             .name("atb-audit".into())
             .spawn(move || {
@@ -116,10 +147,10 @@ impl<E: AuditRecord> AuditSink<E> {
                     (None, Some((c, tls))) => Output::Http(Box::new(HttpBatch::new(&c, &tls))),
                     (None, None) => Output::Stdout(std::io::stdout()),
                 };
-                write_loop(rx, Chain::new(chain_name, head), out)
+                write_loop(rx, Chain::new(chain_name, head), out, &metrics)
             })
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(Self { tx, events })
+        Ok(Self { tx, events, writer })
     }
 
     /// Records `event`, waiting for queue room if needed.
@@ -128,6 +159,8 @@ impl<E: AuditRecord> AuditSink<E> {
         if self.tx.send(Message::Event(event)).await.is_err() {
             tracing::error!("audit writer is gone; event could not be written");
         }
+        let waiting = self.tx.max_capacity() - self.tx.capacity();
+        self.writer.queue_depth.set(waiting as i64);
     }
 
     /// Waits until every event recorded so far is written and settled
@@ -272,9 +305,14 @@ impl HttpBatch {
 
 /// Runs `op` until it succeeds, logging and backing off (up to 5 s) in
 /// between: the queue fills meanwhile and requests wait for room.
-fn retry(what: &str, mut op: impl FnMut() -> std::io::Result<()>) {
+fn retry(
+    what: &str,
+    failures: &prometheus::IntCounter,
+    mut op: impl FnMut() -> std::io::Result<()>,
+) {
     let mut backoff = std::time::Duration::from_millis(100);
     while let Err(e) = op() {
+        failures.inc();
         tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit {what} failed; retrying (requests wait)");
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
@@ -285,12 +323,19 @@ fn retry(what: &str, mut op: impl FnMut() -> std::io::Result<()>) {
 /// queue is drained (or an HTTP batch is full). Failed writes and settles
 /// are retried until they succeed, so nothing is dropped and the chain
 /// shows no gap.
-fn write_loop<E: Serialize>(mut rx: mpsc::Receiver<Message<E>>, mut chain: Chain, mut out: Output) {
+fn write_loop<E: Serialize>(
+    mut rx: mpsc::Receiver<Message<E>>,
+    mut chain: Chain,
+    mut out: Output,
+    metrics: &AuditWriterMetrics,
+) {
+    let failures = &metrics.write_failures;
     while let Some(message) = rx.blocking_recv() {
+        metrics.queue_depth.set(rx.len() as i64);
         let event = match message {
             Message::Event(event) => event,
             Message::Flush(done) => {
-                retry("flush", || out.settle());
+                retry("flush", failures, || out.settle());
                 let _ = done.send(());
                 continue;
             }
@@ -303,9 +348,9 @@ fn write_loop<E: Serialize>(mut rx: mpsc::Receiver<Message<E>>, mut chain: Chain
             }
         };
         line.push('\n');
-        retry("write", || out.write_line(line.as_bytes()));
+        retry("write", failures, || out.write_line(line.as_bytes()));
         if rx.is_empty() || out.full() {
-            retry("flush", || out.settle());
+            retry("flush", failures, || out.settle());
         }
     }
 }

@@ -254,6 +254,7 @@ impl BrokerState {
             &config.audit,
             &config.tls,
             metrics.audit_events.clone(),
+            metrics.audit_writer.clone(),
         )?;
         let tenant_keys = directory
             .ids()
