@@ -143,6 +143,9 @@ pub struct PolicyConfig {
     pub opa_decision_url: String,
     /// Time limit of one OPA call, in milliseconds.
     pub opa_timeout_ms: u64,
+    /// OPA's health endpoint, probed by the broker's `/ready` (engine =
+    /// "opa"); default: `/health` on the decision URL's host.
+    pub opa_health_url: Option<String>,
     /// How often `dir` and `data_file` are re-read (embedded engine); a
     /// changed bundle that compiles replaces the running one, a bad one is
     /// refused and the running one stays. 0 = only on
@@ -161,6 +164,7 @@ impl Default for PolicyConfig {
             eval_timeout_ms: 100,
             opa_decision_url: "http://localhost:8181/v1/data/atb/poa/decision".into(),
             opa_timeout_ms: 1500,
+            opa_health_url: None,
             reload_seconds: 30,
         }
     }
@@ -774,6 +778,9 @@ impl Config {
         if pol.engine == PolicyEngine::Opa {
             validate_upstream_url(&pol.opa_decision_url)
                 .map_err(|m| invalid("policy.opa_decision_url", m))?;
+            if let Some(u) = &pol.opa_health_url {
+                validate_upstream_url(u).map_err(|m| invalid("policy.opa_health_url", m))?;
+            }
         }
         if self.upstream.connect_timeout_seconds == 0 {
             return Err(invalid(
@@ -956,6 +963,24 @@ fn validate_upstream_url(url: &str) -> Result<(), String> {
         return Err(format!("{url:?} must not carry a query"));
     }
     Ok(())
+}
+
+impl PolicyConfig {
+    /// Where `/ready` probes OPA: `opa_health_url`, or `/health` on the
+    /// decision URL's scheme and host.
+    pub fn opa_health(&self) -> String {
+        if let Some(u) = &self.opa_health_url {
+            return u.clone();
+        }
+        match self.opa_decision_url.parse::<actix_web::http::Uri>() {
+            Ok(uri) => format!(
+                "{}://{}/health",
+                uri.scheme_str().unwrap_or("http"),
+                uri.authority().map_or("localhost:8181", |a| a.as_str())
+            ),
+            Err(_) => "http://localhost:8181/health".into(),
+        }
+    }
 }
 
 /// Tenant and connector ids: lower-case, short, safe in labels and keys.

@@ -913,6 +913,67 @@ fn opa_unreachable_fails_closed() {
     );
     let a = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
     expect(&a, 503, "policy_unavailable");
+    // A broker whose policy engine is gone takes no traffic.
+    let r = admin(&s.broker, "GET", "/ready", &[], None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("OPA"),
+        "{r:?}"
+    );
+}
+
+/// A stand-in for OPA's REST API: `/health`, and a decision that allows
+/// `crm.contact.read` only (checking the input shape the broker sends).
+fn start_fake_opa() -> u16 {
+    async fn decide(body: web::Json<Value>) -> HttpResponse {
+        let input = &body["input"];
+        let allow = input["poa"]["act"] == "crm.contact.read"
+            && input["request"]["action"] == "crm.contact.read"
+            && input["agent"]["spiffe_id"] == ACME
+            && input["tenant"]["id"] == "acme";
+        HttpResponse::Ok().json(json!({"result": {
+            "allow": allow, "reason": if allow { "allow" } else { "opa_says_no" }, "risk_tier": "low",
+        }}))
+    }
+    let port = free_port();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            HttpServer::new(|| {
+                App::new()
+                    .route("/health", web::get().to(HttpResponse::Ok))
+                    .route("/v1/data/atb/poa/decision", web::post().to(decide))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", port))
+            .unwrap()
+            .run()
+            .await
+        })
+    });
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    port
+}
+
+#[test]
+fn a_remote_opa_decides_and_its_health_gates_readiness() {
+    let port = start_fake_opa();
+    let url = format!("http://127.0.0.1:{port}/v1/data/atb/poa/decision");
+    let s = setup_with(
+        "",
+        "",
+        &[("POLICY_ENGINE", "opa"), ("OPA_DECISION_URL", &url)],
+    );
+    assert_eq!(admin(&s.broker, "GET", "/ready", &[], None).status, 200);
+    assert_eq!(
+        s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,
+        200
+    );
+    let denied = s.acme("/api/x", &s.mint("crm.contact.update", &[]));
+    expect(&denied, 403, "policy_denied");
+    assert_eq!(denied.json()["reason"], "opa_says_no");
 }
 
 #[test]

@@ -37,9 +37,12 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-async fn ready(state: web::Data<BrokerState>) -> HttpResponse {
+async fn ready(
+    state: web::Data<BrokerState>,
+    outbound: web::Data<crate::broker::gateway::Outbound>,
+) -> HttpResponse {
     let maintenance = state.maintenance();
-    match state.ready() {
+    match state.ready_for_traffic(&outbound.client).await {
         Ok(()) => {
             HttpResponse::Ok().json(serde_json::json!({"ready": true, "maintenance": maintenance}))
         }

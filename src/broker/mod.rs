@@ -64,9 +64,15 @@ pub async fn run(config: Config) -> Result<(), String> {
     let fault_injection = config.debug.fault_injection;
     let admin = {
         let data = data.clone();
+        let outbound_tls = state.outbound_tls.clone();
+        let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(web::Data::new(gateway::Outbound::new(
+                    &outbound_tls,
+                    connect_timeout,
+                )))
                 .configure(|c| admin::routes(c, fault_injection))
         })
         .workers(1)

@@ -140,7 +140,12 @@ impl TenantAuth {
 /// Where decisions come from.
 pub enum PolicyBackend {
     Embedded(EmbeddedPool),
-    Opa { url: String, timeout: Duration },
+    Opa {
+        url: String,
+        /// Probed by `/ready`.
+        health_url: String,
+        timeout: Duration,
+    },
 }
 
 impl PolicyBackend {
@@ -159,7 +164,7 @@ impl PolicyBackend {
     ) -> Result<Decision, PolicyError> {
         match self {
             PolicyBackend::Embedded(pool) => pool.decide(input).await,
-            PolicyBackend::Opa { url, timeout } => {
+            PolicyBackend::Opa { url, timeout, .. } => {
                 crate::policy::opa::decide(client, url, *timeout, &input).await
             }
         }
@@ -171,6 +176,7 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
     if p.engine == PolicyEngine::Opa {
         return Ok(PolicyBackend::Opa {
             url: p.opa_decision_url.clone(),
+            health_url: p.opa_health(),
             timeout: Duration::from_millis(p.opa_timeout_ms),
         });
     }
@@ -342,6 +348,31 @@ impl BrokerState {
             Ok(false) => {}
         }
         outcome
+    }
+
+    /// [`Self::ready`], and with a remote OPA, whether OPA answers its
+    /// health endpoint (a broker whose policy engine is gone takes no
+    /// traffic).
+    pub async fn ready_for_traffic(&self, client: &awc::Client) -> Result<(), &'static str> {
+        self.ready()?;
+        if let PolicyBackend::Opa {
+            health_url,
+            timeout,
+            ..
+        } = &self.policy
+        {
+            // Below the usual 1 s probe timeout of Kubernetes.
+            let healthy = client
+                .get(health_url)
+                .timeout((*timeout).min(Duration::from_millis(900)))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if !healthy {
+                return Err("policy engine (OPA) is not reachable");
+            }
+        }
+        Ok(())
     }
 
     /// Constant-time check of an admin bearer token; `None` when the admin
