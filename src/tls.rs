@@ -42,6 +42,9 @@ pub fn outbound(config: &TlsConfig) -> Result<SslConnector, String> {
         b.set_ca_file(ca)
             .map_err(|e| format!("tls.outbound_ca_file {}: {e}", ca.display()))?;
     }
+    // As awc's own default: HTTP/2 when the server offers it.
+    b.set_alpn_protos(b"\x02h2\x08http/1.1")
+        .map_err(|e| format!("outbound TLS: {e}"))?;
     Ok(b.build())
 }
 
