@@ -733,47 +733,33 @@ type Posts = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
 /// An audit collector that refuses its first `refuse` posts with 503 and
 /// keeps the bodies (and Authorization headers) of the rest.
 fn start_collector(refuse: usize) -> (u16, Posts) {
-    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use actix_web::{web, App, HttpRequest, HttpResponse};
     use std::sync::Arc;
     let kept: Posts = Arc::default();
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let port = free_port();
     let store = kept.clone();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(move || {
-                let (store, seen) = (store.clone(), seen.clone());
-                App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
-                    let (store, seen) = (store.clone(), seen.clone());
-                    async move {
-                        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
-                            return HttpResponse::ServiceUnavailable().finish();
-                        }
-                        let auth = req
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        store
-                            .lock()
-                            .unwrap()
-                            .push((auth, String::from_utf8_lossy(&body).into_owned()));
-                        HttpResponse::NoContent().finish()
-                    }
-                }))
-            })
-            .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", port))
-            .unwrap()
-            .run()
-            .await
-        })
+    let port = serve_app!(move || {
+        let (store, seen) = (store.clone(), seen.clone());
+        App::new().default_service(web::to(move |req: HttpRequest, body: web::Bytes| {
+            let (store, seen) = (store.clone(), seen.clone());
+            async move {
+                if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < refuse {
+                    return HttpResponse::ServiceUnavailable().finish();
+                }
+                let auth = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                store
+                    .lock()
+                    .unwrap()
+                    .push((auth, String::from_utf8_lossy(&body).into_owned()));
+                HttpResponse::NoContent().finish()
+            }
+        }))
     });
-    assert!(eventually(Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
     (port, kept)
 }
 

@@ -35,26 +35,11 @@ fn start_upstream() -> u16 {
         actix_web::rt::time::sleep(Duration::from_secs(5)).await;
         HttpResponse::Ok().finish()
     }
-    let port = free_port();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(|| {
-                App::new()
-                    .route("/api/slow", web::to(slow))
-                    .default_service(web::to(echo))
-            })
-            .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", port))
-            .unwrap()
-            .run()
-            .await
-        })
-    });
-    assert!(eventually(Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
-    port
+    serve_app!(|| {
+        App::new()
+            .route("/api/slow", web::to(slow))
+            .default_service(web::to(echo))
+    })
 }
 
 struct Setup {
@@ -935,26 +920,11 @@ fn start_fake_opa() -> u16 {
             "allow": allow, "reason": if allow { "allow" } else { "opa_says_no" }, "risk_tier": "low",
         }}))
     }
-    let port = free_port();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(|| {
-                App::new()
-                    .route("/health", web::get().to(HttpResponse::Ok))
-                    .route("/v1/data/atb/poa/decision", web::post().to(decide))
-            })
-            .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", port))
-            .unwrap()
-            .run()
-            .await
-        })
-    });
-    assert!(eventually(Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
-    port
+    serve_app!(|| {
+        App::new()
+            .route("/health", web::get().to(HttpResponse::Ok))
+            .route("/v1/data/atb/poa/decision", web::post().to(decide))
+    })
 }
 
 #[test]

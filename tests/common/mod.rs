@@ -12,6 +12,34 @@ use std::time::{Duration, Instant};
 
 pub const ATB: &str = env!("CARGO_BIN_EXE_atb");
 
+/// Runs the actix-web app made by `$factory` (an `HttpServer::new`
+/// factory) on a free loopback port in its own thread, one worker, and
+/// returns the port once it accepts connections.
+#[allow(unused_macros)]
+macro_rules! serve_app {
+    ($factory:expr) => {{
+        let port = $crate::common::free_port();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                actix_web::HttpServer::new($factory)
+                    .workers(1)
+                    .disable_signals()
+                    .bind(("127.0.0.1", port))
+                    .unwrap()
+                    .run()
+                    .await
+            })
+        });
+        assert!($crate::common::eventually(
+            std::time::Duration::from_secs(5),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        ));
+        port
+    }};
+}
+#[allow(unused_imports)]
+pub(crate) use serve_app;
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
