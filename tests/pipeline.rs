@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use common::*;
@@ -1112,32 +1112,22 @@ fn serve_jwks(
     jwks: std::path::PathBuf,
     hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            HttpServer::new(move || {
+    serve_app!(port, move || {
+        let jwks = jwks.clone();
+        let hits = hits.clone();
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move || {
                 let jwks = jwks.clone();
                 let hits = hits.clone();
-                App::new().route(
-                    "/jwks.json",
-                    web::get().to(move || {
-                        let jwks = jwks.clone();
-                        let hits = hits.clone();
-                        async move {
-                            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            HttpResponse::Ok()
-                                .content_type("application/json")
-                                .body(std::fs::read(&jwks).unwrap_or_default())
-                        }
-                    }),
-                )
-            })
-            .workers(1)
-            .disable_signals()
-            .bind(("127.0.0.1", port))
-            .unwrap()
-            .run()
-            .await
-        })
+                async move {
+                    hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(std::fs::read(&jwks).unwrap_or_default())
+                }
+            }),
+        )
     });
 }
 

@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 pub const ATB: &str = env!("CARGO_BIN_EXE_atb");
 
 /// Runs the actix-web app made by `$factory` (an `HttpServer::new`
-/// factory) on a free loopback port in its own thread, one worker, and
-/// returns the port once it accepts connections.
+/// factory) on a loopback port (free, or the one given) in its own thread,
+/// one worker, and returns the port once it accepts connections.
 #[allow(unused_macros)]
 macro_rules! serve_app {
-    ($factory:expr) => {{
-        let port = $crate::common::free_port();
+    ($factory:expr) => {
+        serve_app!($crate::common::free_port(), $factory)
+    };
+    ($port:expr, $factory:expr) => {{
+        let port: u16 = $port;
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 actix_web::HttpServer::new($factory)
