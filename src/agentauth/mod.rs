@@ -141,6 +141,8 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
     let every = Duration::from_secs(config.policy.reload_seconds);
     let config = Arc::new(config.clone());
     actix_web::rt::spawn(async move {
+        // A policy that stays bad is reported once, not at every interval.
+        let mut last_error: Option<String> = None;
         loop {
             actix_web::rt::time::sleep(every).await;
             let (s, c) = (state.clone(), config.clone());
@@ -155,15 +157,21 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
                 ..AgentAuthEvent::default()
             };
             match outcome {
-                Ok(false) => continue,
+                Ok(false) => {
+                    last_error = None;
+                    continue;
+                }
                 Ok(true) => {
                     tracing::info!("risk-tier policy reloaded");
                     event.outcome = "ok";
+                    last_error = None;
                 }
+                Err(e) if last_error.as_ref() == Some(&e) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "policy reload refused; the running policy stays");
                     event.outcome = "error";
-                    event.reason = e;
+                    event.reason = e.clone();
+                    last_error = Some(e);
                 }
             }
             state.audit(event).await;
