@@ -262,11 +262,12 @@ impl ApproverKeys {
         let Some(jwks) = &self.jwks else {
             return self.find(&ApproverKeySet::default(), kid, alg);
         };
-        let negative_key = kid.unwrap_or("");
-        jwks.lookup(&self.client(), negative_key, |fetched| {
-            self.find(fetched, kid, alg)
-        })
-        .await
+        let find = |fetched: &ApproverKeySet| self.find(fetched, kid, alg);
+        if let Some(k) = jwks.cached(&find) {
+            return Some(k);
+        }
+        // Only a key not known yet needs a client (and maybe a fetch).
+        jwks.lookup(&self.client(), kid.unwrap_or(""), find).await
     }
 
     /// Fetches the JWKS now (single flight with token-triggered fetches).

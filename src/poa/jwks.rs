@@ -189,7 +189,7 @@ impl<S: KeyDocument> JwksCache<S> {
         kid: &str,
         find: impl Fn(&S) -> Option<T>,
     ) -> Option<T> {
-        if let Some(k) = self.find_fresh(&find) {
+        if let Some(k) = self.cached(&find) {
             return Some(k);
         }
         if !self.may_fetch_for(kid) {
@@ -197,14 +197,14 @@ impl<S: KeyDocument> JwksCache<S> {
         }
         let _flight = self.fetch_lock.lock().await;
         // Someone else may have fetched while we waited.
-        if let Some(k) = self.find_fresh(&find) {
+        if let Some(k) = self.cached(&find) {
             return Some(k);
         }
         if !self.may_fetch_for(kid) {
             return None;
         }
         let _ = self.fetch(client).await;
-        let found = self.find_fresh(&find);
+        let found = self.cached(&find);
         if found.is_none() {
             if let Ok(mut s) = self.state.lock() {
                 s.remember_unknown(kid, Instant::now(), &self.timings);
@@ -213,7 +213,9 @@ impl<S: KeyDocument> JwksCache<S> {
         found
     }
 
-    fn find_fresh<T>(&self, find: &impl Fn(&S) -> Option<T>) -> Option<T> {
+    /// `find` over the keys as they are (an empty document once past their
+    /// stale window), without fetching.
+    pub fn cached<T>(&self, find: &impl Fn(&S) -> Option<T>) -> Option<T> {
         let snap = self.snapshot.load();
         if snap.fresh(Instant::now(), &self.timings) {
             find(&snap.keys)
