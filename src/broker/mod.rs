@@ -35,10 +35,11 @@ pub async fn run(config: Config) -> Result<(), String> {
     }
 
     let data = web::Data::from(state.clone());
+    // Each worker of both listeners gets its own outbound HTTP client.
+    let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
     let gateway = {
         let data = data.clone();
         let connections = state.connections.clone();
-        let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
         let outbound_tls = state.outbound_tls.clone();
         HttpServer::new(move || {
             App::new()
@@ -65,7 +66,6 @@ pub async fn run(config: Config) -> Result<(), String> {
     let admin = {
         let data = data.clone();
         let outbound_tls = state.outbound_tls.clone();
-        let connect_timeout = Duration::from_secs(config.upstream.connect_timeout_seconds);
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
