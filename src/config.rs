@@ -41,7 +41,7 @@ pub enum AuditSinkKind {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
-    /// `stdout` (default; logs go to stderr) or `file`.
+    /// `stdout` (default; logs go to stderr), `file` or `http`.
     pub sink: AuditSinkKind,
     /// The append-only file for `sink = "file"`; a restart continues the
     /// chain written there.

@@ -100,10 +100,11 @@ impl AgentAuthState {
         let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
         let keys = KeyRing::load(&a.keys_dir)?;
         let bundle = PolicyBundle::from_config(config)?;
+        let outbound_tls = crate::tls::outbound(&config.tls)?;
         let audit = AuditSink::start(
             "agentauth",
             &config.audit,
-            &config.tls,
+            &outbound_tls,
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
         )?;
@@ -112,7 +113,7 @@ impl AgentAuthState {
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
-            approvers: ApproverAuth::new(a.approvers.clone(), crate::tls::outbound(&config.tls)?)?,
+            approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls)?,
             tiers: Arc::new(TierPolicy::new(bundle)?),
             proxies: TrustedProxies::parse(&a.trusted_proxies)?,
             metrics,

@@ -7,7 +7,7 @@
 
 pub mod chain;
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
@@ -119,7 +119,7 @@ impl<E: AuditRecord> AuditSink<E> {
     pub fn start(
         chain_name: &'static str,
         config: &AuditConfig,
-        tls: &crate::config::TlsConfig,
+        tls: &openssl::ssl::SslConnector,
         events: prometheus::IntCounterVec,
         writer: AuditWriterMetrics,
     ) -> Result<Self, String> {
@@ -134,7 +134,7 @@ impl<E: AuditRecord> AuditSink<E> {
             _ => (None, ChainHead::default()),
         };
         let http = match config.sink {
-            AuditSinkKind::Http => Some((config.clone(), crate::tls::outbound(tls)?)),
+            AuditSinkKind::Http => Some((config.clone(), tls.clone())),
             _ => None,
         };
         let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
@@ -183,25 +183,35 @@ impl<E: AuditRecord> AuditSink<E> {
     }
 }
 
-/// Opens `path` for appending and finds where `chain` stands in it. A torn
-/// last line (no newline) is ended first, so the next line starts clean.
+/// How much of an existing audit file is read at start to find where a
+/// chain stands (its last line is expected near the end).
+const TAIL_BYTES: u64 = 1 << 20;
+
+/// Opens `path` for appending and finds where `chain` stands in it, from
+/// the file's last [`TAIL_BYTES`] only (start-up does not grow with the
+/// log): no intact line of the chain there, or a torn last line, means a
+/// new start. A torn last line (no newline) is ended first, so the next
+/// line starts clean.
 fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, Option<ChainHead>)> {
+    use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .read(true)
         .open(path)?;
-    let head = chain::head_of(BufReader::new(std::fs::File::open(path)?), chain)?;
-    let len = file.metadata()?.len();
-    if len > 0 {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut last = [0u8; 1];
-        let mut reader = std::fs::File::open(path)?;
-        reader.seek(SeekFrom::Start(len - 1))?;
-        reader.read_exact(&mut last)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n")?;
-        }
+    let from = file.metadata()?.len().saturating_sub(TAIL_BYTES);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    // Reading from the middle of the file: skip the partial first line.
+    let lines = match (from, tail.iter().position(|&b| b == b'\n')) {
+        (0, _) => &tail[..],
+        (_, Some(nl)) => &tail[nl + 1..],
+        (_, None) => &[][..],
+    };
+    let head = chain::head_of(lines, chain)?;
+    if tail.last().is_some_and(|&b| b != b'\n') {
+        file.write_all(b"\n")?;
     }
     Ok((file, head))
 }
@@ -393,6 +403,30 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_continued_from_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // More than the tail of other lines, then the chain's last line.
+        let filler = format!("{}\n", "x".repeat(1000)).repeat(1200);
+        let mut chain = Chain::new("broker", ChainHead::default());
+        let first = chain.seal(&serde_json::json!({"i": 0})).unwrap();
+        let last = chain.seal(&serde_json::json!({"i": 1})).unwrap();
+        std::fs::write(&path, format!("{first}\n{filler}{last}\n")).unwrap();
+        let (_, head) = open_file(&path, "broker").unwrap();
+        let head = head.unwrap();
+        assert_eq!(head.seq, 2);
+        assert_eq!(head.prev, chain::read_line(&last).unwrap().hash);
+        // A torn last line: a new start, on a new line.
+        std::fs::write(&path, format!("{last}\n{{\"chain\":\"broker\"")).unwrap();
+        let (_, head) = open_file(&path, "broker").unwrap();
+        assert_eq!(head, None);
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
+        // An empty file.
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(open_file(&path, "broker").unwrap().1, None);
+    }
 
     #[test]
     fn civil_dates() {

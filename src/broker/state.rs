@@ -33,6 +33,8 @@ pub struct TenantAuth {
     /// every request).
     revoked_jtis: ArcSwap<HashSet<String>>,
     revoked_kids: ArcSwap<HashSet<String>>,
+    /// Serialises [`TenantAuth::revoke`], so concurrent additions are not lost.
+    revoking: std::sync::Mutex<()>,
     pub jwks: Option<Arc<JwksCache>>,
 }
 
@@ -73,6 +75,7 @@ impl TenantAuth {
             },
             revoked_jtis: ArcSwap::from_pointee(t.poa.revoked_jtis.iter().cloned().collect()),
             revoked_kids: ArcSwap::from_pointee(t.poa.revoked_kids.iter().cloned().collect()),
+            revoking: std::sync::Mutex::new(()),
             jwks,
         })
     }
@@ -91,8 +94,11 @@ impl TenantAuth {
 
     /// Adds revocations, effective for the next request on this replica.
     /// Refused as a whole if it would pass [`MAX_REVOCATIONS`] in a set.
-    /// Returns the sizes of both sets.
-    pub fn revoke(&self, kids: &[String], jtis: &[String]) -> Result<(usize, usize), String> {
+    pub fn revoke(&self, kids: &[String], jtis: &[String]) -> Result<(), String> {
+        let _writer = self
+            .revoking
+            .lock()
+            .map_err(|_| "revocation lock poisoned".to_string())?;
         let add = |set: &ArcSwap<HashSet<String>>, more: &[String]| {
             let mut next = HashSet::clone(&set.load());
             next.extend(more.iter().cloned());
@@ -104,10 +110,9 @@ impl TenantAuth {
                 "a tenant holds at most {MAX_REVOCATIONS} revoked kids and jtis"
             ));
         }
-        let sizes = (kids_next.len(), jtis_next.len());
         self.revoked_kids.store(Arc::new(kids_next));
         self.revoked_jtis.store(Arc::new(jtis_next));
-        Ok(sizes)
+        Ok(())
     }
 
     /// Both revocation sets, sorted.
@@ -258,7 +263,7 @@ impl BrokerState {
         let audit = AuditSink::start(
             "broker",
             &config.audit,
-            &config.tls,
+            &outbound_tls,
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
         )?;
