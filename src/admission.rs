@@ -56,20 +56,19 @@ pub enum ShardRequest {
         burst: u32,
         now: Instant,
     },
-    /// How often `tenant` used `action` in the current hour (the policy's
-    /// `rate_limit_state`).
-    Usage {
-        tenant: Arc<str>,
-        action: String,
-        now: Instant,
-    },
-    /// An allowed request is about to leave through `connector`: take a
-    /// token from the connector's bucket (if it has a rate limit) and count
-    /// the action.
+    /// A request bound for `connector`: take a token from the connector's
+    /// bucket (if it has a rate limit); answers `Count` with this hour's
+    /// uses of `action` (for the policy) or `Limited`.
     Dispatch {
         tenant: Arc<str>,
         connector: Arc<str>,
         rate: Option<(f64, u32)>,
+        action: String,
+        now: Instant,
+    },
+    /// The policy allowed `action`: count it for the hour.
+    Record {
+        tenant: Arc<str>,
         action: String,
         now: Instant,
     },
@@ -156,11 +155,6 @@ impl atb_actors::ShardLogic for TenantShardState {
                     Err(retry_after) => Admission::Limited { retry_after },
                 }
             }
-            ShardRequest::Usage {
-                tenant,
-                action,
-                now,
-            } => Admission::Count(self.usage(&tenant, &action, now)),
             ShardRequest::Dispatch {
                 tenant,
                 connector,
@@ -178,6 +172,13 @@ impl atb_actors::ShardLogic for TenantShardState {
                         return Admission::Limited { retry_after };
                     }
                 }
+                Admission::Count(self.usage(&tenant, &action, now))
+            }
+            ShardRequest::Record {
+                tenant,
+                action,
+                now,
+            } => {
                 self.record(tenant, action, now);
                 Admission::Admitted
             }
@@ -240,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    fn dispatch_limits_connectors_and_counts_actions() {
+    fn dispatch_limits_connectors_and_record_counts_actions() {
         let mut s = TenantShardState::default();
         let t0 = Instant::now();
         let t: Arc<str> = Arc::from("acme");
@@ -253,22 +254,33 @@ mod tests {
                 now,
             })
         };
-        let usage = |s: &mut TenantShardState, now| {
-            s.handle(ShardRequest::Usage {
+        let record = |s: &mut TenantShardState, now| {
+            s.handle(ShardRequest::Record {
                 tenant: t.clone(),
                 action: "crm.read".into(),
                 now,
             })
         };
-        assert_eq!(usage(&mut s, t0), Admission::Count(0));
-        assert_eq!(dispatch(&mut s, t0), Admission::Admitted);
-        assert_eq!(dispatch(&mut s, t0), Admission::Admitted);
+        let usage = |s: &mut TenantShardState, now| {
+            s.handle(ShardRequest::Dispatch {
+                tenant: t.clone(),
+                connector: Arc::from("unlimited"),
+                rate: None,
+                action: "crm.read".into(),
+                now,
+            })
+        };
+        assert_eq!(dispatch(&mut s, t0), Admission::Count(0));
+        assert_eq!(record(&mut s, t0), Admission::Admitted);
+        // Dispatch answers the count so far; only Record counts.
+        assert_eq!(dispatch(&mut s, t0), Admission::Count(1));
         assert!(matches!(dispatch(&mut s, t0), Admission::Limited { .. }));
-        // Limited dispatches are not counted.
+        assert_eq!(usage(&mut s, t0), Admission::Count(1));
+        record(&mut s, t0);
         assert_eq!(usage(&mut s, t0), Admission::Count(2));
         // A new hour starts a new window.
         assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(0));
-        assert_eq!(dispatch(&mut s, t0 + USAGE_WINDOW), Admission::Admitted);
+        assert_eq!(record(&mut s, t0 + USAGE_WINDOW), Admission::Admitted);
         assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(1));
     }
 

@@ -420,6 +420,11 @@ pub struct ConnectorConfig {
     /// Seconds to wait for the upstream's response headers (then 504).
     #[serde(default = "default_connector_timeout")]
     pub timeout_seconds: u64,
+    /// Which action each method + path carries out
+    /// (`[[tenants.connectors.routes]]`); none = no calls. `"any"` opts
+    /// out of route binding (warned about, `atb_connector_unbound`).
+    #[serde(default)]
+    pub routes: crate::routes::ConnectorRoutes,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -858,6 +863,8 @@ impl Config {
             if let Some(url) = &t.poa.jwks_url {
                 validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;
             }
+            let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
+                .map_err(|e| invalid(key("policy_data"), e))?;
             let mut connector_ids = HashSet::new();
             for (j, c) in t.connectors.iter().enumerate() {
                 let ckey = |field: &str| format!("tenants[{i}].connectors[{j}].{field}");
@@ -895,6 +902,12 @@ impl Config {
                         return Err(invalid(ckey("rate_limit.burst"), "must be at least 1"));
                     }
                 }
+                crate::routes::Binding::compile(
+                    &c.routes,
+                    &catalogue,
+                    &format!("tenants[{i}].connectors[{j}]"),
+                )
+                .map_err(|e| invalid(e.key, e.reason))?;
             }
         }
         for (i, t) in self.tenants.iter().enumerate() {

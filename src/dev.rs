@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::config::{
     Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TenantPoaConfig, TlsConfig,
 };
+use crate::routes::{ConnectorRoutes, RouteConfig};
 
 /// The dev mandate signing key (PKCS#8 PEM) and its public half.
 pub const SIGNING_KEY: &str = "poa-signing.key";
@@ -43,6 +44,35 @@ pub const DEV_APPROVERS: [(&str, &[&str]); 4] = [
     ("dave", &["cfo"]),
 ];
 
+/// The demo connector's routes: every call of the README walk-through,
+/// each bound to its action.
+pub fn demo_routes() -> Vec<RouteConfig> {
+    [
+        ("crm.contact.read", &["GET"][..], "/api/hello"),
+        ("crm.contact.list", &["GET"], "/api/contacts"),
+        ("crm.contact.read", &["GET"], "/api/contacts/{id}"),
+        (
+            "crm.contact.update",
+            &["PUT", "PATCH"],
+            "/api/contacts/{id}",
+        ),
+        ("crm.contact.delete", &["DELETE"], "/api/contacts/{id}"),
+        ("sap.vendor.create", &["POST"], "/api/vendors"),
+        ("erp.vendor.read", &["GET"], "/api/vendors/{id}"),
+        ("sap.vendor.change", &["PUT", "PATCH"], "/api/vendors/{id}"),
+        ("sap.payment.execute", &["POST"], "/api/pay"),
+        ("org.company.merge", &["POST"], "/api/merge"),
+        ("kb.docs.search", &["GET", "POST"], "/api/docs/{*rest}"),
+    ]
+    .into_iter()
+    .map(|(action, methods, path)| RouteConfig {
+        action: action.into(),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        path: path.into(),
+    })
+    .collect()
+}
+
 /// The embedded dev configuration for a PKI in `pki` and a demo upstream.
 pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
     let upstream = format!("http://{}", opts.upstream_addr);
@@ -55,6 +85,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
             burst: opts.tenant_rps as u32,
         }),
         timeout_seconds: 30,
+        routes: ConnectorRoutes::Declared(demo_routes()),
     };
     let tenant = |id: &str, td: Option<&str>, prefix: Option<&str>| TenantConfig {
         id: id.into(),

@@ -187,6 +187,12 @@ impl Rejection {
         Self::new(StatusCode::FORBIDDEN, "egress_denied", reason)
     }
 
+    /// No route of the connector carries the mandate's action with this
+    /// method and path (or the call is not the one `con.http` pins).
+    pub fn action_route_mismatch(reason: String) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "action_route_mismatch", reason)
+    }
+
     pub fn connector_rate_limited(wait: Duration) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// 1 while a tenant is suspended through the admin API.
     pub tenant_suspended: IntGaugeVec,
+    /// 1 for a connector that opted out of route binding (`routes = "any"`).
+    pub connector_unbound: IntGaugeVec,
     /// Mandate checks by `result` (`valid`, `invalid`, `expired`, …).
     pub poa_validations: IntCounterVec,
     pub policy_seconds: HistogramVec,
@@ -85,6 +87,14 @@ impl Metrics {
             ),
             &["tenant"],
         )?;
+        let connector_unbound = IntGaugeVec::new(
+            Opts::new(
+                "atb_connector_unbound",
+                "1 for a connector whose routes are \"any\": its mandates are not bound to method and path",
+            ),
+            &["tenant", "connector"],
+        )?;
+        registry.register(Box::new(connector_unbound.clone()))?;
         let counter =
             |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
                 let c = IntCounterVec::new(Opts::new(name, help), labels)?;
@@ -177,6 +187,7 @@ impl Metrics {
             tenant_connections,
             connections_refused,
             tenant_suspended,
+            connector_unbound,
             poa_validations,
             policy_seconds,
             policy_decisions,

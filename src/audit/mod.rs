@@ -38,6 +38,8 @@ pub struct AuditEvent {
     pub reason: String,
     pub risk_tier: String,
     pub connector: String,
+    /// The route template the call matched (`""` when none did).
+    pub route: String,
     pub latency_us: u64,
 }
 

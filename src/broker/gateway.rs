@@ -23,6 +23,8 @@ use crate::poa::claims::PoaClaims;
 use crate::poa::presented::presented_token;
 use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
 use crate::replay::{unix_now, Verdict};
+use crate::routes::pinned::PinnedCall;
+use crate::routes::{self, Binding};
 use crate::tenant::Tenant;
 use crate::upstream::{self, Body, Stamp, UpstreamError};
 
@@ -63,6 +65,7 @@ struct Trail {
     jti: String,
     risk_tier: String,
     connector: String,
+    route: String,
     reason: String,
 }
 
@@ -151,6 +154,7 @@ async fn handle(
             },
             risk_tier: trail.risk_tier,
             connector: trail.connector,
+            route: trail.route,
             latency_us: elapsed.as_micros() as u64,
         })
         .await;
@@ -219,64 +223,130 @@ async fn pipeline(
         return Err(Rejection::rate_limited(retry_after));
     }
 
-    // 5–12. What this call may do: a mandate, verified and decided by the
-    // policy; or, where the tenant allows it, a low-risk call the policy
-    // allows without one.
-    let caller = Caller {
-        tenant,
-        key: &tenant_key,
-        agent: agent.as_str(),
-    };
-    let grant = match presented_token(req.headers())? {
-        Some(token) => mandated(req, payload, state, client, &caller, token, trail).await?,
+    // 5–9. A mandate, verified and bound to this caller; or, where the
+    // tenant allows it, none (the policy then allows only low-risk calls).
+    let claims = match presented_token(req.headers())? {
+        Some(token) => {
+            Some(verify_mandate(state, client, tenant, token, agent.as_str(), req, trail).await?)
+        }
         None if tenant.poa.allow_unmandated_low_risk => {
-            unmandated(req, payload, state, client, &caller, trail).await?
+            count_validation(state, tenant, "absent");
+            None
         }
         None => return Err(Rejection::poa_required()),
     };
 
-    // 13. Connector and egress allowlist.
-    let connector = upstream::resolve_connector(tenant, grant.connector.as_deref())
+    // 10. Connector, canonical path and egress allowlist.
+    let connector = upstream::resolve_connector(tenant, mandate_connector(claims.as_ref())?)
         .map_err(|e| Rejection::egress_denied(e.0))?;
     trail.connector = connector.id.clone();
-    upstream::check_path(req.path()).map_err(|e| Rejection::egress_denied(e.0))?;
-    if !upstream::egress_allowed(&connector.egress_allowlist, req.path()) {
+    let path =
+        routes::path::canonical(req.path()).map_err(|e| Rejection::egress_denied(e.to_string()))?;
+    if !upstream::egress_allowed(&connector.egress_allowlist, &path) {
         return Err(Rejection::egress_denied(format!(
-            "{} is outside connector {}'s egress allowlist",
-            req.path(),
+            "{path} is outside connector {}'s egress allowlist",
             connector.id
         )));
     }
 
-    // 14. The connector's rate limit (and the action's usage count).
-    let dispatched = shard(
+    // 11. Method + path carry the action through one of the connector's
+    // routes (and are the call the mandate pins, if it pins one).
+    let binding = state
+        .bindings
+        .get(&tenant.id)
+        .and_then(|c| c.get(&connector.id))
+        .ok_or_else(|| Rejection::egress_denied("the connector has no compiled routes".into()))?;
+    let routed = route(binding, req, &path, claims.as_ref())?;
+    trail.action = routed.action.clone();
+    trail.route = routed.template.unwrap_or_default().to_owned();
+
+    // 12. The connector's rate limit; the answer carries this hour's count
+    // of the action for the policy.
+    let usage = match shard(
         state,
         &tenant.id,
         ShardRequest::Dispatch {
-            tenant: tenant_key,
+            tenant: tenant_key.clone(),
             connector: Arc::from(connector.id.as_str()),
             rate: connector
                 .rate_limit
                 .map(|r| (r.requests_per_second, r.burst)),
-            action: grant.action.clone(),
+            action: routed.action.clone(),
+            now: Instant::now(),
+        },
+        retry_after,
+    )
+    .await?
+    {
+        Admission::Limited { retry_after } => {
+            return Err(Rejection::connector_rate_limited(retry_after))
+        }
+        Admission::Count(n) => n,
+        Admission::Admitted => 0,
+    };
+
+    // 13. The request as the policy will see it (read before the jti is
+    // spent, so a malformed body does not burn the mandate).
+    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
+
+    // 14. Single use, marked only now that every check a caller could
+    // retry has passed: a refused mandate is not spent.
+    if let Some(claims) = &claims {
+        spend(state, tenant, &tenant_key, claims)?;
+        count_validation(state, tenant, "valid");
+    }
+
+    // 15. The policy decides; no decision means no access.
+    let input = json!({
+        "agent": {"spiffe_id": agent.as_str()},
+        "poa": claims.as_ref().map_or_else(|| json!({}), |c| Value::Object(c.raw.clone())),
+        "request": {
+            "method": req.method().as_str(),
+            "path": &*path,
+            "action": routed.action,
+            "params": Value::Object(params),
+            "route": routed.template,
+            "route_params": Value::Object(routed.params),
+        },
+        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
+        "current_time_ns": now_ns(),
+        "rate_limit_state": {routed.action.as_str(): usage},
+        "tenant": {"id": tenant.id},
+    });
+    let decision = decide(state, client, tenant, input, trail).await?;
+    if !decision.allow {
+        return Err(match claims {
+            Some(_) => Rejection::policy_denied(decision.reason, decision.details),
+            None => Rejection::poa_required_by_policy(decision.reason),
+        });
+    }
+    if claims.is_none() {
+        // The audit names the path taken (allow_low_risk_without_poa).
+        trail.reason = decision.reason;
+    }
+
+    // 16. Count the action for the policy's hourly limits.
+    shard(
+        state,
+        &tenant.id,
+        ShardRequest::Record {
+            tenant: tenant_key,
+            action: routed.action.clone(),
             now: Instant::now(),
         },
         retry_after,
     )
     .await?;
-    if let Admission::Limited { retry_after } = dispatched {
-        return Err(Rejection::connector_rate_limited(retry_after));
-    }
 
-    // 15. Forward and stream the answer back.
-    let url = upstream::target_url(connector, req.path(), req.query_string());
+    // 17. Forward the canonical path and stream the answer back.
+    let url = upstream::target_url(connector, &path, req.query_string());
     let stamp = Stamp {
         agent: agent.as_str(),
         tenant: &tenant.id,
-        action: &grant.action,
+        action: &routed.action,
         request_id,
     };
-    let body = match (grant.buffered, payload.take()) {
+    let body = match (buffered, payload.take()) {
         (Some(bytes), _) => Body::Buffered(bytes),
         (None, Some(p)) => Body::Streaming {
             payload: p,
@@ -325,167 +395,131 @@ async fn pipeline(
     }
 }
 
-/// Who is calling: the tenant (with its state key) and the agent's SPIFFE ID.
-struct Caller<'a> {
-    tenant: &'a Tenant,
-    key: &'a Arc<str>,
-    agent: &'a str,
+/// The connector a mandate names in `con.connector`, if any.
+fn mandate_connector(claims: Option<&PoaClaims>) -> Result<Option<&str>, Rejection> {
+    match claims.and_then(|c| c.raw.get("con")?.get("connector")) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Rejection::egress_denied(
+            "con.connector must be a string".into(),
+        )),
+    }
 }
 
-/// What a call was granted: the action it performs, the connector its
-/// mandate names (if any) and the body already read for the policy.
-struct Grant {
+/// What the route binding decided: the action the call carries out and
+/// the route it matched (none on an unbound connector).
+struct Routed<'s> {
     action: String,
-    connector: Option<String>,
-    buffered: Option<web::Bytes>,
+    template: Option<&'s str>,
+    params: Map<String, Value>,
 }
 
-/// Steps 5–12 for a call with a mandate: verified and bound to this caller,
-/// spent once, and allowed by the policy.
-async fn mandated(
+/// Step 11. A mandate's `act` must be carried by the matched route (and a
+/// pinned call must be this call); a call without a mandate takes its
+/// action from the route, and an `X-ATB-Action` it sends must be one of the
+/// route's actions.
+fn route<'s>(
+    binding: &'s Binding,
     req: &HttpRequest,
-    payload: &mut Option<web::Payload>,
-    state: &BrokerState,
-    client: &awc::Client,
-    &Caller { tenant, key, agent }: &Caller<'_>,
-    token: &str,
-    trail: &mut Trail,
-) -> Result<Grant, Rejection> {
-    let retry_after = u64::from(state.config.broker.retry_after_seconds);
-    let claims = verify_mandate(state, client, tenant, token, agent, req, trail).await?;
-    let connector = match claims.raw.get("con").and_then(|c| c.get("connector")) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(Rejection::egress_denied(
-                "con.connector must be a string".into(),
-            ))
+    path: &str,
+    claims: Option<&PoaClaims>,
+) -> Result<Routed<'s>, Rejection> {
+    let method = req.method().as_str();
+    if let Some(c) = claims {
+        PinnedCall::from_con(c.raw.get("con"))
+            .and_then(|pin| match pin {
+                Some(p) => p.check(method, path, req.query_string()),
+                None => Ok(()),
+            })
+            .map_err(|e| Rejection::action_route_mismatch(e.0))?;
+    }
+    let named = match (claims, req.headers().get(X_ATB_ACTION)) {
+        (Some(c), _) => Some(c.act.clone()),
+        (None, None) => None,
+        (None, Some(h)) => Some(
+            h.to_str()
+                .ok()
+                .filter(|a| is_action_name(a))
+                .ok_or_else(|| {
+                    Rejection::bad_request(format!(
+                        "X-ATB-Action must be 1 to {MAX_ACTION_LEN} letters, digits, '.', '_', '-' or ':'"
+                    ))
+                })?
+                .to_owned(),
+        ),
+    };
+    let table = match binding {
+        Binding::Unbound => {
+            return Ok(Routed {
+                action: named.unwrap_or_default(),
+                template: None,
+                params: Map::new(),
+            })
         }
+        Binding::Bound(table) => table,
     };
-
-    // 10. The request as the policy will see it (read before the jti is
-    // spent, so a malformed body does not burn the mandate).
-    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
-
-    // 11. Single use, marked only now that signature and claims passed.
-    if let Some(replay) = &state.replay {
-        let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
-        let replay_metric = |cause: &str| {
-            state
-                .metrics
-                .replay_rejections
-                .with_label_values(&[tenant.id.as_str(), cause])
-                .inc()
-        };
-        match replay.mark(key, &claims.jti, keep_until, unix_now()) {
-            Ok(Verdict::Fresh) => {}
-            Ok(Verdict::Replayed) => {
-                replay_metric("replay");
-                count_validation(state, tenant, "replay");
-                return Err(Rejection::poa_replay());
-            }
-            Err(e) => {
-                replay_metric("full");
-                return Err(Rejection::replay_store_unavailable(e.to_string()));
-            }
+    let found = table
+        .lookup(method, path)
+        .map_err(|miss| Rejection::action_route_mismatch(miss.to_string()))?;
+    let action = match named {
+        Some(a) if found.allows(&a) => a,
+        Some(a) => {
+            return Err(Rejection::action_route_mismatch(format!(
+                "{method} {} does not carry the action {a}",
+                found.template
+            )))
         }
-    }
-    count_validation(state, tenant, "valid");
-
-    let usage = match shard(
-        state,
-        &tenant.id,
-        ShardRequest::Usage {
-            tenant: key.clone(),
-            action: claims.act.clone(),
-            now: Instant::now(),
+        None => match found.actions.as_slice() {
+            [only] => (*only).to_owned(),
+            _ => {
+                return Err(Rejection::action_route_mismatch(format!(
+                    "several actions share {method} {}; name one in X-ATB-Action",
+                    found.template
+                )))
+            }
         },
-        retry_after,
-    )
-    .await?
-    {
-        Admission::Count(n) => n,
-        _ => 0,
     };
-    let input = json!({
-        "agent": {"spiffe_id": agent},
-        "poa": Value::Object(claims.raw.clone()),
-        "request": {
-            "method": req.method().as_str(),
-            "path": req.path(),
-            "action": claims.act,
-            "params": Value::Object(params),
-        },
-        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
-        "current_time_ns": now_ns(),
-        "rate_limit_state": {claims.act.as_str(): usage},
-        "tenant": {"id": tenant.id},
-    });
-
-    // 12. The policy decides; no decision means no access.
-    let decision = decide(state, client, tenant, input, trail).await?;
-    if !decision.allow {
-        return Err(Rejection::policy_denied(decision.reason, decision.details));
-    }
-    Ok(Grant {
-        action: claims.act,
-        connector,
-        buffered,
-    })
-}
-
-/// Steps 5–12 for a call without a mandate, on a tenant that allows
-/// unmandated low-risk calls: the policy sees an empty `poa` and the action
-/// the caller names in `X-ATB-Action`, and allows only what its low-risk
-/// catalogue (with methods) and safe paths hold. Anything else is 401
-/// `poa_required`, as if the tenant did not allow the path at all.
-async fn unmandated(
-    req: &HttpRequest,
-    payload: &mut Option<web::Payload>,
-    state: &BrokerState,
-    client: &awc::Client,
-    &Caller { tenant, agent, .. }: &Caller<'_>,
-    trail: &mut Trail,
-) -> Result<Grant, Rejection> {
-    let action = match req.headers().get(X_ATB_ACTION) {
-        None => String::new(),
-        Some(h) => h
-            .to_str()
-            .ok()
-            .filter(|a| is_action_name(a))
-            .ok_or_else(|| {
-                Rejection::bad_request(format!(
-                    "X-ATB-Action must be 1 to {MAX_ACTION_LEN} letters, digits, '.', '_', '-' or ':'"
-                ))
-            })?
-            .to_owned(),
-    };
-    trail.action = action.clone();
-    count_validation(state, tenant, "absent");
-    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
-    let input = json!({
-        "agent": {"spiffe_id": agent},
-        "poa": {},
-        "request": {
-            "method": req.method().as_str(),
-            "path": req.path(),
-            "action": action,
-            "params": Value::Object(params),
-        },
-        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
-        "current_time_ns": now_ns(),
-        "tenant": {"id": tenant.id},
-    });
-    let decision = decide(state, client, tenant, input, trail).await?;
-    if !decision.allow {
-        return Err(Rejection::poa_required_by_policy(decision.reason));
-    }
-    trail.reason = decision.reason;
-    Ok(Grant {
+    Ok(Routed {
         action,
-        connector: None,
-        buffered,
+        template: Some(found.template),
+        params: found
+            .params
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value::String(v)))
+            .collect(),
     })
+}
+
+/// Step 14: marks the mandate's `jti` used (single use on by default).
+fn spend(
+    state: &BrokerState,
+    tenant: &Tenant,
+    key: &Arc<str>,
+    claims: &PoaClaims,
+) -> Result<(), Rejection> {
+    let Some(replay) = &state.replay else {
+        return Ok(());
+    };
+    let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
+    let replay_metric = |cause: &str| {
+        state
+            .metrics
+            .replay_rejections
+            .with_label_values(&[tenant.id.as_str(), cause])
+            .inc()
+    };
+    match replay.mark(key, &claims.jti, keep_until, unix_now()) {
+        Ok(Verdict::Fresh) => Ok(()),
+        Ok(Verdict::Replayed) => {
+            replay_metric("replay");
+            count_validation(state, tenant, "replay");
+            Err(Rejection::poa_replay())
+        }
+        Err(e) => {
+            replay_metric("full");
+            Err(Rejection::replay_store_unavailable(e.to_string()))
+        }
+    }
 }
 
 /// One policy decision, timed and counted; an engine failure refuses.

@@ -22,6 +22,7 @@ use crate::poa::keys::{self, KeySet};
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
 use crate::replay::MemoryReplay;
+use crate::routes::Binding;
 use crate::tenant::TenantDirectory;
 
 /// What a tenant's mandates are checked against.
@@ -196,6 +197,50 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
         .map_err(|e| format!("policy: {e}"))
 }
 
+/// Every tenant's connectors compiled into route bindings (once, at
+/// start); unbound connectors are warned about and flagged by
+/// `atb_connector_unbound`.
+fn compile_bindings(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<HashMap<String, HashMap<String, Binding>>, String> {
+    let mut all = HashMap::with_capacity(config.tenants.len());
+    for (i, t) in config.tenants.iter().enumerate() {
+        let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
+            .map_err(|e| format!("tenants[{i}].policy_data: {e}"))?;
+        let mut connectors = HashMap::with_capacity(t.connectors.len());
+        for (j, c) in t.connectors.iter().enumerate() {
+            let binding = Binding::compile(
+                &c.routes,
+                &catalogue,
+                &format!("tenants[{i}].connectors[{j}]"),
+            )
+            .map_err(|e| e.to_string())?;
+            let unbound = matches!(binding, Binding::Unbound);
+            match &binding {
+                Binding::Unbound => tracing::warn!(
+                    tenant = %t.id,
+                    connector = %c.id,
+                    "connector routes = \"any\": its mandates are NOT bound to method and path; any call inside its egress allowlist carries any action"
+                ),
+                Binding::Bound(table) if table.is_empty() => tracing::warn!(
+                    tenant = %t.id,
+                    connector = %c.id,
+                    "connector declares no routes: every call through it is refused (action_route_mismatch)"
+                ),
+                Binding::Bound(_) => {}
+            }
+            metrics
+                .connector_unbound
+                .with_label_values(&[&t.id, &c.id])
+                .set(i64::from(unbound));
+            connectors.insert(c.id.clone(), binding);
+        }
+        all.insert(t.id.clone(), connectors);
+    }
+    Ok(all)
+}
+
 /// Actor name of the tenant shards in metrics.
 pub const TENANT_SHARD: &str = "tenant_shard";
 
@@ -206,6 +251,8 @@ pub struct BrokerState {
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
     pub auth: HashMap<String, TenantAuth>,
+    /// Compiled routes: tenant → connector → binding.
+    pub bindings: HashMap<String, HashMap<String, Binding>>,
     /// Every JWKS source (for readiness).
     jwks: Vec<Arc<JwksCache>>,
     /// `None` when single use is off.
@@ -243,6 +290,7 @@ impl BrokerState {
         for t in &config.tenants {
             auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics)?);
         }
+        let bindings = compile_bindings(&config, &metrics)?;
         let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
         if !jwks.is_empty() {
             let caches = jwks.clone();
@@ -281,6 +329,7 @@ impl BrokerState {
             shards,
             metrics,
             auth,
+            bindings,
             jwks,
             replay,
             policy,

@@ -1,0 +1,248 @@
+//! The action catalogue outside the policy: which HTTP methods each action
+//! may be carried out with.
+//!
+//! - One source. The methods come from the same `catalog.json` the policy
+//!   loads (`data.atb.catalog.methods`): reads and lists GET, searches and
+//!   exports GET/POST, writes POST/PUT/PATCH, deletes DELETE.
+//! - Built-in actions keep their methods. A tenant adds methods only for
+//!   its own extension actions (`policy_data.catalog.methods`); it cannot
+//!   widen a built-in action (that is a configuration error).
+//! - Plain logic: methods are strings; no HTTP types.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// A set of the methods routes may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MethodSet(u8);
+
+/// The methods a catalogue entry or route may name, in display order.
+pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+impl MethodSet {
+    pub const EMPTY: MethodSet = MethodSet(0);
+
+    fn bit(method: &str) -> Option<u8> {
+        METHODS.iter().position(|m| *m == method).map(|i| 1 << i)
+    }
+
+    /// The set of `methods` (exact, upper case); `Err` names the first
+    /// method that is not one of [`METHODS`].
+    pub fn parse<'a>(methods: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut set = 0;
+        for m in methods {
+            set |= Self::bit(m).ok_or_else(|| {
+                format!(
+                    "{m:?} is not a method routes may name ({})",
+                    METHODS.join(", ")
+                )
+            })?;
+        }
+        Ok(Self(set))
+    }
+
+    /// Whether `method` (as the request spelt it: methods are case
+    /// sensitive) is in the set.
+    pub fn contains(self, method: &str) -> bool {
+        Self::bit(method).is_some_and(|b| self.0 & b != 0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether every method of `self` is in `other`.
+    pub fn is_subset(self, other: MethodSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// The methods, in [`METHODS`] order.
+    pub fn names(self) -> Vec<&'static str> {
+        METHODS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.0 & (1 << i) != 0)
+            .map(|(_, m)| *m)
+            .collect()
+    }
+}
+
+/// Action → allowed methods.
+#[derive(Debug, Clone, Default)]
+pub struct Catalogue {
+    methods: HashMap<String, MethodSet>,
+}
+
+impl Catalogue {
+    /// The built-in catalogue (embedded in the binary).
+    pub fn builtin() -> &'static Catalogue {
+        static BUILTIN: OnceLock<Catalogue> = OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            // The embedded catalogue is checked by this module's tests; a
+            // broken one would leave every action unknown (fail closed).
+            let doc: Value =
+                serde_json::from_str(crate::policy::EMBEDDED_CATALOG).unwrap_or(Value::Null);
+            Catalogue::from_methods(&doc["atb"]["catalog"]["methods"]).unwrap_or_default()
+        })
+    }
+
+    /// Reads a `{"action": ["GET", …], …}` document.
+    pub fn from_methods(doc: &Value) -> Result<Self, String> {
+        let obj = doc
+            .as_object()
+            .ok_or("catalog.methods must map actions to lists of methods")?;
+        let mut methods = HashMap::with_capacity(obj.len());
+        for (action, list) in obj {
+            let names = list
+                .as_array()
+                .filter(|l| !l.is_empty())
+                .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
+                .ok_or_else(|| {
+                    format!("catalog.methods.{action:?} must be a non-empty list of methods")
+                })?;
+            let set =
+                MethodSet::parse(names).map_err(|e| format!("catalog.methods.{action:?}: {e}"))?;
+            methods.insert(action.clone(), set);
+        }
+        Ok(Self { methods })
+    }
+
+    /// The methods of `action`, `None` for an action outside the catalogue.
+    pub fn methods(&self, action: &str) -> Option<MethodSet> {
+        self.methods.get(action).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.methods.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.methods.is_empty()
+    }
+}
+
+/// The built-in catalogue plus one tenant's extension actions.
+#[derive(Debug, Clone)]
+pub struct TenantCatalogue {
+    builtin: &'static Catalogue,
+    extensions: Catalogue,
+}
+
+impl TenantCatalogue {
+    /// From a tenant's `policy_data` (its `catalog.methods`, if any).
+    /// Refused: a malformed document, or one that names a built-in action.
+    pub fn new(policy_data: Option<&Value>) -> Result<Self, String> {
+        let builtin = Catalogue::builtin();
+        let extensions = match policy_data.and_then(|d| d.get("catalog")?.get("methods")) {
+            None => Catalogue::default(),
+            Some(doc) => Catalogue::from_methods(doc)?,
+        };
+        if let Some(a) = extensions
+            .methods
+            .keys()
+            .find(|a| builtin.methods(a).is_some())
+        {
+            return Err(format!(
+                "catalog.methods.{a:?}: built-in actions keep the methods of the built-in catalogue"
+            ));
+        }
+        Ok(Self {
+            builtin,
+            extensions,
+        })
+    }
+
+    pub fn methods(&self, action: &str) -> Option<MethodSet> {
+        self.builtin
+            .methods(action)
+            .or_else(|| self.extensions.methods(action))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn set(m: &[&str]) -> MethodSet {
+        MethodSet::parse(m.iter().copied()).unwrap()
+    }
+
+    #[test]
+    fn method_sets() {
+        let s = set(&["GET", "POST"]);
+        assert!(s.contains("GET") && s.contains("POST") && !s.contains("DELETE"));
+        // Methods are case sensitive: "get" is another (extension) method.
+        assert!(!s.contains("get"));
+        assert!(!s.contains("HEAD"));
+        assert!(set(&["GET"]).is_subset(s));
+        assert!(!set(&["GET", "PUT"]).is_subset(s));
+        assert_eq!(s.names(), vec!["GET", "POST"]);
+        assert!(MethodSet::parse(["HEAD"]).is_err());
+        assert!(MethodSet::parse(["get"]).is_err());
+        assert!(MethodSet::EMPTY.is_empty());
+    }
+
+    #[test]
+    fn the_builtin_catalogue_gives_every_action_one_method_class() {
+        let doc: Value = serde_json::from_str(crate::policy::EMBEDDED_CATALOG).unwrap();
+        let c = &doc["atb"]["catalog"];
+        let b = Catalogue::builtin();
+        let reads = set(&["GET"]);
+        let searches = set(&["GET", "POST"]);
+        let writes = set(&["POST", "PUT", "PATCH"]);
+        let deletes = set(&["DELETE"]);
+        let mut every = 0;
+        for section in ["tiers", "low_risk"] {
+            for (action, _) in c[section].as_object().unwrap() {
+                let m = b.methods(action).unwrap_or_else(|| panic!("{action}"));
+                assert!(
+                    [reads, searches, writes, deletes].contains(&m),
+                    "{action}: {m:?}"
+                );
+                every += 1;
+            }
+        }
+        assert!(every >= 190, "{every}");
+        assert_eq!(b.len(), c["methods"].as_object().unwrap().len());
+        // The low-risk list the policy uses for unmandated calls agrees.
+        for (action, methods) in c["low_risk"].as_object().unwrap() {
+            let listed: Vec<&str> = methods
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap())
+                .collect();
+            assert_eq!(b.methods(action), Some(set(&listed)), "{action}");
+        }
+        // The classes by verb.
+        assert_eq!(b.methods("crm.contact.read"), Some(reads));
+        assert_eq!(b.methods("kb.docs.search"), Some(searches));
+        assert_eq!(b.methods("sap.payment.execute"), Some(writes));
+        assert_eq!(b.methods("sap.vendor.create"), Some(writes));
+        assert_eq!(b.methods("crm.contact.delete"), Some(deletes));
+        assert_eq!(b.methods("made.up.action"), None);
+    }
+
+    #[test]
+    fn tenants_extend_but_never_widen() {
+        let t = TenantCatalogue::new(Some(&json!({
+            "catalog": {"methods": {"acme.ledger.close": ["POST"]}}
+        })))
+        .unwrap();
+        assert_eq!(t.methods("acme.ledger.close"), Some(set(&["POST"])));
+        assert_eq!(t.methods("crm.contact.read"), Some(set(&["GET"])));
+        assert_eq!(TenantCatalogue::new(None).unwrap().methods("x.y"), None);
+        for bad in [
+            json!({"catalog": {"methods": {"crm.contact.read": ["GET", "DELETE"]}}}),
+            json!({"catalog": {"methods": {"acme.x": []}}}),
+            json!({"catalog": {"methods": {"acme.x": ["FETCH"]}}}),
+            json!({"catalog": {"methods": {"acme.x": "GET"}}}),
+            json!({"catalog": {"methods": ["GET"]}}),
+        ] {
+            assert!(TenantCatalogue::new(Some(&bad)).is_err(), "{bad}");
+        }
+    }
+}
