@@ -48,8 +48,39 @@ struct Setup {
     broker: Broker,
 }
 
+/// The routes every test connector declares: reads anywhere under /api,
+/// searches, contact updates and payments on their own paths.
+const ROUTES: &str = r#"
+[[tenants.connectors.routes]]
+action = "crm.contact.read"
+methods = ["GET"]
+path = "/api/{*rest}"
+[[tenants.connectors.routes]]
+action = "crm.contact.read"
+methods = ["GET"]
+path = "/api/contacts/{id}"
+[[tenants.connectors.routes]]
+action = "crm.contact.update"
+methods = ["PUT", "PATCH"]
+path = "/api/contacts/{id}"
+[[tenants.connectors.routes]]
+action = "kb.docs.search"
+methods = ["GET", "POST"]
+path = "/api/search"
+[[tenants.connectors.routes]]
+action = "kb.faq.query"
+methods = ["GET", "POST"]
+path = "/api/search"
+[[tenants.connectors.routes]]
+action = "sap.payment.execute"
+methods = ["POST"]
+path = "/api/pay"
+"#;
+
 /// Two tenants; `extra_acme` adds keys to acme itself, `extra_acme_poa` to
-/// its `[tenants.poa]`.
+/// its `[tenants.poa]`. Acme has its own action `acme.vendor.delete`
+/// (DELETE, low risk) on `/api/vendors/{vendor_id}` of its `crm` connector,
+/// and an unbound connector `open` (`routes = "any"`).
 fn tenants(key: &SigningKey, upstream: u16, extra_acme: &str, extra_acme_poa: &str) -> String {
     format!(
         r#"
@@ -61,20 +92,36 @@ trust_domain = "acme.example"
 public_key_files = ["{pubkey}"]
 revoked_jtis = ["revoked-jti"]
 {extra_acme_poa}
+[tenants.policy_data.catalog.methods]
+"acme.vendor.delete" = ["DELETE"]
+[tenants.policy_data.catalog.tiers]
+"acme.vendor.delete" = "low"
 [[tenants.connectors]]
 id = "crm"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
 timeout_seconds = 1
+{ROUTES}
+[[tenants.connectors.routes]]
+action = "acme.vendor.delete"
+methods = ["DELETE"]
+path = "/api/vendors/{{vendor_id}}"
 [[tenants.connectors]]
 id = "tight"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
-rate_limit = {{ requests_per_second = 0.001, burst = 1 }}
+rate_limit = {{ requests_per_second = 0.5, burst = 1 }}
+{ROUTES}
 [[tenants.connectors]]
 id = "down"
 upstream_url = "http://127.0.0.1:{down}"
 egress_allowlist = ["/api/"]
+{ROUTES}
+[[tenants.connectors]]
+id = "open"
+upstream_url = "http://127.0.0.1:{upstream}"
+egress_allowlist = ["/api/"]
+routes = "any"
 
 [[tenants]]
 id = "globex"
@@ -85,6 +132,7 @@ public_key_files = ["{pubkey}"]
 id = "crm"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
+{ROUTES}
 "#,
         pubkey = key.public.display(),
         down = free_port(),
@@ -190,13 +238,13 @@ fn an_allowed_call_reaches_the_upstream_with_broker_headers_and_no_credentials()
         "the PoA must not reach the upstream"
     );
     // A JSON body streams through intact, PoA also stripped from X-PoA-Token.
-    let t = s.mint("crm.contact.read", &[]);
+    let t = s.mint("kb.docs.search", &[]);
     let xp = format!("X-PoA-Token: {t}");
     let a = agent_get(
         &s.broker,
         &s.pki,
         Some("acme-agent"),
-        "/api/contacts",
+        "/api/search",
         &[
             "-H",
             &xp,
@@ -264,7 +312,7 @@ fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
     let bare = |agent: &str, path: &str, extra: &[&str]| {
         agent_get(&s.broker, &s.pki, Some(agent), path, extra)
     };
-    // A low-risk catalogue action with its method: the policy allows it
+    // A low-risk catalogue action on its route: the policy allows it
     // without a mandate and the call is forwarded as that action.
     let a = bare(
         "acme-agent",
@@ -275,18 +323,18 @@ fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
     let h = &a.json()["headers"];
     assert_eq!(h["x-atb-action"], "crm.contact.read");
     assert_eq!(h["x-atb-agent"], ACME);
-    // The same action with a method the catalogue does not list for it.
+    // Without the header the action comes from the route.
+    let a = bare("acme-agent", "/api/contacts", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["headers"]["x-atb-action"], "crm.contact.read");
+    // A method no route carries.
     let post = bare(
         "acme-agent",
         "/api/contacts",
         &["-X", "POST", "-H", "X-ATB-Action: crm.contact.read"],
     );
-    expect(&post, 401, "poa_required");
-    assert!(post.json()["reason"]
-        .as_str()
-        .unwrap()
-        .contains("poa_required_for_action"));
-    // Actions above low risk, unknown actions and no action at all.
+    expect(&post, 403, "action_route_mismatch");
+    // The header cannot relabel a route: it must be one of its actions.
     for action in [
         "sap.payment.execute",
         "crm.contact.update",
@@ -295,11 +343,40 @@ fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
         let header = format!("X-ATB-Action: {action}");
         expect(
             &bare("acme-agent", "/api/x", &["-H", &header]),
-            401,
-            "poa_required",
+            403,
+            "action_route_mismatch",
         );
     }
-    expect(&bare("acme-agent", "/api/x", &[]), 401, "poa_required");
+    // Routes of actions above low risk need a mandate, header or not.
+    for extra in [
+        &["-X", "POST", "-H", "X-ATB-Action: sap.payment.execute"][..],
+        &["-X", "POST"][..],
+    ] {
+        let a = bare("acme-agent", "/api/pay", extra);
+        expect(&a, 401, "poa_required");
+        assert!(a.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("poa_required_for_action"));
+    }
+    expect(
+        &bare("acme-agent", "/api/contacts/7", &["-X", "PUT"]),
+        401,
+        "poa_required",
+    );
+    // A route several actions share needs the header to pick one.
+    expect(
+        &bare("acme-agent", "/api/search", &[]),
+        403,
+        "action_route_mismatch",
+    );
+    let a = bare(
+        "acme-agent",
+        "/api/search",
+        &["-H", "X-ATB-Action: kb.docs.search"],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["headers"]["x-atb-action"], "kb.docs.search");
     // A header that is no action name is a bad request, not a policy input.
     for action in ["crm contact", "crm.contact.read;x", &"a".repeat(257)] {
         let header = format!("X-ATB-Action: {action}");
@@ -342,7 +419,7 @@ fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
             &m,
             r#"atb_poa_validations_total{result="absent",tenant="acme"}"#
         ),
-        Some(7.0),
+        Some(15.0),
         "{m}"
     );
 }
@@ -432,18 +509,18 @@ fn a_forged_token_does_not_burn_the_real_jti() {
 #[test]
 fn a_malformed_body_does_not_burn_the_mandate() {
     let s = setup();
-    let t = s.mint("crm.contact.read", &[]);
+    let t = s.mint("kb.docs.search", &[]);
     let json = ["-H", "Content-Type: application/json", "--data"];
     let bad = s.call(
         "acme-agent",
-        "/api/x",
+        "/api/search",
         &t,
         &[json[0], json[1], json[2], "{broken"],
     );
     expect(&bad, 400, "bad_request");
     let good = s.call(
         "acme-agent",
-        "/api/x",
+        "/api/search",
         &t,
         &[json[0], json[1], json[2], r#"{"ok":true}"#],
     );
@@ -742,7 +819,12 @@ fn policy_denials_carry_the_policys_reason() {
         s.call("acme-agent", "/api/pay", t, &body)
     };
     // The constraint family runs first: no amount, no payment.
-    let a = s.acme("/api/pay", &s.mint("sap.payment.execute", &[]));
+    let a = s.call(
+        "acme-agent",
+        "/api/pay",
+        &s.mint("sap.payment.execute", &[]),
+        &["-X", "POST"],
+    );
     expect(&a, 403, "policy_denied");
     assert_eq!(a.json()["reason"], "action_denied");
     let a = pay(&s.mint("sap.payment.execute", &[]));
@@ -781,15 +863,15 @@ fn policy_engine_errors_fail_closed_and_params_reach_the_policy() {
 import rego.v1
 default decision := {"allow": false, "reason": "deny_by_default"}
 decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
-    input.request.action == "ok"
+    input.request.action == "kb.docs.search"
     input.request.params.amount < 100
     input.request.params.region == "eu"
-    input.rate_limit_state.ok >= 0
+    input.rate_limit_state["kb.docs.search"] >= 0
     input.current_time_ns > 0
     input.tenant.id == "acme"
 }
 decision := {"allow": true, "reason": "allow"} if {
-    input.request.action == "boom"
+    input.request.action == "kb.faq.query"
     to_number("not a number") > 0
 }
 "#,
@@ -801,15 +883,19 @@ decision := {"allow": true, "reason": "allow"} if {
         let t = s.mint(act, &[]);
         s.call(
             "acme-agent",
-            "/api/x?region=eu",
+            "/api/search?region=eu",
             &t,
             &["-H", "Content-Type: application/json", "--data", body],
         )
     };
-    assert_eq!(post("ok", r#"{"amount": 5}"#).status, 200);
-    expect(&post("ok", r#"{"amount": 500}"#), 403, "policy_denied");
-    expect(&post("ok", "{not json"), 400, "bad_request");
-    let a = post("boom", "{}");
+    assert_eq!(post("kb.docs.search", r#"{"amount": 5}"#).status, 200);
+    expect(
+        &post("kb.docs.search", r#"{"amount": 500}"#),
+        403,
+        "policy_denied",
+    );
+    expect(&post("kb.docs.search", "{not json"), 400, "bad_request");
+    let a = post("kb.faq.query", "{}");
     expect(&a, 503, "policy_unavailable");
     assert!(a.header("retry-after").is_some());
     let m = s.broker.metrics();
@@ -941,7 +1027,12 @@ fn a_remote_opa_decides_and_its_health_gates_readiness() {
         s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,
         200
     );
-    let denied = s.acme("/api/x", &s.mint("crm.contact.update", &[]));
+    let denied = s.call(
+        "acme-agent",
+        "/api/contacts/7",
+        &s.mint("crm.contact.update", &[]),
+        &["-X", "PUT"],
+    );
     expect(&denied, 403, "policy_denied");
     assert_eq!(denied.json()["reason"], "opa_says_no");
 }
@@ -971,9 +1062,17 @@ fn connector_rate_limit_answers_429() {
     let s = setup();
     let tight = |_: ()| s.mint_via(ACME, "crm.contact.read", "tight");
     assert_eq!(s.acme("/api/x", &tight(())).status, 200);
-    let a = s.acme("/api/x", &tight(()));
+    let t = tight(());
+    let a = s.acme("/api/x", &t);
     expect(&a, 429, "rate_limited");
-    assert!(a.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    let wait = a.header("retry-after").unwrap().parse::<u64>().unwrap();
+    assert!(wait >= 1);
+    // The refused mandate was not spent: after Retry-After it goes through
+    // (once).
+    std::thread::sleep(Duration::from_secs(wait));
+    assert_eq!(s.acme("/api/x", &t).status, 200);
+    std::thread::sleep(Duration::from_secs(wait));
+    expect(&s.acme("/api/x", &t), 403, "poa_replay");
 }
 
 #[test]
@@ -1008,18 +1107,18 @@ fn oversized_bodies_are_refused() {
         &[],
     );
     let big = format!("{{\"x\":\"{}\"}}", "a".repeat(100));
-    let t = s.mint("crm.contact.read", &[]);
+    let t = s.mint("kb.docs.search", &[]);
     let a = s.call(
         "acme-agent",
-        "/api/x",
+        "/api/search",
         &t,
         &["-H", "Content-Type: application/json", "--data", &big],
     );
     expect(&a, 413, "body_too_large");
-    let t = s.mint("crm.contact.read", &[]);
+    let t = s.mint("kb.docs.search", &[]);
     let a = s.call(
         "acme-agent",
-        "/api/x",
+        "/api/search",
         &t,
         &["-H", "Content-Type: text/plain", "--data", &"b".repeat(200)],
     );
@@ -1027,11 +1126,11 @@ fn oversized_bodies_are_refused() {
     // A chunked body has no Content-Length: it is cut off at the limit
     // while it streams, and the upstream never gets a complete request.
     let chunked = |len: usize| {
-        let t = s.mint("crm.contact.read", &[]);
+        let t = s.mint("kb.docs.search", &[]);
         let body = "c".repeat(len);
         s.call(
             "acme-agent",
-            "/api/x",
+            "/api/search",
             &t,
             &[
                 "--http1.1",
@@ -1160,6 +1259,7 @@ jwks_url = "http://127.0.0.1:{jwks_port}/jwks.json"
 id = "crm"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
+{ROUTES}
 "#
     );
     // The JWKS is down when the broker starts: it starts anyway, not ready.
@@ -1211,4 +1311,305 @@ egress_allowlist = ["/api/"]
     let m = broker.metrics();
     assert!(metric(&m, r#"atb_jwks_refreshes_total{result="ok",tenant="acme"}"#).unwrap() >= 1.0);
     assert_eq!(metric(&m, r#"atb_jwks_keys{tenant="acme"}"#), Some(1.0));
+}
+
+/// `curl -X METHOD --path-as-is` on the mTLS listener with a mandate.
+fn call_as(s: &Setup, method: &str, path: &str, token: &str, extra: &[&str]) -> Answer {
+    let mut args = vec!["-X", method, "--path-as-is"];
+    args.extend_from_slice(extra);
+    s.call("acme-agent", path, token, &args)
+}
+
+#[test]
+fn a_mandate_reaches_only_its_actions_routes_and_a_refusal_does_not_spend_it() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    // The reported hole: the cheapest mandate on a payment and on a vendor
+    // deletion.
+    let json = ["-H", "Content-Type: application/json", "--data"];
+    let pay = call_as(
+        &s,
+        "POST",
+        "/api/pay",
+        &t,
+        &[json[0], json[1], json[2], r#"{"amount":999999999}"#],
+    );
+    expect(&pay, 403, "action_route_mismatch");
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/1", &t, &[]),
+        403,
+        "action_route_mismatch",
+    );
+    // Edges: method case, another method, an empty catch-all.
+    for (method, path) in [
+        ("get", "/api/contacts/7"),
+        ("PUT", "/api/contacts/7"),
+        ("GET", "/api/"),
+    ] {
+        let a = call_as(&s, method, path, &t, &[]);
+        expect(&a, 403, "action_route_mismatch");
+    }
+    // Encoded dots and slashes never reach matching.
+    for path in [
+        "/api/contacts/%2e%2e",
+        "/api/contacts%2f7",
+        "/api/%2e%2e/admin",
+    ] {
+        expect(&call_as(&s, "GET", path, &t, &[]), 403, "egress_denied");
+    }
+    // None of that spent the mandate: it works on its own route, once, and
+    // the upstream receives the canonical path (unreserved escapes decoded).
+    let ok = call_as(&s, "GET", "/api/contacts/%37", &t, &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["path"], "/api/contacts/7");
+    assert_eq!(ok.json()["headers"]["x-atb-action"], "crm.contact.read");
+    expect(
+        &call_as(&s, "GET", "/api/contacts/7", &t, &[]),
+        403,
+        "poa_replay",
+    );
+    // A catch-all takes any non-empty rest.
+    let deep = call_as(
+        &s,
+        "GET",
+        "/api/a/b/c",
+        &s.mint("crm.contact.read", &[]),
+        &[],
+    );
+    assert_eq!(deep.status, 200, "{deep:?}");
+    // The audit records the refusals and the route the allowed call took.
+    assert!(eventually(Duration::from_secs(5), || {
+        let audit = s.broker.audit();
+        audit
+            .iter()
+            .filter(|e| e["code"] == "action_route_mismatch" && e["action"] == "crm.contact.read")
+            .count()
+            == 5
+            && audit.iter().any(|e| {
+                e["status"] == 200
+                    && e["route"] == "/api/contacts/{id}"
+                    && e["path"] == "/api/contacts/%37"
+            })
+    }));
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_rejections_total{code="action_route_mismatch",tenant="acme"}"#
+        ),
+        Some(5.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_pinned_mandate_reaches_exactly_its_call() {
+    let s = setup();
+    let pinned = |con: Value| {
+        s.key.mint(
+            ACME,
+            "acme.vendor.delete",
+            &["--leg", LEG, "--con", &con.to_string()],
+        )
+    };
+    let t = pinned(
+        json!({"connector": "crm", "http": {"method": "DELETE", "path": "/api/vendors/17"}}),
+    );
+    // Not vendor 18, not another method, not a spelling that differs.
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/18", &t, &[]),
+        403,
+        "action_route_mismatch",
+    );
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/170", &t, &[]),
+        403,
+        "action_route_mismatch",
+    );
+    expect(
+        &call_as(&s, "GET", "/api/vendors/17", &t, &[]),
+        403,
+        "action_route_mismatch",
+    );
+    // The pinned call itself (escapes of unreserved characters are the same
+    // path), once.
+    let ok = call_as(&s, "DELETE", "/api/v%65ndors/%31%37", &t, &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["path"], "/api/vendors/17");
+    assert_eq!(ok.json()["method"], "DELETE");
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/17", &t, &[]),
+        403,
+        "poa_replay",
+    );
+    // A pinned query must match too.
+    let q = pinned(
+        json!({"connector": "crm", "http": {"method": "DELETE", "path": "/api/vendors/5", "query": "hard=false"}}),
+    );
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/5?hard=true", &q, &[]),
+        403,
+        "action_route_mismatch",
+    );
+    assert_eq!(
+        call_as(&s, "DELETE", "/api/vendors/5?hard=false", &q, &[]).status,
+        200
+    );
+    // A malformed pin is refused, never ignored.
+    for http in [
+        json!("DELETE /api/vendors/17"),
+        json!({"method": "DELETE"}),
+        json!({"method": "TRACE", "path": "/api/vendors/17"}),
+    ] {
+        let bad = pinned(json!({"connector": "crm", "http": http}));
+        expect(
+            &call_as(&s, "DELETE", "/api/vendors/17", &bad, &[]),
+            403,
+            "action_route_mismatch",
+        );
+    }
+    // Without a pin: exact templates (no trailing slash, no extra segment).
+    let free = pinned(json!({"connector": "crm"}));
+    for path in ["/api/vendors/17/", "/api/vendors/17/x", "/api/vendors/"] {
+        expect(
+            &call_as(&s, "DELETE", path, &free, &[]),
+            403,
+            "action_route_mismatch",
+        );
+    }
+    assert_eq!(
+        call_as(&s, "DELETE", "/api/vendors/17", &free, &[]).status,
+        200
+    );
+    // A con member named like a capture binds it (policy).
+    let bound = pinned(json!({"connector": "crm", "vendor_id": "17"}));
+    let a = call_as(&s, "DELETE", "/api/vendors/18", &bound, &[]);
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "route_param_mismatch");
+    let bound = pinned(json!({"connector": "crm", "vendor_id": 17}));
+    assert_eq!(
+        call_as(&s, "DELETE", "/api/vendors/17", &bound, &[]).status,
+        200
+    );
+}
+
+#[test]
+fn the_policy_sees_the_route_and_its_captures() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        r#"package atb.poa
+import rego.v1
+default decision := {"allow": false, "reason": "deny_by_default"}
+decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
+    input.request.route == "/api/vendors/{vendor_id}"
+    input.request.route_params == {"vendor_id": "a b"}
+    input.request.path == "/api/vendors/a%20b"
+    input.request.action == "acme.vendor.delete"
+}
+"#,
+    )
+    .unwrap();
+    let s = setup_with(
+        &format!("[policy]\ndir = \"{}\"\n", dir.path().display()),
+        "",
+        &[],
+    );
+    let t = s.mint("acme.vendor.delete", &[]);
+    let a = call_as(&s, "DELETE", "/api/vendors/a%20b", &t, &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    let t = s.mint("acme.vendor.delete", &[]);
+    expect(
+        &call_as(&s, "DELETE", "/api/vendors/ab", &t, &[]),
+        403,
+        "policy_denied",
+    );
+}
+
+#[test]
+fn an_unbound_connector_is_explicit_warned_and_flagged() {
+    let s = setup();
+    // routes = "any": the mandate's act is not bound to method and path.
+    let t = s.mint_via(ACME, "crm.contact.read", "open");
+    let a = call_as(&s, "POST", "/api/anything", &t, &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["headers"]["x-atb-action"], "crm.contact.read");
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_connector_unbound{connector="open",tenant="acme"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_connector_unbound{connector="crm",tenant="acme"}"#
+        ),
+        Some(0.0)
+    );
+    let log = s.broker.stderr();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("NOT bound") && l.contains("open")),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_route_the_catalogue_forbids_is_refused_at_start_with_its_key() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let bad = format!(
+        r#"
+[tls]
+cert_file = "{cert}"
+key_file = "{tlskey}"
+client_ca_file = "{ca}"
+
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+[tenants.poa]
+public_key_files = ["{pubkey}"]
+[[tenants.connectors]]
+id = "crm"
+upstream_url = "http://127.0.0.1:9"
+egress_allowlist = ["/api/"]
+[[tenants.connectors.routes]]
+action = "crm.contact.read"
+methods = ["GET"]
+path = "/api/contacts/{{id}}"
+[[tenants.connectors.routes]]
+action = "crm.contact.read"
+methods = ["GET", "DELETE"]
+path = "/api/contacts/{{id}}"
+"#,
+        cert = pki.path("server.crt").display(),
+        tlskey = pki.path("server.key").display(),
+        ca = pki.ca().display(),
+        pubkey = key.public.display(),
+    );
+    let file = pki.path("bad.toml");
+    std::fs::write(&file, bad).unwrap();
+    for args in [
+        &["broker", "--check", "--config"][..],
+        &["broker", "--config"][..],
+    ] {
+        let out = Command::new(ATB)
+            .args(args)
+            .arg(&file)
+            .env_remove("ATB_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} accepted the config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("tenants[0].connectors[0].routes[1].methods")
+                && err.contains("allows GET"),
+            "{args:?}: {err}"
+        );
+    }
 }

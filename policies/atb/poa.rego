@@ -252,6 +252,24 @@ binding_ok if {
 binding_detail := sprintf("platform_sub '%v' does not match SPIFFE ID '%v' (mode %v)", [platform_sub, agent, binding_mode])
 
 # ---------------------------------------------------------------------------
+# Route captures. The broker sends the matched route's template
+# (request.route) and its percent-decoded captures (request.route_params).
+# A capture named like a member of the mandate's con must equal it, so
+# con.vendor_id = "17" binds /api/vendors/{vendor_id} to vendor 17 (numbers
+# compare by their decimal text).
+# ---------------------------------------------------------------------------
+
+route_param_conflicts contains k if {
+	some k, v in input.request.route_params
+	route_param_conflict(input.poa.con, k, v)
+}
+
+route_param_conflict(c, k, v) if {
+	cv := c[k]
+	sprintf("%v", [cv]) != v
+}
+
+# ---------------------------------------------------------------------------
 # Per-action constraints. The family is looked up by the mandate's act; the
 # request path never skips them. Operands come from request.params; limits
 # from the mandate's con, falling back to their documented default only when
@@ -866,6 +884,8 @@ denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 	not binding_ok
 } else := {"reason": "action_mismatch", "details": {"act": act, "request_action": request_action}} if {
 	request_action != act
+} else := {"reason": "route_param_mismatch", "details": {"params": sort(route_param_conflicts)}} if {
+	count(route_param_conflicts) > 0
 } else := {"reason": "action_denied", "details": {"action": act}} if {
 	not action_allowed
 } else := {"reason": tier_denial[risk_tier], "details": {"tier": risk_tier, "action": act}} if {
@@ -971,6 +991,7 @@ common_case_tier := tier if {
 	# The action's constraint family.
 	c := p.con
 	is_object(c)
+	count(route_param_conflicts) == 0
 	rp := input.request.params
 	is_object(rp)
 	self := {me}

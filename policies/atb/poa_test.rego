@@ -157,6 +157,29 @@ test_sub_mismatch if denied(json.patch(mk("crm.contact.read", {}, {}, good_leg),
 
 test_missing_agent_is_sub_mismatch if denied(json.remove(mk("crm.contact.read", {}, {}, good_leg), ["agent"]), "sub_mismatch")
 
+# --- route captures ----------------------------------------------------------
+routed(con, params) := json.patch(mk("crm.contact.read", {}, con, good_leg), [
+	{"op": "add", "path": "/request/route", "value": "/api/vendors/{vendor_id}"},
+	{"op": "add", "path": "/request/route_params", "value": params},
+])
+
+test_route_param_equal_to_con_allowed if allowed(routed({"vendor_id": "17"}, {"vendor_id": "17"}))
+
+test_route_param_numeric_con_allowed if allowed(routed({"vendor_id": 17}, {"vendor_id": "17"}))
+
+test_route_param_unrelated_to_con_allowed if allowed(routed({"amount": 5}, {"vendor_id": "18"}))
+
+test_route_param_other_than_con_denied if {
+	d := decide(routed({"vendor_id": "17"}, {"vendor_id": "18"}))
+	d.allow == false
+	d.reason == "route_param_mismatch"
+	d.details.params == ["vendor_id"]
+}
+
+test_route_param_numeric_con_other_denied if denied(routed({"vendor_id": 17}, {"vendor_id": "170"}), "route_param_mismatch")
+
+test_route_param_object_con_denied if denied(routed({"vendor_id": {"id": "17"}}, {"vendor_id": "17"}), "route_param_mismatch")
+
 test_action_mismatch if denied(json.patch(mk("crm.contact.read", {}, {}, good_leg), [{"op": "replace", "path": "/request/action", "value": "crm.contact.update"}]), "action_mismatch")
 
 test_missing_request_action_is_mismatch if denied(json.remove(mk("crm.contact.read", {}, {}, good_leg), ["request/action"]), "action_mismatch")

@@ -136,7 +136,24 @@ def fixed(name, act, leg):
     return {"name": name, "input": inp}
 
 
+# Route captures against con members of every JSON type.
+ROUTE_CASES = [
+    ({"vendor_id": "17"}, {"vendor_id": "17"}), ({"vendor_id": "17"}, {"vendor_id": "18"}),
+    ({"vendor_id": 17}, {"vendor_id": "17"}), ({"vendor_id": 17}, {"vendor_id": "170"}),
+    ({"vendor_id": 1.5}, {"vendor_id": "1.5"}), ({"vendor_id": True}, {"vendor_id": "true"}),
+    ({"vendor_id": None}, {"vendor_id": "null"}), ({"vendor_id": ["17"]}, {"vendor_id": "17"}),
+    ({"vendor_id": {"id": "17"}}, {"vendor_id": "17"}), ({"amount": 5}, {"vendor_id": "18"}),
+    ({"vendor_id": "é"}, {"vendor_id": "é"}), ({"a": "1", "b": "2"}, {"a": "1", "b": "3"}),
+]
+
+
 def fixed_cases():
+    for i, (con, params) in enumerate(ROUTE_CASES):
+        c = fixed(f"route-{i:02d}", "crm.contact.read", GOOD_LEG)
+        c["input"]["poa"]["con"] = con
+        c["input"]["request"].update({"method": "GET", "route": "/api/vendors/{vendor_id}",
+                                      "route_params": params})
+        yield c
     for leg_name, leg in ODD_LEGS.items():
         for act in ["crm.contact.update", "sap.vendor.create", "org.company.merge"]:
             yield fixed(f"odd-{leg_name}-{act}", act, leg)
