@@ -183,18 +183,42 @@ impl Dev {
         )
     }
 
-    /// Uses a mandate at the broker.
+    /// Uses a mandate at the broker, on the demo route of its action.
     fn broker_call(&self, token: &str) -> Answer {
-        let url = format!("https://localhost:{}/api/orders", self.broker);
+        let (method, path) = match claims_of(token)["act"].as_str().unwrap() {
+            "crm.contact.update" => ("PUT", "/api/contacts/7"),
+            "sap.vendor.create" => ("POST", "/api/vendors"),
+            "org.company.merge" => ("POST", "/api/merge"),
+            _ => ("GET", "/api/hello"),
+        };
+        self.broker_call_to(token, method, path, &[])
+    }
+
+    /// `method path` at the broker as acme's agent with `token`.
+    fn broker_call_to(&self, token: &str, method: &str, path: &str, extra: &[&str]) -> Answer {
+        let url = format!("https://localhost:{}{path}", self.broker);
         let (ca, crt, key) = (
             self.path("ca.crt"),
             self.path("acme-agent.crt"),
             self.path("acme-agent.key"),
         );
         let auth = format!("Authorization: Bearer {token}");
-        curl(&[
-            "--cacert", &ca, "--cert", &crt, "--key", &key, "-H", &auth, &url,
-        ])
+        let mut args = vec![
+            "--cacert",
+            &ca,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "-H",
+            &auth,
+            "-X",
+            method,
+            "--path-as-is",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
     }
 
     fn metrics(&self) -> String {
@@ -727,4 +751,83 @@ fn source_address_budget_ignores_untrusted_forwarded_for() {
         ),
         Some(1.0)
     );
+}
+
+/// The hole as a new user found it, on `atb dev` with the README's own
+/// material: a low-risk mandate minted without approval reached a payment
+/// and a vendor deletion. Now it reaches only its own routes, and the
+/// refusals leave it usable.
+#[test]
+fn a_low_risk_mandate_reaches_only_its_routes_on_atb_dev() {
+    let dev = Dev::start(&[]);
+    let t = token_of(&dev.mandate(&id_of(&dev.challenge("crm.contact.read", json!({})))));
+    let json = ["-H", "Content-Type: application/json", "--data"];
+    let pay = dev.broker_call_to(
+        &t,
+        "POST",
+        "/api/pay",
+        &[json[0], json[1], json[2], r#"{"amount":999999999}"#],
+    );
+    assert_eq!(
+        (pay.status, pay.error()),
+        (403, "action_route_mismatch".into()),
+        "{pay:?}"
+    );
+    let del = dev.broker_call_to(&t, "DELETE", "/api/vendors/1", &[]);
+    assert_eq!(
+        (del.status, del.error()),
+        (403, "action_route_mismatch".into()),
+        "{del:?}"
+    );
+    let ok = dev.broker_call_to(&t, "GET", "/api/contacts/7", &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["headers"]["x-atb-action"], "crm.contact.read");
+    let again = dev.broker_call_to(&t, "GET", "/api/contacts/7", &[]);
+    assert_eq!((again.status, again.error()), (403, "poa_replay".into()));
+}
+
+/// A pinned call: approvers see it, the mandate carries it, and the broker
+/// admits exactly that call.
+#[test]
+fn a_pinned_call_is_shown_to_approvers_and_enforced_by_the_broker() {
+    let dev = Dev::start(&[]);
+    let pin = json!({"http": {"method": "DELETE", "path": "/api/contacts/17"}});
+    let c = dev.challenge("crm.contact.delete", pin.clone());
+    let id = id_of(&c);
+    assert_eq!(c.json()["pinned_call"], "DELETE /api/contacts/17");
+    let pending = dev.approver(&dev.token("alice"), "GET", "/v1/approvals?status=pending");
+    let listed = pending.json()["challenges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["challenge_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{pending:?}"));
+    assert_eq!(listed["pinned_call"], "DELETE /api/contacts/17");
+    assert_eq!(dev.approve(&dev.token("alice"), &id).status, 200);
+    let t = token_of(&dev.mandate(&id));
+    assert_eq!(claims_of(&t)["con"], pin);
+    let other = dev.broker_call_to(&t, "DELETE", "/api/contacts/18", &[]);
+    assert_eq!(
+        (other.status, other.error()),
+        (403, "action_route_mismatch".into()),
+        "{other:?}"
+    );
+    let ok = dev.broker_call_to(&t, "DELETE", "/api/contacts/17", &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.json()["path"], "/api/contacts/17");
+    // Pins AgentAuth refuses: malformed, or a method the action never uses.
+    for con in [
+        json!({"http": {"method": "DELETE"}}),
+        json!({"http": {"method": "DELETE", "path": "/api/../admin"}}),
+        json!({"http": {"method": "GET", "path": "/api/contacts/17"}}),
+        json!({"http": "DELETE /api/contacts/17"}),
+    ] {
+        let r = dev.challenge("crm.contact.delete", con.clone());
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "invalid_challenge".into()),
+            "{con}: {r:?}"
+        );
+    }
 }

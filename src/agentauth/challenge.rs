@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::Rejection;
 use crate::poa::{is_action_name, MAX_ACTION_LEN};
+use crate::routes::pinned::PinnedCall;
 
 /// Risk tier, as the policy's `risk_tier` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -313,6 +314,9 @@ pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, Stri
         }
     };
     let con = object("con")?;
+    // A pinned call (con.http) must be well formed, so approvers see the
+    // exact call and the broker never meets a pin it has to refuse.
+    PinnedCall::from_con(Some(&con)).map_err(|e| e.to_string())?;
     let leg = object("leg")?;
     for block in SERVER_WRITTEN {
         if leg.get(block).is_some() {
@@ -582,6 +586,14 @@ impl Challenge {
         })
     }
 
+    /// `METHOD /path` of the call `con.http` pins, if it pins one.
+    pub fn pinned_call(&self) -> Option<String> {
+        PinnedCall::from_con(Some(&self.con))
+            .ok()
+            .flatten()
+            .map(|p| p.display())
+    }
+
     /// What agents and approvers see.
     pub fn view(&self, now: i64) -> Value {
         json!({
@@ -590,6 +602,8 @@ impl Challenge {
             "agent_spiffe_id": self.agent,
             "act": self.act,
             "con": self.con,
+            // The one call the mandate will allow, when con.http pins it.
+            "pinned_call": self.pinned_call(),
             "leg": self.leg,
             "risk_tier": self.tier.as_str(),
             "approvals_needed": self.approvals_needed,
@@ -691,6 +705,14 @@ mod tests {
             (json!({"act": "a", "leg": {}}), "con is required"),
             (json!({"act": "a", "con": [], "leg": {}}), "con must be"),
             (json!({"act": "a", "con": {}, "leg": null}), "leg must be"),
+            (
+                json!({"act": "a", "con": {"http": {"method": "GET"}}, "leg": {}}),
+                "con.http path",
+            ),
+            (
+                json!({"act": "a", "con": {"http": {"method": "GET", "path": "/a/../b"}}, "leg": {}}),
+                "con.http path",
+            ),
             (json!({"act": "a", "con": deep, "leg": {}}), "deeper"),
             (json!({"act": "a", "con": {"s": long}, "leg": {}}), "longer"),
             (

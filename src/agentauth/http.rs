@@ -21,6 +21,7 @@ use super::observe::AgentAuthEvent;
 use super::state::AgentAuthState;
 use crate::error::Rejection;
 use crate::replay::unix_now;
+use crate::routes::pinned::PinnedCall;
 use crate::spiffe::SpiffeId;
 use crate::tenant::Tenant;
 use crate::tls::{peer_identity, IdentityError};
@@ -226,6 +227,33 @@ fn agent(req: &HttpRequest, state: &AgentAuthState) -> Result<(SpiffeId, Tenant)
     }
 }
 
+/// A pinned call's method must be one the catalogue allows for the action
+/// (built-in, or the tenant's own extension).
+fn check_pinned_method(
+    tenant: &Tenant,
+    request: &challenge::ChallengeRequest,
+) -> Result<(), Rejection> {
+    let Ok(Some(pin)) = PinnedCall::from_con(Some(&request.con)) else {
+        return Ok(());
+    };
+    let methods = crate::catalog::TenantCatalogue::new(tenant.policy_data.as_ref())
+        .ok()
+        .and_then(|c| c.methods(&request.act));
+    match methods {
+        Some(m) if !pin.method_allowed(m) => Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_challenge",
+            format!(
+                "con.http pins {} but the catalogue allows {} for {}",
+                pin.method,
+                m.names().join(", "),
+                request.act
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn agent_with_budget(
     req: &HttpRequest,
     state: &AgentAuthState,
@@ -329,6 +357,7 @@ async fn create_challenge_inner(
     let request = challenge::parse_request(&body, agent.as_str())
         .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
     call.event.action.clone_from(&request.act);
+    check_pinned_method(&tenant, &request)?;
     let tiers = state.tiers.clone();
     let (t, act) = (tenant.id.clone(), request.act.clone());
     let tier = web::block(move || tiers.tier(&t, &act))
@@ -367,6 +396,7 @@ async fn create_challenge_inner(
         "risk_tier": c.tier.as_str(),
         "approvals_needed": c.approvals_needed,
         "requires_dual_control": c.approvals_needed >= 2,
+        "pinned_call": c.pinned_call(),
         "status": c.status(now).as_str(),
         "approval_hint": "approvers: POST /v1/challenge/{id}/approve with an OIDC bearer token; agent: POST /v1/mandate once approved",
     })))
