@@ -198,6 +198,71 @@ fn identities_keys_and_challenge_bodies_never_panic() {
 }
 
 #[test]
+fn request_paths_routes_and_pins_never_panic() {
+    use atb::catalog::TenantCatalogue;
+    use atb::routes::{path, pinned::PinnedCall, RouteConfig, RouteTable};
+    let mut rng = Rng(0x5eed_0005);
+    let catalogue = TenantCatalogue::new(None).unwrap();
+    let route = |action: &str, methods: &[&str], path: &str| RouteConfig {
+        action: action.into(),
+        methods: methods.iter().map(|m| m.to_string()).collect(),
+        path: path.into(),
+    };
+    let table = RouteTable::compile(
+        &[
+            route("crm.contact.read", &["GET"], "/api/contacts/{id}"),
+            route(
+                "crm.contact.update",
+                &["PUT", "PATCH"],
+                "/api/contacts/{id}",
+            ),
+            route("kb.docs.search", &["GET", "POST"], "/api/docs/{*rest}"),
+            route("sap.payment.execute", &["POST"], "/api/pay"),
+        ],
+        &catalogue,
+        "c",
+    )
+    .unwrap();
+    // Request paths: canonicalised, then matched (as the pipeline does).
+    let paths = [
+        b"/api/contacts/17".to_vec(),
+        b"/api/docs/a/b%20c/d.md".to_vec(),
+        b"/api/v%65ndors/%31%37".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &paths, 20_000) {
+        let raw = String::from_utf8_lossy(&bytes);
+        let _ = path::decode(&raw);
+        if let Ok(p) = path::canonical(&raw) {
+            for method in ["GET", "POST", "get", "DELETE"] {
+                let _ = table.lookup(method, &p);
+            }
+        }
+    }
+    // Route templates from configuration.
+    let templates = [
+        b"/api/contacts/{id}".to_vec(),
+        b"/api/{a}/x/{*rest}".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &templates, 5_000) {
+        let t = String::from_utf8_lossy(&bytes).into_owned();
+        let _ = RouteTable::compile(&[route("crm.contact.read", &["GET"], &t)], &catalogue, "c");
+    }
+    // Pinned calls in a mandate's con.
+    let pins = [
+        json!({"http": {"method": "DELETE", "path": "/api/vendors/17", "query": "a=1"}})
+            .to_string()
+            .into_bytes(),
+    ];
+    for bytes in inputs(&mut rng, &pins, 10_000) {
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            if let Ok(Some(p)) = PinnedCall::from_con(Some(&v)) {
+                let _ = p.check("DELETE", "/api/vendors/17", "a=1");
+            }
+        }
+    }
+}
+
+#[test]
 fn audit_lines_and_configuration_never_panic() {
     let mut rng = Rng(0x5eed_0003);
     let mut chain = atb::audit::chain::Chain::new("broker", Default::default());
