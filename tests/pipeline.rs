@@ -1349,6 +1349,24 @@ fn a_mandate_reaches_only_its_actions_routes_and_a_refusal_does_not_spend_it() {
         let a = call_as(&s, method, path, &t, &[]);
         expect(&a, 403, "action_route_mismatch");
     }
+    // Method overrides (headers or a _method parameter) are refused: an
+    // upstream honouring them would perform another method than the route's.
+    for extra in [
+        &["-H", "X-HTTP-Method-Override: DELETE"][..],
+        &["-H", "X-HTTP-Method: DELETE"][..],
+        &["-H", "X-Method-Override: DELETE"][..],
+    ] {
+        expect(
+            &call_as(&s, "GET", "/api/contacts/7", &t, extra),
+            403,
+            "action_route_mismatch",
+        );
+    }
+    expect(
+        &call_as(&s, "GET", "/api/contacts/7?_method=DELETE", &t, &[]),
+        403,
+        "action_route_mismatch",
+    );
     // Encoded dots and slashes never reach matching.
     for path in [
         "/api/contacts/%2e%2e",
@@ -1384,7 +1402,7 @@ fn a_mandate_reaches_only_its_actions_routes_and_a_refusal_does_not_spend_it() {
             .iter()
             .filter(|e| e["code"] == "action_route_mismatch" && e["action"] == "crm.contact.read")
             .count()
-            == 5
+            == 9
             && audit.iter().any(|e| {
                 e["status"] == 200
                     && e["route"] == "/api/contacts/{id}"
@@ -1397,7 +1415,7 @@ fn a_mandate_reaches_only_its_actions_routes_and_a_refusal_does_not_spend_it() {
             &m,
             r#"atb_rejections_total{code="action_route_mismatch",tenant="acme"}"#
         ),
-        Some(5.0),
+        Some(9.0),
         "{m}"
     );
 }

@@ -31,6 +31,18 @@ use crate::upstream::{self, Body, Stamp, UpstreamError};
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ATB_ACTION: &str = "x-atb-action";
 
+/// Headers some frameworks take as the real method: an agent could turn a
+/// POST its route allows into a DELETE the upstream performs.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The parameter form frameworks take as the real method (query string or
+/// JSON body).
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
 /// The HTTP client of one worker (awc clients are per thread), pooling
 /// connections to connectors and OPA.
 pub struct Outbound {
@@ -288,6 +300,11 @@ async fn pipeline(
     // 13. The request as the policy will see it (read before the jti is
     // spent, so a malformed body does not burn the mandate).
     let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
+    if params.contains_key(METHOD_OVERRIDE_PARAM) {
+        return Err(Rejection::action_route_mismatch(format!(
+            "a {METHOD_OVERRIDE_PARAM} parameter is refused: the route binds the request's own method"
+        )));
+    }
 
     // 14. Single use, marked only now that every check a caller could
     // retry has passed: a refused mandate is not spent.
@@ -425,6 +442,14 @@ fn route<'s>(
     claims: Option<&PoaClaims>,
 ) -> Result<Routed<'s>, Rejection> {
     let method = req.method().as_str();
+    if let Some(h) = METHOD_OVERRIDES
+        .iter()
+        .find(|h| req.headers().contains_key(**h))
+    {
+        return Err(Rejection::action_route_mismatch(format!(
+            "{h} is refused: the route binds the request's own method"
+        )));
+    }
     if let Some(c) = claims {
         PinnedCall::from_con(c.raw.get("con"))
             .and_then(|pin| match pin {
