@@ -573,6 +573,13 @@ impl Config {
         if let Some(v) = env_parsed(env, "ATB_DRAIN_DELAY_SECONDS", "a whole number of seconds")? {
             self.broker.drain_delay_seconds = v;
         }
+        if let Some(v) = env_parsed(
+            env,
+            "ATB_SHUTDOWN_GRACE_SECONDS",
+            "a whole number of seconds",
+        )? {
+            self.broker.shutdown_grace_seconds = v;
+        }
         if let Some(v) = env("TLS_CERT_FILE") {
             self.tls.cert_file = v.into();
         }

@@ -193,6 +193,16 @@ impl Rejection {
         Self::new(StatusCode::FORBIDDEN, "action_route_mismatch", reason)
     }
 
+    /// A step failed in a way the agent cannot fix (a panic, a bug);
+    /// never an allow.
+    pub fn internal_error() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the request could not be completed; it was refused",
+        )
+    }
+
     pub fn connector_rate_limited(wait: Duration) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,

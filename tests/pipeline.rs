@@ -1631,3 +1631,126 @@ path = "/api/contacts/{{id}}"
         );
     }
 }
+
+/// The pipeline's steps, in order (`broker::gateway::pipeline`).
+const STEPS: [&str; 12] = [
+    "maintenance",
+    "identify",
+    "admit",
+    "authenticate",
+    "egress",
+    "bind_route",
+    "connector_limit",
+    "read_body",
+    "spend",
+    "decide",
+    "count_usage",
+    "forward",
+];
+
+#[test]
+fn a_panic_in_any_step_is_refused_and_audited_exactly_once() {
+    let s = setup_with("", "", &[("ATB_DEBUG_FAULT_INJECTION", "true")]);
+    for (i, step) in STEPS.iter().enumerate() {
+        let t = s.mint("crm.contact.read", &[]);
+        let header = format!("X-ATB-Debug-Panic: {step}");
+        let a = s.call("acme-agent", "/api/x", &t, &["-H", &header]);
+        expect(&a, 500, "internal_error");
+        let id = a.header("x-request-id").unwrap().to_owned();
+        assert!(
+            eventually(Duration::from_secs(5), || s
+                .broker
+                .audit()
+                .iter()
+                .any(|e| e["request_id"] == id.as_str())),
+            "{step}"
+        );
+        let lines: Vec<Value> = s
+            .broker
+            .audit()
+            .into_iter()
+            .filter(|e| e["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(lines.len(), 1, "{step}: {lines:?}");
+        let e = &lines[0];
+        assert_eq!(e["outcome"], "aborted", "{step}");
+        assert_eq!(e["code"], "internal_error");
+        assert_eq!(e["decision"], "error");
+        assert!(e["reason"].as_str().unwrap().contains(step), "{e}");
+        // What the steps before learnt is still recorded.
+        if i >= 2 {
+            assert_eq!(e["tenant"], "acme", "{step}");
+        }
+        if i >= 4 {
+            assert_eq!(e["jti"], claims_of(&t)["jti"], "{step}");
+        }
+        // The broker keeps serving.
+        let ok = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
+        assert_eq!(ok.status, 200, "after {step}: {ok:?}");
+    }
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_rejections_total{code="internal_error",tenant="acme"}"#
+        ),
+        Some(10.0),
+        "{m}"
+    );
+}
+
+#[test]
+fn the_debug_panic_header_does_nothing_without_fault_injection() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let a = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &["-H", "X-ATB-Debug-Panic: decide"],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let e = s.broker.audit();
+    assert!(e.iter().all(|e| e["outcome"] == "completed"), "{e:?}");
+}
+
+#[test]
+fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
+    let s = setup_with("", "", &[("ATB_SHUTDOWN_GRACE_SECONDS", "1")]);
+    // /api/slow answers after 5 s; the open connector waits 30 s for it.
+    let t = s.mint_via(ACME, "crm.contact.read", "open");
+    let auth = format!("Authorization: Bearer {t}");
+    let mut slow = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", "20", "--cacert"])
+        .arg(s.pki.ca())
+        .arg("--cert")
+        .arg(s.pki.path("acme-agent.crt"))
+        .arg("--key")
+        .arg(s.pki.path("acme-agent.key"))
+        .args(["-H", &auth, &s.broker.url("/api/slow")])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The request is at the upstream when the broker is told to stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    let sent = Command::new("kill")
+        .args(["-TERM", &s.broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut broker = s.broker;
+    assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
+    let _ = slow.wait();
+    let lines: Vec<Value> = broker
+        .audit()
+        .into_iter()
+        .filter(|e| e["path"] == "/api/slow")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "aborted");
+    assert_eq!(lines[0]["code"], "aborted");
+    assert!(
+        lines[0]["reason"].as_str().unwrap().contains("forward"),
+        "{lines:?}"
+    );
+}

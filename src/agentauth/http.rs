@@ -19,6 +19,8 @@ use tracing_actix_web::RequestId;
 use super::challenge::{self, Approver, Challenge, Refusal, Status};
 use super::observe::AgentAuthEvent;
 use super::state::AgentAuthState;
+use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
+use crate::audit::AuditSink;
 use crate::error::Rejection;
 use crate::replay::unix_now;
 use crate::routes::pinned::PinnedCall;
@@ -74,20 +76,23 @@ pub async fn jwks(state: web::Data<AgentAuthState>) -> HttpResponse {
     }
 }
 
-/// Per-request bookkeeping.
-struct Call {
+/// Per-request bookkeeping: the audit event the handler fills in, closed
+/// exactly once — by [`finish`], or when the request is dropped unanswered
+/// (`crate::audit::guard`).
+struct Call<'a> {
+    state: &'a AgentAuthState,
     route: &'static str,
     event: AgentAuthEvent,
     started: Instant,
 }
 
-impl Call {
+impl<'a> Call<'a> {
     fn new(
         req: &HttpRequest,
-        state: &AgentAuthState,
+        state: &'a AgentAuthState,
         route: &'static str,
         event: &'static str,
-    ) -> Self {
+    ) -> RecordOnDrop<Self> {
         let request_id = req
             .extensions()
             .get::<RequestId>()
@@ -96,7 +101,8 @@ impl Call {
         let source = source_addr(req, state)
             .map(|ip| ip.to_string())
             .unwrap_or_default();
-        Self {
+        RecordOnDrop::new(Self {
+            state,
             route,
             started: Instant::now(),
             event: AgentAuthEvent {
@@ -105,7 +111,7 @@ impl Call {
                 source,
                 ..AgentAuthEvent::default()
             },
-        }
+        })
     }
 
     fn describe(&mut self, c: &Challenge, now: i64) {
@@ -134,50 +140,78 @@ fn source_addr(req: &HttpRequest, state: &AgentAuthState) -> Option<IpAddr> {
         .source(req.peer_addr().map(|a| a.ip()), &forwarded)
 }
 
-/// Counts, logs and audits the outcome; adds `X-Request-ID`.
+impl RequestRecord for Call<'_> {
+    type Event = AgentAuthEvent;
+
+    fn sink(&self) -> &AuditSink<AgentAuthEvent> {
+        &self.state.audit
+    }
+
+    /// Counts and logs the request; the event is counted by the sink.
+    fn close(&mut self, ending: Ending) -> AgentAuthEvent {
+        let m = &self.state.metrics;
+        let status = ending.status();
+        let e = &mut self.event;
+        e.ts = crate::audit::now_rfc3339();
+        e.status = status;
+        e.outcome = match ending {
+            Ending::Panicked | Ending::Dropped => "aborted",
+            _ if status >= 500 => "error",
+            _ if status >= 400 => "refused",
+            _ => "ok",
+        };
+        match ending {
+            Ending::Answered { code, .. } if !code.is_empty() => {
+                m.refusals.with_label_values(&[self.route, code]).inc();
+            }
+            Ending::Panicked | Ending::Dropped => {
+                e.code = "aborted".into();
+                e.reason = "the request ended before an answer".into();
+            }
+            Ending::Answered { .. } => {}
+        }
+        m.events.with_label_values(&[e.event, e.outcome]).inc();
+        m.requests
+            .with_label_values(&[self.route, crate::metrics::status_class(status)])
+            .inc();
+        m.duration
+            .with_label_values(&[self.route])
+            .observe(self.started.elapsed().as_secs_f64());
+        tracing::info!(
+            route = self.route,
+            status,
+            error = %e.code,
+            outcome = e.outcome,
+            challenge = %e.challenge_id,
+            "agentauth request"
+        );
+        std::mem::take(e)
+    }
+}
+
+/// Answers and closes the request's record; adds `X-Request-ID`.
 async fn finish(
-    state: &AgentAuthState,
-    mut call: Call,
+    mut call: RecordOnDrop<Call<'_>>,
     result: Result<HttpResponse, Rejection>,
 ) -> HttpResponse {
-    let m = &state.metrics;
-    let mut response = match result {
-        Ok(r) => r,
+    let (mut response, code) = match result {
+        Ok(r) => (r, ""),
         Err(rejection) => {
-            m.refusals
-                .with_label_values(&[call.route, rejection.code])
-                .inc();
             call.event.code = rejection.code.to_owned();
             call.event.reason = rejection.reason.to_string();
-            rejection.to_response(&call.event.request_id)
+            (
+                rejection.to_response(&call.event.request_id),
+                rejection.code,
+            )
         }
     };
     let status = response.status().as_u16();
-    call.event.status = status;
-    call.event.outcome = match status {
-        500.. => "error",
-        400..=499 => "refused",
-        _ => "ok",
-    };
     if let Ok(v) = HeaderValue::from_str(&call.event.request_id) {
         response
             .headers_mut()
             .insert(header::HeaderName::from_static("x-request-id"), v);
     }
-    m.requests
-        .with_label_values(&[call.route, crate::metrics::status_class(status)])
-        .inc();
-    m.duration
-        .with_label_values(&[call.route])
-        .observe(call.started.elapsed().as_secs_f64());
-    tracing::info!(
-        route = call.route,
-        status,
-        error = %call.event.code,
-        challenge = %call.event.challenge_id,
-        "agentauth request"
-    );
-    state.audit(call.event).await;
+    call.finish(Ending::Answered { status, code }).await;
     response
 }
 
@@ -198,7 +232,7 @@ async fn budget(state: &AgentAuthState, key: &str, per_minute: u32) -> Result<()
     }
 }
 
-async fn address_budget(state: &AgentAuthState, call: &Call) -> Result<(), Rejection> {
+async fn address_budget(state: &AgentAuthState, call: &Call<'_>) -> Result<(), Rejection> {
     if call.event.source.is_empty() {
         return Ok(());
     }
@@ -257,7 +291,7 @@ fn check_pinned_method(
 async fn agent_with_budget(
     req: &HttpRequest,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<(SpiffeId, Tenant), Rejection> {
     address_budget(state, call).await?;
     let (id, tenant) = agent(req, state)?;
@@ -285,7 +319,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 async fn approver(
     req: &HttpRequest,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<Approver, Rejection> {
     let unauthenticated = |reason: String| {
         Rejection::new(StatusCode::UNAUTHORIZED, "approver_unauthenticated", reason)
@@ -340,14 +374,14 @@ async fn create_challenge(
 ) -> HttpResponse {
     let mut call = Call::new(&req, &state, "challenge_create", "challenge.created");
     let result = create_challenge_inner(&req, payload, &state, &mut call).await;
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 async fn create_challenge_inner(
     req: &HttpRequest,
     payload: web::Payload,
     state: &web::Data<AgentAuthState>,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     // The body is read first (bounded): answering an HTTP/2 request before
     // its body has arrived resets the stream instead of delivering the answer.
@@ -409,14 +443,14 @@ async fn read_challenge(
 ) -> HttpResponse {
     let mut call = Call::new(&req, &state, "challenge_read", "challenge.read");
     let result = read_challenge_inner(&req, &path, &state, &mut call).await;
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 async fn read_challenge_inner(
     req: &HttpRequest,
     id: &str,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     // The requesting agent (client certificate) or an approver (bearer).
     let (as_agent, approver) = if bearer(req).is_none() {
@@ -451,14 +485,14 @@ async fn list_approvals(
 ) -> HttpResponse {
     let mut call = Call::new(&req, &state, "approvals_list", "approvals.listed");
     let result = list_inner(&req, &query, &state, &mut call).await;
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 async fn list_inner(
     req: &HttpRequest,
     query: &std::collections::HashMap<String, String>,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     address_budget(state, call).await?;
     let who = approver(req, state, call).await?;
@@ -511,7 +545,7 @@ async fn approve(
         Ok(_) => decide_inner(&req, &path, None, &state, &mut call).await,
         Err(r) => Err(r),
     };
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 async fn reject(
@@ -540,7 +574,7 @@ async fn reject(
         }
         Err(r) => Err(r),
     };
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 /// Approve (`rejection == None`) or reject, atomically.
@@ -549,7 +583,7 @@ async fn decide_inner(
     id: &str,
     rejection: Option<Option<String>>,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     address_budget(state, call).await?;
     let who = approver(req, state, call).await?;
@@ -600,14 +634,14 @@ async fn mint(
 ) -> HttpResponse {
     let mut call = Call::new(&req, &state, "mandate", "mandate.minted");
     let result = mint_inner(&req, payload, &state, &mut call).await;
-    finish(&state, call, result).await
+    finish(call, result).await
 }
 
 async fn mint_inner(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AgentAuthState,
-    call: &mut Call,
+    call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     let body = read_body(payload, state).await;
     let (agent, _) = agent_with_budget(req, state, call).await?;

@@ -6,6 +6,7 @@
 //! never dropped.
 
 pub mod chain;
+pub mod guard;
 
 use std::io::Write;
 use std::path::Path;
@@ -41,6 +42,9 @@ pub struct AuditEvent {
     /// The route template the call matched (`""` when none did).
     pub route: String,
     pub latency_us: u64,
+    /// `completed`, or `aborted` when a step panicked or the request was
+    /// dropped before an answer (worker stopped, connection gone).
+    pub outcome: &'static str,
 }
 
 /// The `decision` of an answer: allow for 2xx/3xx, error for 5xx, else deny.
@@ -163,6 +167,32 @@ impl<E: AuditRecord> AuditSink<E> {
         }
         let waiting = self.tx.max_capacity() - self.tx.capacity();
         self.writer.queue_depth.set(waiting as i64);
+    }
+
+    /// Records `event` without waiting (for `Drop`, which cannot): into
+    /// the queue when it has room, else handed to a thread that waits for
+    /// room. Never dropped.
+    pub fn record_now(&self, event: E) {
+        self.events.with_label_values(&[event.metric_label()]).inc();
+        match self.tx.try_send(Message::Event(event)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                let tx = self.tx.clone();
+                let waiting = std::thread::Builder::new()
+                    .name("atb-audit-wait".into())
+                    .spawn(move || {
+                        if tx.blocking_send(message).is_err() {
+                            tracing::error!("audit writer is gone; event could not be written");
+                        }
+                    });
+                if let Err(e) = waiting {
+                    tracing::error!(error = %e, "audit event lost: no thread to wait for queue room");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!("audit writer is gone; event could not be written");
+            }
+        }
     }
 
     /// Waits until every event recorded so far is written and settled

@@ -1,31 +1,33 @@
-//! The agent-facing pipeline on the mTLS listener, one step after another
-//! (SPEC §3). Each step either passes or ends the request with its own
-//! rejection; nothing after a failed step runs, and every request ends in
-//! exactly one audit event.
+//! The agent-facing pipeline on the mTLS listener (SPEC §3): a flat,
+//! ordered list of steps over one request context ([`RequestCtx`]), each
+//! with the same signature. A step passes or ends the request with its own
+//! rejection; nothing after a failed step runs. A panicking step is caught
+//! and answered 500 `internal_error` (fail closed). Every request ends in
+//! exactly one audit event, emitted by the context's record when the
+//! request ends — answered, panicked or dropped (`broker::context`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use atb_actors::CallError;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Map, Value};
-use tracing_actix_web::RequestId;
 
 use crate::admission::{Admission, ShardRequest};
-use crate::audit::{decision_for, now_rfc3339, AuditEvent};
+use crate::audit::guard::Ending;
+use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::state::BrokerState;
 use crate::connection::{ConnectionSlot, PeerConnection};
 use crate::error::Rejection;
-use crate::metrics::{status_class, NO_TENANT};
 use crate::poa::claims::PoaClaims;
 use crate::poa::presented::presented_token;
 use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
 use crate::replay::{unix_now, Verdict};
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
-use crate::tenant::Tenant;
 use crate::upstream::{self, Body, Stamp, UpstreamError};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -68,302 +70,423 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// What the pipeline learnt, for metrics and the audit event.
-#[derive(Default)]
-struct Trail {
-    tenant: Option<Tenant>,
-    agent: String,
-    action: String,
-    jti: String,
-    risk_tier: String,
-    connector: String,
-    route: String,
-    reason: String,
-}
-
-/// Every protected request.
+/// Every protected request: the pipeline, then one answer and one record.
 async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<BrokerState>,
     outbound: web::Data<Outbound>,
 ) -> HttpResponse {
-    let started = Instant::now();
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map(|id| id.to_string())
-        .unwrap_or_default();
-    let mut trail = Trail::default();
-    let mut payload = Some(payload);
-    let outcome = pipeline(
-        &req,
-        &mut payload,
-        &state,
-        &outbound.client,
-        &request_id,
-        &mut trail,
-    )
-    .await;
-    // A refused request whose body was never read: read it (bounded) so
-    // the client sees the answer rather than a reset stream.
-    if let (Err(_), Some(p)) = (&outcome, payload.as_mut()) {
-        crate::drain::drain(p).await;
-    }
-    let tenant_label = trail.tenant.as_ref().map_or(NO_TENANT, |t| t.id.as_str());
-    let (mut response, code) = match outcome {
-        Ok(response) => (response, ""),
-        Err(rejection) => {
-            state
-                .metrics
-                .rejections
-                .with_label_values(&[tenant_label, rejection.code])
-                .inc();
-            trail.reason = rejection.reason.to_string();
-            (rejection.to_response(&request_id), rejection.code)
+    let mut ctx = RequestCtx::new(&state, &outbound.client, &req, payload);
+    let ran = AssertUnwindSafe(pipeline(&mut ctx)).catch_unwind().await;
+    let (mut response, ending) = match ran {
+        Ok(Ok(())) => match ctx.response.take() {
+            Some(r) => {
+                let status = r.status().as_u16();
+                (r, Ending::Answered { status, code: "" })
+            }
+            None => refused(&mut ctx, Rejection::internal_error()),
+        },
+        Ok(Err(rejection)) => refused(&mut ctx, rejection),
+        Err(_) => {
+            tracing::error!(
+                step = ctx.log.step,
+                request_id = ctx.request_id(),
+                "a pipeline step panicked; the request is refused"
+            );
+            let r = Rejection::internal_error().to_response(ctx.request_id());
+            (r, Ending::Panicked)
         }
     };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
+    // A refused request whose body was never read: read it (bounded) so
+    // the client sees the answer rather than a reset stream.
+    if response.status().as_u16() >= 400 {
+        if let Some(p) = ctx.payload.as_mut() {
+            crate::drain::drain(p).await;
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    let m = &state.metrics;
-    m.requests
-        .with_label_values(&[tenant_label, status_class(status)])
-        .inc();
-    m.request_duration
-        .with_label_values(&[tenant_label])
-        .observe(elapsed.as_secs_f64());
-    tracing::info!(
-        tenant = tenant_label,
-        method = %req.method(),
-        path = req.path(),
-        status,
-        error = code,
-        latency_us = elapsed.as_micros() as u64,
-        "request"
-    );
-    state
-        .audit
-        .record(AuditEvent {
-            ts: now_rfc3339(),
-            event: "decision",
-            request_id,
-            tenant: tenant_label.to_owned(),
-            agent: trail.agent,
-            method: req.method().to_string(),
-            path: req.path().to_owned(),
-            action: trail.action,
-            jti: trail.jti,
-            decision: decision_for(status),
-            status,
-            code,
-            reason: if code.is_empty() && trail.reason.is_empty() {
-                "allow".into()
-            } else {
-                trail.reason
-            },
-            risk_tier: trail.risk_tier,
-            connector: trail.connector,
-            route: trail.route,
-            latency_us: elapsed.as_micros() as u64,
-        })
-        .await;
+    ctx.log.finish(ending).await;
     response
 }
 
-async fn pipeline(
-    req: &HttpRequest,
-    payload: &mut Option<web::Payload>,
-    state: &BrokerState,
-    client: &awc::Client,
-    request_id: &str,
-    trail: &mut Trail,
-) -> Result<HttpResponse, Rejection> {
-    let retry_after = u64::from(state.config.broker.retry_after_seconds);
+fn refused(ctx: &mut RequestCtx<'_>, rejection: Rejection) -> (HttpResponse, Ending) {
+    ctx.log.reason = rejection.reason.to_string();
+    let response = rejection.to_response(ctx.request_id());
+    let status = response.status().as_u16();
+    (
+        response,
+        Ending::Answered {
+            status,
+            code: rejection.code,
+        },
+    )
+}
 
-    // 1. Maintenance mode.
-    if state.maintenance() {
-        return Err(Rejection::maintenance(retry_after));
+/// Runs the steps in order; the first refusal ends the request.
+macro_rules! steps {
+    ($ctx:ident: $($step:ident),+ $(,)?) => {{
+        $(
+            $ctx.enter(stringify!($step));
+            $step($ctx).await?;
+        )+
+        Ok(())
+    }};
+}
+
+/// The pipeline (README "The request pipeline" has the same table).
+async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
+    steps!(ctx:
+        maintenance,     // 503 maintenance
+        identify,        // 401 spiffe_id_required, 403 unknown_tenant, 429 connection_limit
+        admit,           // 429 rate_limited (tenant)
+        authenticate,    // 401 poa_required / poa_invalid / poa_expired / poa_revoked, 403 poa_subject_mismatch / action_mismatch
+        egress,          // 403 egress_denied
+        bind_route,      // 403 action_route_mismatch
+        connector_limit, // 429 rate_limited (connector)
+        read_body,       // 413 body_too_large, 400 bad_request
+        spend,           // 403 poa_replay, 503 replay_store_unavailable
+        decide,          // 403 policy_denied (401 poa_required without a mandate), 503 policy_unavailable
+        count_usage,     // (the action's hourly count)
+        forward,         // 502 upstream_error, 504 upstream_timeout
+    )
+}
+
+/// Maintenance mode.
+async fn maintenance(ctx: &mut RequestCtx<'_>) -> Step {
+    if ctx.state.maintenance() {
+        return Err(Rejection::maintenance(retry_after(ctx)));
     }
+    Ok(())
+}
 
-    // 2. A verified client certificate with exactly one SPIFFE ID.
-    let peer = req.conn_data::<PeerConnection>().ok_or_else(|| {
+/// A verified client certificate with exactly one SPIFFE ID, owned by a
+/// known, enabled, unsuspended tenant, on a connection within its limit.
+async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
+    let peer = ctx.req.conn_data::<PeerConnection>().ok_or_else(|| {
         Rejection::spiffe_id_required("no TLS client identity on this connection".into())
     })?;
     let agent = peer
         .identity
         .as_ref()
         .map_err(|e| Rejection::spiffe_id_required(e.to_string()))?;
-    trail.agent = agent.to_string();
-
-    // 3. A known, enabled tenant owns that identity.
+    ctx.log.agent = agent.to_string();
     let tenant = peer
         .tenant
         .as_ref()
         .ok_or_else(|| Rejection::unknown_tenant("no tenant owns this SPIFFE ID"))?;
-    trail.tenant = Some(tenant.clone());
+    ctx.tenant = Some(tenant.clone());
+    ctx.log.tenant = Some(tenant.clone());
     if !tenant.enabled {
         return Err(Rejection::unknown_tenant("the tenant is disabled"));
     }
-    if state.connections.suspended(&tenant.id) {
+    if ctx.state.connections.suspended(&tenant.id) {
         return Err(Rejection::unknown_tenant("the tenant is suspended").closing());
     }
     if matches!(peer.slot, ConnectionSlot::OverLimit) {
-        return Err(Rejection::connection_limit(retry_after));
+        return Err(Rejection::connection_limit(retry_after(ctx)));
     }
-    let tenant_key = state
+    let key = ctx
+        .state
         .tenant_key(&tenant.id)
-        .ok_or_else(|| Rejection::unknown_tenant("the tenant is not configured"))?
-        .clone();
+        .ok_or_else(|| Rejection::unknown_tenant("the tenant is not configured"))?;
+    ctx.tenant_key = Some(key.clone());
+    Ok(())
+}
 
-    // 4. The tenant's shard admits the request under its rate limit.
-    let admitted = shard(
-        state,
-        &tenant.id,
-        ShardRequest::Admit {
-            tenant: tenant_key.clone(),
-            requests_per_second: tenant.requests_per_second,
-            burst: tenant.burst,
-            now: Instant::now(),
-        },
-        retry_after,
-    )
-    .await?;
-    if let Admission::Limited { retry_after } = admitted {
-        return Err(Rejection::rate_limited(retry_after));
-    }
-
-    // 5–9. A mandate, verified and bound to this caller; or, where the
-    // tenant allows it, none (the policy then allows only low-risk calls).
-    let claims = match presented_token(req.headers())? {
-        Some(token) => {
-            Some(verify_mandate(state, client, tenant, token, agent.as_str(), req, trail).await?)
-        }
-        None if tenant.poa.allow_unmandated_low_risk => {
-            count_validation(state, tenant, "absent");
-            None
-        }
-        None => return Err(Rejection::poa_required()),
+/// The tenant's shard admits the request under its rate limit.
+async fn admit(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?;
+    let request = ShardRequest::Admit {
+        tenant: ctx.tenant_key()?.clone(),
+        requests_per_second: tenant.requests_per_second,
+        burst: tenant.burst,
+        now: Instant::now(),
     };
+    match shard(ctx, request).await? {
+        Admission::Limited { retry_after } => Err(Rejection::rate_limited(retry_after)),
+        _ => Ok(()),
+    }
+}
 
-    // 10. Connector, canonical path and egress allowlist.
-    let connector = upstream::resolve_connector(tenant, mandate_connector(claims.as_ref())?)
-        .map_err(|e| Rejection::egress_denied(e.0))?;
-    trail.connector = connector.id.clone();
-    let path =
-        routes::path::canonical(req.path()).map_err(|e| Rejection::egress_denied(e.to_string()))?;
+/// A mandate, verified and bound to this caller (signature, claims,
+/// subject, action header, revocation); or, where the tenant allows it,
+/// none (the policy then allows only low-risk calls).
+async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let Some(token) = presented_token(ctx.req.headers())? else {
+        if tenant.poa.allow_unmandated_low_risk {
+            ctx.count_validation("absent");
+            return Ok(());
+        }
+        return Err(Rejection::poa_required());
+    };
+    let state = ctx.state;
+    let count = |result: &str| {
+        state
+            .metrics
+            .poa_validations
+            .with_label_values(&[&tenant.id, result])
+            .inc()
+    };
+    let fail = |result: &str, r: Rejection| {
+        count(result);
+        r
+    };
+    let poa_err = |e: PoaError| {
+        count(e.result_label());
+        match e {
+            PoaError::Invalid(r) => Rejection::poa_invalid(r),
+            PoaError::Expired(r) => Rejection::poa_expired(r),
+        }
+    };
+    let auth = state.auth.get(&tenant.id).ok_or_else(|| {
+        fail(
+            "invalid",
+            Rejection::poa_invalid("no verification keys for this tenant"),
+        )
+    })?;
+    let unverified = token::parse(token).map_err(poa_err)?;
+    if auth.kid_revoked(&unverified.kid) {
+        return Err(fail(
+            "revoked",
+            Rejection::poa_revoked("the signing key has been revoked"),
+        ));
+    }
+    let key = auth.key(ctx.client, &unverified.kid).await.ok_or_else(|| {
+        fail(
+            "invalid",
+            Rejection::poa_invalid("unknown kid: no such key for this tenant"),
+        )
+    })?;
+    let payload = unverified.verify(&key).map_err(poa_err)?;
+    let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
+    ctx.log.jti.clone_from(&claims.jti);
+    ctx.log.action.clone_from(&claims.act);
+    if claims.sub != ctx.log.agent {
+        return Err(fail("subject_mismatch", Rejection::poa_subject_mismatch()));
+    }
+    if let Some(h) = ctx.req.headers().get(X_ATB_ACTION) {
+        if h.as_bytes() != claims.act.as_bytes() {
+            return Err(fail("action_mismatch", Rejection::action_mismatch()));
+        }
+    }
+    if auth.jti_revoked(&claims.jti) {
+        return Err(fail(
+            "revoked",
+            Rejection::poa_revoked("this mandate has been revoked"),
+        ));
+    }
+    ctx.mandate = Some(claims);
+    Ok(())
+}
+
+/// The connector (the mandate's `con.connector`, the tenant's default or
+/// only one), the canonical path, and the connector's egress allowlist.
+async fn egress(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let named = mandate_connector(ctx.mandate.as_ref())?;
+    let connector =
+        upstream::resolve_connector(&tenant, named).map_err(|e| Rejection::egress_denied(e.0))?;
+    let path = routes::path::canonical(ctx.req.path())
+        .map_err(|e| Rejection::egress_denied(e.to_string()))?
+        .into_owned();
+    ctx.log.connector.clone_from(&connector.id);
     if !upstream::egress_allowed(&connector.egress_allowlist, &path) {
         return Err(Rejection::egress_denied(format!(
             "{path} is outside connector {}'s egress allowlist",
             connector.id
         )));
     }
+    ctx.connector = tenant
+        .connectors
+        .iter()
+        .position(|c| std::ptr::eq(c, connector));
+    ctx.path = path;
+    Ok(())
+}
 
-    // 11. Method + path carry the action through one of the connector's
-    // routes (and are the call the mandate pins, if it pins one).
-    let binding = state
+/// Method + path carry the action through one of the connector's routes,
+/// and are the call the mandate pins, if it pins one. A mandate's `act`
+/// must be carried by the matched route; a call without a mandate takes
+/// its action from the route, and an `X-ATB-Action` it sends must be one of
+/// the route's actions.
+async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let connector = ctx.connector_in(&tenant)?;
+    let binding = ctx
+        .state
         .bindings
         .get(&tenant.id)
         .and_then(|c| c.get(&connector.id))
         .ok_or_else(|| Rejection::egress_denied("the connector has no compiled routes".into()))?;
-    let routed = route(binding, req, &path, claims.as_ref())?;
-    trail.action = routed.action.clone();
-    trail.route = routed.template.unwrap_or_default().to_owned();
+    let routed = match_route(binding, ctx.req, &ctx.path, ctx.mandate.as_ref())?;
+    ctx.log.action.clone_from(&routed.action);
+    ctx.log.route = routed.template.unwrap_or_default().to_owned();
+    ctx.routed = routed;
+    Ok(())
+}
 
-    // 12. The connector's rate limit; the answer carries this hour's count
-    // of the action for the policy.
-    let usage = match shard(
-        state,
-        &tenant.id,
-        ShardRequest::Dispatch {
-            tenant: tenant_key.clone(),
-            connector: Arc::from(connector.id.as_str()),
-            rate: connector
-                .rate_limit
-                .map(|r| (r.requests_per_second, r.burst)),
-            action: routed.action.clone(),
-            now: Instant::now(),
-        },
-        retry_after,
-    )
-    .await?
-    {
+/// The connector's rate limit; the shard's answer carries this hour's
+/// count of the action for the policy.
+async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let connector = ctx.connector_in(&tenant)?;
+    let request = ShardRequest::Dispatch {
+        tenant: ctx.tenant_key()?.clone(),
+        connector: Arc::from(connector.id.as_str()),
+        rate: connector
+            .rate_limit
+            .map(|r| (r.requests_per_second, r.burst)),
+        action: ctx.routed.action.clone(),
+        now: Instant::now(),
+    };
+    ctx.usage = match shard(ctx, request).await? {
         Admission::Limited { retry_after } => {
             return Err(Rejection::connector_rate_limited(retry_after))
         }
         Admission::Count(n) => n,
         Admission::Admitted => 0,
     };
+    Ok(())
+}
 
-    // 13. The request as the policy will see it (read before the jti is
-    // spent, so a malformed body does not burn the mandate).
-    let (params, buffered) = read_params(req, payload, &state.config.upstream).await?;
+/// The request as the policy will see it, read before the jti is spent
+/// (a malformed body does not burn the mandate).
+async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
+    let (params, buffered) =
+        read_params(ctx.req, &mut ctx.payload, &ctx.state.config.upstream).await?;
     if params.contains_key(METHOD_OVERRIDE_PARAM) {
         return Err(Rejection::action_route_mismatch(format!(
             "a {METHOD_OVERRIDE_PARAM} parameter is refused: the route binds the request's own method"
         )));
     }
+    ctx.params = params;
+    ctx.buffered = buffered;
+    Ok(())
+}
 
-    // 14. Single use, marked only now that every check a caller could
-    // retry has passed: a refused mandate is not spent.
-    if let Some(claims) = &claims {
-        spend(state, tenant, &tenant_key, claims)?;
-        count_validation(state, tenant, "valid");
+/// Single use: the mandate's `jti` is marked only now that every check a
+/// caller could retry has passed, so a refused mandate is not spent.
+async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
+    let (Some(claims), Some(replay)) = (&ctx.mandate, &ctx.state.replay) else {
+        if ctx.mandate.is_some() {
+            ctx.count_validation("valid");
+        }
+        return Ok(());
+    };
+    let tenant = ctx.tenant()?;
+    let keep_until = claims.exp + ctx.state.config.poa.leeway_seconds as i64;
+    let replay_metric = |cause: &str| {
+        ctx.state
+            .metrics
+            .replay_rejections
+            .with_label_values(&[tenant.id.as_str(), cause])
+            .inc()
+    };
+    match replay.mark(ctx.tenant_key()?, &claims.jti, keep_until, unix_now()) {
+        Ok(Verdict::Fresh) => {
+            ctx.count_validation("valid");
+            Ok(())
+        }
+        Ok(Verdict::Replayed) => {
+            replay_metric("replay");
+            ctx.count_validation("replay");
+            Err(Rejection::poa_replay())
+        }
+        Err(e) => {
+            replay_metric("full");
+            Err(Rejection::replay_store_unavailable(e.to_string()))
+        }
     }
+}
 
-    // 15. The policy decides; no decision means no access.
+/// The policy decides; no decision means no access.
+async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let state = ctx.state;
     let input = json!({
-        "agent": {"spiffe_id": agent.as_str()},
-        "poa": claims.as_ref().map_or_else(|| json!({}), |c| Value::Object(c.raw.clone())),
+        "agent": {"spiffe_id": ctx.log.agent},
+        "poa": ctx.mandate.as_ref().map_or_else(|| json!({}), |c| Value::Object(c.raw.clone())),
         "request": {
-            "method": req.method().as_str(),
-            "path": &*path,
-            "action": routed.action,
-            "params": Value::Object(params),
-            "route": routed.template,
-            "route_params": Value::Object(routed.params),
+            "method": ctx.req.method().as_str(),
+            "path": ctx.path,
+            "action": ctx.routed.action,
+            "params": Value::Object(std::mem::take(&mut ctx.params)),
+            "route": ctx.routed.template,
+            "route_params": Value::Object(std::mem::take(&mut ctx.routed.params)),
         },
         "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
         "current_time_ns": now_ns(),
-        "rate_limit_state": {routed.action.as_str(): usage},
+        "rate_limit_state": {ctx.routed.action.as_str(): ctx.usage},
         "tenant": {"id": tenant.id},
     });
-    let decision = decide(state, client, tenant, input, trail).await?;
-    if !decision.allow {
-        return Err(match claims {
-            Some(_) => Rejection::policy_denied(decision.reason, decision.details),
-            None => Rejection::poa_required_by_policy(decision.reason),
-        });
-    }
-    if claims.is_none() {
-        // The audit names the path taken (allow_low_risk_without_poa).
-        trail.reason = decision.reason;
-    }
-
-    // 16. Count the action for the policy's hourly limits.
-    shard(
-        state,
-        &tenant.id,
-        ShardRequest::Record {
-            tenant: tenant_key,
-            action: routed.action.clone(),
-            now: Instant::now(),
-        },
-        retry_after,
-    )
-    .await?;
-
-    // 17. Forward the canonical path and stream the answer back.
-    let url = upstream::target_url(connector, &path, req.query_string());
-    let stamp = Stamp {
-        agent: agent.as_str(),
-        tenant: &tenant.id,
-        action: &routed.action,
-        request_id,
+    let started = Instant::now();
+    let decided = state.policy.decide(ctx.client, input).await;
+    state
+        .metrics
+        .policy_seconds
+        .with_label_values(&[state.policy.engine_label()])
+        .observe(started.elapsed().as_secs_f64());
+    let decision = match decided {
+        Ok(d) => d,
+        Err(e) => {
+            state
+                .metrics
+                .policy_decisions
+                .with_label_values(&[&tenant.id, "error", "unknown"])
+                .inc();
+            tracing::warn!(error = %e, request_id = ctx.request_id(), "policy unavailable; refusing");
+            return Err(Rejection::policy_unavailable(e.to_string()));
+        }
     };
-    let body = match (buffered, payload.take()) {
+    ctx.log.risk_tier.clone_from(&decision.risk_tier);
+    state
+        .metrics
+        .policy_decisions
+        .with_label_values(&[
+            tenant.id.as_str(),
+            if decision.allow { "allow" } else { "deny" },
+            decision.tier_label(),
+        ])
+        .inc();
+    match (decision.allow, &ctx.mandate) {
+        (false, Some(_)) => Err(Rejection::policy_denied(decision.reason, decision.details)),
+        (false, None) => Err(Rejection::poa_required_by_policy(decision.reason)),
+        (true, Some(_)) => Ok(()),
+        (true, None) => {
+            // The audit names the path taken (allow_low_risk_without_poa).
+            ctx.log.reason = decision.reason;
+            Ok(())
+        }
+    }
+}
+
+/// Counts the allowed action for the policy's hourly limits.
+async fn count_usage(ctx: &mut RequestCtx<'_>) -> Step {
+    let request = ShardRequest::Record {
+        tenant: ctx.tenant_key()?.clone(),
+        action: ctx.routed.action.clone(),
+        now: Instant::now(),
+    };
+    shard(ctx, request).await.map(|_| ())
+}
+
+/// Forwards the canonical path and streams the answer back.
+async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let connector = ctx.connector_in(&tenant)?;
+    let state = ctx.state;
+    let url = upstream::target_url(connector, &ctx.path, ctx.req.query_string());
+    let stamp = Stamp {
+        agent: &ctx.log.agent,
+        tenant: &tenant.id,
+        action: &ctx.routed.action,
+        request_id: &ctx.log.request_id,
+    };
+    let body = match (ctx.buffered.take(), ctx.payload.take()) {
         (Some(bytes), _) => Body::Buffered(bytes),
         (None, Some(p)) => Body::Streaming {
             payload: p,
@@ -373,10 +496,10 @@ async fn pipeline(
     };
     let started = Instant::now();
     let forwarded = upstream::forward(
-        client,
+        ctx.client,
         &url,
-        req.method().clone(),
-        req.headers(),
+        ctx.req.method().clone(),
+        ctx.req.headers(),
         &stamp,
         body,
         Duration::from_secs(connector.timeout_seconds),
@@ -399,17 +522,22 @@ async fn pipeline(
     m.upstream_requests
         .with_label_values(&[&tenant.id, &connector.id, outcome])
         .inc();
-    match forwarded {
-        Ok(response) => Ok(response),
-        Err(UpstreamError::Timeout) => Err(Rejection::upstream_timeout()),
-        Err(UpstreamError::BodyTooLarge(limit)) => Err(Rejection::body_too_large(limit)),
+    ctx.response = Some(match forwarded {
+        Ok(response) => response,
+        Err(UpstreamError::Timeout) => return Err(Rejection::upstream_timeout()),
+        Err(UpstreamError::BodyTooLarge(limit)) => return Err(Rejection::body_too_large(limit)),
         Err(UpstreamError::Failed(e)) => {
             tracing::warn!(connector = %connector.id, error = %e, "upstream failed");
-            Err(Rejection::upstream_error(
+            return Err(Rejection::upstream_error(
                 "the upstream could not be reached".into(),
-            ))
+            ));
         }
-    }
+    });
+    Ok(())
+}
+
+fn retry_after(ctx: &RequestCtx<'_>) -> u64 {
+    u64::from(ctx.state.config.broker.retry_after_seconds)
 }
 
 /// The connector a mandate names in `con.connector`, if any.
@@ -423,19 +551,8 @@ fn mandate_connector(claims: Option<&PoaClaims>) -> Result<Option<&str>, Rejecti
     }
 }
 
-/// What the route binding decided: the action the call carries out and
-/// the route it matched (none on an unbound connector).
-struct Routed<'s> {
-    action: String,
-    template: Option<&'s str>,
-    params: Map<String, Value>,
-}
-
-/// Step 11. A mandate's `act` must be carried by the matched route (and a
-/// pinned call must be this call); a call without a mandate takes its
-/// action from the route, and an `X-ATB-Action` it sends must be one of the
-/// route's actions.
-fn route<'s>(
+/// The route binding of one call (see [`bind_route`]).
+fn match_route<'s>(
     binding: &'s Binding,
     req: &HttpRequest,
     path: &str,
@@ -515,147 +632,6 @@ fn route<'s>(
     })
 }
 
-/// Step 14: marks the mandate's `jti` used (single use on by default).
-fn spend(
-    state: &BrokerState,
-    tenant: &Tenant,
-    key: &Arc<str>,
-    claims: &PoaClaims,
-) -> Result<(), Rejection> {
-    let Some(replay) = &state.replay else {
-        return Ok(());
-    };
-    let keep_until = claims.exp + state.config.poa.leeway_seconds as i64;
-    let replay_metric = |cause: &str| {
-        state
-            .metrics
-            .replay_rejections
-            .with_label_values(&[tenant.id.as_str(), cause])
-            .inc()
-    };
-    match replay.mark(key, &claims.jti, keep_until, unix_now()) {
-        Ok(Verdict::Fresh) => Ok(()),
-        Ok(Verdict::Replayed) => {
-            replay_metric("replay");
-            count_validation(state, tenant, "replay");
-            Err(Rejection::poa_replay())
-        }
-        Err(e) => {
-            replay_metric("full");
-            Err(Rejection::replay_store_unavailable(e.to_string()))
-        }
-    }
-}
-
-/// One policy decision, timed and counted; an engine failure refuses.
-async fn decide(
-    state: &BrokerState,
-    client: &awc::Client,
-    tenant: &Tenant,
-    input: Value,
-    trail: &mut Trail,
-) -> Result<crate::policy::Decision, Rejection> {
-    let started = Instant::now();
-    let decided = state.policy.decide(client, input).await;
-    state
-        .metrics
-        .policy_seconds
-        .with_label_values(&[state.policy.engine_label()])
-        .observe(started.elapsed().as_secs_f64());
-    let decision = match decided {
-        Ok(d) => d,
-        Err(e) => {
-            state
-                .metrics
-                .policy_decisions
-                .with_label_values(&[&tenant.id, "error", "unknown"])
-                .inc();
-            tracing::warn!(error = %e, "policy unavailable; refusing");
-            return Err(Rejection::policy_unavailable(e.to_string()));
-        }
-    };
-    trail.risk_tier = decision.risk_tier.clone();
-    state
-        .metrics
-        .policy_decisions
-        .with_label_values(&[
-            tenant.id.as_str(),
-            if decision.allow { "allow" } else { "deny" },
-            decision.tier_label(),
-        ])
-        .inc();
-    Ok(decision)
-}
-
-fn count_validation(state: &BrokerState, tenant: &Tenant, result: &str) {
-    state
-        .metrics
-        .poa_validations
-        .with_label_values(&[&tenant.id, result])
-        .inc();
-}
-
-/// Steps 5–9: signature, claims, subject, action, revocation.
-async fn verify_mandate(
-    state: &BrokerState,
-    client: &awc::Client,
-    tenant: &Tenant,
-    token: &str,
-    agent: &str,
-    req: &HttpRequest,
-    trail: &mut Trail,
-) -> Result<PoaClaims, Rejection> {
-    let fail = |result: &str, r: Rejection| {
-        count_validation(state, tenant, result);
-        r
-    };
-    let poa_err = |e: PoaError| {
-        count_validation(state, tenant, e.result_label());
-        match e {
-            PoaError::Invalid(r) => Rejection::poa_invalid(r),
-            PoaError::Expired(r) => Rejection::poa_expired(r),
-        }
-    };
-    let auth = state.auth.get(&tenant.id).ok_or_else(|| {
-        fail(
-            "invalid",
-            Rejection::poa_invalid("no verification keys for this tenant"),
-        )
-    })?;
-    let unverified = token::parse(token).map_err(poa_err)?;
-    if auth.kid_revoked(&unverified.kid) {
-        return Err(fail(
-            "revoked",
-            Rejection::poa_revoked("the signing key has been revoked"),
-        ));
-    }
-    let key = auth.key(client, &unverified.kid).await.ok_or_else(|| {
-        fail(
-            "invalid",
-            Rejection::poa_invalid("unknown kid: no such key for this tenant"),
-        )
-    })?;
-    let payload = unverified.verify(&key).map_err(poa_err)?;
-    let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
-    trail.jti = claims.jti.clone();
-    trail.action = claims.act.clone();
-    if claims.sub != agent {
-        return Err(fail("subject_mismatch", Rejection::poa_subject_mismatch()));
-    }
-    if let Some(h) = req.headers().get(X_ATB_ACTION) {
-        if h.as_bytes() != claims.act.as_bytes() {
-            return Err(fail("action_mismatch", Rejection::action_mismatch()));
-        }
-    }
-    if auth.jti_revoked(&claims.jti) {
-        return Err(fail(
-            "revoked",
-            Rejection::poa_revoked("this mandate has been revoked"),
-        ));
-    }
-    Ok(claims)
-}
-
 /// `request.params`: the query string, overlaid with the top level of a
 /// JSON object body. JSON bodies are read (bounded) and forwarded as read
 /// (`Some(bytes)`); other bodies stay in `payload` and stream through
@@ -728,17 +704,14 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-async fn shard(
-    state: &BrokerState,
-    tenant_id: &str,
-    request: ShardRequest,
-    retry_after: u64,
-) -> Result<Admission, Rejection> {
-    state
+/// One call to the tenant's shard; a failed call refuses (fail closed).
+async fn shard(ctx: &RequestCtx<'_>, request: ShardRequest) -> Result<Admission, Rejection> {
+    let tenant = ctx.tenant()?;
+    ctx.state
         .shards
-        .call(tenant_id, request)
+        .call(&tenant.id, request)
         .await
-        .map_err(|e| call_rejection(e, retry_after))
+        .map_err(|e| call_rejection(e, retry_after(ctx)))
 }
 
 /// A failed shard call is always a refusal (fail closed).

@@ -2,6 +2,7 @@
 //! their lifecycle (maintenance, drain on SIGTERM).
 
 pub mod admin;
+pub mod context;
 pub mod gateway;
 
 pub mod state;
