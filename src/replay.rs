@@ -5,13 +5,12 @@
 //! answer is [`ReplayError::Full`], which the pipeline turns into 503
 //! `replay_store_unavailable` (fail closed) — an attacker who floods the
 //! cache gets refusals, not replays. Expired entries are swept by the
-//! [`ReplaySweeper`] actor.
+//! periodic loop ([`start_sweep`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
@@ -93,28 +92,28 @@ impl MemoryReplay {
     }
 }
 
-/// Owns the periodic sweep of a [`MemoryReplay`] (supervised actor).
-pub struct ReplaySweeper {
-    pub cache: Arc<MemoryReplay>,
-    pub every: Duration,
-    pub entries_gauge: prometheus::IntGauge,
+/// Sweeps expired entries out of `cache` every `every`, as a periodic loop
+/// (`atb_actors::periodic`, actor `replay_sweep`), and publishes the entry
+/// count.
+pub fn start_sweep(
+    cache: Arc<MemoryReplay>,
+    every: Duration,
+    entries_gauge: prometheus::IntGauge,
+    metrics: &atb_actors::ActorMetrics,
+) -> atb_actors::PeriodicHandle {
+    let name = atb_actors::PeriodicName {
+        actor: "replay_sweep",
+        key: "-".into(),
+    };
+    atb_actors::periodic::start(name, every, metrics, move || {
+        let removed = cache.sweep(unix_now());
+        entries_gauge.set(cache.len() as i64);
+        if removed > 0 {
+            tracing::debug!(removed, "replay cache swept");
+        }
+        std::future::ready(every)
+    })
 }
-
-impl Actor for ReplaySweeper {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.every, |this, _| {
-            let removed = this.cache.sweep(unix_now());
-            this.entries_gauge.set(this.cache.len() as i64);
-            if removed > 0 {
-                tracing::debug!(removed, "replay cache swept");
-            }
-        });
-    }
-}
-
-impl Supervised for ReplaySweeper {}
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {

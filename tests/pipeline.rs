@@ -16,6 +16,10 @@ const ACME: &str = "spiffe://acme.example/agent/demo";
 const GLOBEX: &str = "spiffe://saas.example/tenants/globex/agent/demo";
 const LEG: &str = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"owner"}}"#;
 
+/// Query strings of the requests that reached `/api/slow` (any test
+/// upstream in this process).
+static SLOW_ARRIVALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// An upstream that echoes what it received; `/api/slow` takes 5 s.
 fn start_upstream() -> u16 {
     async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -31,7 +35,11 @@ fn start_upstream() -> u16 {
                 "headers": headers, "body": String::from_utf8_lossy(&body),
             }))
     }
-    async fn slow() -> HttpResponse {
+    async fn slow(req: HttpRequest) -> HttpResponse {
+        SLOW_ARRIVALS
+            .lock()
+            .unwrap()
+            .push(req.query_string().to_owned());
         actix_web::rt::time::sleep(Duration::from_secs(5)).await;
         HttpResponse::Ok().finish()
     }
@@ -1727,12 +1735,18 @@ fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
         .arg(s.pki.path("acme-agent.crt"))
         .arg("--key")
         .arg(s.pki.path("acme-agent.key"))
-        .args(["-H", &auth, &s.broker.url("/api/slow")])
+        .args(["-H", &auth, &s.broker.url("/api/slow?tag=shutdown")])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     // The request is at the upstream when the broker is told to stop.
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(eventually(Duration::from_secs(10), || {
+        SLOW_ARRIVALS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q == "tag=shutdown")
+    }));
     let sent = Command::new("kill")
         .args(["-TERM", &s.broker.pid().to_string()])
         .status()
@@ -1752,5 +1766,62 @@ fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
     assert!(
         lines[0]["reason"].as_str().unwrap().contains("forward"),
         "{lines:?}"
+    );
+}
+
+#[test]
+fn every_timer_loop_survives_a_panicking_tick() {
+    // A JWKS nobody serves: its loop retries with backoff from 1 s.
+    let dead_jwks = format!("jwks_url = \"http://127.0.0.1:{}/jwks.json\"", free_port());
+    let s = setup_with(
+        "[poa]\nreplay_sweep_seconds = 1\n",
+        &dead_jwks,
+        &[
+            ("ATB_DEBUG_FAULT_INJECTION", "true"),
+            ("POLICY_RELOAD_SECONDS", "1"),
+        ],
+    );
+    let series = |actor: &str, key: &str, what: &str| {
+        let m = s.broker.metrics();
+        let name = match what {
+            "restarts" => format!(r#"atb_actor_restarts_total{{actor="{actor}",shard="{key}"}}"#),
+            outcome => format!(
+                r#"atb_actor_messages_total{{actor="{actor}",outcome="{outcome}",shard="{key}"}}"#
+            ),
+        };
+        metric(&m, &name).unwrap_or(0.0)
+    };
+    for (actor, key) in [
+        ("replay_sweep", "-"),
+        ("policy_reload", "-"),
+        ("jwks_refresh", "acme"),
+    ] {
+        let path = format!("/debug/fault?periodic={actor}");
+        let a = admin(&s.broker, "POST", &path, &[], None);
+        assert_eq!(a.status, 200, "{actor}: {a:?}");
+        assert!(
+            eventually(Duration::from_secs(20), || series(actor, key, "restarts")
+                == 1.0),
+            "{actor}: no restart counted"
+        );
+        // The loop goes on: later ticks run and succeed.
+        let ticks = series(actor, key, "ok");
+        assert!(
+            eventually(Duration::from_secs(20), || series(actor, key, "ok") > ticks),
+            "{actor}: no tick after the panic"
+        );
+    }
+    let a = admin(
+        &s.broker,
+        "POST",
+        "/debug/fault?periodic=nothing",
+        &[],
+        None,
+    );
+    assert_eq!(a.status, 404);
+    // Requests are served throughout.
+    assert_eq!(
+        s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,
+        200
     );
 }

@@ -13,12 +13,17 @@
 //!   boundary, the in-flight caller gets [`pool::CallError::Fault`] (fail
 //!   closed), and the actor stops so its supervisor restarts it with fresh
 //!   state;
+//! * [`periodic`] — every timer loop (reloads, sweeps, refreshes): ticks
+//!   that never overlap, a panic in a tick caught, counted as a restart and
+//!   the loop going on;
 //! * [`metrics::ActorMetrics`] — the per-actor series of SPEC §8.
 
 pub mod metrics;
+pub mod periodic;
 pub mod pool;
 pub mod router;
 
 pub use metrics::ActorMetrics;
+pub use periodic::{PeriodicHandle, PeriodicName};
 pub use pool::{CallError, PoolConfig, ShardLogic, ShardPool};
 pub use router::ShardRouter;

@@ -213,7 +213,8 @@ impl<L: ShardLogic> Handler<Envelope<L>> for ShardActor<L> {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+/// The text of a panic payload, for logs.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&'static str>() {
         s
     } else if let Some(s) = payload.downcast_ref::<String>() {

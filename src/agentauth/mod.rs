@@ -19,6 +19,8 @@ pub mod observe;
 pub mod state;
 pub mod store;
 
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,6 +133,21 @@ pub async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// Starts a timer loop named `actor` under the one supervision mechanism
+/// (`atb_actors::periodic`: a panicking tick is counted and the loop goes
+/// on).
+fn periodic<F, Fut>(state: &AgentAuthState, actor: &'static str, first: Duration, tick: F)
+where
+    F: FnMut() -> Fut + 'static,
+    Fut: std::future::Future<Output = Duration> + 'static,
+{
+    let name = atb_actors::PeriodicName {
+        actor,
+        key: "-".into(),
+    };
+    atb_actors::periodic::start(name, first, &state.metrics.actors, tick);
+}
+
 /// Re-reads the policy every `policy.reload_seconds` so risk tiers follow
 /// the broker's policy without a restart; a bad policy is refused (and
 /// audited) and the running one stays.
@@ -140,12 +157,13 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
     }
     let every = Duration::from_secs(config.policy.reload_seconds);
     let config = Arc::new(config.clone());
-    actix_web::rt::spawn(async move {
-        // A policy that stays bad is reported once, not at every interval.
-        let mut last_error: Option<String> = None;
-        loop {
-            actix_web::rt::time::sleep(every).await;
-            let (s, c) = (state.clone(), config.clone());
+    // A policy that stays bad is reported once, not at every interval.
+    let last_error: Rc<RefCell<Option<String>>> = Rc::default();
+    let s = state.clone();
+    periodic(&state, "policy_reload", every, move || {
+        let (state, config, last_error) = (s.clone(), config.clone(), last_error.clone());
+        async move {
+            let (s, c) = (state.clone(), config);
             let outcome = web::block(move || {
                 crate::policy::embedded::PolicyBundle::from_config(&c)
                     .and_then(|b| s.tiers.replace(b))
@@ -156,42 +174,51 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
                 event: "policy.reloaded",
                 ..AgentAuthEvent::default()
             };
-            match outcome {
-                Ok(false) => {
-                    last_error = None;
-                    continue;
+            let report = {
+                let mut last = last_error.borrow_mut();
+                match outcome {
+                    Ok(false) => {
+                        *last = None;
+                        false
+                    }
+                    Ok(true) => {
+                        tracing::info!("risk-tier policy reloaded");
+                        event.outcome = "ok";
+                        *last = None;
+                        true
+                    }
+                    Err(e) if last.as_ref() == Some(&e) => false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "policy reload refused; the running policy stays");
+                        event.outcome = "error";
+                        event.reason = e.clone();
+                        *last = Some(e);
+                        true
+                    }
                 }
-                Ok(true) => {
-                    tracing::info!("risk-tier policy reloaded");
-                    event.outcome = "ok";
-                    last_error = None;
-                }
-                Err(e) if last_error.as_ref() == Some(&e) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "policy reload refused; the running policy stays");
-                    event.outcome = "error";
-                    event.reason = e.clone();
-                    last_error = Some(e);
-                }
+            };
+            if !report {
+                return every;
             }
             state.audit(event).await;
+            every
         }
     });
 }
 
 /// Key directory reloads, expired-challenge sweeps, approver JWKS refresh.
 fn spawn_background(state: Arc<AgentAuthState>) {
+    let every = Duration::from_secs(state.config.key_reload_seconds);
+    let seen = Rc::new(RefCell::new(keyring::fingerprint(&state.config.keys_dir)));
     let s = state.clone();
-    actix_web::rt::spawn(async move {
-        let every = Duration::from_secs(s.config.key_reload_seconds);
-        let mut seen = keyring::fingerprint(&s.config.keys_dir);
-        loop {
-            actix_web::rt::time::sleep(every).await;
+    periodic(&state, "key_reload", every, move || {
+        let (s, seen) = (s.clone(), seen.clone());
+        async move {
             let now = keyring::fingerprint(&s.config.keys_dir);
-            if now == seen {
-                continue;
+            if *seen.borrow() == now {
+                return every;
             }
-            seen = now;
+            *seen.borrow_mut() = now;
             let mut event = AgentAuthEvent {
                 event: "keys.reloaded",
                 ..AgentAuthEvent::default()
@@ -202,7 +229,7 @@ fn spawn_background(state: Arc<AgentAuthState>) {
                     event.outcome = "ok";
                     event.kid = kid;
                 }
-                Ok(None) => continue,
+                Ok(None) => return every,
                 Err(e) => {
                     tracing::error!(error = %e, "signing key reload failed; keeping the current keys");
                     event.outcome = "error";
@@ -210,15 +237,17 @@ fn spawn_background(state: Arc<AgentAuthState>) {
                 }
             }
             s.audit(event).await;
+            every
         }
     });
+    let sweep_every = Duration::from_secs(15);
     let s = state.clone();
-    actix_web::rt::spawn(async move {
-        loop {
-            actix_web::rt::time::sleep(Duration::from_secs(15)).await;
+    periodic(&state, "challenge_sweep", sweep_every, move || {
+        let s = s.clone();
+        async move {
             let now = crate::replay::unix_now();
             let Ok(swept) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
-                continue;
+                return sweep_every;
             };
             s.metrics.challenges_open.sub(swept.removed as i64);
             for c in swept.expired {
@@ -236,24 +265,27 @@ fn spawn_background(state: Arc<AgentAuthState>) {
                 })
                 .await;
             }
+            sweep_every
         }
     });
     if state.approvers.keys.jwks_url().is_some() {
-        let s = state;
-        actix_web::rt::spawn(async move {
-            let every = Duration::from_secs(s.config.approvers.jwks_refresh_seconds);
-            let mut backoff = Duration::from_secs(1);
-            loop {
+        let every = Duration::from_secs(state.config.approvers.jwks_refresh_seconds);
+        let backoff = Rc::new(Cell::new(Duration::from_secs(1)));
+        let s = state.clone();
+        periodic(&state, "approver_keys", Duration::ZERO, move || {
+            let (s, backoff) = (s.clone(), backoff.clone());
+            async move {
                 match s.approvers.keys.refresh().await {
                     Ok(n) => {
                         tracing::debug!(keys = n, "approver JWKS refreshed");
-                        actix_web::rt::time::sleep(every).await;
-                        backoff = Duration::from_secs(1);
+                        backoff.set(Duration::from_secs(1));
+                        every
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "approver JWKS refresh failed");
-                        actix_web::rt::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(every);
+                        let wait = backoff.get();
+                        backoff.set((wait * 2).min(every));
+                        wait
                     }
                 }
             }

@@ -27,6 +27,8 @@ pub struct AgentAuthMetrics {
     /// `atb_audit_events_total{outcome}`.
     pub audit_events: IntCounterVec,
     pub audit_writer: crate::audit::AuditWriterMetrics,
+    /// `atb_actor_*{actor,shard}`: AgentAuth's timer loops.
+    pub actors: atb_actors::ActorMetrics,
 }
 
 impl AgentAuthMetrics {
@@ -94,6 +96,7 @@ impl AgentAuthMetrics {
         registry.register(Box::new(key_reloads.clone()))?;
         registry.register(Box::new(audit_events.clone()))?;
         let audit_writer = crate::audit::AuditWriterMetrics::register(&registry)?;
+        let actors = atb_actors::ActorMetrics::register(&registry)?;
         Ok(Self {
             registry,
             requests,
@@ -105,6 +108,7 @@ impl AgentAuthMetrics {
             key_reloads,
             audit_events,
             audit_writer,
+            actors,
         })
     }
 

@@ -321,20 +321,37 @@ async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
 
 #[derive(Deserialize)]
 struct FaultTarget {
-    tenant: String,
+    tenant: Option<String>,
+    periodic: Option<String>,
 }
 
-/// Test-only (`debug.fault_injection`): makes the shard owning `tenant` panic.
+/// Test-only (`debug.fault_injection`): `?tenant=ID` makes the shard owning
+/// that tenant panic; `?periodic=NAME` makes the next tick of every timer
+/// loop named NAME (e.g. `jwks_refresh`, `replay_sweep`, `policy_reload`)
+/// panic.
 async fn inject_fault(
     state: web::Data<BrokerState>,
     target: web::Query<FaultTarget>,
 ) -> HttpResponse {
-    let shard = state.shards.router().route(&target.tenant);
-    let result = state
-        .shards
-        .call(&target.tenant, ShardRequest::InjectFault)
-        .await;
-    tracing::warn!(tenant = %target.tenant, shard, ?result, "fault injected through the debug hook");
+    if let Some(name) = &target.periodic {
+        let loops = state.periodic(name);
+        loops.iter().for_each(|h| h.inject_fault());
+        tracing::warn!(periodic = %name, loops = loops.len(), "fault injected through the debug hook");
+        if loops.is_empty() {
+            return HttpResponse::NotFound().json(serde_json::json!({
+                "error": "unknown_periodic", "reason": "no timer loop has this name",
+            }));
+        }
+        return HttpResponse::Ok().json(serde_json::json!({"loops": loops.len()}));
+    }
+    let Some(tenant) = &target.tenant else {
+        return HttpResponse::BadRequest().json(serde_json::json!({
+            "error": "bad_request", "reason": "name ?tenant= or ?periodic=",
+        }));
+    };
+    let shard = state.shards.router().route(tenant);
+    let result = state.shards.call(tenant, ShardRequest::InjectFault).await;
+    tracing::warn!(tenant = %tenant, shard, ?result, "fault injected through the debug hook");
     HttpResponse::Ok().json(serde_json::json!({
         "shard": shard,
         "result": match result {

@@ -77,6 +77,9 @@ impl<'a> RequestCtx<'a> {
         req: &'a HttpRequest,
         payload: web::Payload,
     ) -> Self {
+        state
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let request_id = req
             .extensions()
             .get::<RequestId>()
@@ -256,5 +259,16 @@ impl RequestRecord for BrokerLog<'_> {
             latency_us: elapsed.as_micros() as u64,
             outcome: ending.outcome(),
         }
+    }
+}
+
+impl Drop for BrokerLog<'_> {
+    /// Runs after the record was closed and its event queued (the guard's
+    /// own `drop` comes first), so a shutdown that waits for no request to
+    /// be in flight flushes every request's event.
+    fn drop(&mut self) {
+        self.state
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }

@@ -96,16 +96,23 @@ pub async fn run(config: Config) -> Result<(), String> {
     if config.policy.reload_seconds > 0 && config.policy.engine == PolicyEngine::Embedded {
         let reloading = state.clone();
         let every = Duration::from_secs(config.policy.reload_seconds);
-        actix_web::rt::spawn(async move {
-            let mut tick = actix_web::rt::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
+        let name = atb_actors::PeriodicName {
+            actor: "policy_reload",
+            key: "-".into(),
+        };
+        state.own_periodic(atb_actors::periodic::start(
+            name,
+            every,
+            &state.metrics.actors,
+            move || {
                 let state = reloading.clone();
-                // The outcome is logged and counted by reload_policy.
-                let _ = web::block(move || state.reload_policy()).await;
-            }
-        });
+                async move {
+                    // The outcome is logged and counted by reload_policy.
+                    let _ = web::block(move || state.reload_policy()).await;
+                    every
+                }
+            },
+        ));
     }
 
     let gateway_handle = gateway.handle();
@@ -126,11 +133,13 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
 
     let (g, a) = futures_util::future::join(gateway, admin).await;
+    state.settle_in_flight(Duration::from_secs(2)).await;
     state
         .audit
         .flush(Duration::from_secs(b.shutdown_grace_seconds))
         .await;
     state.shards.stop();
+    state.stop_periodic();
     g.map_err(|e| format!("agent listener failed: {e}"))?;
     a.map_err(|e| format!("admin listener failed: {e}"))?;
     tracing::info!("broker stopped");

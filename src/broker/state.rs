@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use atb_actors::{PoolConfig, ShardPool};
+use atb_actors::{PeriodicHandle, PoolConfig, ShardPool};
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::config::{Config, PolicyEngine, TenantConfig};
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Metrics;
 use crate::poa::claims::ClaimRules;
-use crate::poa::jwks::{JwksCache, JwksRefresher, JwksTimings};
+use crate::poa::jwks::{JwksCache, JwksTimings};
 use crate::poa::keys::{self, KeySet};
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
@@ -261,8 +261,12 @@ pub struct BrokerState {
     /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
     pub outbound_tls: openssl::ssl::SslConnector,
     pub audit: AuditSink,
+    /// Every timer loop (stopped at shutdown; faults injectable in tests).
+    periodic: std::sync::Mutex<Vec<PeriodicHandle>>,
     /// Interned tenant ids handed to shards without allocating per request.
     tenant_keys: HashMap<String, Arc<str>>,
+    /// Requests whose record is not closed yet (see `broker::context`).
+    pub in_flight: std::sync::atomic::AtomicUsize,
     maintenance: AtomicBool,
     draining: AtomicBool,
     keys_loaded: AtomicBool,
@@ -292,20 +296,26 @@ impl BrokerState {
         }
         let bindings = compile_bindings(&config, &metrics)?;
         let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
-        if !jwks.is_empty() {
-            let caches = jwks.clone();
-            let tls = outbound_tls.clone();
-            actix::Supervisor::start(move |_| JwksRefresher::new(caches, tls.clone()));
-        }
+        // Every timer loop is a supervised periodic (atb_actors::periodic).
+        let mut periodic: Vec<PeriodicHandle> = jwks
+            .iter()
+            .map(|cache| {
+                crate::poa::jwks::start_refresh(
+                    cache.clone(),
+                    outbound_tls.clone(),
+                    &metrics.actors,
+                )
+            })
+            .collect();
         let policy = policy_backend(&config, &metrics)?;
         let replay = config.poa.single_use.then(|| {
             let cache = Arc::new(MemoryReplay::new(config.poa.replay_capacity));
-            let sweeper = crate::replay::ReplaySweeper {
-                cache: cache.clone(),
-                every: Duration::from_secs(config.poa.replay_sweep_seconds),
-                entries_gauge: metrics.replay_entries.clone(),
-            };
-            actix::Supervisor::start(move |_| sweeper);
+            periodic.push(crate::replay::start_sweep(
+                cache.clone(),
+                Duration::from_secs(config.poa.replay_sweep_seconds),
+                metrics.replay_entries.clone(),
+                &metrics.actors,
+            ));
             cache
         });
         let audit = AuditSink::start(
@@ -320,6 +330,7 @@ impl BrokerState {
             .map(|id| (id.to_owned(), Arc::from(id)))
             .collect();
         Ok(Arc::new(Self {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             maintenance: AtomicBool::new(config.broker.maintenance_mode),
             draining: AtomicBool::new(false),
             keys_loaded: AtomicBool::new(false),
@@ -328,6 +339,7 @@ impl BrokerState {
             connections,
             shards,
             metrics,
+            periodic: std::sync::Mutex::new(periodic),
             auth,
             bindings,
             jwks,
@@ -338,6 +350,42 @@ impl BrokerState {
             tenant_keys,
             admin_token,
         }))
+    }
+
+    /// Waits (at most `limit`) until no request is in flight: requests a
+    /// stopped worker dropped have queued their `aborted` audit events.
+    pub async fn settle_in_flight(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.in_flight.load(Ordering::Acquire) > 0 && std::time::Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Adds a timer loop to the ones the state owns.
+    pub fn own_periodic(&self, handle: PeriodicHandle) {
+        if let Ok(mut all) = self.periodic.lock() {
+            all.push(handle);
+        }
+    }
+
+    /// The timer loops named `actor` (every key).
+    pub fn periodic(&self, actor: &str) -> Vec<PeriodicHandle> {
+        self.periodic.lock().map_or_else(
+            |_| Vec::new(),
+            |all| {
+                all.iter()
+                    .filter(|h| h.name().actor == actor)
+                    .cloned()
+                    .collect()
+            },
+        )
+    }
+
+    /// Stops every timer loop (shutdown).
+    pub fn stop_periodic(&self) {
+        if let Ok(all) = self.periodic.lock() {
+            all.iter().for_each(PeriodicHandle::stop);
+        }
     }
 
     pub fn tenant_key(&self, tenant_id: &str) -> Option<&Arc<str>> {

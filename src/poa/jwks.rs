@@ -7,15 +7,15 @@
 //!   most one fetch per cooldown.
 //! * Keys from the last good fetch stay usable for a bounded stale window
 //!   while refreshes fail; past it, verification fails closed.
-//! * The [`JwksRefresher`] actor fetches at start (retrying with backoff
-//!   while a tenant has no keys, so a JWKS outage at start-up is survived)
-//!   and then periodically.
+//! * [`start_refresh`] runs one periodic loop per source: it fetches at
+//!   start (retrying with backoff while the source has no keys, so a JWKS
+//!   outage at start-up is survived) and then periodically; a panic in a
+//!   fetch is contained and the loop goes on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 
@@ -296,66 +296,45 @@ impl JwksCache<KeySet> {
     }
 }
 
-/// Fetches every tenant's JWKS at start and periodically (supervised).
-pub struct JwksRefresher {
-    pub caches: Vec<Arc<JwksCache>>,
+/// Refreshes one JWKS source forever as its own periodic loop
+/// (`atb_actors::periodic`, actor `jwks_refresh`, keyed by the cache's
+/// name): at start, then every `timings.refresh`; while the source has no
+/// usable keys, sooner, backing off from 1 s up to the refresh interval. One
+/// loop per tenant, so a slow or dead JWKS delays nobody else's.
+pub fn start_refresh<S: KeyDocument + 'static>(
+    cache: Arc<JwksCache<S>>,
     tls: openssl::ssl::SslConnector,
-    client: Option<awc::Client>,
-}
-
-impl JwksRefresher {
-    /// `tls`: outbound TLS (system trust store + `tls.outbound_ca_file`).
-    pub fn new(caches: Vec<Arc<JwksCache>>, tls: openssl::ssl::SslConnector) -> Self {
-        Self {
-            caches,
-            tls,
-            client: None,
-        }
-    }
-
-    fn schedule(&self, ctx: &mut Context<Self>, index: usize, delay: Duration, backoff: Duration) {
-        ctx.run_later(delay, move |this, ctx| {
-            let Some(cache) = this.caches.get(index).cloned() else {
-                return;
-            };
-            let tls = &this.tls;
-            let client = this
-                .client
-                .get_or_insert_with(|| crate::tls::http_client(tls, Duration::from_secs(5)))
-                .clone();
-            let fut = async move {
+    metrics: &atb_actors::ActorMetrics,
+) -> atb_actors::PeriodicHandle {
+    let client = std::rc::Rc::new(std::cell::OnceCell::new());
+    let backoff = std::rc::Rc::new(std::cell::Cell::new(Duration::from_secs(1)));
+    let name = atb_actors::PeriodicName {
+        actor: "jwks_refresh",
+        key: cache.name.clone(),
+    };
+    atb_actors::periodic::start(name, Duration::ZERO, metrics, move || {
+        let cache = cache.clone();
+        let client: awc::Client = client
+            .get_or_init(|| crate::tls::http_client(&tls, Duration::from_secs(5)))
+            .clone();
+        let backoff = backoff.clone();
+        async move {
+            let ok = {
                 let _flight = cache.fetch_lock.lock().await;
                 cache.fetch(&client).await.is_ok()
             };
-            ctx.spawn(fut.into_actor(this).map(move |ok, this, ctx| {
-                let Some(cache) = this.caches.get(index) else {
-                    return;
-                };
-                let refresh = cache.timings.refresh;
-                if ok || cache.has_usable_keys(Instant::now()) {
-                    this.schedule(ctx, index, refresh, Duration::from_secs(1));
-                } else {
-                    // No usable keys: retry sooner, backing off up to the
-                    // refresh interval.
-                    let next = (backoff * 2).min(refresh);
-                    this.schedule(ctx, index, backoff, next);
-                }
-            }));
-        });
-    }
-}
-
-impl Actor for JwksRefresher {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        for index in 0..self.caches.len() {
-            self.schedule(ctx, index, Duration::ZERO, Duration::from_secs(1));
+            let refresh = cache.timings.refresh;
+            if ok || cache.has_usable_keys(Instant::now()) {
+                backoff.set(Duration::from_secs(1));
+                refresh
+            } else {
+                let wait = backoff.get();
+                backoff.set((wait * 2).min(refresh));
+                wait
+            }
         }
-    }
+    })
 }
-
-impl Supervised for JwksRefresher {}
 
 #[cfg(test)]
 mod tests {
