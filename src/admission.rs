@@ -38,6 +38,19 @@ impl TokenBucket {
         }
     }
 
+    /// An empty bucket as if drained at `drained`: at `now` it holds what
+    /// it earned since (at most `burst`). A restarted shard builds its
+    /// buckets this way, so a fault never hands out a fresh burst.
+    pub fn drained_at(rate: f64, burst: u32, drained: Instant, now: Instant) -> Self {
+        let earned = now.saturating_duration_since(drained).as_secs_f64() * rate;
+        Self {
+            rate,
+            burst: f64::from(burst),
+            tokens: earned.min(f64::from(burst)),
+            last: now,
+        }
+    }
+
     /// Applies a changed configuration, keeping the tokens already earned.
     fn reconfigure(&mut self, rate: f64, burst: u32) {
         self.rate = rate;
@@ -93,30 +106,41 @@ pub const USAGE_WINDOW: Duration = Duration::from_secs(3600);
 /// Distinct (tenant, action) counters one shard keeps.
 pub const MAX_USAGE_ENTRIES: usize = 100_000;
 
-/// The per-tenant state of one shard.
+/// Per-action counts of one shard's tenants, `(tenant, action) → (window
+/// start, count)`. Held outside the shard actor's state, so a restarted
+/// shard keeps counting where it stood (counts restarting at zero would
+/// fail open against the policy's hourly limits).
 #[derive(Debug, Default)]
-pub struct TenantShardState {
-    buckets: HashMap<Arc<str>, TokenBucket>,
-    connectors: HashMap<(Arc<str>, Arc<str>), TokenBucket>,
-    /// `(tenant, action) → (window start, count)`.
-    usage: HashMap<(Arc<str>, String), (Instant, u64)>,
+pub struct UsageLedger {
+    counts: std::sync::Mutex<UsageCounts>,
 }
 
-impl TenantShardState {
+/// `(tenant, action) → (window start, count)`.
+type UsageCounts = HashMap<(Arc<str>, String), (Instant, u64)>;
+
+impl UsageLedger {
+    fn counts(&self) -> std::sync::MutexGuard<'_, UsageCounts> {
+        // Updates are single assignments: a panic elsewhere while the lock
+        // was held leaves consistent numbers, so a poisoned lock is used.
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn usage(&self, tenant: &Arc<str>, action: &str, now: Instant) -> u64 {
-        match self.usage.get(&(tenant.clone(), action.to_owned())) {
+        match self.counts().get(&(tenant.clone(), action.to_owned())) {
             Some((start, n)) if now.saturating_duration_since(*start) < USAGE_WINDOW => *n,
             _ => 0,
         }
     }
 
-    fn record(&mut self, tenant: Arc<str>, action: String, now: Instant) {
-        if self.usage.len() >= MAX_USAGE_ENTRIES {
-            self.usage
-                .retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
+    fn record(&self, tenant: Arc<str>, action: String, now: Instant) {
+        let mut usage = self.counts();
+        if usage.len() >= MAX_USAGE_ENTRIES {
+            usage.retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
         }
-        let fits = self.usage.len() < MAX_USAGE_ENTRIES;
-        match self.usage.entry((tenant, action)) {
+        let fits = usage.len() < MAX_USAGE_ENTRIES;
+        match usage.entry((tenant, action)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let (start, n) = e.get_mut();
                 if now.saturating_duration_since(*start) >= USAGE_WINDOW {
@@ -133,6 +157,61 @@ impl TenantShardState {
     }
 }
 
+/// The per-tenant state of one shard.
+#[derive(Debug, Default)]
+pub struct TenantShardState {
+    buckets: HashMap<Arc<str>, TokenBucket>,
+    connectors: HashMap<(Arc<str>, Arc<str>), TokenBucket>,
+    usage: Arc<UsageLedger>,
+    /// Set when this state replaces one lost to a fault: buckets are built
+    /// drained at that instant instead of full.
+    restarted_at: Option<Instant>,
+}
+
+impl TenantShardState {
+    /// The state of a shard starting for the first time (`restarted_at`
+    /// `None`: full buckets) or after a fault (drained buckets), counting
+    /// into `usage`, which outlives restarts.
+    pub fn new(usage: Arc<UsageLedger>, restarted_at: Option<Instant>) -> Self {
+        Self {
+            usage,
+            restarted_at,
+            ..Self::default()
+        }
+    }
+
+    fn bucket(&self, rate: f64, burst: u32, now: Instant) -> TokenBucket {
+        match self.restarted_at {
+            None => TokenBucket::new(rate, burst, now),
+            Some(at) => TokenBucket::drained_at(rate, burst, at, now),
+        }
+    }
+}
+
+/// Builds each shard's state: full at first start; after a fault, drained
+/// buckets and the same usage ledger (per shard index).
+#[derive(Debug, Default)]
+pub struct ShardStates {
+    ledgers: std::sync::Mutex<HashMap<usize, Arc<UsageLedger>>>,
+}
+
+impl ShardStates {
+    pub fn build(&self, index: usize) -> TenantShardState {
+        let mut ledgers = self
+            .ledgers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match ledgers.get(&index) {
+            Some(ledger) => TenantShardState::new(ledger.clone(), Some(Instant::now())),
+            None => {
+                let ledger = Arc::new(UsageLedger::default());
+                ledgers.insert(index, ledger.clone());
+                TenantShardState::new(ledger, None)
+            }
+        }
+    }
+}
+
 impl atb_actors::ShardLogic for TenantShardState {
     type Request = ShardRequest;
     type Response = Admission;
@@ -145,10 +224,15 @@ impl atb_actors::ShardLogic for TenantShardState {
                 burst,
                 now,
             } => {
-                let bucket = self
-                    .buckets
-                    .entry(tenant)
-                    .or_insert_with(|| TokenBucket::new(requests_per_second, burst, now));
+                if !self.buckets.contains_key(&tenant) {
+                    let fresh = self.bucket(requests_per_second, burst, now);
+                    self.buckets.insert(tenant.clone(), fresh);
+                }
+                let Some(bucket) = self.buckets.get_mut(&tenant) else {
+                    return Admission::Limited {
+                        retry_after: Duration::from_secs(1),
+                    };
+                };
                 bucket.reconfigure(requests_per_second, burst);
                 match bucket.try_take(now) {
                     Ok(()) => Admission::Admitted,
@@ -163,23 +247,29 @@ impl atb_actors::ShardLogic for TenantShardState {
                 now,
             } => {
                 if let Some((rps, burst)) = rate {
-                    let bucket = self
-                        .connectors
-                        .entry((tenant.clone(), connector))
-                        .or_insert_with(|| TokenBucket::new(rps, burst, now));
+                    let key = (tenant.clone(), connector);
+                    if !self.connectors.contains_key(&key) {
+                        let fresh = self.bucket(rps, burst, now);
+                        self.connectors.insert(key.clone(), fresh);
+                    }
+                    let Some(bucket) = self.connectors.get_mut(&key) else {
+                        return Admission::Limited {
+                            retry_after: Duration::from_secs(1),
+                        };
+                    };
                     bucket.reconfigure(rps, burst);
                     if let Err(retry_after) = bucket.try_take(now) {
                         return Admission::Limited { retry_after };
                     }
                 }
-                Admission::Count(self.usage(&tenant, &action, now))
+                Admission::Count(self.usage.usage(&tenant, &action, now))
             }
             ShardRequest::Record {
                 tenant,
                 action,
                 now,
             } => {
-                self.record(tenant, action, now);
+                self.usage.record(tenant, action, now);
                 Admission::Admitted
             }
             ShardRequest::InjectFault => panic!("fault injected through the debug hook"),
@@ -282,6 +372,68 @@ mod tests {
         assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(0));
         assert_eq!(record(&mut s, t0 + USAGE_WINDOW), Admission::Admitted);
         assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(1));
+    }
+
+    #[test]
+    fn a_restarted_shard_starts_drained_and_keeps_its_counts() {
+        let states = ShardStates::default();
+        let t: Arc<str> = Arc::from("acme");
+        let admit = |s: &mut TenantShardState, now| {
+            s.handle(ShardRequest::Admit {
+                tenant: t.clone(),
+                requests_per_second: 1.0,
+                burst: 5,
+                now,
+            })
+        };
+        let record = |s: &mut TenantShardState| {
+            s.handle(ShardRequest::Record {
+                tenant: t.clone(),
+                action: "x".into(),
+                now: Instant::now(),
+            })
+        };
+        let usage = |s: &mut TenantShardState| {
+            s.handle(ShardRequest::Dispatch {
+                tenant: t.clone(),
+                connector: Arc::from("c"),
+                rate: Some((1.0, 5)),
+                action: "x".into(),
+                now: Instant::now(),
+            })
+        };
+        // First start: a full burst.
+        let mut first = states.build(0);
+        let now = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(admit(&mut first, now), Admission::Admitted);
+        }
+        assert!(matches!(admit(&mut first, now), Admission::Limited { .. }));
+        for _ in 0..3 {
+            record(&mut first);
+        }
+        // After a fault: no fresh burst, and the counts are still there.
+        let mut restarted = states.build(0);
+        assert!(matches!(
+            admit(&mut restarted, Instant::now()),
+            Admission::Limited { .. }
+        ));
+        assert!(matches!(usage(&mut restarted), Admission::Limited { .. }));
+        let later = Instant::now() + Duration::from_secs(2);
+        assert_eq!(admit(&mut restarted, later), Admission::Admitted);
+        assert_eq!(
+            restarted.handle(ShardRequest::Dispatch {
+                tenant: t.clone(),
+                connector: Arc::from("unlimited"),
+                rate: None,
+                action: "x".into(),
+                now: Instant::now(),
+            }),
+            Admission::Count(3)
+        );
+        // Another shard index is a first start of its own.
+        let mut other = states.build(1);
+        assert_eq!(admit(&mut other, Instant::now()), Admission::Admitted);
     }
 
     #[test]

@@ -219,6 +219,11 @@ pub struct TenantPoaConfig {
     /// everything else stays 401 `poa_required`. Off: every call needs a
     /// mandate.
     pub allow_unmandated_low_risk: bool,
+    /// Live replay-cache entries (unexpired mandates) this tenant may hold;
+    /// past it, its calls get 503 `replay_store_unavailable` while other
+    /// tenants keep theirs. Default: an equal share of what
+    /// `poa.replay_capacity` leaves after the explicit quotas.
+    pub replay_quota: Option<usize>,
 }
 
 impl Default for TenantPoaConfig {
@@ -232,6 +237,7 @@ impl Default for TenantPoaConfig {
             revoked_jtis: Vec::new(),
             revoked_kids: Vec::new(),
             allow_unmandated_low_risk: false,
+            replay_quota: None,
         }
     }
 }
@@ -804,6 +810,23 @@ impl Config {
         self.validate_tenants()
     }
 
+    /// Each tenant's share of the replay cache: its `poa.replay_quota`, or
+    /// an equal share (at least 1) of what the explicit quotas leave of
+    /// `poa.replay_capacity`.
+    pub fn replay_quotas(&self) -> HashMap<String, usize> {
+        let explicit: usize = self.tenants.iter().filter_map(|t| t.poa.replay_quota).sum();
+        let others = self
+            .tenants
+            .iter()
+            .filter(|t| t.poa.replay_quota.is_none())
+            .count();
+        let share = (self.poa.replay_capacity.saturating_sub(explicit) / others.max(1)).max(1);
+        self.tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.poa.replay_quota.unwrap_or(share)))
+            .collect()
+    }
+
     fn validate_tenants(&self) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
         let mut domains: HashMap<&str, &str> = HashMap::new();
@@ -863,6 +886,9 @@ impl Config {
                     key("poa.max_ttl_seconds"),
                     "must be between 1 and 900",
                 ));
+            }
+            if t.poa.replay_quota == Some(0) {
+                return Err(invalid(key("poa.replay_quota"), "must be at least 1"));
             }
             if t.policy_data.as_ref().is_some_and(|d| !d.is_object()) {
                 return Err(invalid(key("policy_data"), "must be a table"));
@@ -947,6 +973,20 @@ impl Config {
                     ));
                 }
             }
+        }
+        let explicit: usize = self
+            .tenants
+            .iter()
+            .filter_map(|t| t.poa.replay_quota)
+            .fold(0usize, usize::saturating_add);
+        if explicit > self.poa.replay_capacity {
+            return Err(invalid(
+                "tenants[].poa.replay_quota",
+                format!(
+                    "the quotas add up to {explicit}, more than poa.replay_capacity {}: one tenant could take another's room",
+                    self.poa.replay_capacity
+                ),
+            ));
         }
         for (k, d) in self.shards.dedicated.iter().enumerate() {
             if !ids.contains(d.as_str()) {
@@ -1090,6 +1130,21 @@ mod tests {
         assert!(c.tenants[0].enabled);
         assert_eq!(c.tenants[1].max_connections, 4);
         assert_eq!(c.tenants[1].connectors[0].egress_allowlist, vec!["/api/"]);
+    }
+
+    #[test]
+    fn replay_quotas_share_the_capacity() {
+        let mut c = Config::from_toml(
+            "[tls]\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.crt\"\n[poa]\nreplay_capacity = 100\n[[tenants]]\nid = \"a\"\ntrust_domain = \"a.example\"\n[tenants.poa]\nreplay_quota = 40\n[[tenants]]\nid = \"b\"\ntrust_domain = \"b.example\"\n[[tenants]]\nid = \"c\"\ntrust_domain = \"c.example\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let q = c.replay_quotas();
+        assert_eq!((q["a"], q["b"], q["c"]), (40, 30, 30));
+        c.tenants[1].poa.replay_quota = Some(61);
+        assert!(err(&c).contains("replay_quota"), "{}", err(&c));
+        c.tenants[1].poa.replay_quota = Some(0);
+        assert!(err(&c).contains("tenants[1].poa.replay_quota"));
     }
 
     #[test]

@@ -25,13 +25,21 @@ pub enum Verdict {
 pub enum ReplayError {
     #[error("the replay cache is full")]
     Full,
+    /// This tenant holds its whole share; other tenants are unaffected.
+    #[error("this tenant's share of the replay cache is full")]
+    TenantFull,
     #[error("the replay store is unreachable: {0}")]
     Unavailable(String),
 }
 
 /// In-memory replay cache: `(tenant, jti) → keep-until` (Unix seconds).
+/// Each tenant holds at most its quota of live entries, so one tenant
+/// flooding it gets 503 for itself while others keep their room; the
+/// capacity bounds the whole.
 pub struct MemoryReplay {
     entries: DashMap<(Arc<str>, String), i64>,
+    /// Live entries per tenant.
+    held: DashMap<Arc<str>, usize>,
     len: AtomicUsize,
     capacity: usize,
 }
@@ -40,19 +48,22 @@ impl MemoryReplay {
     pub fn new(capacity: usize) -> Self {
         Self {
             entries: DashMap::new(),
+            held: DashMap::new(),
             len: AtomicUsize::new(0),
             capacity: capacity.max(1),
         }
     }
 
     /// Marks `jti` of `tenant` as used until `keep_until`; says whether it
-    /// was already in use at `now`.
+    /// was already in use at `now`. A new entry needs room in the tenant's
+    /// `quota` and in the whole cache.
     pub fn mark(
         &self,
         tenant: &Arc<str>,
         jti: &str,
         keep_until: i64,
         now: i64,
+        quota: usize,
     ) -> Result<Verdict, ReplayError> {
         match self.entries.entry((tenant.clone(), jti.to_owned())) {
             Entry::Occupied(mut e) => {
@@ -64,10 +75,17 @@ impl MemoryReplay {
                 }
             }
             Entry::Vacant(v) => {
+                // The entry's shard lock is held, so this tenant's count
+                // and the total move together with the insert.
+                let mut held = self.held.entry(tenant.clone()).or_insert(0);
+                if *held >= quota.max(1) {
+                    return Err(ReplayError::TenantFull);
+                }
                 if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
                     self.len.fetch_sub(1, Ordering::AcqRel);
                     return Err(ReplayError::Full);
                 }
+                *held += 1;
                 v.insert(keep_until);
                 Ok(Verdict::Fresh)
             }
@@ -76,11 +94,24 @@ impl MemoryReplay {
 
     /// Drops entries that can no longer matter at `now`; returns how many.
     pub fn sweep(&self, now: i64) -> usize {
-        let before = self.entries.len();
-        self.entries.retain(|_, until| *until > now);
-        let removed = before.saturating_sub(self.entries.len());
+        let mut removed = 0;
+        self.entries.retain(|(tenant, _), until| {
+            let keep = *until > now;
+            if !keep {
+                removed += 1;
+                if let Some(mut held) = self.held.get_mut(tenant) {
+                    *held = held.saturating_sub(1);
+                }
+            }
+            keep
+        });
         self.len.fetch_sub(removed, Ordering::AcqRel);
         removed
+    }
+
+    /// Live entries `tenant` holds.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.held.get(tenant).map_or(0, |h| *h)
     }
 
     pub fn len(&self) -> usize {
@@ -130,28 +161,50 @@ mod tests {
     fn second_use_is_a_replay_until_expiry() {
         let c = MemoryReplay::new(10);
         let t: Arc<str> = Arc::from("acme");
-        assert_eq!(c.mark(&t, "j1", 200, 100), Ok(Verdict::Fresh));
-        assert_eq!(c.mark(&t, "j1", 200, 150), Ok(Verdict::Replayed));
+        assert_eq!(c.mark(&t, "j1", 200, 100, 10), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "j1", 200, 150, 10), Ok(Verdict::Replayed));
         // Another tenant's jti space is separate.
         let u: Arc<str> = Arc::from("globex");
-        assert_eq!(c.mark(&u, "j1", 200, 150), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&u, "j1", 200, 150, 10), Ok(Verdict::Fresh));
         // After keep-until the entry no longer matters.
-        assert_eq!(c.mark(&t, "j1", 400, 201), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "j1", 400, 201, 10), Ok(Verdict::Fresh));
     }
 
     #[test]
     fn full_cache_refuses_instead_of_evicting() {
         let c = MemoryReplay::new(2);
         let t: Arc<str> = Arc::from("acme");
-        assert_eq!(c.mark(&t, "a", 200, 100), Ok(Verdict::Fresh));
-        assert_eq!(c.mark(&t, "b", 200, 100), Ok(Verdict::Fresh));
-        assert_eq!(c.mark(&t, "c", 200, 100), Err(ReplayError::Full));
+        assert_eq!(c.mark(&t, "a", 200, 100, 10), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "b", 200, 100, 10), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "c", 200, 100, 10), Err(ReplayError::Full));
         // The live entries are still there.
-        assert_eq!(c.mark(&t, "a", 200, 100), Ok(Verdict::Replayed));
+        assert_eq!(c.mark(&t, "a", 200, 100, 10), Ok(Verdict::Replayed));
         // After a sweep past their lifetime there is room again.
         assert_eq!(c.sweep(300), 2);
         assert_eq!(c.len(), 0);
-        assert_eq!(c.mark(&t, "c", 400, 300), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&t, "c", 400, 300, 10), Ok(Verdict::Fresh));
+    }
+
+    #[test]
+    fn a_tenant_that_fills_its_share_leaves_others_their_room() {
+        let c = MemoryReplay::new(4);
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        assert_eq!(c.mark(&a, "1", 200, 100, 2), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&a, "2", 200, 100, 2), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&a, "3", 200, 100, 2), Err(ReplayError::TenantFull));
+        // Replays are still recognised at quota.
+        assert_eq!(c.mark(&a, "1", 200, 100, 2), Ok(Verdict::Replayed));
+        assert_eq!(c.mark(&b, "1", 200, 100, 2), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&b, "2", 200, 100, 2), Ok(Verdict::Fresh));
+        assert_eq!((c.held("a"), c.held("b"), c.len()), (2, 2, 4));
+        // Expired entries give the share back.
+        assert_eq!(c.sweep(300), 4);
+        assert_eq!((c.held("a"), c.held("b"), c.len()), (0, 0, 0));
+        assert_eq!(c.mark(&a, "3", 400, 300, 2), Ok(Verdict::Fresh));
+        // Oversubscribed quotas still stop at the capacity.
+        let small = MemoryReplay::new(1);
+        assert_eq!(small.mark(&a, "x", 200, 100, 5), Ok(Verdict::Fresh));
+        assert_eq!(small.mark(&b, "x", 200, 100, 5), Err(ReplayError::Full));
     }
 
     #[test]
@@ -160,7 +213,7 @@ mod tests {
         let fresh: usize = (0..16)
             .map(|_| {
                 let c = c.clone();
-                std::thread::spawn(move || c.mark(&Arc::from("t"), "same", 200, 100))
+                std::thread::spawn(move || c.mark(&Arc::from("t"), "same", 200, 100, 1000))
             })
             .collect::<Vec<_>>()
             .into_iter()

@@ -844,3 +844,40 @@ fn bad_configuration_is_refused_with_the_key_named() {
     check(tls, &[("MAINTENANCE_MODE", "perhaps")], "MAINTENANCE_MODE");
     check(tls, &[], "tls.cert_file a");
 }
+
+#[test]
+fn a_restarted_shard_does_not_hand_out_a_fresh_burst() {
+    let pki = pki();
+    let tenants = r#"
+[shards]
+count = 1
+
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+requests_per_second = 0.05
+burst = 3
+"#;
+    let broker = Broker::start(&pki, tenants, &[("ATB_DEBUG_FAULT_INJECTION", "true")]);
+    let call = || agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    for _ in 0..3 {
+        assert_eq!(call().error(), "poa_required");
+    }
+    assert_eq!(call().error(), "rate_limited");
+    let f = admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None);
+    assert!(
+        f.json()["result"].as_str().unwrap().contains("failed"),
+        "{f:?}"
+    );
+    // The shard is back (a restart was counted) and the tenant is still
+    // out of credit: the fault did not refill its bucket.
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(
+            &broker.metrics(),
+            r#"atb_actor_restarts_total{actor="tenant_shard",shard="0"}"#,
+        ) == Some(1.0)
+    }));
+    for _ in 0..3 {
+        assert_eq!(call().error(), "rate_limited");
+    }
+}

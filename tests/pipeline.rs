@@ -746,22 +746,34 @@ fn a_mandate_is_single_use() {
 }
 
 #[test]
-fn a_full_replay_cache_fails_closed() {
-    let s = setup_with("[poa]\nreplay_capacity = 1\n", "", &[]);
-    assert_eq!(
-        s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,
-        200
-    );
+fn a_tenant_that_fills_its_replay_share_fails_closed_alone() {
+    // Two tenants share 4 entries: 2 live mandates each.
+    let s = setup_with("[poa]\nreplay_capacity = 4\n", "", &[]);
+    for _ in 0..2 {
+        let a = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
+        assert_eq!(a.status, 200, "{a:?}");
+    }
     let a = s.acme("/api/x", &s.mint("crm.contact.read", &[]));
     expect(&a, 503, "replay_store_unavailable");
     assert!(a.header("retry-after").is_some());
+    assert!(
+        a.json()["reason"].as_str().unwrap().contains("share"),
+        "{a:?}"
+    );
+    // The other tenant keeps its room.
+    for _ in 0..2 {
+        let g = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+        let a = s.call("globex-agent", "/api/x", &g, &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+    }
     let m = s.broker.metrics();
     assert_eq!(
         metric(
             &m,
-            r#"atb_replay_rejections_total{cause="full",tenant="acme"}"#
+            r#"atb_replay_rejections_total{cause="tenant_full",tenant="acme"}"#
         ),
-        Some(1.0)
+        Some(1.0),
+        "{m}"
     );
 }
 

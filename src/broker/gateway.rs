@@ -25,7 +25,7 @@ use crate::error::Rejection;
 use crate::poa::claims::PoaClaims;
 use crate::poa::presented::presented_token;
 use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
-use crate::replay::{unix_now, Verdict};
+use crate::replay::{unix_now, ReplayError, Verdict};
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
 use crate::upstream::{self, Body, Stamp, UpstreamError};
@@ -386,7 +386,14 @@ async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
             .with_label_values(&[tenant.id.as_str(), cause])
             .inc()
     };
-    match replay.mark(ctx.tenant_key()?, &claims.jti, keep_until, unix_now()) {
+    let quota = ctx.state.auth.get(&tenant.id).map_or(1, |a| a.replay_quota);
+    match replay.mark(
+        ctx.tenant_key()?,
+        &claims.jti,
+        keep_until,
+        unix_now(),
+        quota,
+    ) {
         Ok(Verdict::Fresh) => {
             ctx.count_validation("valid");
             Ok(())
@@ -397,7 +404,11 @@ async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
             Err(Rejection::poa_replay())
         }
         Err(e) => {
-            replay_metric("full");
+            replay_metric(match e {
+                ReplayError::TenantFull => "tenant_full",
+                ReplayError::Full => "full",
+                ReplayError::Unavailable(_) => "unavailable",
+            });
             Err(Rejection::replay_store_unavailable(e.to_string()))
         }
     }

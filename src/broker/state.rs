@@ -37,13 +37,20 @@ pub struct TenantAuth {
     /// Serialises [`TenantAuth::revoke`], so concurrent additions are not lost.
     revoking: std::sync::Mutex<()>,
     pub jwks: Option<Arc<JwksCache>>,
+    /// Live replay-cache entries this tenant may hold.
+    pub replay_quota: usize,
 }
 
 /// Most revocations a tenant holds (configured plus added at runtime).
 pub const MAX_REVOCATIONS: usize = 100_000;
 
 impl TenantAuth {
-    fn load(t: &TenantConfig, config: &Config, metrics: &Metrics) -> Result<Self, String> {
+    fn load(
+        t: &TenantConfig,
+        config: &Config,
+        metrics: &Metrics,
+        replay_quota: usize,
+    ) -> Result<Self, String> {
         let p = &config.poa;
         let leeway = p.leeway_seconds;
         let jwks = t.poa.jwks_url.as_ref().map(|url| {
@@ -78,6 +85,7 @@ impl TenantAuth {
             revoked_kids: ArcSwap::from_pointee(t.poa.revoked_kids.iter().cloned().collect()),
             revoking: std::sync::Mutex::new(()),
             jwks,
+            replay_quota,
         })
     }
 
@@ -288,11 +296,18 @@ impl BrokerState {
                 mailbox_capacity: config.shards.mailbox_capacity,
             },
             &metrics.actors,
-            Arc::new(|_| TenantShardState::default()),
+            {
+                // Full buckets at first start; drained ones and the same
+                // usage counts after a fault (never fail open).
+                let states = Arc::new(crate::admission::ShardStates::default());
+                Arc::new(move |index| states.build(index))
+            },
         );
         let mut auth = HashMap::new();
+        let quotas = config.replay_quotas();
         for t in &config.tenants {
-            auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics)?);
+            let quota = quotas.get(&t.id).copied().unwrap_or(1);
+            auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics, quota)?);
         }
         let bindings = compile_bindings(&config, &metrics)?;
         let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
