@@ -137,6 +137,9 @@ pub struct PolicyConfig {
     pub threads: usize,
     /// Evaluations that may wait for a thread before requests get 503.
     pub queue_capacity: usize,
+    /// Evaluations one tenant may have queued or running at once, so one
+    /// tenant cannot fill the queue for everyone (its own calls get 503).
+    pub queue_per_tenant: usize,
     /// Time limit of one embedded evaluation, in milliseconds.
     pub eval_timeout_ms: u64,
     /// OPA decision endpoint (engine = "opa").
@@ -161,6 +164,7 @@ impl Default for PolicyConfig {
             data_file: None,
             threads: 0,
             queue_capacity: 1024,
+            queue_per_tenant: 256,
             eval_timeout_ms: 100,
             opa_decision_url: "http://localhost:8181/v1/data/atb/poa/decision".into(),
             opa_timeout_ms: 1500,
@@ -783,6 +787,9 @@ impl Config {
         let pol = &self.policy;
         if pol.queue_capacity == 0 {
             return Err(invalid("policy.queue_capacity", "must be at least 1"));
+        }
+        if pol.queue_per_tenant == 0 {
+            return Err(invalid("policy.queue_per_tenant", "must be at least 1"));
         }
         if pol.threads > 256 {
             return Err(invalid("policy.threads", "must be at most 256"));

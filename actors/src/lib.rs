@@ -13,16 +13,21 @@
 //!   boundary, the in-flight caller gets [`pool::CallError::Fault`] (fail
 //!   closed), and the actor stops so its supervisor restarts it with fresh
 //!   state;
+//! * [`blocking::BlockingPool`] — threads for CPU-bound work (policy
+//!   evaluation) behind one bounded queue, with a per-key share so one
+//!   tenant cannot take it all; a panic rebuilds the thread's worker;
 //! * [`periodic`] — every timer loop (reloads, sweeps, refreshes): ticks
 //!   that never overlap, a panic in a tick caught, counted as a restart and
 //!   the loop going on;
 //! * [`metrics::ActorMetrics`] — the per-actor series of SPEC §8.
 
+pub mod blocking;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;
 pub mod router;
 
+pub use blocking::{BlockingConfig, BlockingLogic, BlockingPool};
 pub use metrics::ActorMetrics;
 pub use periodic::{PeriodicHandle, PeriodicName};
 pub use pool::{CallError, PoolConfig, ShardLogic, ShardPool};

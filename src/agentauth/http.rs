@@ -392,12 +392,10 @@ async fn create_challenge_inner(
         .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
     call.event.action.clone_from(&request.act);
     check_pinned_method(&tenant, &request)?;
-    let tiers = state.tiers.clone();
-    let (t, act) = (tenant.id.clone(), request.act.clone());
-    let tier = web::block(move || tiers.tier(&t, &act))
+    let tier = state
+        .tiers
+        .tier(&tenant.id, &request.act)
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r)
         .map_err(|e| {
             Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,

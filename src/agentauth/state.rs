@@ -3,7 +3,7 @@
 //! and audit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
@@ -16,64 +16,56 @@ use super::observe::{AgentAuthEvent, AgentAuthMetrics};
 use super::store::{ChallengeStore, MemoryChallenges, MemoryRateLimiter, RateLimiter};
 use crate::audit::AuditSink;
 use crate::config::Config;
-use crate::policy::embedded::PolicyBundle;
+use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::tenant::TenantDirectory;
 
 /// The rule giving an action's risk tier (the broker's policy decides with
 /// the same rule, so issuer and broker never disagree).
 pub const RISK_TIER_RULE: &str = "data.atb.poa.risk_tier";
 
-/// Evaluates the risk tier with the embedded policy.
+/// Risk tiers from the embedded policy, on the same pool the broker's
+/// decisions use (`EmbeddedPool`: its own threads, no lock around an
+/// engine, a panic rebuilds the engine, each tenant within its share).
 pub struct TierPolicy {
-    running: Mutex<(PolicyBundle, regorus::Engine)>,
+    pool: EmbeddedPool,
 }
 
 impl TierPolicy {
-    pub fn new(bundle: PolicyBundle) -> Result<Self, String> {
-        let engine = Self::compile(&bundle)?;
-        Ok(Self {
-            running: Mutex::new((bundle, engine)),
-        })
-    }
-
-    fn compile(bundle: &PolicyBundle) -> Result<regorus::Engine, String> {
-        let mut engine = bundle.engine()?;
-        engine.set_input(regorus::Value::new_object());
-        engine
-            .eval_rule(RISK_TIER_RULE.to_string())
-            .map_err(|e| format!("{RISK_TIER_RULE}: {e}"))?;
-        Ok(engine)
+    pub fn new(
+        bundle: PolicyBundle,
+        policy: &crate::config::PolicyConfig,
+        metrics: &atb_actors::ActorMetrics,
+    ) -> Result<Self, String> {
+        let threads = if policy.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            policy.threads
+        };
+        let pool = EmbeddedPool::start(
+            bundle,
+            RISK_TIER_RULE,
+            threads,
+            policy.queue_capacity,
+            policy.queue_per_tenant,
+            metrics,
+        )
+        .map_err(|e| format!("policy: {e}"))?;
+        Ok(Self { pool })
     }
 
     /// Swaps in `bundle` if it differs and compiles; otherwise the running
     /// policy stays. `Ok(true)`: the policy changed. Blocking.
     pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
-        if self.lock()?.0 == bundle {
-            return Ok(false);
-        }
-        let engine = Self::compile(&bundle)?;
-        *self.lock()? = (bundle, engine);
-        Ok(true)
+        self.pool.replace(bundle)
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, (PolicyBundle, regorus::Engine)>, String> {
-        self.running
-            .lock()
-            .map_err(|_| "policy engine lock poisoned".to_string())
-    }
-
-    /// The tier of `act` for `tenant` (blocking: call off the I/O threads).
-    pub fn tier(&self, tenant: &str, act: &str) -> Result<Tier, String> {
+    /// The tier of `act` for `tenant`.
+    pub async fn tier(&self, tenant: &str, act: &str) -> Result<Tier, String> {
         let input = serde_json::json!({"tenant": {"id": tenant}, "poa": {"act": act}});
-        let mut running = self.lock()?;
-        let engine = &mut running.1;
-        engine.set_input(crate::policy::embedded::input_value(&input));
-        let v = engine
-            .eval_rule(RISK_TIER_RULE.to_string())
-            .map_err(|e| e.to_string())?;
-        match v.as_string() {
-            Ok(s) => Ok(Tier::from_policy(s.as_ref())),
-            Err(_) => Err(format!("{RISK_TIER_RULE} is not a string")),
+        match self.pool.value(tenant, RISK_TIER_RULE, input).await {
+            Ok(serde_json::Value::String(s)) => Ok(Tier::from_policy(&s)),
+            Ok(_) => Err(format!("{RISK_TIER_RULE} is not a string")),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -114,7 +106,7 @@ impl AgentAuthState {
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
             approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls)?,
-            tiers: Arc::new(TierPolicy::new(bundle)?),
+            tiers: Arc::new(TierPolicy::new(bundle, &config.policy, &metrics.actors)?),
             proxies: TrustedProxies::parse(&a.trusted_proxies)?,
             metrics,
             audit,
@@ -194,16 +186,24 @@ mod tests {
         PolicyBundle::load(None, None, &[], Duration::from_millis(500)).unwrap()
     }
 
-    #[test]
-    fn tiers_follow_a_replaced_policy_and_survive_a_bad_one() {
-        let tiers = TierPolicy::new(shipped()).unwrap();
-        assert_eq!(tiers.tier("acme", "crm.contact.read").unwrap(), Tier::Low);
+    #[actix_web::test]
+    async fn tiers_follow_a_replaced_policy_and_survive_a_bad_one() {
+        let metrics = atb_actors::ActorMetrics::register(&prometheus::Registry::new()).unwrap();
+        let policy = crate::config::PolicyConfig {
+            threads: 1,
+            ..Default::default()
+        };
+        let tiers = TierPolicy::new(shipped(), &policy, &metrics).unwrap();
+        assert_eq!(
+            tiers.tier("acme", "crm.contact.read").await.unwrap(),
+            Tier::Low
+        );
         assert_eq!(tiers.replace(shipped()), Ok(false));
         let mut changed = shipped();
         changed.data["atb"]["catalog"]["tiers"]["crm.contact.read"] = "critical".into();
         assert_eq!(tiers.replace(changed), Ok(true));
         assert_eq!(
-            tiers.tier("acme", "crm.contact.read").unwrap(),
+            tiers.tier("acme", "crm.contact.read").await.unwrap(),
             Tier::Critical
         );
         let mut broken = shipped();
@@ -212,7 +212,7 @@ mod tests {
             .push(("bad.rego".into(), "package atb.poa\nnot rego".into()));
         assert!(tiers.replace(broken).is_err());
         assert_eq!(
-            tiers.tier("acme", "crm.contact.read").unwrap(),
+            tiers.tier("acme", "crm.contact.read").await.unwrap(),
             Tier::Critical
         );
     }

@@ -435,7 +435,7 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
         "tenant": {"id": tenant.id},
     });
     let started = Instant::now();
-    let decided = state.policy.decide(ctx.client, input).await;
+    let decided = state.policy.decide(ctx.client, &tenant.id, input).await;
     state
         .metrics
         .policy_seconds

@@ -170,14 +170,16 @@ impl PolicyBackend {
         }
     }
 
-    /// One decision; `client` is the calling worker's HTTP client.
+    /// One decision for `tenant`; `client` is the calling worker's HTTP
+    /// client.
     pub async fn decide(
         &self,
         client: &awc::Client,
+        tenant: &str,
         input: serde_json::Value,
     ) -> Result<Decision, PolicyError> {
         match self {
-            PolicyBackend::Embedded(pool) => pool.decide(input).await,
+            PolicyBackend::Embedded(pool) => pool.decide(tenant, input).await,
             PolicyBackend::Opa { url, timeout, .. } => {
                 crate::policy::opa::decide(client, url, *timeout, &input).await
             }
@@ -200,9 +202,16 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
     } else {
         p.threads
     };
-    EmbeddedPool::start(bundle, threads, p.queue_capacity, &metrics.actors)
-        .map(PolicyBackend::Embedded)
-        .map_err(|e| format!("policy: {e}"))
+    EmbeddedPool::start(
+        bundle,
+        crate::policy::DECISION_RULE,
+        threads,
+        p.queue_capacity,
+        p.queue_per_tenant,
+        &metrics.actors,
+    )
+    .map(PolicyBackend::Embedded)
+    .map_err(|e| format!("policy: {e}"))
 }
 
 /// Every tenant's connectors compiled into route bindings (once, at

@@ -1,25 +1,20 @@
 //! The embedded regorus engine on its own threads.
 //!
 //! regorus engines are `!Send`, so each policy thread compiles its own
-//! engine once and keeps it (one engine per thread, no per-request clone).
-//! Requests reach the threads through a bounded queue: a full queue is an
-//! immediate [`PolicyError::Overloaded`], and evaluation never runs on the
-//! HTTP I/O threads. A panic inside the engine is caught, answered with an
-//! error, and the thread rebuilds its engine.
+//! engine once and keeps it (one engine per thread, no per-request clone,
+//! no lock). Requests reach the threads through `atb_actors::BlockingPool`:
+//! a bounded queue with a per-tenant share (a full queue or share is an
+//! immediate [`PolicyError::Overloaded`]); evaluation never runs on the HTTP
+//! I/O threads; a panic inside the engine is caught, answered with an
+//! error, and the thread rebuilds its engine. The broker's decisions and
+//! AgentAuth's risk tiers run this same pool.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use prometheus::{Histogram, IntCounter, IntGauge};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use super::{Decision, PolicyError, DECISION_RULE};
-use atb_actors::ActorMetrics;
+use atb_actors::{ActorMetrics, BlockingConfig, BlockingLogic, BlockingPool, CallError};
 
 /// Rego modules and data an engine is built from.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,151 +184,126 @@ pub fn evaluate(engine: &mut regorus::Engine, input: &Value) -> Result<Decision,
     Decision::from_value(&value)
 }
 
-struct Job {
-    input: Value,
-    reply: oneshot::Sender<Result<Decision, PolicyError>>,
+/// The policy as the pool's threads run it: a bundle, and the rule a
+/// freshly built engine must answer to be used.
+#[derive(Debug, PartialEq)]
+pub struct PolicyLogic {
+    pub bundle: PolicyBundle,
+    pub rule: &'static str,
 }
 
-struct PoolMetrics {
-    depth: IntGauge,
-    ok: IntCounter,
-    fault: IntCounter,
-    seconds: Histogram,
-    restarts: IntCounter,
-    rejected: IntCounter,
+/// One evaluation: `rule` against `input`.
+pub struct PolicyJob {
+    pub rule: &'static str,
+    pub input: Value,
 }
 
-/// A fixed set of policy threads behind a bounded queue.
+impl BlockingLogic for PolicyLogic {
+    type Worker = regorus::Engine;
+    type Job = PolicyJob;
+    type Output = Result<regorus::Value, PolicyError>;
+
+    fn build(&self) -> Result<regorus::Engine, String> {
+        let mut engine = self.bundle.engine()?;
+        if self.rule != DECISION_RULE {
+            engine.set_input(regorus::Value::new_object());
+            engine
+                .eval_rule(self.rule.to_string())
+                .map_err(|e| format!("{}: {e}", self.rule))?;
+        }
+        Ok(engine)
+    }
+
+    fn run(&self, engine: &mut regorus::Engine, job: PolicyJob) -> Self::Output {
+        engine.set_input(input_value(&job.input));
+        engine
+            .eval_rule(job.rule.to_string())
+            .map_err(|e| PolicyError::Engine(e.to_string()))
+    }
+}
+
+/// The embedded engine on its own threads (`atb_actors::BlockingPool`):
+/// broker decisions and AgentAuth's risk tiers alike, never on an I/O
+/// thread, no lock around an engine, each tenant within its share of the
+/// queue.
 pub struct EmbeddedPool {
-    tx: Sender<Job>,
-    metrics: Arc<PoolMetrics>,
-    current: Arc<Published>,
-}
-
-/// The bundle the threads run, and a counter that moves when it is replaced
-/// (each thread compares it before a job and rebuilds its engine once).
-struct Published {
-    bundle: ArcSwap<PolicyBundle>,
-    generation: AtomicU64,
+    pool: BlockingPool<PolicyLogic>,
 }
 
 impl EmbeddedPool {
-    /// Compiles the bundle once (to fail fast) and starts `threads` workers.
+    /// Compiles the bundle once (to fail fast; `rule` must answer) and
+    /// starts `threads` workers behind a queue of `queue`, `per_tenant` of
+    /// it per tenant.
     pub fn start(
         bundle: PolicyBundle,
+        rule: &'static str,
         threads: usize,
         queue: usize,
+        per_tenant: usize,
         metrics: &ActorMetrics,
     ) -> Result<Self, String> {
-        bundle.engine()?;
-        let (tx, rx) = bounded::<Job>(queue.max(1));
-        let l = ["policy", "pool"];
-        let m = Arc::new(PoolMetrics {
-            depth: metrics.mailbox_depth.with_label_values(&l),
-            ok: metrics
-                .messages
-                .with_label_values(&["policy", "pool", "ok"]),
-            fault: metrics
-                .messages
-                .with_label_values(&["policy", "pool", "fault"]),
-            seconds: metrics.handle_seconds.with_label_values(&l),
-            restarts: metrics.restarts.with_label_values(&l),
-            rejected: metrics
-                .rejected
-                .with_label_values(&["policy", "pool", "full"]),
-        });
-        let current = Arc::new(Published {
-            bundle: ArcSwap::from_pointee(bundle),
-            generation: AtomicU64::new(0),
-        });
-        for i in 0..threads.max(1) {
-            let rx = rx.clone();
-            let current = current.clone();
-            let m = m.clone();
-            std::thread::Builder::new()
-                .name(format!("atb-policy-{i}"))
-                .spawn(move || worker(rx, current, m))
-                .map_err(|e| format!("cannot start policy thread: {e}"))?;
-        }
-        Ok(Self {
-            tx,
-            metrics: m,
-            current,
-        })
+        let pool = BlockingPool::start(
+            PolicyLogic { bundle, rule },
+            BlockingConfig {
+                actor: "policy",
+                threads,
+                queue,
+                per_key: per_tenant,
+            },
+            metrics,
+        )?;
+        Ok(Self { pool })
     }
 
-    /// Swaps in `bundle` if it differs from the running one and compiles
-    /// (and answers an empty input); otherwise the running policy stays.
-    /// `Ok(false)`: nothing changed. Compiles on the calling thread, so
-    /// call it off the I/O threads.
+    /// Swaps in `bundle` if it differs from the running one and compiles;
+    /// otherwise the running policy stays. `Ok(false)`: nothing changed.
+    /// Compiles on the calling thread, so call it off the I/O threads.
     pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
-        if **self.current.bundle.load() == bundle {
+        let running = self.pool.logic();
+        if running.bundle == bundle {
             return Ok(false);
         }
-        bundle.engine()?;
-        self.current.bundle.store(Arc::new(bundle));
-        self.current.generation.fetch_add(1, Ordering::Release);
+        self.pool.replace(PolicyLogic {
+            bundle,
+            rule: running.rule,
+        })?;
         Ok(true)
     }
 
-    /// Queues `input` for evaluation and waits for the decision.
-    pub async fn decide(&self, input: Value) -> Result<Decision, PolicyError> {
-        let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { input, reply }) {
-            Ok(()) => self.metrics.depth.inc(),
-            Err(TrySendError::Full(_)) => {
-                self.metrics.rejected.inc();
-                return Err(PolicyError::Overloaded);
+    async fn eval(
+        &self,
+        tenant: &str,
+        rule: &'static str,
+        input: Value,
+    ) -> Result<regorus::Value, PolicyError> {
+        match self.pool.call(tenant, PolicyJob { rule, input }).await {
+            Ok(out) => out,
+            Err(CallError::Overloaded { .. }) => Err(PolicyError::Overloaded),
+            Err(CallError::Fault { .. }) => {
+                Err(PolicyError::Engine("policy engine panicked".into()))
             }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(PolicyError::Engine("policy threads are gone".into()))
+            Err(CallError::Unavailable { .. }) => {
+                Err(PolicyError::Engine("policy failed to compile".into()))
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(PolicyError::Engine("evaluation was lost".into())))
     }
-}
 
-fn worker(rx: Receiver<Job>, current: Arc<Published>, m: Arc<PoolMetrics>) {
-    let mut seen = current.generation.load(Ordering::Acquire);
-    let mut engine = current.bundle.load().engine().ok();
-    while let Ok(job) = rx.recv() {
-        m.depth.dec();
-        if job.reply.is_closed() {
-            continue;
-        }
-        let generation = current.generation.load(Ordering::Acquire);
-        if generation != seen {
-            seen = generation;
-            engine = None;
-        }
-        if engine.is_none() {
-            engine = current.bundle.load().engine().ok();
-        }
-        let Some(e) = engine.as_mut() else {
-            let _ = job
-                .reply
-                .send(Err(PolicyError::Engine("policy failed to compile".into())));
-            continue;
-        };
-        let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| evaluate(e, &job.input)));
-        m.seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(decision) => {
-                m.ok.inc();
-                let _ = job.reply.send(decision);
-            }
-            Err(_) => {
-                m.fault.inc();
-                m.restarts.inc();
-                tracing::error!("policy engine panicked; rebuilding it");
-                engine = None;
-                let _ = job
-                    .reply
-                    .send(Err(PolicyError::Engine("policy engine panicked".into())));
-            }
-        }
+    /// The decision (`data.atb.poa.decision`) for `tenant`'s `input`.
+    pub async fn decide(&self, tenant: &str, input: Value) -> Result<Decision, PolicyError> {
+        let out = self.eval(tenant, DECISION_RULE, input).await?;
+        let value = serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))?;
+        Decision::from_value(&value)
+    }
+
+    /// The value of `rule` (e.g. `data.atb.poa.risk_tier`) for `input`.
+    pub async fn value(
+        &self,
+        tenant: &str,
+        rule: &'static str,
+        input: Value,
+    ) -> Result<Value, PolicyError> {
+        let out = self.eval(tenant, rule, input).await?;
+        serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))
     }
 }
 
@@ -461,9 +431,16 @@ mod tests {
     async fn pool_answers_and_sheds_load() {
         let registry = prometheus::Registry::new();
         let metrics = ActorMetrics::register(&registry).unwrap();
-        let pool =
-            EmbeddedPool::start(bundle(super::super::EMBEDDED_POLICY), 1, 4, &metrics).unwrap();
-        let d = pool.decide(json!({})).await.unwrap();
+        let pool = EmbeddedPool::start(
+            bundle(super::super::EMBEDDED_POLICY),
+            DECISION_RULE,
+            1,
+            4,
+            4,
+            &metrics,
+        )
+        .unwrap();
+        let d = pool.decide("acme", json!({})).await.unwrap();
         assert!(!d.allow);
         assert_eq!(
             metrics
@@ -483,8 +460,8 @@ mod tests {
                 "package atb.poa\nimport rego.v1\ndecision := {{\"allow\": {allow}, \"reason\": \"r{allow}\"}}\n"
             ))
         };
-        let pool = EmbeddedPool::start(policy(false), 2, 16, &metrics).unwrap();
-        let allowed = || async { pool.decide(json!({})).await.unwrap().allow };
+        let pool = EmbeddedPool::start(policy(false), DECISION_RULE, 2, 16, 16, &metrics).unwrap();
+        let allowed = || async { pool.decide("acme", json!({})).await.unwrap().allow };
         assert!(!allowed().await);
         assert_eq!(pool.replace(policy(false)), Ok(false), "same bundle");
         assert_eq!(pool.replace(policy(true)), Ok(true));

@@ -1,0 +1,372 @@
+//! A fixed set of threads for CPU-bound work (policy evaluation), fed by
+//! one bounded queue: the work never runs on an I/O thread.
+//!
+//! Design points:
+//! * the queue bound is enforced before sending: a full queue is an
+//!   immediate [`CallError::Overloaded`], never a wait;
+//! * each key (a tenant) may hold at most `per_key` jobs queued or running,
+//!   so one tenant flooding the pool is refused while the others keep their
+//!   room (counted as `atb_actor_mailbox_rejections_total{cause="key_full"}`);
+//! * each thread builds its own worker (a `!Send` engine) from the
+//!   published logic and keeps it; a replaced logic makes every thread
+//!   rebuild before its next job — no lock around the engine;
+//! * a panic in a job is caught at the job boundary: the caller gets
+//!   [`CallError::Fault`] (fail closed), the thread drops its worker and
+//!   builds a fresh one, and `atb_actor_restarts_total` counts it;
+//! * a worker that cannot be built answers [`CallError::Unavailable`].
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio::sync::oneshot;
+
+use crate::metrics::ActorMetrics;
+use crate::pool::CallError;
+
+/// The work a pool runs: how a thread builds its worker, and one job.
+pub trait BlockingLogic: Send + Sync + 'static {
+    /// What each thread builds once and keeps (e.g. a compiled engine).
+    type Worker;
+    type Job: Send + 'static;
+    type Output: Send + 'static;
+    /// Builds a worker from this logic.
+    fn build(&self) -> Result<Self::Worker, String>;
+    /// Runs one job. A panic here is contained by the pool.
+    fn run(&self, worker: &mut Self::Worker, job: Self::Job) -> Self::Output;
+}
+
+/// Sizing of a pool.
+#[derive(Debug, Clone)]
+pub struct BlockingConfig {
+    /// Actor name in metric labels and logs.
+    pub actor: &'static str,
+    pub threads: usize,
+    /// Jobs queued at most (all keys).
+    pub queue: usize,
+    /// Jobs one key may have queued or running at once.
+    pub per_key: usize,
+}
+
+struct Job<L: BlockingLogic> {
+    job: L::Job,
+    reply: oneshot::Sender<Result<L::Output, CallError>>,
+    _held: KeySlot,
+}
+
+/// The logic the threads run, and a counter that moves when it is replaced.
+struct Published<L> {
+    logic: ArcSwap<L>,
+    generation: AtomicU64,
+}
+
+struct Metrics {
+    depth: IntGauge,
+    ok: IntCounter,
+    fault: IntCounter,
+    seconds: Histogram,
+    restarts: IntCounter,
+    full: IntCounter,
+    key_full: IntCounter,
+}
+
+/// Jobs held per key.
+type Held = Arc<Mutex<HashMap<Arc<str>, usize>>>;
+
+/// One job's place in its key's share; released when the job is done
+/// (answered, failed, or dropped unrun).
+struct KeySlot {
+    held: Held,
+    key: Arc<str>,
+}
+
+impl Drop for KeySlot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A fixed set of threads behind a bounded queue.
+pub struct BlockingPool<L: BlockingLogic> {
+    tx: crossbeam_channel::Sender<Job<L>>,
+    current: Arc<Published<L>>,
+    metrics: Arc<Metrics>,
+    held: Held,
+    queued: Arc<AtomicUsize>,
+    config: BlockingConfig,
+}
+
+impl<L: BlockingLogic> BlockingPool<L> {
+    /// Builds a worker once (to fail fast) and starts the threads.
+    pub fn start(logic: L, config: BlockingConfig, metrics: &ActorMetrics) -> Result<Self, String> {
+        logic.build()?;
+        let (tx, rx) = crossbeam_channel::bounded::<Job<L>>(config.queue.max(1));
+        let l = [config.actor, "pool"];
+        let m = Arc::new(Metrics {
+            depth: metrics.mailbox_depth.with_label_values(&l),
+            ok: metrics
+                .messages
+                .with_label_values(&[config.actor, "pool", "ok"]),
+            fault: metrics
+                .messages
+                .with_label_values(&[config.actor, "pool", "fault"]),
+            seconds: metrics.handle_seconds.with_label_values(&l),
+            restarts: metrics.restarts.with_label_values(&l),
+            full: metrics
+                .rejected
+                .with_label_values(&[config.actor, "pool", "full"]),
+            key_full: metrics
+                .rejected
+                .with_label_values(&[config.actor, "pool", "key_full"]),
+        });
+        let current = Arc::new(Published {
+            logic: ArcSwap::from_pointee(logic),
+            generation: AtomicU64::new(0),
+        });
+        let queued = Arc::new(AtomicUsize::new(0));
+        for i in 0..config.threads.max(1) {
+            let (rx, current, m, queued) = (rx.clone(), current.clone(), m.clone(), queued.clone());
+            std::thread::Builder::new()
+                .name(format!("atb-{}-{i}", config.actor))
+                .spawn(move || worker(rx, current, m, queued))
+                .map_err(|e| format!("cannot start a {} thread: {e}", config.actor))?;
+        }
+        Ok(Self {
+            tx,
+            current,
+            metrics: m,
+            held: Arc::default(),
+            queued,
+            config,
+        })
+    }
+
+    /// The logic the threads run now.
+    pub fn logic(&self) -> Arc<L> {
+        self.current.logic.load_full()
+    }
+
+    /// Publishes `logic` (after building one worker from it on the calling
+    /// thread: a logic that cannot build is refused and the running one
+    /// stays). Each thread rebuilds before its next job.
+    pub fn replace(&self, logic: L) -> Result<(), String> {
+        logic.build()?;
+        self.current.logic.store(Arc::new(logic));
+        self.current.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Queues `job` for `key` and waits for its output.
+    pub async fn call(&self, key: &str, job: L::Job) -> Result<L::Output, CallError> {
+        let slot = {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let n = held.entry(Arc::from(key)).or_insert(0);
+            if *n >= self.config.per_key.max(1) {
+                self.metrics.key_full.inc();
+                return Err(CallError::Overloaded { shard: 0 });
+            }
+            *n += 1;
+            KeySlot {
+                held: self.held.clone(),
+                key: Arc::from(key),
+            }
+        };
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job {
+            job,
+            reply,
+            _held: slot,
+        }) {
+            Ok(()) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                self.metrics.depth.inc();
+            }
+            Err(crossbeam_channel::TrySendError::Full(_)) => {
+                self.metrics.full.inc();
+                return Err(CallError::Overloaded { shard: 0 });
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                return Err(CallError::Unavailable { shard: 0 })
+            }
+        }
+        rx.await.unwrap_or(Err(CallError::Fault { shard: 0 }))
+    }
+
+    /// Jobs waiting for a thread.
+    pub fn depth(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+fn worker<L: BlockingLogic>(
+    rx: crossbeam_channel::Receiver<Job<L>>,
+    current: Arc<Published<L>>,
+    m: Arc<Metrics>,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut seen = current.generation.load(Ordering::Acquire);
+    let mut logic = current.logic.load_full();
+    let mut built = logic.build().ok();
+    while let Ok(Job { job, reply, _held }) = rx.recv() {
+        queued.fetch_sub(1, Ordering::AcqRel);
+        m.depth.dec();
+        if reply.is_closed() {
+            continue; // the caller gave up; nobody reads the answer
+        }
+        let generation = current.generation.load(Ordering::Acquire);
+        if generation != seen {
+            seen = generation;
+            logic = current.logic.load_full();
+            built = None;
+        }
+        if built.is_none() {
+            built = logic.build().ok();
+        }
+        let Some(w) = built.as_mut() else {
+            let _ = reply.send(Err(CallError::Unavailable { shard: 0 }));
+            continue;
+        };
+        let started = Instant::now();
+        let ran = catch_unwind(AssertUnwindSafe(|| logic.run(w, job)));
+        m.seconds.observe(started.elapsed().as_secs_f64());
+        match ran {
+            Ok(out) => {
+                m.ok.inc();
+                let _ = reply.send(Ok(out));
+            }
+            Err(panic) => {
+                m.fault.inc();
+                m.restarts.inc();
+                tracing::error!(
+                    panic = crate::pool::panic_message(panic.as_ref()),
+                    "a blocking job panicked; its worker is rebuilt"
+                );
+                built = None;
+                let _ = reply.send(Err(CallError::Fault { shard: 0 }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Adds its offset; panics on 13; sleeps on 99; fails to build when
+    /// `broken`.
+    struct Adder {
+        offset: u64,
+        broken: bool,
+    }
+
+    impl BlockingLogic for Adder {
+        type Worker = u64;
+        type Job = u64;
+        type Output = u64;
+        fn build(&self) -> Result<u64, String> {
+            if self.broken {
+                Err("broken".into())
+            } else {
+                Ok(self.offset)
+            }
+        }
+        fn run(&self, w: &mut u64, job: u64) -> u64 {
+            match job {
+                13 => panic!("unlucky"),
+                99 => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    0
+                }
+                n => n + *w,
+            }
+        }
+    }
+
+    fn pool(per_key: usize, queue: usize, threads: usize) -> (BlockingPool<Adder>, ActorMetrics) {
+        let m = ActorMetrics::register(&prometheus::Registry::new()).unwrap();
+        let p = BlockingPool::start(
+            Adder {
+                offset: 100,
+                broken: false,
+            },
+            BlockingConfig {
+                actor: "adder",
+                threads,
+                queue,
+                per_key,
+            },
+            &m,
+        )
+        .unwrap();
+        (p, m)
+    }
+
+    #[actix_rt::test]
+    async fn jobs_run_and_a_panic_fails_the_caller_and_rebuilds() {
+        let (p, m) = pool(4, 8, 1);
+        assert_eq!(p.call("a", 1).await, Ok(101));
+        assert_eq!(p.call("a", 13).await, Err(CallError::Fault { shard: 0 }));
+        assert_eq!(p.call("a", 2).await, Ok(102));
+        assert_eq!(m.restarts.with_label_values(&["adder", "pool"]).get(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn replacing_the_logic_rebuilds_every_worker_and_a_broken_one_is_refused() {
+        let (p, _) = pool(4, 8, 2);
+        p.replace(Adder {
+            offset: 7,
+            broken: false,
+        })
+        .unwrap();
+        assert_eq!(p.call("a", 1).await, Ok(8));
+        assert!(p
+            .replace(Adder {
+                offset: 0,
+                broken: true
+            })
+            .is_err());
+        assert_eq!(p.call("a", 1).await, Ok(8));
+    }
+
+    #[actix_rt::test]
+    async fn one_key_cannot_take_the_whole_queue() {
+        let (p, m) = pool(2, 8, 1);
+        let p = Arc::new(p);
+        // Key "a" holds its two slots (one running, one queued).
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let p = p.clone();
+                actix_rt::spawn(async move { p.call("a", 99).await })
+            })
+            .collect();
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            p.call("a", 1).await,
+            Err(CallError::Overloaded { shard: 0 })
+        );
+        assert_eq!(
+            m.rejected
+                .with_label_values(&["adder", "pool", "key_full"])
+                .get(),
+            1
+        );
+        // Another key still gets in.
+        assert_eq!(p.call("b", 1).await, Ok(101));
+        for b in busy {
+            assert_eq!(b.await.unwrap(), Ok(0));
+        }
+        // The share comes back when the jobs are done.
+        assert_eq!(p.call("a", 1).await, Ok(101));
+    }
+}
