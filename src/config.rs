@@ -49,6 +49,9 @@ pub struct AuditConfig {
     /// Events waiting for the writer; when full, requests wait for room
     /// (nothing is dropped).
     pub queue_capacity: usize,
+    /// Events one tenant may have waiting; past it, that tenant's requests
+    /// wait for room while other tenants' events go on through.
+    pub queue_per_tenant: usize,
     /// `sink = "http"`: the collector receiving `POST`s of NDJSON batches
     /// (retried until it answers 2xx).
     pub http_url: String,
@@ -66,6 +69,7 @@ impl Default for AuditConfig {
             sink: AuditSinkKind::Stdout,
             file: PathBuf::new(),
             queue_capacity: 65_536,
+            queue_per_tenant: 16_384,
             http_url: String::new(),
             http_authorization: None,
             http_batch_lines: 500,
@@ -729,6 +733,9 @@ impl Config {
         }
         if self.audit.queue_capacity == 0 {
             return Err(invalid("audit.queue_capacity", "must be at least 1"));
+        }
+        if self.audit.queue_per_tenant == 0 {
+            return Err(invalid("audit.queue_per_tenant", "must be at least 1"));
         }
         if self.logging.level.trim().is_empty() {
             return Err(invalid("logging.level", "must not be empty"));

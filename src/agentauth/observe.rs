@@ -165,4 +165,7 @@ impl AuditRecord for AgentAuthEvent {
     fn metric_label(&self) -> &'static str {
         self.outcome
     }
+    fn share_key(&self) -> &str {
+        &self.tenant
+    }
 }

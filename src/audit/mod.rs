@@ -12,7 +12,8 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use std::collections::HashMap;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{AuditConfig, AuditSinkKind};
 use chain::{Chain, ChainHead};
@@ -60,11 +61,18 @@ pub fn decision_for(status: u16) -> &'static str {
 /// for the `atb_audit_events_total` counter.
 pub trait AuditRecord: Serialize + Send + 'static {
     fn metric_label(&self) -> &'static str;
+    /// Whose share of the queue the event takes (a tenant id).
+    fn share_key(&self) -> &str {
+        ""
+    }
 }
 
 impl AuditRecord for AuditEvent {
     fn metric_label(&self) -> &'static str {
         self.decision
+    }
+    fn share_key(&self) -> &str {
+        &self.tenant
     }
 }
 
@@ -100,10 +108,30 @@ pub struct AuditSink<E: AuditRecord = AuditEvent> {
     tx: mpsc::Sender<Message<E>>,
     events: prometheus::IntCounterVec,
     writer: AuditWriterMetrics,
+    shares: Shares,
+}
+
+/// Each tenant's share of the queue: a semaphore of `per_key` permits per
+/// key; an event holds one until the writer has taken it off the queue.
+#[derive(Clone)]
+struct Shares {
+    per_key: usize,
+    keys: std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<Semaphore>>>>,
+}
+
+impl Shares {
+    fn of(&self, key: &str) -> std::sync::Arc<Semaphore> {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.entry(key.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(Semaphore::new(self.per_key.max(1))))
+            .clone()
+    }
 }
 
 enum Message<E> {
-    Event(E),
+    /// An event, and its place in its tenant's share (released once the
+    /// writer took it).
+    Event(E, Option<OwnedSemaphorePermit>),
     /// Settle everything queued before, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -114,6 +142,7 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
             tx: self.tx.clone(),
             events: self.events.clone(),
             writer: self.writer.clone(),
+            shares: self.shares.clone(),
         }
     }
 }
@@ -156,13 +185,24 @@ impl<E: AuditRecord> AuditSink<E> {
                 write_loop(rx, Chain::new(chain_name, head), out, &metrics)
             })
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        Ok(Self { tx, events, writer })
+        let shares = Shares {
+            per_key: config.queue_per_tenant,
+            keys: Default::default(),
+        };
+        Ok(Self {
+            tx,
+            events,
+            writer,
+            shares,
+        })
     }
 
-    /// Records `event`, waiting for queue room if needed.
+    /// Records `event`, waiting for room in its tenant's share and in the
+    /// queue if needed.
     pub async fn record(&self, event: E) {
         self.events.with_label_values(&[event.metric_label()]).inc();
-        if self.tx.send(Message::Event(event)).await.is_err() {
+        let permit = self.shares.of(event.share_key()).acquire_owned().await.ok();
+        if self.tx.send(Message::Event(event, permit)).await.is_err() {
             tracing::error!("audit writer is gone; event could not be written");
         }
         let waiting = self.tx.max_capacity() - self.tx.capacity();
@@ -174,7 +214,10 @@ impl<E: AuditRecord> AuditSink<E> {
     /// room. Never dropped.
     pub fn record_now(&self, event: E) {
         self.events.with_label_values(&[event.metric_label()]).inc();
-        match self.tx.try_send(Message::Event(event)) {
+        // Never waits for the share either: an event that finds its
+        // tenant's share full goes in without a permit rather than be lost.
+        let permit = self.shares.of(event.share_key()).try_acquire_owned().ok();
+        match self.tx.try_send(Message::Event(event, permit)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
                 let tx = self.tx.clone();
@@ -375,7 +418,9 @@ fn write_loop<E: Serialize>(
     while let Some(message) = rx.blocking_recv() {
         metrics.queue_depth.set(rx.len() as i64);
         let event = match message {
-            Message::Event(event) => event,
+            // The permit goes with the message: the tenant's share frees
+            // as the writer takes its event.
+            Message::Event(event, _permit) => event,
             Message::Flush(done) => {
                 retry("flush", failures, || out.settle());
                 let _ = done.send(());
@@ -435,6 +480,79 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[actix_web::test]
+    async fn one_tenant_cannot_take_the_whole_queue() {
+        // A collector nobody serves: the writer retries its first batch,
+        // so events pile up in the queue.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = AuditConfig {
+            sink: AuditSinkKind::Http,
+            http_url: format!("http://127.0.0.1:{port}/ingest"),
+            queue_capacity: 16,
+            queue_per_tenant: 2,
+            ..Default::default()
+        };
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        let tls = crate::tls::outbound(&Default::default()).unwrap();
+        let sink = AuditSink::start(
+            "test",
+            &config,
+            &tls,
+            metrics.audit_events.clone(),
+            metrics.audit_writer.clone(),
+        )
+        .unwrap();
+        let event = |tenant: &str| AuditEvent {
+            ts: String::new(),
+            event: "decision",
+            request_id: String::new(),
+            tenant: tenant.into(),
+            agent: String::new(),
+            method: String::new(),
+            path: String::new(),
+            action: String::new(),
+            jti: String::new(),
+            decision: "allow",
+            status: 200,
+            code: "",
+            reason: String::new(),
+            risk_tier: String::new(),
+            connector: String::new(),
+            route: String::new(),
+            latency_us: 0,
+            outcome: "completed",
+        };
+        let quick = std::time::Duration::from_millis(300);
+        // The writer takes the first event and gets stuck posting it.
+        tokio::time::timeout(quick, sink.record(event("acme")))
+            .await
+            .unwrap();
+        while sink.writer.write_failures.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Two more fill acme's share of the queue.
+        for _ in 0..2 {
+            tokio::time::timeout(quick, sink.record(event("acme")))
+                .await
+                .unwrap();
+        }
+        // acme waits for its share; globex's events still go in.
+        assert!(tokio::time::timeout(quick, sink.record(event("acme")))
+            .await
+            .is_err());
+        for _ in 0..2 {
+            tokio::time::timeout(quick, sink.record(event("globex")))
+                .await
+                .expect("another tenant's event must not wait");
+        }
+        // A dropped request's event never waits, even over its share.
+        sink.record_now(event("acme"));
+    }
 
     #[test]
     fn a_file_is_continued_from_its_tail() {
