@@ -174,11 +174,18 @@ impl Rejection {
         r
     }
 
-    pub fn policy_unavailable(reason: String) -> Self {
+    /// No decision could be reached. The cause (engine text, OPA's
+    /// answer) is logged with the request id, never told to the agent; the
+    /// reason only says whether waiting may help.
+    pub fn policy_unavailable(overloaded: bool) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "policy_unavailable",
-            reason,
+            if overloaded {
+                "the policy engine is busy; retry later"
+            } else {
+                "no policy decision could be reached; the request is refused"
+            },
         )
         .retry_after(1)
     }

@@ -173,7 +173,7 @@ fn tenants_are_resolved_from_the_spiffe_id() {
         (401, "poa_invalid"),
         "{a:?}"
     );
-    // A non-Bearer Authorization scheme is refused, not ignored.
+    // A non-Bearer Authorization scheme carries no mandate (SPEC §3).
     let a = agent_get(
         &broker,
         &pki,
@@ -183,7 +183,7 @@ fn tenants_are_resolved_from_the_spiffe_id() {
     );
     assert_eq!(
         (a.status, a.error().as_str()),
-        (401, "poa_invalid"),
+        (401, "poa_required"),
         "{a:?}"
     );
 

@@ -727,6 +727,28 @@ fn revoked_kid_is_refused() {
         &["-H", &format!("Authorization: Bearer {t}")],
     );
     expect(&a, 401, "poa_revoked");
+    // A forged token naming the revoked kid fails its signature first.
+    let other = SigningKey::new(pki.dir.path(), "forger");
+    let forged = other.mint(
+        ACME,
+        "crm.contact.read",
+        &[
+            "--leg",
+            LEG,
+            "--con",
+            r#"{"connector":"crm"}"#,
+            "--kid",
+            &kid,
+        ],
+    );
+    let a = agent_get(
+        &broker,
+        &pki,
+        Some("acme-agent"),
+        "/api/x",
+        &["-H", &format!("Authorization: Bearer {forged}")],
+    );
+    expect(&a, 401, "poa_invalid");
 }
 
 #[test]
@@ -918,6 +940,15 @@ decision := {"allow": true, "reason": "allow"} if {
     let a = post("kb.faq.query", "{}");
     expect(&a, 503, "policy_unavailable");
     assert!(a.header("retry-after").is_some());
+    // The engine's own words stay in the log, with the request id.
+    let reason = a.json()["reason"].as_str().unwrap().to_owned();
+    assert!(!reason.contains("to_number"), "{reason}");
+    let id = a.header("x-request-id").unwrap().to_owned();
+    assert!(eventually(Duration::from_secs(5), || {
+        let log = s.broker.stderr();
+        log.lines()
+            .any(|l| l.contains("to_number") && l.contains(id.as_str()))
+    }));
     let m = s.broker.metrics();
     assert_eq!(
         metric(

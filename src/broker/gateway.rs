@@ -249,19 +249,29 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
         )
     })?;
     let unverified = token::parse(token).map_err(poa_err)?;
-    if auth.kid_revoked(&unverified.kid) {
-        return Err(fail(
+    let kid_revoked = || {
+        fail(
             "revoked",
             Rejection::poa_revoked("the signing key has been revoked"),
-        ));
-    }
-    let key = auth.key(ctx.client, &unverified.kid).await.ok_or_else(|| {
-        fail(
+        )
+    };
+    // The signature first, the revocation after: a forged token naming a
+    // revoked kid is invalid. A revoked key no longer published cannot
+    // verify anything; its tokens are answered as revoked.
+    let Some(key) = auth.key(ctx.client, &unverified.kid).await else {
+        if auth.kid_revoked(&unverified.kid) {
+            return Err(kid_revoked());
+        }
+        return Err(fail(
             "invalid",
             Rejection::poa_invalid("unknown kid: no such key for this tenant"),
-        )
-    })?;
+        ));
+    };
+    let revoked = auth.kid_revoked(&unverified.kid);
     let payload = unverified.verify(&key).map_err(poa_err)?;
+    if revoked {
+        return Err(kid_revoked());
+    }
     let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
     ctx.log.jti.clone_from(&claims.jti);
     ctx.log.action.clone_from(&claims.act);
@@ -450,7 +460,10 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
                 .with_label_values(&[&tenant.id, "error", "unknown"])
                 .inc();
             tracing::warn!(error = %e, request_id = ctx.request_id(), "policy unavailable; refusing");
-            return Err(Rejection::policy_unavailable(e.to_string()));
+            return Err(Rejection::policy_unavailable(matches!(
+                e,
+                crate::policy::PolicyError::Overloaded
+            )));
         }
     };
     ctx.log.risk_tier.clone_from(&decision.risk_tier);

@@ -7,8 +7,9 @@ use crate::error::Rejection;
 /// Header carrying a PoA as an alternative to `Authorization: Bearer`.
 pub const X_POA_TOKEN: &str = "x-poa-token";
 
-/// The mandate presented with a request, if any. `Authorization` must use the
-/// Bearer scheme; if both headers are sent they must agree.
+/// The mandate presented with a request, if any: `Authorization: Bearer`
+/// or `X-PoA-Token` (if both are sent they must agree). An `Authorization`
+/// of another scheme is no mandate.
 pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     let bearer = match headers.get(AUTHORIZATION) {
         None => None,
@@ -17,12 +18,10 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
                 .to_str()
                 .map_err(|_| Rejection::poa_invalid("Authorization header is not ASCII"))?;
             let (scheme, token) = v.split_once(' ').unwrap_or((v, ""));
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                return Err(Rejection::poa_invalid(
-                    "Authorization must use the Bearer scheme",
-                ));
-            }
-            Some(token.trim())
+            // Another scheme (Basic, Digest, …) carries no mandate: the
+            // request is treated as one without (SPEC §3), and the header
+            // never reaches the upstream.
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         }
     };
     let header = match headers.get(X_POA_TOKEN) {
@@ -91,8 +90,16 @@ mod tests {
     #[test]
     fn refuses_odd_presentations() {
         assert_eq!(
-            code(&headers(&[("authorization", "Basic abc")])),
-            "poa_invalid"
+            presented_token(&headers(&[("authorization", "Basic abc")])).unwrap(),
+            None
+        );
+        assert_eq!(
+            presented_token(&headers(&[
+                ("authorization", "Basic abc"),
+                ("x-poa-token", "t")
+            ]))
+            .unwrap(),
+            Some("t")
         );
         assert_eq!(
             code(&headers(&[("authorization", "Bearer")])),
