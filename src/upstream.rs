@@ -98,17 +98,48 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Client-sent headers an upstream may believe over the request line or
+/// the connection: rewritten URLs, overridden methods, forwarding claims.
+/// Never forwarded (the broker sets `X-Forwarded-For`/`Forwarded` itself).
+const REWRITING: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+];
+
 /// Whether a request header is passed upstream. Credentials meant for the
-/// broker (the PoA) never leave it, nor do client-supplied `X-ATB-*`.
+/// broker (the PoA) never leave it, nor do client-supplied `X-ATB-*`,
+/// `X-Forwarded-*` or URL/method rewrites.
 pub fn forward_request_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     !(HOP_BY_HOP.contains(&n)
+        || REWRITING.contains(&n)
         || n == "host"
         || n == "content-length"
         || n == "authorization"
         || n == "x-poa-token"
         || n == "x-request-id"
-        || n.starts_with("x-atb-"))
+        || n.starts_with("x-atb-")
+        || n.starts_with("x-forwarded-"))
+}
+
+/// Headers the client's `Connection` header names: hop-by-hop for this
+/// hop only (RFC 9110 §7.6.1), so never forwarded.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 /// What the broker adds to every forwarded request.
@@ -117,6 +148,8 @@ pub struct Stamp<'a> {
     pub tenant: &'a str,
     pub action: &'a str,
     pub request_id: &'a str,
+    /// The TCP peer, for `X-Forwarded-For` and `Forwarded`.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// The request body as the pipeline holds it.
@@ -181,10 +214,21 @@ pub async fn forward(
     timeout: Duration,
 ) -> Result<HttpResponse, UpstreamError> {
     let mut up = client.request(method, url).timeout(timeout);
+    let named = connection_named(headers);
     for (name, value) in headers.iter() {
-        if forward_request_header(name) {
+        if forward_request_header(name) && !named.iter().any(|n| n == name.as_str()) {
             up = up.append_header((name.clone(), value.clone()));
         }
+    }
+    if let Some(ip) = stamp.peer {
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        up = up
+            .insert_header(("x-forwarded-for", ip.to_string()))
+            .insert_header(("x-forwarded-proto", "https"))
+            .insert_header(("forwarded", format!("for={node};proto=https")));
     }
     for (name, value) in [
         ("x-atb-agent", stamp.agent),
@@ -297,6 +341,13 @@ mod tests {
             "connection",
             "host",
             "x-request-id",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "forwarded",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-real-ip",
         ] {
             assert!(
                 !forward_request_header(&HeaderName::from_static(stripped)),
@@ -309,5 +360,19 @@ mod tests {
                 "{kept}"
             );
         }
+    }
+
+    #[test]
+    fn headers_the_connection_header_names_are_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Custom-Hop"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        assert_eq!(
+            connection_named(&h),
+            vec!["keep-alive", "x-custom-hop", "x-other"]
+        );
     }
 }

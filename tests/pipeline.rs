@@ -1868,3 +1868,63 @@ fn every_timer_loop_survives_a_panicking_tick() {
         200
     );
 }
+
+#[test]
+fn the_upstream_gets_no_client_rewrites_and_the_real_peer() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let a = s.call(
+        "acme-agent",
+        "/api/x",
+        &t,
+        &[
+            // Connection is an HTTP/1.1 header (HTTP/2 forbids it).
+            "--http1.1",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Host: evil.example",
+            "-H",
+            "Forwarded: for=6.6.6.6;host=evil.example",
+            "-H",
+            "X-Original-URL: /admin/delete-everything",
+            "-H",
+            "X-Rewrite-URL: /admin",
+            "-H",
+            "X-Real-IP: 6.6.6.6",
+            "-H",
+            "Connection: X-Custom-Hop",
+            "-H",
+            "X-Custom-Hop: yes",
+            "-H",
+            "X-Kept: yes",
+        ],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    let h = &a.json()["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;proto=https", "{h}");
+    for gone in [
+        "x-forwarded-host",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-real-ip",
+        "x-custom-hop",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the upstream: {h}");
+    }
+    assert_eq!(h["x-kept"], "yes");
+    // Paths an upstream might resolve differently are refused unspent.
+    for path in [
+        "/api/contacts;x/7",
+        "/api/contacts/7;jsessionid=1",
+        "/api/%252e%252e/admin",
+        "/api/%C0%AE%C0%AE/admin",
+        "/api/%FF",
+    ] {
+        let t = s.mint("crm.contact.read", &[]);
+        let a = s.call("acme-agent", path, &t, &["--path-as-is"]);
+        expect(&a, 403, "egress_denied");
+        assert_eq!(s.acme("/api/x", &t).status, 200, "{path} spent the mandate");
+    }
+}

@@ -509,6 +509,7 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         tenant: &tenant.id,
         action: &ctx.routed.action,
         request_id: &ctx.log.request_id,
+        peer: ctx.req.peer_addr().map(|a| a.ip()),
     };
     let body = match (ctx.buffered.take(), ctx.payload.take()) {
         (Some(bytes), _) => Body::Buffered(bytes),

@@ -3,9 +3,12 @@
 //! upstream (which receives exactly this form).
 //!
 //! - Refused, never repaired: a relative path, `//`, backslashes, dot
-//!   segments, control characters, malformed `%` escapes, and escaped dots,
-//!   slashes, backslashes or NULs — forms an upstream might resolve to
-//!   another resource than the one checked.
+//!   segments, control characters, `;` parameters (servers that strip
+//!   them route `/a;x/b` as `/a/b`), malformed `%` escapes, escaped dots,
+//!   slashes, backslashes or NULs, double encoding (`%25` before two hex
+//!   digits: after one decoding pass nothing may decode further), and
+//!   escapes that decode to invalid or overlong UTF-8 — forms an upstream
+//!   might resolve to another resource than the one checked.
 //! - Normalised (RFC 3986 §6.2.2): escapes of unreserved characters
 //!   (`A-Z a-z 0-9 - _ ~`) are decoded, the hex of every other escape is
 //!   upper case. So `/api/v%65ndors/%31%37` is `/api/vendors/17`, and two
@@ -43,6 +46,9 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
     if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
         return Err(PathError("the path carries control characters"));
     }
+    if path.contains(';') {
+        return Err(PathError("the path carries ';' parameters"));
+    }
     let bytes = path.as_bytes();
     let mut out: Option<String> = None;
     let mut i = 0;
@@ -70,6 +76,12 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
                 "the path carries encoded dots, slashes, backslashes or NULs",
             ));
         }
+        if decoded == b'%'
+            && bytes.get(i + 3).copied().and_then(hex).is_some()
+            && bytes.get(i + 4).copied().and_then(hex).is_some()
+        {
+            return Err(PathError("the path is encoded twice"));
+        }
         let o = out.get_or_insert_with(|| path[..i].to_owned());
         if unreserved(decoded) {
             o.push(char::from(decoded));
@@ -81,7 +93,12 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
         i += 3;
     }
     let canonical = match out {
-        Some(o) => Cow::Owned(o),
+        Some(o) => {
+            if decode(&o).is_none() {
+                return Err(PathError("the path's escapes do not decode to valid UTF-8"));
+            }
+            Cow::Owned(o)
+        }
         None => Cow::Borrowed(path),
     };
     if canonical.split('/').any(|s| s == "." || s == "..") {
@@ -139,6 +156,8 @@ mod tests {
             ("/api/a%2db%5Fc%7e", "/api/a-b_c~"),
             ("/api/a%20b", "/api/a%20b"),
             ("/api/a%3fb%c3%a9", "/api/a%3Fb%C3%A9"),
+            ("/api/100%25", "/api/100%25"),
+            ("/api/%25zz", "/api/%25zz"),
             ("/%41", "/A"),
         ] {
             assert_eq!(canonical(raw).unwrap(), want, "{raw}");
@@ -167,6 +186,14 @@ mod tests {
             "/a/%%41",
             "/a/b c",
             "/a/\tb",
+            "/api/vendors;x/17",
+            "/api/vendors/17;jsessionid=1",
+            "/api/%252e%252e/admin",
+            "/api/%2541",
+            "/api/%C0%AE%C0%AE/admin",
+            "/api/%E0%80%AF",
+            "/api/%FF",
+            "/api/%C3",
         ] {
             assert!(canonical(bad).is_err(), "{bad:?}");
         }
