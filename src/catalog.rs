@@ -14,6 +14,33 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// Whether `a` is an action name in its one canonical form: two or more
+/// dot-separated segments of lowercase ASCII letters, digits and `_`, at
+/// most 256 bytes. Case variants, lookalikes and whitespace are not names;
+/// they are never mapped to a tier.
+pub fn is_canonical_action(a: &str) -> bool {
+    a.len() <= crate::poa::MAX_ACTION_LEN
+        && a.split('.').count() >= 2
+        && a.split('.').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
+}
+
+/// Why an action is refused everywhere (403 `policy_denied` at the broker,
+/// 400 at AgentAuth), with reason `unknown_action`.
+pub fn unknown_action_reason(catalogue: &TenantCatalogue, a: &str) -> Option<&'static str> {
+    if !is_canonical_action(a) {
+        Some("the action is not a canonical name (lowercase segments separated by dots)")
+    } else if catalogue.methods(a).is_none() {
+        Some("the action is not in the catalogue (built-in or the tenant's own)")
+    } else {
+        None
+    }
+}
+
 /// A set of the methods routes may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MethodSet(u8);
@@ -139,6 +166,11 @@ impl TenantCatalogue {
             None => Catalogue::default(),
             Some(doc) => Catalogue::from_methods(doc)?,
         };
+        if let Some(a) = extensions.methods.keys().find(|a| !is_canonical_action(a)) {
+            return Err(format!(
+                "catalog.methods.{a:?}: action names are lowercase segments separated by dots"
+            ));
+        }
         if let Some(a) = extensions
             .methods
             .keys()
@@ -227,6 +259,44 @@ mod tests {
     }
 
     #[test]
+    fn action_names_have_one_canonical_form() {
+        for ok in [
+            "crm.contact.read",
+            "hr.employee.view_limited",
+            "a.b",
+            "acme.v2.close",
+        ] {
+            assert!(is_canonical_action(ok), "{ok}");
+        }
+        for bad in [
+            "CRM.contact.read",
+            "crm.Contact.read",
+            "crm.contact.read ",
+            " crm.contact.read",
+            "crm..read",
+            ".crm.read",
+            "crm.read.",
+            "crm",
+            "crm.contact-read",
+            "crm:contact.read",
+            "crm.contact.reаd", // Cyrillic а
+            "",
+        ] {
+            assert!(!is_canonical_action(bad), "{bad:?}");
+        }
+        assert!(!is_canonical_action(&format!("a.{}", "b".repeat(256))));
+        // Every built-in action is canonical.
+        let doc: Value = serde_json::from_str(crate::policy::EMBEDDED_CATALOG).unwrap();
+        for a in doc["atb"]["catalog"]["methods"].as_object().unwrap().keys() {
+            assert!(is_canonical_action(a), "{a}");
+        }
+        let t = TenantCatalogue::new(None).unwrap();
+        assert_eq!(unknown_action_reason(&t, "crm.contact.read"), None);
+        assert!(unknown_action_reason(&t, "made.up.action").is_some());
+        assert!(unknown_action_reason(&t, "CRM.CONTACT.READ").is_some());
+    }
+
+    #[test]
     fn tenants_extend_but_never_widen() {
         let t = TenantCatalogue::new(Some(&json!({
             "catalog": {"methods": {"acme.ledger.close": ["POST"]}}
@@ -241,6 +311,7 @@ mod tests {
             json!({"catalog": {"methods": {"acme.x": ["FETCH"]}}}),
             json!({"catalog": {"methods": {"acme.x": "GET"}}}),
             json!({"catalog": {"methods": ["GET"]}}),
+            json!({"catalog": {"methods": {"Acme.X": ["GET"]}}}),
         ] {
             assert!(TenantCatalogue::new(Some(&bad)).is_err(), "{bad}");
         }

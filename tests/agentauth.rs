@@ -831,3 +831,22 @@ fn a_pinned_call_is_shown_to_approvers_and_enforced_by_the_broker() {
         );
     }
 }
+
+#[test]
+fn agentauth_refuses_actions_outside_the_catalogue() {
+    let dev = Dev::start(&[]);
+    for act in [
+        "made.up.action",
+        "CRM.CONTACT.READ",
+        "crm.contact.read ",
+        "crm.contact.reаd",
+    ] {
+        let r = dev.challenge(act, json!({}));
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "unknown_action".into()),
+            "{act:?}: {r:?}"
+        );
+    }
+    assert_eq!(dev.challenge("crm.contact.read", json!({})).status, 200);
+}

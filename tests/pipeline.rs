@@ -1684,11 +1684,12 @@ path = "/api/contacts/{{id}}"
 }
 
 /// The pipeline's steps, in order (`broker::gateway::pipeline`).
-const STEPS: [&str; 12] = [
+const STEPS: [&str; 13] = [
     "maintenance",
     "identify",
     "admit",
     "authenticate",
+    "known_action",
     "egress",
     "bind_route",
     "connector_limit",
@@ -1745,7 +1746,7 @@ fn a_panic_in_any_step_is_refused_and_audited_exactly_once() {
             &m,
             r#"atb_rejections_total{code="internal_error",tenant="acme"}"#
         ),
-        Some(10.0),
+        Some(11.0),
         "{m}"
     );
 }
@@ -1927,4 +1928,38 @@ fn the_upstream_gets_no_client_rewrites_and_the_real_peer() {
         expect(&a, 403, "egress_denied");
         assert_eq!(s.acme("/api/x", &t).status, 200, "{path} spent the mandate");
     }
+}
+
+#[test]
+fn actions_outside_the_catalogue_are_denied_everywhere() {
+    let s = setup();
+    for act in [
+        "made.up.action",
+        "CRM.contact.read",
+        "crm.Contact.read",
+        "crm.contact.read.",
+        "crm",
+        "crm.contact-read",
+    ] {
+        // On a bound connector and on the unbound one alike.
+        for connector in ["crm", "open"] {
+            let t = s.mint_via(ACME, act, connector);
+            let a = s.acme("/api/x", &t);
+            expect(&a, 403, "policy_denied");
+            assert_eq!(
+                a.json()["reason"],
+                "unknown_action",
+                "{act} via {connector}"
+            );
+        }
+    }
+    // The tenant's own extension is known.
+    let t = s.mint("acme.vendor.delete", &[]);
+    let a = s.call("acme-agent", "/api/vendors/3", &t, &["-X", "DELETE"]);
+    assert_eq!(a.status, 200, "{a:?}");
+    // Another tenant does not share acme's extension.
+    let g = s.mint_via(GLOBEX, "acme.vendor.delete", "crm");
+    let a = s.call("globex-agent", "/api/vendors/3", &g, &["-X", "DELETE"]);
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "unknown_action");
 }

@@ -261,19 +261,24 @@ fn agent(req: &HttpRequest, state: &AgentAuthState) -> Result<(SpiffeId, Tenant)
     }
 }
 
-/// A pinned call's method must be one the catalogue allows for the action
-/// (built-in, or the tenant's own extension).
-fn check_pinned_method(
-    tenant: &Tenant,
-    request: &challenge::ChallengeRequest,
-) -> Result<(), Rejection> {
+/// Default deny for actions: `act` must be a canonical name in the
+/// tenant's catalogue (built-in plus its extensions), never mapped to a
+/// tier otherwise (400 `unknown_action`); and a pinned call's method must be
+/// one the catalogue allows for it (400 `invalid_challenge`).
+fn check_action(tenant: &Tenant, request: &challenge::ChallengeRequest) -> Result<(), Rejection> {
+    let catalogue = crate::catalog::TenantCatalogue::new(tenant.policy_data.as_ref())
+        .map_err(|e| Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "policy_unavailable", e))?;
+    if let Some(why) = crate::catalog::unknown_action_reason(&catalogue, &request.act) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "unknown_action",
+            why,
+        ));
+    }
     let Ok(Some(pin)) = PinnedCall::from_con(Some(&request.con)) else {
         return Ok(());
     };
-    let methods = crate::catalog::TenantCatalogue::new(tenant.policy_data.as_ref())
-        .ok()
-        .and_then(|c| c.methods(&request.act));
-    match methods {
+    match catalogue.methods(&request.act) {
         Some(m) if !pin.method_allowed(m) => Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "invalid_challenge",
@@ -391,7 +396,7 @@ async fn create_challenge_inner(
     let request = challenge::parse_request(&body, agent.as_str())
         .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
     call.event.action.clone_from(&request.act);
-    check_pinned_method(&tenant, &request)?;
+    check_action(&tenant, &request)?;
     let tier = state
         .tiers
         .tier(&tenant.id, &request.act)

@@ -143,6 +143,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
         identify,        // 401 spiffe_id_required, 403 unknown_tenant, 429 connection_limit
         admit,           // 429 rate_limited (tenant)
         authenticate,    // 401 poa_required / poa_invalid / poa_expired / poa_revoked, 403 poa_subject_mismatch / action_mismatch
+        known_action,    // 403 policy_denied (unknown_action)
         egress,          // 403 egress_denied
         bind_route,      // 403 action_route_mismatch
         connector_limit, // 429 rate_limited (connector)
@@ -291,6 +292,34 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
     }
     ctx.mandate = Some(claims);
     Ok(())
+}
+
+/// Default deny for actions: a mandate's `act` must be a canonical name in
+/// the tenant's catalogue (built-in plus its extensions), whatever the
+/// connector's routes or the policy would say.
+async fn known_action(ctx: &mut RequestCtx<'_>) -> Step {
+    let Some(claims) = &ctx.mandate else {
+        return Ok(());
+    };
+    let tenant = ctx.tenant()?;
+    let unknown = match ctx.state.catalogues.get(&tenant.id) {
+        Some(catalogue) => crate::catalog::unknown_action_reason(catalogue, &claims.act),
+        None => Some("the tenant has no action catalogue"),
+    };
+    match unknown {
+        None => Ok(()),
+        Some(why) => Err(Rejection::policy_denied(
+            "unknown_action".into(),
+            Some(json!({"action": truncate(&claims.act), "why": why})),
+        )),
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 /// The connector (the mandate's `con.connector`, the tenant's default or

@@ -217,11 +217,12 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
 /// Every tenant's connectors compiled into route bindings (once, at
 /// start); unbound connectors are warned about and flagged by
 /// `atb_connector_unbound`.
-fn compile_bindings(
-    config: &Config,
-    metrics: &Metrics,
-) -> Result<HashMap<String, HashMap<String, Binding>>, String> {
+type Bindings = HashMap<String, HashMap<String, Binding>>;
+type Catalogues = HashMap<String, crate::catalog::TenantCatalogue>;
+
+fn compile_bindings(config: &Config, metrics: &Metrics) -> Result<(Bindings, Catalogues), String> {
     let mut all = HashMap::with_capacity(config.tenants.len());
+    let mut catalogues = HashMap::with_capacity(config.tenants.len());
     for (i, t) in config.tenants.iter().enumerate() {
         let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
             .map_err(|e| format!("tenants[{i}].policy_data: {e}"))?;
@@ -254,8 +255,9 @@ fn compile_bindings(
             connectors.insert(c.id.clone(), binding);
         }
         all.insert(t.id.clone(), connectors);
+        catalogues.insert(t.id.clone(), catalogue);
     }
-    Ok(all)
+    Ok((all, catalogues))
 }
 
 /// Actor name of the tenant shards in metrics.
@@ -270,6 +272,8 @@ pub struct BrokerState {
     pub auth: HashMap<String, TenantAuth>,
     /// Compiled routes: tenant → connector → binding.
     pub bindings: HashMap<String, HashMap<String, Binding>>,
+    /// Each tenant's action catalogue (built-in plus its extensions).
+    pub catalogues: HashMap<String, crate::catalog::TenantCatalogue>,
     /// Every JWKS source (for readiness).
     jwks: Vec<Arc<JwksCache>>,
     /// `None` when single use is off.
@@ -318,7 +322,7 @@ impl BrokerState {
             let quota = quotas.get(&t.id).copied().unwrap_or(1);
             auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics, quota)?);
         }
-        let bindings = compile_bindings(&config, &metrics)?;
+        let (bindings, catalogues) = compile_bindings(&config, &metrics)?;
         let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
         // Every timer loop is a supervised periodic (atb_actors::periodic).
         let mut periodic: Vec<PeriodicHandle> = jwks
@@ -366,6 +370,7 @@ impl BrokerState {
             periodic: std::sync::Mutex::new(periodic),
             auth,
             bindings,
+            catalogues,
             jwks,
             replay,
             policy,
