@@ -164,8 +164,8 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
         let mut bytes = [0u8; 24];
         openssl::rand::rand_bytes(&mut bytes).map_err(|e| format!("openssl: {e}"))?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        std::fs::write(&token_file, token + "\n")
-            .map_err(|e| format!("cannot write {}: {e}", token_file.display()))?;
+        // Readable by its owner only, like every secret atb writes.
+        crate::pki::write_file(&token_file, (token + "\n").as_bytes(), true)?;
     }
     Ok(pki)
 }
@@ -265,6 +265,15 @@ mod tests {
         crate::agentauth::keyring::KeyRing::load(&c.agentauth.keys_dir).unwrap();
         assert!(dir.path().join("approver-carol.jwt").exists());
         assert!(crate::admin_token(&c).unwrap().is_some());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path().join("admin.token"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "the admin token is a secret");
+        }
         // A second run reuses the PKI instead of failing.
         prepare(dir.path()).unwrap();
     }

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use common::*;
 
+/// The admin token of brokers started with fault injection (the debug hook
+/// needs it too).
+const ADMIN_TOKEN: &str = "fault-hook-admin-token-0123";
+const ADMIN_AUTH: &str = "Authorization: Bearer fault-hook-admin-token-0123";
+
 const TENANTS: &str = r#"
 [shards]
 count = 1
@@ -536,7 +541,14 @@ fn admin_api_is_disabled_without_a_token() {
     assert_eq!((a.status, a.error().as_str()), (404, "admin_disabled"));
     // The fault hook does not exist unless explicitly enabled.
     assert_eq!(
-        admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None).status,
+        admin(
+            &broker,
+            "POST",
+            "/debug/fault?tenant=acme",
+            &[ADMIN_AUTH],
+            None
+        )
+        .status,
         404
     );
     assert_eq!(
@@ -548,7 +560,14 @@ fn admin_api_is_disabled_without_a_token() {
 #[test]
 fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
     let pki = pki();
-    let broker = Broker::start(&pki, TENANTS, &[("ATB_DEBUG_FAULT_INJECTION", "true")]);
+    let broker = Broker::start(
+        &pki,
+        TENANTS,
+        &[
+            ("ATB_DEBUG_FAULT_INJECTION", "true"),
+            ("ATB_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    );
     // Warm both tenants' shards.
     for agent in ["acme-agent", "globex-agent"] {
         assert_eq!(
@@ -557,7 +576,13 @@ fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
         );
     }
     // Crash acme's shard (shard 0) while globex (dedicated shard 1) is in use.
-    let f = admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None);
+    let f = admin(
+        &broker,
+        "POST",
+        "/debug/fault?tenant=acme",
+        &[ADMIN_AUTH],
+        None,
+    );
     assert_eq!(f.status, 200, "{f:?}");
     assert_eq!(f.json()["shard"], 0);
     assert!(
@@ -601,7 +626,14 @@ fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
     // Repeated faults keep being contained.
     for _ in 0..3 {
         assert_eq!(
-            admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None).status,
+            admin(
+                &broker,
+                "POST",
+                "/debug/fault?tenant=acme",
+                &[ADMIN_AUTH],
+                None
+            )
+            .status,
             200
         );
     }
@@ -858,13 +890,26 @@ trust_domain = "acme.example"
 requests_per_second = 0.05
 burst = 3
 "#;
-    let broker = Broker::start(&pki, tenants, &[("ATB_DEBUG_FAULT_INJECTION", "true")]);
+    let broker = Broker::start(
+        &pki,
+        tenants,
+        &[
+            ("ATB_DEBUG_FAULT_INJECTION", "true"),
+            ("ATB_ADMIN_TOKEN", ADMIN_TOKEN),
+        ],
+    );
     let call = || agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
     for _ in 0..3 {
         assert_eq!(call().error(), "poa_required");
     }
     assert_eq!(call().error(), "rate_limited");
-    let f = admin(&broker, "POST", "/debug/fault?tenant=acme", &[], None);
+    let f = admin(
+        &broker,
+        "POST",
+        "/debug/fault?tenant=acme",
+        &[ADMIN_AUTH],
+        None,
+    );
     assert!(
         f.json()["result"].as_str().unwrap().contains("failed"),
         "{f:?}"

@@ -1822,6 +1822,7 @@ fn every_timer_loop_survives_a_panicking_tick() {
         &dead_jwks,
         &[
             ("ATB_DEBUG_FAULT_INJECTION", "true"),
+            ("ATB_ADMIN_TOKEN", "fault-hook-admin-token-0123"),
             ("POLICY_RELOAD_SECONDS", "1"),
         ],
     );
@@ -1841,7 +1842,10 @@ fn every_timer_loop_survives_a_panicking_tick() {
         ("jwks_refresh", "acme"),
     ] {
         let path = format!("/debug/fault?periodic={actor}");
-        let a = admin(&s.broker, "POST", &path, &[], None);
+        let auth = "Authorization: Bearer fault-hook-admin-token-0123";
+        // The hook needs the admin token even when enabled.
+        assert_eq!(admin(&s.broker, "POST", &path, &[], None).status, 401);
+        let a = admin(&s.broker, "POST", &path, &[auth], None);
         assert_eq!(a.status, 200, "{actor}: {a:?}");
         assert!(
             eventually(Duration::from_secs(20), || series(actor, key, "restarts")
@@ -1859,10 +1863,11 @@ fn every_timer_loop_survives_a_panicking_tick() {
         &s.broker,
         "POST",
         "/debug/fault?periodic=nothing",
-        &[],
+        &["Authorization: Bearer fault-hook-admin-token-0123"],
         None,
     );
     assert_eq!(a.status, 404);
+    assert_eq!(a.error(), "unknown_periodic");
     // Requests are served throughout.
     assert_eq!(
         s.acme("/api/x", &s.mint("crm.contact.read", &[])).status,

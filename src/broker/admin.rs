@@ -325,14 +325,20 @@ struct FaultTarget {
     periodic: Option<String>,
 }
 
-/// Test-only (`debug.fault_injection`): `?tenant=ID` makes the shard owning
+/// Test-only (`debug.fault_injection`, and the admin token): `?tenant=ID`
+/// makes the shard owning
 /// that tenant panic; `?periodic=NAME` makes the next tick of every timer
 /// loop named NAME (e.g. `jwks_refresh`, `replay_sweep`, `policy_reload`)
 /// panic.
 async fn inject_fault(
+    req: HttpRequest,
     state: web::Data<BrokerState>,
     target: web::Query<FaultTarget>,
 ) -> HttpResponse {
+    // Even when enabled, the hook needs the admin token.
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
     if let Some(name) = &target.periodic {
         let loops = state.periodic(name);
         loops.iter().for_each(|h| h.inject_fault());
