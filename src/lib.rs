@@ -11,6 +11,7 @@ pub mod broker;
 pub mod catalog;
 pub mod config;
 pub mod connection;
+pub mod credential;
 pub mod demo_upstream;
 pub mod dev;
 pub mod drain;

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+use futures_util::future::BoxFuture;
 
 /// First use or replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +31,38 @@ pub enum ReplayError {
     TenantFull,
     #[error("the replay store is unreachable: {0}")]
     Unavailable(String),
+}
+
+/// Where single use is recorded: in memory (this module) or shared by
+/// every replica (a Redis store plugs in here). Fail closed: any error is a
+/// refusal (503 `replay_store_unavailable`), never a pass.
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Marks `jti` of `tenant` as used until `keep_until`; `Fresh` exactly
+    /// once per live `(tenant, jti)`, however many replicas race. A new
+    /// entry needs room in the tenant's `quota`.
+    fn mark<'a>(
+        &'a self,
+        tenant: &'a Arc<str>,
+        jti: &'a str,
+        keep_until: i64,
+        now: i64,
+        quota: usize,
+    ) -> BoxFuture<'a, Result<Verdict, ReplayError>>;
+}
+
+impl ReplayStore for MemoryReplay {
+    fn mark<'a>(
+        &'a self,
+        tenant: &'a Arc<str>,
+        jti: &'a str,
+        keep_until: i64,
+        now: i64,
+        quota: usize,
+    ) -> BoxFuture<'a, Result<Verdict, ReplayError>> {
+        Box::pin(std::future::ready(MemoryReplay::mark(
+            self, tenant, jti, keep_until, now, quota,
+        )))
+    }
 }
 
 /// In-memory replay cache: `(tenant, jti) → keep-until` (Unix seconds).

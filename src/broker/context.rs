@@ -22,9 +22,9 @@ use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
 use crate::audit::{decision_for, now_rfc3339, AuditEvent, AuditSink};
 use crate::broker::state::BrokerState;
 use crate::config::ConnectorConfig;
+use crate::credential::Credential;
 use crate::error::Rejection;
 use crate::metrics::{status_class, NO_TENANT};
-use crate::poa::claims::PoaClaims;
 use crate::tenant::Tenant;
 
 /// What every step returns.
@@ -55,8 +55,8 @@ pub struct RequestCtx<'a> {
     // Learnt by the steps, in pipeline order.
     pub tenant: Option<Tenant>,
     pub tenant_key: Option<Arc<str>>,
-    /// The verified mandate; `None` on the unmandated low-risk path.
-    pub mandate: Option<PoaClaims>,
+    /// The verified credential; `None` on the unmandated low-risk path.
+    pub credential: Option<Credential>,
     /// Index of the chosen connector in the tenant's `connectors`.
     pub connector: Option<usize>,
     /// The canonical request path (`routes::path`).
@@ -108,7 +108,7 @@ impl<'a> RequestCtx<'a> {
             }),
             tenant: None,
             tenant_key: None,
-            mandate: None,
+            credential: None,
             connector: None,
             path: String::new(),
             routed: Routed::default(),

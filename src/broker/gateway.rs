@@ -21,8 +21,8 @@ use crate::audit::guard::Ending;
 use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::state::BrokerState;
 use crate::connection::{ConnectionSlot, PeerConnection};
+use crate::credential::Credential;
 use crate::error::Rejection;
-use crate::poa::claims::PoaClaims;
 use crate::poa::presented::presented_token;
 use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
 use crate::replay::{unix_now, ReplayError, Verdict};
@@ -290,7 +290,7 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
             Rejection::poa_revoked("this mandate has been revoked"),
         ));
     }
-    ctx.mandate = Some(claims);
+    ctx.credential = Some(Credential::Jwt(claims));
     Ok(())
 }
 
@@ -298,19 +298,19 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
 /// the tenant's catalogue (built-in plus its extensions), whatever the
 /// connector's routes or the policy would say.
 async fn known_action(ctx: &mut RequestCtx<'_>) -> Step {
-    let Some(claims) = &ctx.mandate else {
+    let Some(credential) = &ctx.credential else {
         return Ok(());
     };
     let tenant = ctx.tenant()?;
     let unknown = match ctx.state.catalogues.get(&tenant.id) {
-        Some(catalogue) => crate::catalog::unknown_action_reason(catalogue, &claims.act),
+        Some(catalogue) => crate::catalog::unknown_action_reason(catalogue, credential.act()),
         None => Some("the tenant has no action catalogue"),
     };
     match unknown {
         None => Ok(()),
         Some(why) => Err(Rejection::policy_denied(
             "unknown_action".into(),
-            Some(json!({"action": truncate(&claims.act), "why": why})),
+            Some(json!({"action": truncate(credential.act()), "why": why})),
         )),
     }
 }
@@ -326,7 +326,7 @@ fn truncate(s: &str) -> &str {
 /// only one), the canonical path, and the connector's egress allowlist.
 async fn egress(ctx: &mut RequestCtx<'_>) -> Step {
     let tenant = ctx.tenant()?.clone();
-    let named = mandate_connector(ctx.mandate.as_ref())?;
+    let named = mandate_connector(ctx.credential.as_ref())?;
     let connector =
         upstream::resolve_connector(&tenant, named).map_err(|e| Rejection::egress_denied(e.0))?;
     let path = routes::path::canonical(ctx.req.path())
@@ -361,7 +361,7 @@ async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
         .get(&tenant.id)
         .and_then(|c| c.get(&connector.id))
         .ok_or_else(|| Rejection::egress_denied("the connector has no compiled routes".into()))?;
-    let routed = match_route(binding, ctx.req, &ctx.path, ctx.mandate.as_ref())?;
+    let routed = match_route(binding, ctx.req, &ctx.path, ctx.credential.as_ref())?;
     ctx.log.action.clone_from(&routed.action);
     ctx.log.route = routed.template.unwrap_or_default().to_owned();
     ctx.routed = routed;
@@ -410,14 +410,14 @@ async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
 /// Single use: the mandate's `jti` is marked only now that every check a
 /// caller could retry has passed, so a refused mandate is not spent.
 async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
-    let (Some(claims), Some(replay)) = (&ctx.mandate, &ctx.state.replay) else {
-        if ctx.mandate.is_some() {
+    let (Some(credential), Some(replay)) = (&ctx.credential, &ctx.state.replay) else {
+        if ctx.credential.is_some() {
             ctx.count_validation("valid");
         }
         return Ok(());
     };
     let tenant = ctx.tenant()?;
-    let keep_until = claims.exp + ctx.state.config.poa.leeway_seconds as i64;
+    let keep_until = credential.expires() + ctx.state.config.poa.leeway_seconds as i64;
     let replay_metric = |cause: &str| {
         ctx.state
             .metrics
@@ -426,13 +426,16 @@ async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
             .inc()
     };
     let quota = ctx.state.auth.get(&tenant.id).map_or(1, |a| a.replay_quota);
-    match replay.mark(
-        ctx.tenant_key()?,
-        &claims.jti,
-        keep_until,
-        unix_now(),
-        quota,
-    ) {
+    let marked = replay
+        .mark(
+            ctx.tenant_key()?,
+            credential.single_use_id(),
+            keep_until,
+            unix_now(),
+            quota,
+        )
+        .await;
+    match marked {
         Ok(Verdict::Fresh) => {
             ctx.count_validation("valid");
             Ok(())
@@ -459,7 +462,7 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
     let state = ctx.state;
     let input = json!({
         "agent": {"spiffe_id": ctx.log.agent},
-        "poa": ctx.mandate.as_ref().map_or_else(|| json!({}), |c| Value::Object(c.raw.clone())),
+        "poa": ctx.credential.as_ref().map_or_else(|| json!({}), Credential::policy_view),
         "request": {
             "method": ctx.req.method().as_str(),
             "path": ctx.path,
@@ -505,7 +508,7 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
             decision.tier_label(),
         ])
         .inc();
-    match (decision.allow, &ctx.mandate) {
+    match (decision.allow, &ctx.credential) {
         (false, Some(_)) => Err(Rejection::policy_denied(decision.reason, decision.details)),
         (false, None) => Err(Rejection::poa_required_by_policy(decision.reason)),
         (true, Some(_)) => Ok(()),
@@ -594,9 +597,9 @@ fn retry_after(ctx: &RequestCtx<'_>) -> u64 {
     u64::from(ctx.state.config.broker.retry_after_seconds)
 }
 
-/// The connector a mandate names in `con.connector`, if any.
-fn mandate_connector(claims: Option<&PoaClaims>) -> Result<Option<&str>, Rejection> {
-    match claims.and_then(|c| c.raw.get("con")?.get("connector")) {
+/// The connector a credential names in `con.connector`, if any.
+fn mandate_connector(credential: Option<&Credential>) -> Result<Option<&str>, Rejection> {
+    match credential.and_then(|c| c.con()?.get("connector")) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(Rejection::egress_denied(
@@ -610,7 +613,7 @@ fn match_route<'s>(
     binding: &'s Binding,
     req: &HttpRequest,
     path: &str,
-    claims: Option<&PoaClaims>,
+    credential: Option<&Credential>,
 ) -> Result<Routed<'s>, Rejection> {
     let method = req.method().as_str();
     if let Some(h) = METHOD_OVERRIDES
@@ -621,16 +624,16 @@ fn match_route<'s>(
             "{h} is refused: the route binds the request's own method"
         )));
     }
-    if let Some(c) = claims {
-        PinnedCall::from_con(c.raw.get("con"))
+    if let Some(c) = credential {
+        PinnedCall::from_con(c.con())
             .and_then(|pin| match pin {
                 Some(p) => p.check(method, path, req.query_string()),
                 None => Ok(()),
             })
             .map_err(|e| Rejection::action_route_mismatch(e.0))?;
     }
-    let named = match (claims, req.headers().get(X_ATB_ACTION)) {
-        (Some(c), _) => Some(c.act.clone()),
+    let named = match (credential, req.headers().get(X_ATB_ACTION)) {
+        (Some(c), _) => Some(c.act().to_owned()),
         (None, None) => None,
         (None, Some(h)) => Some(
             h.to_str()

@@ -277,7 +277,7 @@ pub struct BrokerState {
     /// Every JWKS source (for readiness).
     jwks: Vec<Arc<JwksCache>>,
     /// `None` when single use is off.
-    pub replay: Option<Arc<MemoryReplay>>,
+    pub replay: Option<Arc<dyn crate::replay::ReplayStore>>,
     pub policy: PolicyBackend,
     /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
     pub outbound_tls: openssl::ssl::SslConnector,
@@ -344,7 +344,7 @@ impl BrokerState {
                 metrics.replay_entries.clone(),
                 &metrics.actors,
             ));
-            cache
+            cache as Arc<dyn crate::replay::ReplayStore>
         });
         let audit = AuditSink::start(
             "broker",

@@ -1,0 +1,84 @@
+//! What a request presents as its authority, once verified: the seam where
+//! the pipeline stops caring which format carried it.
+//!
+//! - Today a PoA JWT ([`Credential::Jwt`]); a Biscuit capability becomes a
+//!   second variant, verified by its own module, read through the same
+//!   accessors.
+//! - The pipeline reads only what every format has: the action, the id that
+//!   makes it single use, its expiry, its constraints (`con`) and the
+//!   document the policy sees as `poa`.
+//! - Plain data; no HTTP types.
+
+use serde_json::Value;
+
+use crate::poa::claims::PoaClaims;
+
+/// A verified credential.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An EdDSA PoA mandate (`sub act con leg iat exp jti`).
+    Jwt(PoaClaims),
+}
+
+impl Credential {
+    /// The one action it authorizes.
+    pub fn act(&self) -> &str {
+        match self {
+            Credential::Jwt(c) => &c.act,
+        }
+    }
+
+    /// What single use is keyed on (a JWT's `jti`).
+    pub fn single_use_id(&self) -> &str {
+        match self {
+            Credential::Jwt(c) => &c.jti,
+        }
+    }
+
+    /// Unix seconds after which it is no longer valid.
+    pub fn expires(&self) -> i64 {
+        match self {
+            Credential::Jwt(c) => c.exp,
+        }
+    }
+
+    /// Its constraints (`con`), if any.
+    pub fn con(&self) -> Option<&Value> {
+        match self {
+            Credential::Jwt(c) => c.raw.get("con"),
+        }
+    }
+
+    /// The document the policy sees as `poa`.
+    pub fn policy_view(&self) -> Value {
+        match self {
+            Credential::Jwt(c) => Value::Object(c.raw.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_jwt_reads_through_the_accessors() {
+        let raw = json!({"sub": "s", "act": "crm.contact.read", "jti": "j1", "iat": 1, "exp": 61,
+                         "con": {"connector": "crm"}});
+        let c = Credential::Jwt(PoaClaims {
+            sub: "s".into(),
+            act: "crm.contact.read".into(),
+            jti: "j1".into(),
+            iat: 1,
+            exp: 61,
+            raw: raw.as_object().unwrap().clone(),
+        });
+        assert_eq!(
+            (c.act(), c.single_use_id(), c.expires()),
+            ("crm.contact.read", "j1", 61)
+        );
+        assert_eq!(c.con().unwrap()["connector"], "crm");
+        assert_eq!(c.policy_view(), raw);
+    }
+}
