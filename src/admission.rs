@@ -179,13 +179,23 @@ impl TenantShardState {
             ..Self::default()
         }
     }
+}
 
-    fn bucket(&self, rate: f64, burst: u32, now: Instant) -> TokenBucket {
-        match self.restarted_at {
-            None => TokenBucket::new(rate, burst, now),
-            Some(at) => TokenBucket::drained_at(rate, burst, at, now),
-        }
-    }
+/// Takes a token from `key`'s bucket in `buckets`, creating it full (first
+/// start) or drained at `restarted_at` (after a fault).
+fn take<K: std::hash::Hash + Eq>(
+    buckets: &mut HashMap<K, TokenBucket>,
+    key: K,
+    (rate, burst): (f64, u32),
+    now: Instant,
+    restarted_at: Option<Instant>,
+) -> Result<(), Duration> {
+    let bucket = buckets.entry(key).or_insert_with(|| match restarted_at {
+        None => TokenBucket::new(rate, burst, now),
+        Some(at) => TokenBucket::drained_at(rate, burst, at, now),
+    });
+    bucket.reconfigure(rate, burst);
+    bucket.try_take(now)
 }
 
 /// Builds each shard's state: full at first start; after a fault, drained
@@ -223,22 +233,16 @@ impl atb_actors::ShardLogic for TenantShardState {
                 requests_per_second,
                 burst,
                 now,
-            } => {
-                if !self.buckets.contains_key(&tenant) {
-                    let fresh = self.bucket(requests_per_second, burst, now);
-                    self.buckets.insert(tenant.clone(), fresh);
-                }
-                let Some(bucket) = self.buckets.get_mut(&tenant) else {
-                    return Admission::Limited {
-                        retry_after: Duration::from_secs(1),
-                    };
-                };
-                bucket.reconfigure(requests_per_second, burst);
-                match bucket.try_take(now) {
-                    Ok(()) => Admission::Admitted,
-                    Err(retry_after) => Admission::Limited { retry_after },
-                }
-            }
+            } => match take(
+                &mut self.buckets,
+                tenant,
+                (requests_per_second, burst),
+                now,
+                self.restarted_at,
+            ) {
+                Ok(()) => Admission::Admitted,
+                Err(retry_after) => Admission::Limited { retry_after },
+            },
             ShardRequest::Dispatch {
                 tenant,
                 connector,
@@ -246,19 +250,11 @@ impl atb_actors::ShardLogic for TenantShardState {
                 action,
                 now,
             } => {
-                if let Some((rps, burst)) = rate {
+                if let Some(rate) = rate {
                     let key = (tenant.clone(), connector);
-                    if !self.connectors.contains_key(&key) {
-                        let fresh = self.bucket(rps, burst, now);
-                        self.connectors.insert(key.clone(), fresh);
-                    }
-                    let Some(bucket) = self.connectors.get_mut(&key) else {
-                        return Admission::Limited {
-                            retry_after: Duration::from_secs(1),
-                        };
-                    };
-                    bucket.reconfigure(rps, burst);
-                    if let Err(retry_after) = bucket.try_take(now) {
+                    if let Err(retry_after) =
+                        take(&mut self.connectors, key, rate, now, self.restarted_at)
+                    {
                         return Admission::Limited { retry_after };
                     }
                 }

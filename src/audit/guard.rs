@@ -153,17 +153,7 @@ mod tests {
             file: path.clone(),
             ..Default::default()
         };
-        let metrics = crate::metrics::Metrics::new().unwrap();
-        let tls = crate::tls::outbound(&Default::default()).unwrap();
-        let s = AuditSink::start(
-            "test",
-            &config,
-            &tls,
-            metrics.audit_events.clone(),
-            metrics.audit_writer.clone(),
-        )
-        .unwrap();
-        (s, path)
+        (crate::audit::test_sink(&config), path)
     }
 
     fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {

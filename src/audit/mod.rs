@@ -477,6 +477,21 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// A sink on `config` with throwaway metrics (unit tests).
+#[cfg(test)]
+pub(crate) fn test_sink<E: AuditRecord>(config: &AuditConfig) -> AuditSink<E> {
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let tls = crate::tls::outbound(&Default::default()).unwrap();
+    AuditSink::start(
+        "test",
+        config,
+        &tls,
+        metrics.audit_events.clone(),
+        metrics.audit_writer.clone(),
+    )
+    .unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,16 +512,7 @@ mod tests {
             queue_per_tenant: 2,
             ..Default::default()
         };
-        let metrics = crate::metrics::Metrics::new().unwrap();
-        let tls = crate::tls::outbound(&Default::default()).unwrap();
-        let sink = AuditSink::start(
-            "test",
-            &config,
-            &tls,
-            metrics.audit_events.clone(),
-            metrics.audit_writer.clone(),
-        )
-        .unwrap();
+        let sink = test_sink(&config);
         let event = |tenant: &str| AuditEvent {
             ts: String::new(),
             event: "decision",
