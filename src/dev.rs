@@ -35,13 +35,16 @@ pub const DEV_IDP_ISSUER: &str = "atb-dev-idp";
 pub const DEV_APPROVER_AUDIENCE: &str = "atb-agentauth";
 /// AgentAuth's signing keys (see `atb keys rotate`).
 pub const AGENTAUTH_KEYS: &str = "agentauth-keys";
-/// Dev approvers: name, roles. Their tokens are written to
-/// `approver-<name>.jwt` and printed by `atb dev`.
-pub const DEV_APPROVERS: [(&str, &[&str]); 4] = [
-    ("alice", &["manager"]),
-    ("bob", &["manager"]),
-    ("carol", &["ceo"]),
-    ("dave", &["cfo"]),
+/// Dev approvers: name, roles, the tenant they are bound to. Their tokens
+/// are written to `approver-<name>.jwt` and printed by `atb dev`; each acts
+/// for its own tenant only.
+pub const DEV_APPROVERS: [(&str, &[&str], &str); 6] = [
+    ("alice", &["manager"], "acme"),
+    ("bob", &["manager"], "acme"),
+    ("carol", &["ceo"], "acme"),
+    ("dave", &["cfo"], "acme"),
+    ("erin", &["manager"], "globex"),
+    ("frank", &["manager"], "globex"),
 ];
 
 /// The demo connector's routes: every call of the README walk-through,
@@ -170,13 +173,21 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
     Ok(pki)
 }
 
-/// Signs a dev approver token (as the dev identity provider would).
-pub fn approver_token(dir: &Path, name: &str, roles: &[&str], ttl: i64) -> Result<String, String> {
+/// Signs a dev approver token (as the dev identity provider would), bound
+/// to `tenant`.
+pub fn approver_token(
+    dir: &Path,
+    name: &str,
+    roles: &[&str],
+    tenant: &str,
+    ttl: i64,
+) -> Result<String, String> {
     let key = crate::poa::keys::load_signing_pem(&dir.join(DEV_IDP_KEY))?;
     let now = crate::replay::unix_now();
+    let id = format!("{name}@{tenant}.example");
     let claims = serde_json::json!({
         "iss": DEV_IDP_ISSUER, "aud": DEV_APPROVER_AUDIENCE,
-        "sub": format!("{name}@acme.example"), "email": format!("{name}@acme.example"),
+        "sub": id, "email": id, "tenant": tenant,
         "roles": roles, "iat": now, "exp": now + ttl,
     });
     Ok(crate::poa::token::sign(&claims, &key, "dev-idp"))
@@ -184,8 +195,8 @@ pub fn approver_token(dir: &Path, name: &str, roles: &[&str], ttl: i64) -> Resul
 
 /// Writes `approver-<name>.jwt` for every dev approver.
 fn write_approver_tokens(dir: &Path, ttl: i64) -> Result<(), String> {
-    for (name, roles) in DEV_APPROVERS {
-        let token = approver_token(dir, name, roles, ttl)?;
+    for (name, roles, tenant) in DEV_APPROVERS {
+        let token = approver_token(dir, name, roles, tenant, ttl)?;
         pki::write_file(
             &dir.join(format!("approver-{name}.jwt")),
             token.as_bytes(),

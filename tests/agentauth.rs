@@ -153,7 +153,7 @@ impl Dev {
         let now = atb::replay::unix_now();
         self.idp_token(
             &json!({"iss": "atb-dev-idp", "aud": "atb-agentauth", "sub": sub,
-            "roles": roles, "iat": now, "exp": now + 600}),
+            "roles": roles, "tenant": "acme", "iat": now, "exp": now + 600}),
         )
     }
 
@@ -849,4 +849,42 @@ fn agentauth_refuses_actions_outside_the_catalogue() {
         );
     }
     assert_eq!(dev.challenge("crm.contact.read", json!({})).status, 200);
+}
+
+/// Approvers act only for the tenants their token binds them to.
+#[test]
+fn approvers_are_scoped_to_their_tenants() {
+    let dev = Dev::start(&[]);
+    let globex = dev.challenge_as(
+        "globex-agent",
+        "crm.contact.update",
+        json!({}),
+        leg("globex-owner"),
+    );
+    let id = id_of(&globex);
+    // acme's approver can neither see nor decide globex's challenge.
+    let alice = dev.token("alice");
+    let r = dev.approve(&alice, &id);
+    assert_eq!((r.status, r.error()), (403, "wrong_tenant".into()), "{r:?}");
+    let r = dev.approver(&alice, "GET", &format!("/v1/challenge/{id}"));
+    assert_eq!(r.status, 404);
+    let listed = dev.approver(&alice, "GET", "/v1/approvals?status=all");
+    assert!(!listed.body.contains(&id), "{listed:?}");
+    // A token bound to no tenant approves nothing.
+    let now = atb::replay::unix_now();
+    let unbound = dev.idp_token(&json!({"iss": "atb-dev-idp", "aud": "atb-agentauth",
+        "sub": "nobody@example.com", "roles": ["manager"], "iat": now, "exp": now + 600}));
+    let r = dev.approve(&unbound, &id);
+    assert_eq!((r.status, r.error()), (403, "wrong_tenant".into()), "{r:?}");
+    let acme = id_of(&dev.challenge("crm.contact.update", json!({})));
+    let r = dev.approve(&unbound, &acme);
+    assert_eq!((r.status, r.error()), (403, "wrong_tenant".into()), "{r:?}");
+    // globex's own approver can, and sees it.
+    let erin = dev.token("erin");
+    let listed = dev.approver(&erin, "GET", "/v1/approvals?status=pending");
+    assert!(listed.body.contains(&id), "{listed:?}");
+    assert!(!listed.body.contains(&acme), "{listed:?}");
+    let r = dev.approve(&erin, &id);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["status"], "approved");
 }

@@ -423,17 +423,29 @@ pub fn claims_to_approver(
             .collect(),
         _ => Vec::new(),
     };
-    let tenant = match &config.tenant_claim {
-        None => None,
-        Some(claim) => {
-            Some(text(claim).ok_or_else(|| fail(format!("token has no {claim} claim")))?)
-        }
+    // The tenants the IdP binds the approver to; none binds to nothing.
+    let tenants = match claims.get(&config.tenant_claim) {
+        Some(Value::String(t)) => vec![t.trim().to_owned()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(64)
+            .map(|t| t.trim().to_owned())
+            .collect(),
+        _ => Vec::new(),
     };
+    let cross_tenant = roles.iter().any(|r| {
+        config
+            .cross_tenant_roles
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(r))
+    });
     Ok(Approver {
         id,
         email,
         roles,
-        tenant,
+        tenants: tenants.into_iter().filter(|t| !t.is_empty()).collect(),
+        cross_tenant,
     })
 }
 
@@ -552,6 +564,37 @@ pub mod tests {
                 "alg is not accepted"
             );
         }
+    }
+
+    #[actix_web::test]
+    async fn approvers_are_bound_to_the_tenants_their_token_names() {
+        let ed = PKey::generate_ed25519().unwrap();
+        let mut auth = auth_with(vec![("d", ed.clone())]);
+        async fn who(auth: &ApproverAuth, key: &PKey<Private>, extra: Value) -> Approver {
+            let now = 1_700_000_000;
+            let mut c = claims(now);
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            let t = sign(&c, key, "EdDSA", Some("d"));
+            auth.authenticate(&t, now).await.unwrap()
+        }
+        let a = who(&auth, &ed, json!({"tenant": "acme"})).await;
+        assert!(a.may_act_for("acme") && !a.may_act_for("globex"));
+        let a = who(&auth, &ed, json!({"tenant": ["acme", "globex"]})).await;
+        assert!(a.may_act_for("acme") && a.may_act_for("globex"));
+        assert!(!a.may_act_for("initech"));
+        // No binding, an empty one or one of the wrong type: nobody's.
+        for extra in [json!({}), json!({"tenant": ""}), json!({"tenant": 7})] {
+            let a = who(&auth, &ed, extra.clone()).await;
+            assert!(!a.may_act_for("acme"), "{extra}");
+        }
+        // Only a role the operator names acts for every tenant.
+        auth.config.cross_tenant_roles = vec!["Auditor".into()];
+        let a = who(&auth, &ed, json!({"roles": ["auditor"]})).await;
+        assert!(a.may_act_for("acme") && a.may_act_for("globex"));
+        let a = who(&auth, &ed, json!({"roles": ["cfo"]})).await;
+        assert!(!a.may_act_for("acme"));
     }
 
     #[test]

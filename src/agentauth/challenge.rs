@@ -93,16 +93,18 @@ pub struct Approver {
     pub email: Option<String>,
     /// Lower-cased roles.
     pub roles: Vec<String>,
-    /// The tenant the approver belongs to, when the IdP says so
+    /// The tenants the IdP binds the approver to
     /// (`agentauth.approvers.tenant_claim`).
-    pub tenant: Option<String>,
+    pub tenants: Vec<String>,
+    /// Holds one of `agentauth.approvers.cross_tenant_roles`.
+    pub cross_tenant: bool,
 }
 
 impl Approver {
-    /// Whether the approver may act on `tenant`'s challenges: always when
-    /// tenants are not scoped, otherwise only their own tenant's.
-    pub fn may_act_for(&self, tenant: &str, scoped: bool) -> bool {
-        !scoped || self.tenant.as_deref() == Some(tenant)
+    /// Whether the approver may act on `tenant`'s challenges: only their
+    /// own tenants', unless the operator gave their role every tenant.
+    pub fn may_act_for(&self, tenant: &str) -> bool {
+        self.cross_tenant || self.tenants.iter().any(|t| t == tenant)
     }
 }
 
@@ -654,7 +656,8 @@ mod tests {
             id: id.into(),
             email: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
-            tenant: None,
+            tenants: vec!["acme".into()],
+            cross_tenant: false,
         }
     }
 

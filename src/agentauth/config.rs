@@ -96,9 +96,13 @@ pub struct ApproverAuthConfig {
     pub identity_claim: String,
     /// Claim holding the approver's role(s): a string or a list of strings.
     pub role_claim: String,
-    /// Claim naming the approver's tenant. When set, approvers see and act
-    /// on their own tenant's challenges only (multi-tenant IdPs).
-    pub tenant_claim: Option<String>,
+    /// Claim naming the tenant(s) an approver is bound to (a string or a
+    /// list). Approvers see and act on their own tenants' challenges only;
+    /// a token without it approves nothing (unless `cross_tenant_roles`).
+    pub tenant_claim: String,
+    /// Roles that may act for every tenant (an operator's explicit choice;
+    /// none by default).
+    pub cross_tenant_roles: Vec<String>,
     /// Roles that count as executive for critical-risk approvals
     /// (compared case-insensitively).
     pub executive_roles: Vec<String>,
@@ -120,7 +124,8 @@ impl Default for ApproverAuthConfig {
             algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
             identity_claim: "sub".into(),
             role_claim: "roles".into(),
-            tenant_claim: None,
+            tenant_claim: "tenant".into(),
+            cross_tenant_roles: Vec::new(),
             executive_roles: [
                 "ceo",
                 "cfo",

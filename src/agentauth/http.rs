@@ -347,10 +347,6 @@ async fn approver(
     Ok(who)
 }
 
-fn tenant_scoped(state: &AgentAuthState) -> bool {
-    state.config.approvers.tenant_claim.is_some()
-}
-
 /// Reads a JSON object body (empty = `{}` when `empty_ok`).
 fn json_body(body: &[u8], empty_ok: bool) -> Result<Value, Rejection> {
     if body.iter().all(u8::is_ascii_whitespace) && empty_ok {
@@ -471,7 +467,7 @@ async fn read_challenge_inner(
     call.describe(&c, now);
     let allowed = match (&as_agent, &approver) {
         (Some(agent), _) => agent.as_str() == c.agent,
-        (None, Some(a)) => a.may_act_for(&c.tenant, tenant_scoped(state)),
+        (None, Some(a)) => a.may_act_for(&c.tenant),
         (None, None) => false,
     };
     if !allowed {
@@ -516,17 +512,28 @@ async fn list_inner(
             .filter(|l| (1..=500).contains(l))
             .ok_or_else(|| Rejection::bad_request("limit must be between 1 and 500"))?,
     };
-    let tenant = if tenant_scoped(state) {
-        who.tenant.clone()
-    } else {
-        None
-    };
     let now = unix_now();
-    let found = state
-        .challenges
-        .list(tenant.as_deref(), status, now, limit)
-        .await
-        .map_err(|r| r.to_rejection())?;
+    // Only the approver's own tenants (every tenant for a cross-tenant
+    // role; none for a token bound to no tenant).
+    let mut found = Vec::new();
+    if who.cross_tenant {
+        found = state
+            .challenges
+            .list(None, status, now, limit)
+            .await
+            .map_err(|r| r.to_rejection())?;
+    } else {
+        for tenant in &who.tenants {
+            let mut some = state
+                .challenges
+                .list(Some(tenant), status, now, limit)
+                .await
+                .map_err(|r| r.to_rejection())?;
+            found.append(&mut some);
+        }
+        found.sort_by_key(|c| c.created_at);
+        found.truncate(limit);
+    }
     call.event.reason = format!("{} challenges", found.len());
     Ok(HttpResponse::Ok().json(json!({
         "challenges": found.iter().map(|c| c.view(now)).collect::<Vec<_>>(),
@@ -591,7 +598,6 @@ async fn decide_inner(
     address_budget(state, call).await?;
     let who = approver(req, state, call).await?;
     let now = unix_now();
-    let scoped = tenant_scoped(state);
     let executives = &state.config.approvers.executive_roles;
     let who_ref = &who;
     let result = state
@@ -599,7 +605,7 @@ async fn decide_inner(
         .update(
             id,
             Box::new(move |c| {
-                if !who_ref.may_act_for(&c.tenant, scoped) {
+                if !who_ref.may_act_for(&c.tenant) {
                     return Err(Refusal::WrongTenant);
                 }
                 match &rejection {

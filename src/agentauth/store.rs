@@ -330,7 +330,8 @@ mod tests {
                             id: format!("person-{}", (t * 8 + p) % 4),
                             email: None,
                             roles: vec![],
-                            tenant: None,
+                            tenants: vec!["t".into()],
+                            cross_tenant: false,
                         };
                         let r = futures_executor_block_on(
                             store.update("a", Box::new(move |c| c.approve(&who, &[], 1))),
