@@ -18,6 +18,7 @@ pub mod drain;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod params;
 pub mod pki;
 pub mod poa;
 pub mod policy;

@@ -1968,3 +1968,78 @@ fn actions_outside_the_catalogue_are_denied_everywhere() {
     expect(&a, 403, "policy_denied");
     assert_eq!(a.json()["reason"], "unknown_action");
 }
+
+#[test]
+fn params_have_one_meaning_and_form_bodies_reach_the_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.rego"),
+        r#"package atb.poa
+import rego.v1
+default decision := {"allow": false, "reason": "deny_by_default"}
+decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
+    input.request.action == "kb.docs.search"
+    input.request.params.q == "invoices"
+    input.request.params.page == "2"
+}
+"#,
+    )
+    .unwrap();
+    let s = setup_with(
+        &format!("[policy]\ndir = \"{}\"\n", dir.path().display()),
+        "",
+        &[],
+    );
+    let send = |path: &str, ct: &str, body: &str| {
+        let t = s.mint("kb.docs.search", &[]);
+        let header = format!("Content-Type: {ct}");
+        let a = s.call(
+            "acme-agent",
+            path,
+            &t,
+            &["-H", &header, "--data-binary", body],
+        );
+        (a, t)
+    };
+    // A form body is read for the policy and forwarded as read.
+    let (a, _) = send(
+        "/api/search?page=2",
+        "application/x-www-form-urlencoded",
+        "q=invoices",
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.json()["body"], "q=invoices");
+    // Duplicates and shadowing are refused, and do not spend the mandate.
+    for (path, ct, body) in [
+        (
+            "/api/search?page=2&page=3",
+            "application/json",
+            r#"{"q": "invoices"}"#,
+        ),
+        (
+            "/api/search?page=2",
+            "application/json",
+            r#"{"q": "x", "q": "invoices"}"#,
+        ),
+        (
+            "/api/search?page=2",
+            "application/json",
+            r#"{"q": "invoices", "f": {"a": 1, "a": 2}}"#,
+        ),
+        (
+            "/api/search?page=2",
+            "application/x-www-form-urlencoded",
+            "q=x&q=invoices",
+        ),
+        (
+            "/api/search?page=2",
+            "application/json",
+            r#"{"q": "invoices", "page": "9"}"#,
+        ),
+    ] {
+        let (a, t) = send(path, ct, body);
+        expect(&a, 400, "bad_request");
+        let again = s.call("acme-agent", "/api/search?page=2&q=invoices", &t, &[]);
+        assert_eq!(again.status, 200, "{body}: {again:?}");
+    }
+}

@@ -689,23 +689,17 @@ fn match_route<'s>(
     })
 }
 
-/// `request.params`: the query string, overlaid with the top level of a
-/// JSON object body. JSON bodies are read (bounded) and forwarded as read
-/// (`Some(bytes)`); other bodies stay in `payload` and stream through
-/// untouched when the request is forwarded.
+/// `request.params` (`crate::params`): the query string and, for a JSON
+/// object or form body, its members — no name twice, none in both. Such
+/// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
+/// other bodies stay in `payload` and stream through untouched.
 async fn read_params(
     req: &HttpRequest,
     payload: &mut Option<web::Payload>,
     limits: &crate::config::UpstreamConfig,
 ) -> Result<(Map<String, Value>, Option<web::Bytes>), Rejection> {
-    let mut params = Map::new();
-    if !req.query_string().is_empty() {
-        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map_err(|_| Rejection::bad_request("the query string is not valid"))?;
-        for (k, v) in pairs.into_inner() {
-            params.insert(k, Value::String(v));
-        }
-    }
+    let bad = |e: crate::params::ParamsError| Rejection::bad_request(e.to_string());
+    let query = crate::params::from_query(req.query_string()).map_err(bad)?;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -716,7 +710,7 @@ async fn read_params(
             return Err(Rejection::body_too_large(limits.max_body_bytes));
         }
     }
-    let is_json = req
+    let content_type = req
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -727,12 +721,14 @@ async fn read_params(
                 .trim()
                 .to_ascii_lowercase()
         })
-        .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"));
-    if !is_json {
-        return Ok((params, None));
+        .unwrap_or_default();
+    let is_json = content_type == "application/json" || content_type.ends_with("+json");
+    let is_form = content_type == "application/x-www-form-urlencoded";
+    if !is_json && !is_form {
+        return Ok((query, None));
     }
     let Some(mut body) = payload.take() else {
-        return Ok((params, None));
+        return Ok((query, None));
     };
     let mut buf = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -745,13 +741,13 @@ async fn read_params(
         buf.extend_from_slice(&chunk);
     }
     let bytes = buf.freeze();
-    if !bytes.is_empty() {
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(Value::Object(body)) => params.extend(body),
-            Ok(_) => {}
-            Err(_) => return Err(Rejection::bad_request("the JSON body is not valid JSON")),
-        }
+    let members = if is_json {
+        crate::params::from_json(&bytes)
+    } else {
+        crate::params::from_form(&bytes)
     }
+    .map_err(bad)?;
+    let params = crate::params::merge(query, members).map_err(bad)?;
     Ok((params, Some(bytes)))
 }
 
