@@ -247,6 +247,16 @@ fn request_paths_routes_and_pins_never_panic() {
         let t = String::from_utf8_lossy(&bytes).into_owned();
         let _ = RouteTable::compile(&[route("crm.contact.read", &["GET"], &t)], &catalogue, "c");
     }
+    // Query strings and JSON and form bodies read for the policy.
+    let bodies = [
+        br#"{"amount": 5, "to": {"iban": "X", "tags": [1, "a"]}}"#.to_vec(),
+        b"q=invoices&page=2&x=%20y".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &bodies, 20_000) {
+        let _ = atb::params::from_json(&bytes);
+        let _ = atb::params::from_form(&bytes);
+        let _ = atb::params::from_query(&String::from_utf8_lossy(&bytes));
+    }
     // Pinned calls in a mandate's con.
     let pins = [
         json!({"http": {"method": "DELETE", "path": "/api/vendors/17", "query": "a=1"}})
