@@ -268,6 +268,10 @@ pub struct BrokerConfig {
     pub drain_delay_seconds: u64,
     /// Seconds in-flight requests get to finish once the listeners close.
     pub shutdown_grace_seconds: u64,
+    /// How often the configuration file is checked for changes (its tenants
+    /// are reloaded when it changed; also on SIGHUP and
+    /// `POST /admin/config/reload`). 0 = no watching.
+    pub config_watch_seconds: u64,
     /// Seconds a client has to send a request's headers.
     pub client_request_timeout_seconds: u64,
     /// Seconds an idle keep-alive connection stays open.
@@ -285,6 +289,7 @@ impl Default for BrokerConfig {
             retry_after_seconds: 5,
             workers: 0,
             drain_delay_seconds: 5,
+            config_watch_seconds: 10,
             shutdown_grace_seconds: 30,
             client_request_timeout_seconds: 5,
             keep_alive_seconds: 75,

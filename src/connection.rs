@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use actix_tls::accept::openssl::TlsStream;
 use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
+use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
@@ -71,34 +72,55 @@ impl Drop for SlotGuard {
 
 /// Per-tenant live connection counts and limits.
 pub struct ConnectionRegistry {
-    directory: Arc<TenantDirectory>,
-    tenants: HashMap<String, Arc<TenantConnections>>,
+    /// The tenants as configured now (swapped by a configuration reload).
+    directory: ArcSwap<TenantDirectory>,
+    /// Every tenant ever configured (entries are kept across reloads, so a
+    /// removed tenant's live connections can still be closed).
+    tenants: ArcSwap<HashMap<String, Arc<TenantConnections>>>,
+    metrics: Metrics,
     next_slot: AtomicU64,
 }
 
 impl ConnectionRegistry {
     pub fn new(directory: Arc<TenantDirectory>, metrics: &Metrics) -> Self {
-        let tenants = directory
-            .ids()
-            .map(|id| {
-                (
-                    id.to_owned(),
-                    Arc::new(TenantConnections {
-                        live: AtomicUsize::new(0),
-                        gauge: metrics.tenant_connections.with_label_values(&[id]),
-                        refused: metrics.connections_refused.with_label_values(&[id]),
-                        suspended: AtomicBool::new(false),
-                        suspended_gauge: metrics.tenant_suspended.with_label_values(&[id]),
-                        sockets: Mutex::new(HashMap::new()),
-                    }),
-                )
-            })
-            .collect();
-        Self {
-            directory,
-            tenants,
+        let registry = Self {
+            directory: ArcSwap::new(directory.clone()),
+            tenants: ArcSwap::from_pointee(HashMap::new()),
+            metrics: metrics.clone(),
             next_slot: AtomicU64::new(0),
+        };
+        registry.update(directory);
+        registry
+    }
+
+    /// Resolves new connections against `directory` from now on, with
+    /// counters for every tenant in it.
+    pub fn update(&self, directory: Arc<TenantDirectory>) {
+        let mut tenants = HashMap::clone(&self.tenants.load());
+        for id in directory.ids() {
+            tenants.entry(id.to_owned()).or_insert_with(|| {
+                Arc::new(TenantConnections {
+                    live: AtomicUsize::new(0),
+                    gauge: self.metrics.tenant_connections.with_label_values(&[id]),
+                    refused: self.metrics.connections_refused.with_label_values(&[id]),
+                    suspended: AtomicBool::new(false),
+                    suspended_gauge: self.metrics.tenant_suspended.with_label_values(&[id]),
+                    sockets: Mutex::new(HashMap::new()),
+                })
+            });
         }
+        self.tenants.store(Arc::new(tenants));
+        self.directory.store(directory);
+    }
+
+    /// Shuts down every live connection of `tenant_id` (a tenant removed or
+    /// disabled by a reload); returns how many.
+    pub fn close(&self, tenant_id: &str) -> usize {
+        let tenants = self.tenants.load();
+        let Some(entry) = tenants.get(tenant_id) else {
+            return 0;
+        };
+        shutdown_all(entry)
     }
 
     /// Classifies a freshly accepted connection (actix-web `on_connect`).
@@ -126,8 +148,7 @@ impl ConnectionRegistry {
         let tenant = identity
             .as_ref()
             .ok()
-            .and_then(|id| self.directory.resolve(id))
-            .cloned();
+            .and_then(|id| self.directory.load().resolve(id).cloned());
         let slot = match &tenant {
             Some(t) if t.enabled && !self.suspended(&t.id) => self.take_slot(t, socket),
             _ => ConnectionSlot::Unattributed,
@@ -140,7 +161,8 @@ impl ConnectionRegistry {
     }
 
     fn take_slot(&self, tenant: &Tenant, socket: Option<std::net::TcpStream>) -> ConnectionSlot {
-        let Some(entry) = self.tenants.get(&tenant.id) else {
+        let tenants = self.tenants.load();
+        let Some(entry) = tenants.get(&tenant.id) else {
             return ConnectionSlot::Unattributed;
         };
         if entry.live.fetch_add(1, Ordering::AcqRel) >= tenant.max_connections {
@@ -162,6 +184,7 @@ impl ConnectionRegistry {
     /// Whether `tenant_id` is suspended.
     pub fn suspended(&self, tenant_id: &str) -> bool {
         self.tenants
+            .load()
             .get(tenant_id)
             .is_some_and(|e| e.suspended.load(Ordering::Acquire))
     }
@@ -171,29 +194,35 @@ impl ConnectionRegistry {
     /// tenant. The flag is set first, so a connection accepted meanwhile is
     /// refused at its first request.
     pub fn suspend(&self, tenant_id: &str, on: bool) -> Option<usize> {
-        let entry = self.tenants.get(tenant_id)?;
+        let tenants = self.tenants.load();
+        let entry = tenants.get(tenant_id)?;
         entry.suspended.store(on, Ordering::Release);
         entry.suspended_gauge.set(i64::from(on));
         if !on {
             return Some(0);
         }
-        let sockets = entry.sockets.lock().ok()?;
-        // Shutting the socket down ends the connection for its task
-        // (reads and writes fail), whatever protocol state it is in.
-        Some(
-            sockets
-                .values()
-                .filter(|s| s.shutdown(Shutdown::Both).is_ok())
-                .count(),
-        )
+        Some(shutdown_all(entry))
     }
 
     /// Live connections of `tenant_id`.
     pub fn live(&self, tenant_id: &str) -> usize {
         self.tenants
+            .load()
             .get(tenant_id)
             .map_or(0, |e| e.live.load(Ordering::Acquire))
     }
+}
+
+/// Shuts down every live connection of a tenant; returns how many.
+/// Shutting a socket down ends the connection for its task (reads and
+/// writes fail), whatever protocol state it is in.
+fn shutdown_all(entry: &TenantConnections) -> usize {
+    entry.sockets.lock().map_or(0, |sockets| {
+        sockets
+            .values()
+            .filter(|s| s.shutdown(Shutdown::Both).is_ok())
+            .count()
+    })
 }
 
 #[cfg(test)]

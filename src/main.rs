@@ -169,8 +169,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Broker { config, check } => {
+            let path = config;
             let config =
-                Config::load(config.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
+                Config::load(path.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
             if check {
                 atb::tls::acceptor(&config.tls)?;
                 atb::admin_token(&config)?;
@@ -178,7 +179,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 return Ok(());
             }
             atb::logging::init(&config.logging)?;
-            actix_web::rt::System::new().block_on(atb::broker::run(config))
+            actix_web::rt::System::new().block_on(atb::broker::run(config, path))
         }
         Command::Agentauth { config, check } => {
             let config =
@@ -267,7 +268,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 actix_web::rt::spawn(demo);
                 eprintln!("{}", dev::banner(&pki, &opts));
                 let result = futures_util::future::try_join(
-                    atb::broker::run(config.clone()),
+                    atb::broker::run(config.clone(), None),
                     atb::agentauth::run(config),
                 )
                 .await

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub policy_decisions: IntCounterVec,
     /// Policy reloads by `result` (`changed`, `unchanged`, `error`).
     pub policy_reloads: IntCounterVec,
+    /// Configuration reloads by `result` (`changed`, `unchanged`, `error`).
+    pub config_reloads: IntCounterVec,
     pub replay_rejections: IntCounterVec,
     pub replay_entries: IntGauge,
     pub upstream_requests: IntCounterVec,
@@ -133,6 +135,11 @@ impl Metrics {
             "Policy reloads (changed, unchanged, error: the running policy stays)",
             &["result"],
         )?;
+        let config_reloads = counter(
+            "atb_config_reloads_total",
+            "Configuration reloads (changed, unchanged, error: the running tenants stay)",
+            &["result"],
+        )?;
         let replay_rejections = counter(
             "atb_replay_rejections_total",
             "Mandates refused by the replay check (replay, full, unavailable)",
@@ -192,6 +199,7 @@ impl Metrics {
             policy_seconds,
             policy_decisions,
             policy_reloads,
+            config_reloads,
             replay_rejections,
             replay_entries,
             upstream_requests,

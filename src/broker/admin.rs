@@ -18,6 +18,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .route("/admin/maintenance", web::get().to(get_maintenance))
         .route("/admin/maintenance", web::post().to(set_maintenance))
         .route("/admin/policy/reload", web::post().to(reload_policy))
+        .route("/admin/config/reload", web::post().to(reload_config))
         .route("/admin/tenants/{id}", web::get().to(get_tenant))
         .route("/admin/tenants/{id}", web::post().to(set_tenant))
         .route(
@@ -144,7 +145,8 @@ async fn set_maintenance(
 }
 
 fn tenant_view(state: &BrokerState, id: &str) -> Option<serde_json::Value> {
-    let tenant = state.directory.get(id)?;
+    let tenants = state.tenants.load();
+    let tenant = tenants.directory.get(id)?;
     Some(serde_json::json!({
         "id": tenant.id,
         "enabled": tenant.enabled,
@@ -226,7 +228,7 @@ async fn get_revocations(
     if let Err(r) = authorize(&req, &state) {
         return r.to_response("");
     }
-    match state.auth.get(id.as_str()) {
+    match state.tenants.load().auth.get(id.as_str()) {
         Some(auth) => {
             let (kids, jtis) = auth.revocations();
             revocations_view(kids, jtis)
@@ -260,7 +262,8 @@ async fn add_revocations(
         Ok(r) => r,
         Err(r) => return r.to_response(""),
     };
-    let Some(auth) = state.auth.get(id.as_str()) else {
+    let tenants = state.tenants.load();
+    let Some(auth) = tenants.auth.get(id.as_str()) else {
         return no_such_tenant();
     };
     let bad = add
@@ -291,6 +294,25 @@ async fn add_revocations(
 
 /// Re-reads the policy now: 200 `{"changed": bool}`, 422 with the reason
 /// when the new policy is refused (the running one stays), 409 on OPA.
+/// Re-reads the configuration file and swaps in its tenants (422 naming the
+/// key of a bad file; the running tenants stay).
+async fn reload_config(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
+    if let Err(r) = authorize(&req, &state) {
+        return r.to_response("");
+    }
+    match crate::broker::reload_config(state.into_inner()).await {
+        Ok(crate::broker::state::ReloadOutcome::Unchanged) => {
+            HttpResponse::Ok().json(serde_json::json!({"changed": false}))
+        }
+        Ok(crate::broker::state::ReloadOutcome::Changed { tenants, closed }) => HttpResponse::Ok()
+            .json(serde_json::json!({"changed": true, "tenants": tenants, "connections_closed": closed})),
+        Err(reason) => {
+            Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "config_invalid", reason)
+                .to_response("")
+        }
+    }
+}
+
 async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
         return r.to_response("");

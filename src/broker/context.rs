@@ -21,6 +21,7 @@ use tracing_actix_web::RequestId;
 use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
 use crate::audit::{decision_for, now_rfc3339, AuditEvent, AuditSink};
 use crate::broker::state::BrokerState;
+use crate::broker::tenants::TenantSet;
 use crate::config::ConnectorConfig;
 use crate::credential::Credential;
 use crate::error::Rejection;
@@ -36,9 +37,9 @@ const DEBUG_PANIC: &str = "x-atb-debug-panic";
 /// What the route binding decided: the action the call carries out and
 /// the route it matched (none on an unbound connector).
 #[derive(Debug, Default)]
-pub struct Routed<'a> {
+pub struct Routed {
     pub action: String,
-    pub template: Option<&'a str>,
+    pub template: Option<Arc<str>>,
     pub params: Map<String, Value>,
 }
 
@@ -52,6 +53,9 @@ pub struct RequestCtx<'a> {
     pub payload: Option<web::Payload>,
     /// Metrics, log line and audit event, emitted once when it closes.
     pub log: RecordOnDrop<BrokerLog<'a>>,
+    /// The tenants as configured when the request arrived (a reload
+    /// meanwhile does not change them under it).
+    pub tenants: Arc<TenantSet>,
     // Learnt by the steps, in pipeline order.
     pub tenant: Option<Tenant>,
     pub tenant_key: Option<Arc<str>>,
@@ -61,7 +65,7 @@ pub struct RequestCtx<'a> {
     pub connector: Option<usize>,
     /// The canonical request path (`routes::path`).
     pub path: String,
-    pub routed: Routed<'a>,
+    pub routed: Routed,
     /// Uses of the action this hour (the policy's `rate_limit_state`).
     pub usage: u64,
     /// `request.params`, and a JSON body already read for the policy.
@@ -106,6 +110,7 @@ impl<'a> RequestCtx<'a> {
                 route: String::new(),
                 reason: String::new(),
             }),
+            tenants: state.tenants.load_full(),
             tenant: None,
             tenant_key: None,
             credential: None,

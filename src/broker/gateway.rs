@@ -174,10 +174,17 @@ async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
         .as_ref()
         .map_err(|e| Rejection::spiffe_id_required(e.to_string()))?;
     ctx.log.agent = agent.to_string();
-    let tenant = peer
-        .tenant
-        .as_ref()
-        .ok_or_else(|| Rejection::unknown_tenant("no tenant owns this SPIFFE ID"))?;
+    // Resolved against the tenants as configured now (a reload since the
+    // connection was accepted counts); a tenant gone closes the connection.
+    let tenant = ctx
+        .tenants
+        .directory
+        .resolve(agent)
+        .cloned()
+        .ok_or_else(|| match &peer.tenant {
+            Some(_) => Rejection::unknown_tenant("the tenant was removed").closing(),
+            None => Rejection::unknown_tenant("no tenant owns this SPIFFE ID"),
+        })?;
     ctx.tenant = Some(tenant.clone());
     ctx.log.tenant = Some(tenant.clone());
     if !tenant.enabled {
@@ -190,8 +197,9 @@ async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
         return Err(Rejection::connection_limit(retry_after(ctx)));
     }
     let key = ctx
-        .state
-        .tenant_key(&tenant.id)
+        .tenants
+        .keys
+        .get(&tenant.id)
         .ok_or_else(|| Rejection::unknown_tenant("the tenant is not configured"))?;
     ctx.tenant_key = Some(key.clone());
     Ok(())
@@ -243,7 +251,8 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
             PoaError::Expired(r) => Rejection::poa_expired(r),
         }
     };
-    let auth = state.auth.get(&tenant.id).ok_or_else(|| {
+    let tenants = ctx.tenants.clone();
+    let auth = tenants.auth.get(&tenant.id).ok_or_else(|| {
         fail(
             "invalid",
             Rejection::poa_invalid("no verification keys for this tenant"),
@@ -302,7 +311,7 @@ async fn known_action(ctx: &mut RequestCtx<'_>) -> Step {
         return Ok(());
     };
     let tenant = ctx.tenant()?;
-    let unknown = match ctx.state.catalogues.get(&tenant.id) {
+    let unknown = match ctx.tenants.catalogues.get(&tenant.id) {
         Some(catalogue) => crate::catalog::unknown_action_reason(catalogue, credential.act()),
         None => Some("the tenant has no action catalogue"),
     };
@@ -355,15 +364,15 @@ async fn egress(ctx: &mut RequestCtx<'_>) -> Step {
 async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
     let tenant = ctx.tenant()?.clone();
     let connector = ctx.connector_in(&tenant)?;
-    let binding = ctx
-        .state
+    let tenants = ctx.tenants.clone();
+    let binding = tenants
         .bindings
         .get(&tenant.id)
         .and_then(|c| c.get(&connector.id))
         .ok_or_else(|| Rejection::egress_denied("the connector has no compiled routes".into()))?;
     let routed = match_route(binding, ctx.req, &ctx.path, ctx.credential.as_ref())?;
     ctx.log.action.clone_from(&routed.action);
-    ctx.log.route = routed.template.unwrap_or_default().to_owned();
+    ctx.log.route = routed.template.as_deref().unwrap_or_default().to_owned();
     ctx.routed = routed;
     Ok(())
 }
@@ -425,7 +434,11 @@ async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
             .with_label_values(&[tenant.id.as_str(), cause])
             .inc()
     };
-    let quota = ctx.state.auth.get(&tenant.id).map_or(1, |a| a.replay_quota);
+    let quota = ctx
+        .tenants
+        .auth
+        .get(&tenant.id)
+        .map_or(1, |a| a.replay_quota);
     let marked = replay
         .mark(
             ctx.tenant_key()?,
@@ -609,12 +622,12 @@ fn mandate_connector(credential: Option<&Credential>) -> Result<Option<&str>, Re
 }
 
 /// The route binding of one call (see [`bind_route`]).
-fn match_route<'s>(
-    binding: &'s Binding,
+fn match_route(
+    binding: &Binding,
     req: &HttpRequest,
     path: &str,
     credential: Option<&Credential>,
-) -> Result<Routed<'s>, Rejection> {
+) -> Result<Routed, Rejection> {
     let method = req.method().as_str();
     if let Some(h) = METHOD_OVERRIDES
         .iter()
@@ -680,7 +693,7 @@ fn match_route<'s>(
     };
     Ok(Routed {
         action,
-        template: Some(found.template),
+        template: Some(found.shared.clone()),
         params: found
             .params
             .into_iter()

@@ -6,6 +6,7 @@ pub mod context;
 pub mod gateway;
 
 pub mod state;
+pub mod tenants;
 
 use std::time::Duration;
 
@@ -15,12 +16,14 @@ use tracing_actix_web::TracingLogger;
 use crate::config::{Config, PolicyEngine};
 pub use state::BrokerState;
 
-/// Runs the broker until SIGTERM/SIGINT, then drains and returns.
-/// Must be called inside an actix `System`.
-pub async fn run(config: Config) -> Result<(), String> {
+/// Runs the broker until SIGTERM/SIGINT, then drains and returns;
+/// `config_path` is re-read on a configuration reload (SIGHUP,
+/// `POST /admin/config/reload`). Must be called inside an actix `System`.
+pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
     let admin_token = crate::admin_token(&config)?;
     let tls = crate::tls::acceptor(&config.tls)?;
-    let state = BrokerState::start(config, admin_token)?;
+    let state = BrokerState::start(config, config_path.clone(), admin_token)?;
+    watch_config(state.clone(), config_path);
     let config = state.config.clone();
     let b = &config.broker;
     let workers = if b.workers == 0 {
@@ -144,6 +147,74 @@ pub async fn run(config: Config) -> Result<(), String> {
     a.map_err(|e| format!("admin listener failed: {e}"))?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// Reloads the configuration off the I/O threads, then starts the JWKS
+/// loops of tenants it added on the calling runtime.
+pub async fn reload_config(
+    state: std::sync::Arc<BrokerState>,
+) -> Result<state::ReloadOutcome, String> {
+    let reloading = state.clone();
+    let outcome = web::block(move || reloading.reload_config())
+        .await
+        .map_err(|_| "the reload could not run".to_string())?;
+    state.start_pending_jwks();
+    outcome
+}
+
+/// Reloads on SIGHUP, and whenever the configuration file changes (checked
+/// every `broker.config_watch_seconds`).
+fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::PathBuf>) {
+    let Some(path) = path else {
+        return;
+    };
+    let hup = state.clone();
+    actix_web::rt::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::error!(
+                "cannot install the SIGHUP handler; reload with POST /admin/config/reload"
+            );
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // The outcome is logged and counted by reload_config.
+            let _ = reload_config(hup.clone()).await;
+        }
+    });
+    let every = Duration::from_secs(state.config.broker.config_watch_seconds);
+    if every.is_zero() {
+        return;
+    }
+    let fingerprint = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| (m.len(), m.modified().ok()))
+    };
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(fingerprint(&path)));
+    let watcher = state.clone();
+    let name = atb_actors::PeriodicName {
+        actor: "config_watch",
+        key: "-".into(),
+    };
+    state.own_periodic(atb_actors::periodic::start(
+        name,
+        every,
+        &state.metrics.actors,
+        move || {
+            let (state, seen, path) = (watcher.clone(), seen.clone(), path.clone());
+            async move {
+                let now = fingerprint(&path);
+                let changed = *seen.borrow() != now;
+                if changed {
+                    *seen.borrow_mut() = now;
+                    let _ = reload_config(state).await;
+                }
+                every
+            }
+        },
+    ));
 }
 
 pub async fn shutdown_signal() -> &'static str {

@@ -2,154 +2,23 @@
 //! connection registry, tenant shards, metrics and the lifecycle flags.
 
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use atb_actors::{PeriodicHandle, PoolConfig, ShardPool};
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::admission::TenantShardState;
 use crate::audit::AuditSink;
-use crate::config::{Config, PolicyEngine, TenantConfig};
+use crate::broker::tenants::{CurrentTenants, TenantSet};
+use crate::config::{Config, PolicyEngine};
 use crate::connection::ConnectionRegistry;
 use crate::metrics::Metrics;
-use crate::poa::claims::ClaimRules;
-use crate::poa::jwks::{JwksCache, JwksTimings};
-use crate::poa::keys::{self, KeySet};
+use crate::poa::jwks::JwksCache;
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
 use crate::replay::MemoryReplay;
-use crate::routes::Binding;
-use crate::tenant::TenantDirectory;
-
-/// What a tenant's mandates are checked against.
-pub struct TenantAuth {
-    pub keys: KeySet,
-    pub rules: ClaimRules,
-    /// From the configuration, plus what `POST /admin/tenants/{id}/revocations`
-    /// adds at runtime (copy on write: revocations are rare, checks are on
-    /// every request).
-    revoked_jtis: ArcSwap<HashSet<String>>,
-    revoked_kids: ArcSwap<HashSet<String>>,
-    /// Serialises [`TenantAuth::revoke`], so concurrent additions are not lost.
-    revoking: std::sync::Mutex<()>,
-    pub jwks: Option<Arc<JwksCache>>,
-    /// Live replay-cache entries this tenant may hold.
-    pub replay_quota: usize,
-}
-
-/// Most revocations a tenant holds (configured plus added at runtime).
-pub const MAX_REVOCATIONS: usize = 100_000;
-
-impl TenantAuth {
-    fn load(
-        t: &TenantConfig,
-        config: &Config,
-        metrics: &Metrics,
-        replay_quota: usize,
-    ) -> Result<Self, String> {
-        let p = &config.poa;
-        let leeway = p.leeway_seconds;
-        let jwks = t.poa.jwks_url.as_ref().map(|url| {
-            Arc::new(JwksCache::new(
-                t.id.clone(),
-                url.clone(),
-                JwksTimings {
-                    refresh: Duration::from_secs(p.jwks_refresh_seconds),
-                    cooldown: Duration::from_secs(p.jwks_cooldown_seconds),
-                    negative_ttl: Duration::from_secs(p.jwks_negative_seconds),
-                    stale_after: Duration::from_secs(p.jwks_stale_seconds),
-                    timeout: Duration::from_millis(p.jwks_timeout_ms),
-                },
-                Some(metrics.jwks.clone()),
-            ))
-        });
-        let mut set = KeySet::default();
-        for (i, path) in t.poa.public_key_files.iter().enumerate() {
-            let key = keys::load_public_pem(path)
-                .map_err(|e| format!("tenants.{}.poa.public_key_files[{i}]: {e}", t.id))?;
-            set.insert(keys::thumbprint(&key), key);
-        }
-        Ok(Self {
-            keys: set,
-            rules: ClaimRules {
-                max_ttl_seconds: t.poa.max_ttl_seconds as i64,
-                leeway_seconds: leeway as i64,
-                issuer: t.poa.issuer.clone(),
-                audience: t.poa.audience.clone(),
-            },
-            revoked_jtis: ArcSwap::from_pointee(t.poa.revoked_jtis.iter().cloned().collect()),
-            revoked_kids: ArcSwap::from_pointee(t.poa.revoked_kids.iter().cloned().collect()),
-            revoking: std::sync::Mutex::new(()),
-            jwks,
-            replay_quota,
-        })
-    }
-
-    /// Whether `kid` is revoked by configuration, the admin API or the
-    /// issuer's JWKS.
-    pub fn kid_revoked(&self, kid: &str) -> bool {
-        self.revoked_kids.load().contains(kid)
-            || self.jwks.as_ref().is_some_and(|j| j.is_revoked(kid))
-    }
-
-    /// Whether the mandate `jti` is revoked (configuration or admin API).
-    pub fn jti_revoked(&self, jti: &str) -> bool {
-        self.revoked_jtis.load().contains(jti)
-    }
-
-    /// Adds revocations, effective for the next request on this replica.
-    /// Refused as a whole if it would pass [`MAX_REVOCATIONS`] in a set.
-    pub fn revoke(&self, kids: &[String], jtis: &[String]) -> Result<(), String> {
-        let _writer = self
-            .revoking
-            .lock()
-            .map_err(|_| "revocation lock poisoned".to_string())?;
-        let add = |set: &ArcSwap<HashSet<String>>, more: &[String]| {
-            let mut next = HashSet::clone(&set.load());
-            next.extend(more.iter().cloned());
-            next
-        };
-        let (kids_next, jtis_next) = (add(&self.revoked_kids, kids), add(&self.revoked_jtis, jtis));
-        if kids_next.len() > MAX_REVOCATIONS || jtis_next.len() > MAX_REVOCATIONS {
-            return Err(format!(
-                "a tenant holds at most {MAX_REVOCATIONS} revoked kids and jtis"
-            ));
-        }
-        self.revoked_kids.store(Arc::new(kids_next));
-        self.revoked_jtis.store(Arc::new(jtis_next));
-        Ok(())
-    }
-
-    /// Both revocation sets, sorted.
-    pub fn revocations(&self) -> (Vec<String>, Vec<String>) {
-        let sorted = |set: &ArcSwap<HashSet<String>>| {
-            let mut v: Vec<String> = set.load().iter().cloned().collect();
-            v.sort();
-            v
-        };
-        (sorted(&self.revoked_kids), sorted(&self.revoked_jtis))
-    }
-
-    /// The key for `kid`: static keys first, then the JWKS (which may
-    /// refresh, single flight, within its cooldown).
-    pub async fn key(
-        &self,
-        client: &awc::Client,
-        kid: &str,
-    ) -> Option<ed25519_dalek::VerifyingKey> {
-        if let Some(k) = self.keys.get(kid) {
-            return Some(*k);
-        }
-        match &self.jwks {
-            Some(j) => j.key(client, kid).await,
-            None => None,
-        }
-    }
-}
 
 /// Where decisions come from.
 pub enum PolicyBackend {
@@ -214,68 +83,33 @@ fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, S
     .map_err(|e| format!("policy: {e}"))
 }
 
-/// Every tenant's connectors compiled into route bindings (once, at
-/// start); unbound connectors are warned about and flagged by
-/// `atb_connector_unbound`.
-type Bindings = HashMap<String, HashMap<String, Binding>>;
-type Catalogues = HashMap<String, crate::catalog::TenantCatalogue>;
-
-fn compile_bindings(config: &Config, metrics: &Metrics) -> Result<(Bindings, Catalogues), String> {
-    let mut all = HashMap::with_capacity(config.tenants.len());
-    let mut catalogues = HashMap::with_capacity(config.tenants.len());
-    for (i, t) in config.tenants.iter().enumerate() {
-        let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
-            .map_err(|e| format!("tenants[{i}].policy_data: {e}"))?;
-        let mut connectors = HashMap::with_capacity(t.connectors.len());
-        for (j, c) in t.connectors.iter().enumerate() {
-            let binding = Binding::compile(
-                &c.routes,
-                &catalogue,
-                &format!("tenants[{i}].connectors[{j}]"),
-            )
-            .map_err(|e| e.to_string())?;
-            let unbound = matches!(binding, Binding::Unbound);
-            match &binding {
-                Binding::Unbound => tracing::warn!(
-                    tenant = %t.id,
-                    connector = %c.id,
-                    "connector routes = \"any\": its mandates are NOT bound to method and path; any call inside its egress allowlist carries any action"
-                ),
-                Binding::Bound(table) if table.is_empty() => tracing::warn!(
-                    tenant = %t.id,
-                    connector = %c.id,
-                    "connector declares no routes: every call through it is refused (action_route_mismatch)"
-                ),
-                Binding::Bound(_) => {}
-            }
-            metrics
-                .connector_unbound
-                .with_label_values(&[&t.id, &c.id])
-                .set(i64::from(unbound));
-            connectors.insert(c.id.clone(), binding);
-        }
-        all.insert(t.id.clone(), connectors);
-        catalogues.insert(t.id.clone(), catalogue);
-    }
-    Ok((all, catalogues))
+/// What a configuration reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The file's tenants are the running ones.
+    Unchanged,
+    /// Swapped in: how many tenants now, how many connections were closed.
+    Changed { tenants: usize, closed: usize },
 }
 
 /// Actor name of the tenant shards in metrics.
 pub const TENANT_SHARD: &str = "tenant_shard";
 
 pub struct BrokerState {
+    /// The configuration at start: listeners, TLS, pools and every other
+    /// setting a reload does not change.
     pub config: Arc<Config>,
-    pub directory: Arc<TenantDirectory>,
+    /// The tenants (directory, keys, catalogues, routes), swapped whole by
+    /// a configuration reload.
+    pub tenants: CurrentTenants,
+    /// The file the configuration came from (reloads re-read it); `None`
+    /// for an embedded configuration (`atb dev`).
+    config_path: Option<std::path::PathBuf>,
+    /// Serialises reloads.
+    reloading: std::sync::Mutex<()>,
     pub connections: Arc<ConnectionRegistry>,
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
-    pub auth: HashMap<String, TenantAuth>,
-    /// Compiled routes: tenant → connector → binding.
-    pub bindings: HashMap<String, HashMap<String, Binding>>,
-    /// Each tenant's action catalogue (built-in plus its extensions).
-    pub catalogues: HashMap<String, crate::catalog::TenantCatalogue>,
-    /// Every JWKS source (for readiness).
-    jwks: Vec<Arc<JwksCache>>,
     /// `None` when single use is off.
     pub replay: Option<Arc<dyn crate::replay::ReplayStore>>,
     pub policy: PolicyBackend,
@@ -284,8 +118,9 @@ pub struct BrokerState {
     pub audit: AuditSink,
     /// Every timer loop (stopped at shutdown; faults injectable in tests).
     periodic: std::sync::Mutex<Vec<PeriodicHandle>>,
-    /// Interned tenant ids handed to shards without allocating per request.
-    tenant_keys: HashMap<String, Arc<str>>,
+    /// JWKS sources a reload added, waiting for a runtime to start their
+    /// loops on.
+    pending_jwks: std::sync::Mutex<Vec<Arc<JwksCache>>>,
     /// Requests whose record is not closed yet (see `broker::context`).
     pub in_flight: std::sync::atomic::AtomicUsize,
     maintenance: AtomicBool,
@@ -296,11 +131,16 @@ pub struct BrokerState {
 
 impl BrokerState {
     /// Builds the state and starts the shard actors (needs an actix System).
-    pub fn start(config: Config, admin_token: Option<String>) -> Result<Arc<Self>, String> {
+    pub fn start(
+        config: Config,
+        config_path: Option<std::path::PathBuf>,
+        admin_token: Option<String>,
+    ) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new().map_err(|e| format!("metrics setup failed: {e}"))?;
         let outbound_tls = crate::tls::outbound(&config.tls)?;
-        let directory = Arc::new(TenantDirectory::new(&config.tenants));
-        let connections = Arc::new(ConnectionRegistry::new(directory.clone(), &metrics));
+        let config = Arc::new(config);
+        let tenants = TenantSet::build(config.clone(), None, &metrics)?;
+        let connections = Arc::new(ConnectionRegistry::new(tenants.directory.clone(), &metrics));
         let shards = ShardPool::start(
             PoolConfig {
                 actor: TENANT_SHARD,
@@ -316,17 +156,9 @@ impl BrokerState {
                 Arc::new(move |index| states.build(index))
             },
         );
-        let mut auth = HashMap::new();
-        let quotas = config.replay_quotas();
-        for t in &config.tenants {
-            let quota = quotas.get(&t.id).copied().unwrap_or(1);
-            auth.insert(t.id.clone(), TenantAuth::load(t, &config, &metrics, quota)?);
-        }
-        let (bindings, catalogues) = compile_bindings(&config, &metrics)?;
-        let jwks: Vec<Arc<JwksCache>> = auth.values().filter_map(|a| a.jwks.clone()).collect();
         // Every timer loop is a supervised periodic (atb_actors::periodic).
-        let mut periodic: Vec<PeriodicHandle> = jwks
-            .iter()
+        let mut periodic: Vec<PeriodicHandle> = tenants
+            .jwks()
             .map(|cache| {
                 crate::poa::jwks::start_refresh(
                     cache.clone(),
@@ -353,30 +185,24 @@ impl BrokerState {
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
         )?;
-        let tenant_keys = directory
-            .ids()
-            .map(|id| (id.to_owned(), Arc::from(id)))
-            .collect();
         Ok(Arc::new(Self {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             maintenance: AtomicBool::new(config.broker.maintenance_mode),
             draining: AtomicBool::new(false),
             keys_loaded: AtomicBool::new(false),
-            config: Arc::new(config),
-            directory,
+            config,
+            tenants: ArcSwap::from_pointee(tenants),
+            config_path,
+            reloading: std::sync::Mutex::new(()),
             connections,
             shards,
             metrics,
             periodic: std::sync::Mutex::new(periodic),
-            auth,
-            bindings,
-            catalogues,
-            jwks,
+            pending_jwks: std::sync::Mutex::new(Vec::new()),
             replay,
             policy,
             outbound_tls,
             audit,
-            tenant_keys,
             admin_token,
         }))
     }
@@ -417,8 +243,116 @@ impl BrokerState {
         }
     }
 
-    pub fn tenant_key(&self, tenant_id: &str) -> Option<&Arc<str>> {
-        self.tenant_keys.get(tenant_id)
+    /// Re-reads the configuration file (with the environment's overrides)
+    /// and swaps in its tenants — directory, keys, catalogues, routes,
+    /// policy data — through the same build as at start. A file that does
+    /// not load, validate or build is refused with the key named and the
+    /// running tenants keep serving. Connections of tenants removed or
+    /// disabled are closed; JWKS loops follow their tenants. Settings
+    /// outside `[[tenants]]` need a restart (a change is logged). Blocking:
+    /// call off the I/O threads.
+    pub fn reload_config(&self) -> Result<ReloadOutcome, String> {
+        let outcome = self.reload_config_inner();
+        let result = match &outcome {
+            Ok(ReloadOutcome::Changed { .. }) => "changed",
+            Ok(ReloadOutcome::Unchanged) => "unchanged",
+            Err(_) => "error",
+        };
+        self.metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+        match &outcome {
+            Ok(ReloadOutcome::Changed { tenants, closed }) => {
+                tracing::info!(tenants, closed, "configuration reloaded")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "configuration reload refused; the running tenants stay")
+            }
+            Ok(ReloadOutcome::Unchanged) => {}
+        }
+        outcome
+    }
+
+    fn reload_config_inner(&self) -> Result<ReloadOutcome, String> {
+        let _one_at_a_time = self
+            .reloading
+            .lock()
+            .map_err(|_| "reload lock poisoned".to_string())?;
+        let path = self.config_path.as_deref().ok_or(
+            "this broker runs an embedded configuration (atb dev): there is no file to reload",
+        )?;
+        let next =
+            Config::load(Some(path), &crate::config::process_env).map_err(|e| e.to_string())?;
+        let current = self.tenants.load_full();
+        if serde_json::to_value(&next.tenants).ok()
+            == serde_json::to_value(&current.config.tenants).ok()
+        {
+            return Ok(ReloadOutcome::Unchanged);
+        }
+        let mut statics = serde_json::to_value(&next).map_err(|e| e.to_string())?;
+        let mut running = serde_json::to_value(&*self.config).map_err(|e| e.to_string())?;
+        statics["tenants"] = serde_json::Value::Null;
+        running["tenants"] = serde_json::Value::Null;
+        if statics != running {
+            tracing::warn!("settings outside [[tenants]] changed; they apply at the next restart");
+        }
+        let built = TenantSet::build(Arc::new(next), Some(&current), &self.metrics)?;
+        let changed = crate::broker::tenants::changes(&current, &built);
+        let count = built.config.tenants.len();
+        self.connections.update(built.directory.clone());
+        let built = Arc::new(built);
+        self.tenants.store(built.clone());
+        // JWKS loops follow their tenants' keys.
+        if let Ok(mut loops) = self.periodic.lock() {
+            loops.retain(|h| {
+                let gone = h.name().actor == "jwks_refresh"
+                    && changed.auth_replaced.contains(&h.name().key);
+                if gone {
+                    h.stop();
+                }
+                !gone
+            });
+        }
+        let mut closed = 0;
+        for id in &changed.closed {
+            closed += self.connections.close(id);
+        }
+        // New JWKS loops must start on an actix runtime.
+        let starts: Vec<Arc<JwksCache>> = built
+            .auth
+            .iter()
+            .filter(|(id, _)| changed.auth_replaced.contains(*id))
+            .filter_map(|(_, a)| a.jwks.clone())
+            .collect();
+        if let Ok(mut pending) = self.pending_jwks.lock() {
+            pending.extend(starts);
+        }
+        // The policy sees the new tenants' data.
+        if matches!(self.policy, PolicyBackend::Embedded(_)) {
+            let _ = self.reload_policy();
+        }
+        Ok(ReloadOutcome::Changed {
+            tenants: count,
+            closed,
+        })
+    }
+
+    /// Starts the JWKS loops a reload asked for (on the calling runtime).
+    pub fn start_pending_jwks(&self) {
+        let pending: Vec<Arc<JwksCache>> = self
+            .pending_jwks
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        for cache in pending {
+            let h = crate::poa::jwks::start_refresh(
+                cache,
+                self.outbound_tls.clone(),
+                &self.metrics.actors,
+            );
+            self.own_periodic(h);
+        }
     }
 
     pub fn maintenance(&self) -> bool {
@@ -444,7 +378,7 @@ impl BrokerState {
         }
         if !self.keys_loaded.load(Ordering::Acquire) {
             let now = std::time::Instant::now();
-            if self.jwks.iter().all(|j| j.has_usable_keys(now)) {
+            if self.tenants.load().jwks().all(|j| j.has_usable_keys(now)) {
                 // Once every JWKS has loaded, later outages are handled by
                 // the stale window instead of flapping readiness.
                 self.keys_loaded.store(true, Ordering::Release);
@@ -463,7 +397,8 @@ impl BrokerState {
         let PolicyBackend::Embedded(pool) = &self.policy else {
             return Err("the policy engine is opa: OPA loads its own policy".into());
         };
-        let outcome = PolicyBundle::from_config(&self.config).and_then(|b| pool.replace(b));
+        let config = self.tenants.load().config.clone();
+        let outcome = PolicyBundle::from_config(&config).and_then(|b| pool.replace(b));
         let result = match &outcome {
             Ok(true) => "changed",
             Ok(false) => "unchanged",

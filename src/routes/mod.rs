@@ -148,6 +148,8 @@ impl Binding {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch<'t> {
     pub template: &'t str,
+    /// The same template, shared (outlives the table's borrow).
+    pub shared: Arc<str>,
     /// `(name, percent-decoded value)`, in template order.
     pub params: Vec<(&'t str, String)>,
     /// Actions of the template's routes that allow the method.
@@ -265,6 +267,7 @@ impl RouteTable {
         }
         Ok(RouteMatch {
             template: &node.template,
+            shared: node.template.clone(),
             params,
             actions,
         })
