@@ -592,6 +592,9 @@ impl Config {
         if let Some(v) = env_parsed(env, "ATB_DRAIN_DELAY_SECONDS", "a whole number of seconds")? {
             self.broker.drain_delay_seconds = v;
         }
+        if let Some(v) = env_parsed(env, "ATB_CONFIG_WATCH_SECONDS", "a whole number of seconds")? {
+            self.broker.config_watch_seconds = v;
+        }
         if let Some(v) = env_parsed(
             env,
             "ATB_SHUTDOWN_GRACE_SECONDS",

@@ -2043,3 +2043,124 @@ decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
         assert_eq!(again.status, 200, "{body}: {again:?}");
     }
 }
+
+#[test]
+fn tenants_reload_live_and_a_bad_file_keeps_the_running_ones() {
+    const TOKEN: &str = "reload-admin-token-0123456789";
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let upstream = start_upstream();
+    let both = tenants(&key, upstream, "", "");
+    let cut = both.find("[[tenants]]\nid = \"globex\"").unwrap();
+    let acme_only = both[..cut].to_owned();
+    // Reloads here are explicit (no file watch racing them).
+    let broker = Broker::start(
+        &pki,
+        &acme_only,
+        &[
+            ("ATB_ADMIN_TOKEN", TOKEN),
+            ("ATB_CONFIG_WATCH_SECONDS", "0"),
+        ],
+    );
+    let original = std::fs::read_to_string(&broker.config_path).unwrap();
+    let head = original[..original.find(&acme_only).unwrap()].to_owned();
+    let write =
+        |tenants: &str| std::fs::write(&broker.config_path, format!("{head}{tenants}")).unwrap();
+    let reload = || admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
+    let call = |agent: &str, sub: &str, act: &str, method: &str| {
+        let con = r#"{"connector":"crm"}"#;
+        let t = key.mint(sub, act, &["--leg", LEG, "--con", con]);
+        let h = format!("Authorization: Bearer {t}");
+        agent_get(
+            &broker,
+            &pki,
+            Some(agent),
+            "/api/x",
+            &["-H", &h, "-X", method],
+        )
+    };
+    expect(
+        &call("globex-agent", GLOBEX, "crm.contact.read", "GET"),
+        403,
+        "unknown_tenant",
+    );
+
+    // A tenant added to the file serves without a restart.
+    write(&both);
+    let r = reload();
+    assert_eq!(
+        (r.status, r.json()["changed"].clone()),
+        (200, json!(true)),
+        "{r:?}"
+    );
+    assert_eq!(
+        call("globex-agent", GLOBEX, "crm.contact.read", "GET").status,
+        200
+    );
+    assert_eq!(
+        reload().json()["changed"],
+        false,
+        "same file, nothing to do"
+    );
+
+    // A connector's routes change: acme's reads under /api go away.
+    write(&both.replacen(
+        "action = \"crm.contact.read\"\nmethods = [\"GET\"]\npath = \"/api/{*rest}\"",
+        "action = \"crm.contact.read\"\nmethods = [\"GET\"]\npath = \"/api/read/{*rest}\"",
+        1,
+    ));
+    assert_eq!(reload().status, 200);
+    expect(
+        &call("acme-agent", ACME, "crm.contact.read", "GET"),
+        403,
+        "action_route_mismatch",
+    );
+
+    // A bad file is refused with its key named; the running tenants stay.
+    write(&both.replacen("methods = [\"GET\"]", "methods = [\"GET\", \"DELETE\"]", 1));
+    let r = reload();
+    assert_eq!(r.status, 422, "{r:?}");
+    assert_eq!(r.error(), "config_invalid");
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenants[0].connectors[0].routes[0].methods"),
+        "{r:?}"
+    );
+    assert_eq!(
+        call("globex-agent", GLOBEX, "crm.contact.read", "GET").status,
+        200
+    );
+    expect(
+        &call("acme-agent", ACME, "crm.contact.read", "GET"),
+        403,
+        "action_route_mismatch",
+    );
+
+    // A tenant removed from the file is refused at once.
+    write(&acme_only);
+    assert_eq!(reload().status, 200);
+    expect(
+        &call("globex-agent", GLOBEX, "crm.contact.read", "GET"),
+        403,
+        "unknown_tenant",
+    );
+    assert_eq!(
+        call("acme-agent", ACME, "crm.contact.read", "GET").status,
+        200
+    );
+
+    let m = broker.metrics();
+    for (result, n) in [("changed", 3.0), ("unchanged", 1.0), ("error", 1.0)] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!(r#"atb_config_reloads_total{{result="{result}"}}"#)
+            ),
+            Some(n),
+            "{result}: {m}"
+        );
+    }
+}

@@ -159,6 +159,8 @@ pub struct Broker {
     pub admin_port: u16,
     pub stderr_path: PathBuf,
     pub stdout_path: PathBuf,
+    /// The configuration file the broker was started with.
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -213,6 +215,7 @@ level = "info"
             admin_port,
             stderr_path,
             stdout_path,
+            config_path: config_path.clone(),
             _dir: dir,
         };
         broker.wait_healthy();
