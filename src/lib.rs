@@ -29,6 +29,15 @@ pub mod tenant;
 pub mod tls;
 pub mod upstream;
 
+/// At most the first `chars` characters of `s`: how much of a
+/// client-supplied string a reason or log line echoes.
+pub fn clip(s: &str, chars: usize) -> &str {
+    match s.char_indices().nth(chars) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// The admin API token from `admin.token` or `admin.token_file`.
 pub fn admin_token(config: &config::Config) -> Result<Option<String>, String> {
     if let Some(t) = &config.admin.token {

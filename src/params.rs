@@ -64,7 +64,7 @@ pub fn merge(
 ) -> Result<Map<String, Value>, ParamsError> {
     for (k, v) in body {
         if query.contains_key(&k) {
-            return Err(ParamsError::Shadowed(truncate(&k)));
+            return Err(ParamsError::Shadowed(crate::clip(&k, 64).to_owned()));
         }
         query.insert(k, v);
     }
@@ -79,15 +79,11 @@ fn unique(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ParamsErro
     let mut out = Map::new();
     for (k, v) in pairs {
         if out.contains_key(&k) {
-            return Err(ParamsError::Duplicate(truncate(&k)));
+            return Err(ParamsError::Duplicate(crate::clip(&k, 64).to_owned()));
         }
         out.insert(k, Value::String(v));
     }
     Ok(out)
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(64).collect()
 }
 
 /// A JSON value whose objects have no duplicate keys.
@@ -148,7 +144,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!(
                     "the key {:?} appears more than once",
-                    truncate(&key)
+                    crate::clip(&key, 64).to_owned()
                 )));
             }
             let StrictValue(v) = map.next_value()?;

@@ -36,7 +36,7 @@ pub fn resolve_connector<'t>(
             .ok_or_else(|| {
                 EgressDenied(format!(
                     "connector {:?} is not configured for this tenant",
-                    truncate(id)
+                    crate::clip(id, 64)
                 ))
             }),
         None => match tenant.connectors.as_slice() {
@@ -50,13 +50,6 @@ pub fn resolve_connector<'t>(
                 "the mandate must name its connector (con.connector)".into(),
             )),
         },
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

@@ -319,15 +319,8 @@ async fn known_action(ctx: &mut RequestCtx<'_>) -> Step {
         None => Ok(()),
         Some(why) => Err(Rejection::policy_denied(
             "unknown_action".into(),
-            Some(json!({"action": truncate(credential.act()), "why": why})),
+            Some(json!({"action": crate::clip(credential.act(), 64), "why": why})),
         )),
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(64) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 

@@ -256,7 +256,7 @@ impl RouteTable {
             .collect();
         if actions.is_empty() {
             return Err(RouteMiss::Method {
-                method: method.chars().take(ECHO).collect(),
+                method: crate::clip(method, ECHO).to_owned(),
                 template: node.template.to_string(),
             });
         }

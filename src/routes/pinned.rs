@@ -41,7 +41,10 @@ impl PinnedCall {
             .keys()
             .find(|k| !matches!(k.as_str(), "method" | "path" | "query"))
         {
-            return Err(bad(&format!("has an unknown member {:?}", truncate(k))));
+            return Err(bad(&format!(
+                "has an unknown member {:?}",
+                crate::clip(k, 128)
+            )));
         }
         let method = obj
             .get("method")
@@ -80,8 +83,8 @@ impl PinnedCall {
                 "the mandate pins {} {}; this call is {} {}",
                 self.method,
                 self.path,
-                truncate(method),
-                truncate(path)
+                crate::clip(method, 128),
+                crate::clip(path, 128)
             )));
         }
         if let Some(q) = &self.query {
@@ -100,13 +103,6 @@ impl PinnedCall {
             Some(q) => format!("{} {}?{q}", self.method, self.path),
             None => format!("{} {}", self.method, self.path),
         }
-    }
-}
-
-fn truncate(s: &str) -> &str {
-    match s.char_indices().nth(128) {
-        Some((i, _)) => &s[..i],
-        None => s,
     }
 }
 
