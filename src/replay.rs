@@ -165,10 +165,7 @@ pub fn start_sweep(
     entries_gauge: prometheus::IntGauge,
     metrics: &atb_actors::ActorMetrics,
 ) -> atb_actors::PeriodicHandle {
-    let name = atb_actors::PeriodicName {
-        actor: "replay_sweep",
-        key: "-".into(),
-    };
+    let name = atb_actors::PeriodicName::single("replay_sweep");
     atb_actors::periodic::start(name, every, metrics, move || {
         let removed = cache.sweep(unix_now());
         entries_gauge.set(cache.len() as i64);

@@ -34,6 +34,16 @@ pub struct PeriodicName {
     pub key: String,
 }
 
+impl PeriodicName {
+    /// A loop that is one of its kind (no key: `shard="-"`).
+    pub fn single(actor: &'static str) -> Self {
+        Self {
+            actor,
+            key: "-".into(),
+        }
+    }
+}
+
 /// Controls a running loop.
 #[derive(Debug, Clone)]
 pub struct PeriodicHandle {
@@ -136,10 +146,7 @@ mod tests {
     }
 
     fn name(actor: &'static str) -> PeriodicName {
-        PeriodicName {
-            actor,
-            key: "-".into(),
-        }
+        PeriodicName::single(actor)
     }
 
     #[actix_rt::test]

@@ -141,10 +141,7 @@ where
     F: FnMut() -> Fut + 'static,
     Fut: std::future::Future<Output = Duration> + 'static,
 {
-    let name = atb_actors::PeriodicName {
-        actor,
-        key: "-".into(),
-    };
+    let name = atb_actors::PeriodicName::single(actor);
     atb_actors::periodic::start(name, first, &state.metrics.actors, tick);
 }
 

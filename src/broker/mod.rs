@@ -99,23 +99,14 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Res
     if config.policy.reload_seconds > 0 && config.policy.engine == PolicyEngine::Embedded {
         let reloading = state.clone();
         let every = Duration::from_secs(config.policy.reload_seconds);
-        let name = atb_actors::PeriodicName {
-            actor: "policy_reload",
-            key: "-".into(),
-        };
-        state.own_periodic(atb_actors::periodic::start(
-            name,
-            every,
-            &state.metrics.actors,
-            move || {
-                let state = reloading.clone();
-                async move {
-                    // The outcome is logged and counted by reload_policy.
-                    let _ = web::block(move || state.reload_policy()).await;
-                    every
-                }
-            },
-        ));
+        state.start_periodic("policy_reload", every, move || {
+            let state = reloading.clone();
+            async move {
+                // The outcome is logged and counted by reload_policy.
+                let _ = web::block(move || state.reload_policy()).await;
+                every
+            }
+        });
     }
 
     let gateway_handle = gateway.handle();
@@ -194,27 +185,18 @@ fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::Path
     };
     let seen = std::rc::Rc::new(std::cell::RefCell::new(fingerprint(&path)));
     let watcher = state.clone();
-    let name = atb_actors::PeriodicName {
-        actor: "config_watch",
-        key: "-".into(),
-    };
-    state.own_periodic(atb_actors::periodic::start(
-        name,
-        every,
-        &state.metrics.actors,
-        move || {
-            let (state, seen, path) = (watcher.clone(), seen.clone(), path.clone());
-            async move {
-                let now = fingerprint(&path);
-                let changed = *seen.borrow() != now;
-                if changed {
-                    *seen.borrow_mut() = now;
-                    let _ = reload_config(state).await;
-                }
-                every
+    state.start_periodic("config_watch", every, move || {
+        let (state, seen, path) = (watcher.clone(), seen.clone(), path.clone());
+        async move {
+            let now = fingerprint(&path);
+            let changed = *seen.borrow() != now;
+            if changed {
+                *seen.borrow_mut() = now;
+                let _ = reload_config(state).await;
             }
-        },
-    ));
+            every
+        }
+    });
 }
 
 pub async fn shutdown_signal() -> &'static str {

@@ -216,6 +216,22 @@ impl BrokerState {
         }
     }
 
+    /// Starts a timer loop named `actor` (`atb_actors::periodic`) that the
+    /// state owns (stopped at shutdown, faults injectable in tests).
+    pub fn start_periodic<F, Fut>(&self, actor: &'static str, first: Duration, tick: F)
+    where
+        F: FnMut() -> Fut + 'static,
+        Fut: std::future::Future<Output = Duration> + 'static,
+    {
+        let name = atb_actors::PeriodicName::single(actor);
+        self.own_periodic(atb_actors::periodic::start(
+            name,
+            first,
+            &self.metrics.actors,
+            tick,
+        ));
+    }
+
     /// Adds a timer loop to the ones the state owns.
     pub fn own_periodic(&self, handle: PeriodicHandle) {
         if let Ok(mut all) = self.periodic.lock() {
