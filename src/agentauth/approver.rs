@@ -413,27 +413,13 @@ pub fn claims_to_approver(
                 config.identity_claim
             ))
         })?;
-    let roles = match claims.get(&config.role_claim) {
-        Some(Value::String(r)) => vec![r.trim().to_ascii_lowercase()],
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .take(64)
-            .map(|r| r.trim().to_ascii_lowercase())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let roles: Vec<String> = string_list(claims.get(&config.role_claim))
+        .map(str::to_ascii_lowercase)
+        .collect();
     // The tenants the IdP binds the approver to; none binds to nothing.
-    let tenants = match claims.get(&config.tenant_claim) {
-        Some(Value::String(t)) => vec![t.trim().to_owned()],
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .take(64)
-            .map(|t| t.trim().to_owned())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let tenants: Vec<String> = string_list(claims.get(&config.tenant_claim))
+        .map(str::to_owned)
+        .collect();
     let cross_tenant = roles.iter().any(|r| {
         config
             .cross_tenant_roles
@@ -447,6 +433,17 @@ pub fn claims_to_approver(
         tenants: tenants.into_iter().filter(|t| !t.is_empty()).collect(),
         cross_tenant,
     })
+}
+
+/// A claim that is a string or a list of strings (at most 64), trimmed;
+/// anything else is no value.
+fn string_list(claim: Option<&Value>) -> impl Iterator<Item = &str> {
+    let items: Box<dyn Iterator<Item = &Value>> = match claim {
+        Some(Value::Array(list)) => Box::new(list.iter()),
+        Some(one @ Value::String(_)) => Box::new(std::iter::once(one)),
+        _ => Box::new(std::iter::empty()),
+    };
+    items.filter_map(Value::as_str).take(64).map(str::trim)
 }
 
 #[cfg(test)]
