@@ -265,10 +265,19 @@ fn agent(req: &HttpRequest, state: &AgentAuthState) -> Result<(SpiffeId, Tenant)
 /// tenant's catalogue (built-in plus its extensions), never mapped to a
 /// tier otherwise (400 `unknown_action`); and a pinned call's method must be
 /// one the catalogue allows for it (400 `invalid_challenge`).
-fn check_action(tenant: &Tenant, request: &challenge::ChallengeRequest) -> Result<(), Rejection> {
-    let catalogue = crate::catalog::TenantCatalogue::new(tenant.policy_data.as_ref())
-        .map_err(|e| Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "policy_unavailable", e))?;
-    if let Some(why) = crate::catalog::unknown_action_reason(&catalogue, &request.act) {
+fn check_action(
+    state: &AgentAuthState,
+    tenant: &Tenant,
+    request: &challenge::ChallengeRequest,
+) -> Result<(), Rejection> {
+    let catalogue = state.catalogues.get(&tenant.id).ok_or_else(|| {
+        Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "policy_unavailable",
+            "the tenant has no action catalogue",
+        )
+    })?;
+    if let Some(why) = crate::catalog::unknown_action_reason(catalogue, &request.act) {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "unknown_action",
@@ -392,7 +401,7 @@ async fn create_challenge_inner(
     let request = challenge::parse_request(&body, agent.as_str())
         .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
     call.event.action.clone_from(&request.act);
-    check_action(&tenant, &request)?;
+    check_action(state, &tenant, &request)?;
     let tier = state
         .tiers
         .tier(&tenant.id, &request.act)

@@ -2,6 +2,7 @@
 //! stores, keys, approver authentication, the risk-tier policy, metrics
 //! and audit.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -73,6 +74,9 @@ impl TierPolicy {
 pub struct AgentAuthState {
     pub config: AgentAuthConfig,
     pub tenants: TenantDirectory,
+    /// Each tenant's action catalogue (built-in plus its extensions),
+    /// built once at start.
+    pub catalogues: HashMap<String, crate::catalog::TenantCatalogue>,
     pub challenges: Arc<dyn ChallengeStore>,
     pub limiter: Arc<dyn RateLimiter>,
     pub keys: ArcSwapOption<KeyRing>,
@@ -100,8 +104,18 @@ impl AgentAuthState {
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
         )?;
+        let catalogues = config
+            .tenants
+            .iter()
+            .map(|t| {
+                crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
+                    .map(|c| (t.id.clone(), c))
+                    .map_err(|e| format!("tenants.{}.policy_data: {e}", t.id))
+            })
+            .collect::<Result<HashMap<_, _>, String>>()?;
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants),
+            catalogues,
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
