@@ -14,6 +14,17 @@ use common::*;
 const ADMIN_TOKEN: &str = "fault-hook-admin-token-0123";
 const ADMIN_AUTH: &str = "Authorization: Bearer fault-hook-admin-token-0123";
 
+/// Asks the debug hook to panic acme's tenant shard.
+fn fault_acme(broker: &Broker) -> Answer {
+    admin(
+        broker,
+        "POST",
+        "/debug/fault?tenant=acme",
+        &[ADMIN_AUTH],
+        None,
+    )
+}
+
 const TENANTS: &str = r#"
 [shards]
 count = 1
@@ -540,17 +551,7 @@ fn admin_api_is_disabled_without_a_token() {
     );
     assert_eq!((a.status, a.error().as_str()), (404, "admin_disabled"));
     // The fault hook does not exist unless explicitly enabled.
-    assert_eq!(
-        admin(
-            &broker,
-            "POST",
-            "/debug/fault?tenant=acme",
-            &[ADMIN_AUTH],
-            None
-        )
-        .status,
-        404
-    );
+    assert_eq!(fault_acme(&broker).status, 404);
     assert_eq!(
         agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]).error(),
         "poa_required"
@@ -576,13 +577,7 @@ fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
         );
     }
     // Crash acme's shard (shard 0) while globex (dedicated shard 1) is in use.
-    let f = admin(
-        &broker,
-        "POST",
-        "/debug/fault?tenant=acme",
-        &[ADMIN_AUTH],
-        None,
-    );
+    let f = fault_acme(&broker);
     assert_eq!(f.status, 200, "{f:?}");
     assert_eq!(f.json()["shard"], 0);
     assert!(
@@ -625,17 +620,7 @@ fn a_faulting_shard_restarts_and_other_tenants_are_unaffected() {
     );
     // Repeated faults keep being contained.
     for _ in 0..3 {
-        assert_eq!(
-            admin(
-                &broker,
-                "POST",
-                "/debug/fault?tenant=acme",
-                &[ADMIN_AUTH],
-                None
-            )
-            .status,
-            200
-        );
+        assert_eq!(fault_acme(&broker).status, 200);
     }
     assert!(broker.alive());
     assert_eq!(
@@ -903,13 +888,7 @@ burst = 3
         assert_eq!(call().error(), "poa_required");
     }
     assert_eq!(call().error(), "rate_limited");
-    let f = admin(
-        &broker,
-        "POST",
-        "/debug/fault?tenant=acme",
-        &[ADMIN_AUTH],
-        None,
-    );
+    let f = fault_acme(&broker);
     assert!(
         f.json()["result"].as_str().unwrap().contains("failed"),
         "{f:?}"
