@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use atb::admission::{ShardRequest, TenantShardState};
+use atb::broker::admission::{ShardRequest, TenantShardState};
 use atb::config::Config;
 use atb::spiffe::SpiffeId;
 use atb::tenant::TenantDirectory;

@@ -32,7 +32,8 @@ fn main() -> Result<(), String> {
     if !(1..=512).contains(&connections) || !(1..=600).contains(&seconds) {
         return Err("connections must be 1..=512 and seconds 1..=600".into());
     }
-    let key = atb::poa::keys::load_signing_pem(&dir.join(atb::dev::SIGNING_KEY))?;
+    let key = atb::poa::keys::load_signing_pem(&dir.join(atb::dev::SIGNING_KEY))
+        .map_err(|e| e.to_string())?;
     let kid = atb::poa::keys::thumbprint(&key.verifying_key());
 
     let mut tls = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
@@ -64,7 +65,7 @@ fn main() -> Result<(), String> {
                 let mut seq = 0u64;
                 while Instant::now() < deadline {
                     seq += 1;
-                    let now = atb::replay::unix_now();
+                    let now = atb::runtime::clock::unix_now();
                     let claims = serde_json::json!({
                         "sub": AGENT, "act": "crm.contact.read", "con": {},
                         "leg": {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "load"}},

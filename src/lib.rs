@@ -4,30 +4,21 @@
 //! `broker` wires them into actix-web listeners and supervised actors
 //! (from the `atb-actors` crate).
 
-pub mod admission;
 pub mod agentauth;
 pub mod audit;
 pub mod broker;
 pub mod catalog;
 pub mod config;
-pub mod connection;
 pub mod credential;
-pub mod demo_upstream;
 pub mod dev;
-pub mod drain;
 pub mod error;
-pub mod logging;
 pub mod metrics;
-pub mod params;
-pub mod pki;
 pub mod poa;
 pub mod policy;
-pub mod replay;
 pub mod routes;
+pub mod runtime;
 pub mod spiffe;
 pub mod tenant;
-pub mod tls;
-pub mod upstream;
 
 /// At most the first `chars` characters of `s`: how much of a
 /// client-supplied string a reason or log line echoes.

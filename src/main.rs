@@ -166,20 +166,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Broker { config, check } => {
             let path = config;
             let config =
                 Config::load(path.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
             if check {
-                atb::tls::acceptor(&config.tls)?;
+                atb::runtime::tls::acceptor(&config.tls)?;
                 atb::admin_token(&config)?;
                 println!("configuration is valid");
                 return Ok(());
             }
-            atb::logging::init(&config.logging)?;
-            actix_web::rt::System::new().block_on(atb::broker::run(config, path))
+            atb::runtime::logging::init(&config.logging)?;
+            Ok(actix_web::rt::System::new().block_on(atb::broker::run(config, path))?)
         }
         Command::Agentauth { config, check } => {
             let config =
@@ -189,13 +189,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .validate_for_service()
                 .map_err(|e| e.to_string())?;
             if check {
-                atb::tls::acceptor(&config.tls)?;
+                atb::runtime::tls::acceptor(&config.tls)?;
                 atb::agentauth::keyring::KeyRing::load(&config.agentauth.keys_dir)?;
                 println!("configuration is valid");
                 return Ok(());
             }
-            atb::logging::init(&config.logging)?;
-            actix_web::rt::System::new().block_on(atb::agentauth::run(config))
+            atb::runtime::logging::init(&config.logging)?;
+            Ok(actix_web::rt::System::new().block_on(atb::agentauth::run(config))?)
         }
         Command::Keys {
             command: KeysCommand::Rotate { dir, emergency },
@@ -229,7 +229,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     println!("intact: {} lines", result.lines);
                     Ok(())
                 }
-                Some((line, why)) => Err(format!("audit chain broken at line {line}: {why}")),
+                Some((line, why)) => {
+                    Err(format!("audit chain broken at line {line}: {why}").into())
+                }
             }
         }
         Command::Dev {
@@ -256,14 +258,15 @@ fn run(cli: Cli) -> Result<(), String> {
                 .apply_env(&config::process_env)
                 .map_err(|e| e.to_string())?;
             config.validate().map_err(|e| e.to_string())?;
-            atb::logging::init(&config.logging)?;
+            atb::runtime::logging::init(&config.logging)?;
             actix_web::rt::System::new().block_on(async move {
-                let demo = atb::demo_upstream::start(opts.upstream_addr).map_err(|e| {
+                let demo = atb::dev::demo_upstream::start(opts.upstream_addr).map_err(|e| {
                     format!(
                         "cannot start the demo upstream on {}: {e}",
                         opts.upstream_addr
                     )
                 })?;
+                let demo: actix_web::dev::Server = demo;
                 let demo_handle = demo.handle();
                 actix_web::rt::spawn(demo);
                 eprintln!("{}", dev::banner(&pki, &opts));
@@ -274,7 +277,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .await
                 .map(|_| ());
                 demo_handle.stop(true).await;
-                result
+                Ok(result?)
             })
         }
         Command::Mint {
@@ -294,10 +297,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let object = |name: &str, text: &str| -> Result<serde_json::Value, String> {
                 match serde_json::from_str(text) {
                     Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-                    _ => Err(format!("--{name} must be a JSON object")),
+                    _ => Err(format!("--{name} must be a JSON object").into()),
                 }
             };
-            let iat = iat.unwrap_or_else(atb::replay::unix_now);
+            let iat = iat.unwrap_or_else(atb::runtime::clock::unix_now);
             let jti = match jti {
                 Some(j) => j,
                 None => {
@@ -329,17 +332,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     agents,
                 },
         } => {
-            let mut specs = atb::pki::default_agents();
+            let mut specs = atb::dev::pki::default_agents();
             for a in agents {
                 let (name, id) = a
                     .split_once('=')
                     .ok_or_else(|| format!("--agent {a:?}: expected NAME=SPIFFE_ID"))?;
-                specs.push(atb::pki::AgentSpec {
+                specs.push(atb::dev::pki::AgentSpec {
                     name: name.into(),
                     spiffe_id: id.into(),
                 });
             }
-            let pki = atb::pki::generate(&out, &specs, days, force)?;
+            let pki = atb::dev::pki::generate(&out, &specs, days, force)?;
             println!("dev PKI written to {}", pki.dir.display());
             for s in &specs {
                 println!("  {}.crt / {}.key  {}", s.name, s.name, s.spiffe_id);

@@ -150,7 +150,7 @@ impl Dev {
     }
 
     fn person(&self, sub: &str, roles: &[&str]) -> String {
-        let now = atb::replay::unix_now();
+        let now = atb::runtime::clock::unix_now();
         self.idp_token(
             &json!({"iss": "atb-dev-idp", "aud": "atb-agentauth", "sub": sub,
             "roles": roles, "tenant": "acme", "iat": now, "exp": now + 600}),
@@ -431,7 +431,7 @@ fn challenges_are_bound_to_the_mtls_agent() {
 #[test]
 fn approvers_must_be_authenticated_distinct_and_not_the_requester() {
     let dev = Dev::start(&[]);
-    let now = atb::replay::unix_now();
+    let now = atb::runtime::clock::unix_now();
     let id = id_of(&dev.challenge_as(
         "acme-agent",
         "sap.vendor.create",
@@ -871,7 +871,7 @@ fn approvers_are_scoped_to_their_tenants() {
     let listed = dev.approver(&alice, "GET", "/v1/approvals?status=all");
     assert!(!listed.body.contains(&id), "{listed:?}");
     // A token bound to no tenant approves nothing.
-    let now = atb::replay::unix_now();
+    let now = atb::runtime::clock::unix_now();
     let unbound = dev.idp_token(&json!({"iss": "atb-dev-idp", "aud": "atb-agentauth",
         "sub": "nobody@example.com", "roles": ["manager"], "iat": now, "exp": now + 600}));
     let r = dev.approve(&unbound, &id);

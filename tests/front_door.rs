@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -285,36 +285,6 @@ fn logs_are_json_lines_with_request_ids() {
     assert!(found, "no request event for {id} in:\n{log}");
 }
 
-/// An mTLS connection of acme-agent held open by openssl s_client (stdin
-/// kept open), once the broker counts it.
-fn hold_acme_connection(broker: &Broker, pki: &Pki) -> std::process::Child {
-    let holder = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-connect",
-            &format!("127.0.0.1:{}", broker.port),
-        ])
-        .arg("-cert")
-        .arg(pki.path("acme-agent.crt"))
-        .arg("-key")
-        .arg(pki.path("acme-agent.key"))
-        .arg("-CAfile")
-        .arg(pki.ca())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(eventually(Duration::from_secs(10), || {
-        metric(
-            &broker.metrics(),
-            r#"atb_tenant_connections{tenant="acme"}"#,
-        ) == Some(1.0)
-    }));
-    holder
-}
-
 #[test]
 fn tenant_connection_limit_is_enforced_and_released() {
     let pki = pki();
@@ -324,7 +294,7 @@ fn tenant_connection_limit_is_enforced_and_released() {
     );
     assert_ne!(tenants, TENANTS);
     let broker = Broker::start(&pki, &tenants, &[]);
-    let mut holder = hold_acme_connection(&broker, &pki);
+    let mut holder = hold_connection(&broker, &pki, "acme-agent", "acme");
     let a = agent_get(&broker, &pki, Some("acme-agent-2"), "/api/x", &[]);
     assert_eq!(
         (a.status, a.error().as_str()),
@@ -354,7 +324,7 @@ fn suspending_a_tenant_closes_its_connections_and_refuses_it_until_resumed() {
     let token = "suspend-token-0123456789abcdef";
     let broker = Broker::start(&pki, TENANTS, &[("ATB_ADMIN_TOKEN", token)]);
     let auth = format!("Authorization: Bearer {token}");
-    let mut holder = hold_acme_connection(&broker, &pki);
+    let mut holder = hold_connection(&broker, &pki, "acme-agent", "acme");
     // One request, so the connection is in keep-alive (idle for up to 75 s)
     // rather than waiting for its first request (closed after 5 s).
     holder

@@ -253,9 +253,9 @@ fn request_paths_routes_and_pins_never_panic() {
         b"q=invoices&page=2&x=%20y".to_vec(),
     ];
     for bytes in inputs(&mut rng, &bodies, 20_000) {
-        let _ = atb::params::from_json(&bytes);
-        let _ = atb::params::from_form(&bytes);
-        let _ = atb::params::from_query(&String::from_utf8_lossy(&bytes));
+        let _ = atb::broker::params::from_json(&bytes);
+        let _ = atb::broker::params::from_form(&bytes);
+        let _ = atb::broker::params::from_query(&String::from_utf8_lossy(&bytes));
     }
     // Pinned calls in a mandate's con.
     let pins = [

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -2139,9 +2140,24 @@ fn tenants_reload_live_and_a_bad_file_keeps_the_running_ones() {
         "action_route_mismatch",
     );
 
-    // A tenant removed from the file is refused at once.
+    // A tenant removed from the file is refused at once, and its open
+    // connection (idle in keep-alive after one request, so nothing but the
+    // removal closes it for 75 s) is closed by the broker.
+    let mut held = hold_connection(&broker, &pki, "globex-agent", "globex");
+    held.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
     write(&acme_only);
     assert_eq!(reload().status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), || held
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the removed tenant's connection is still open"
+    );
     expect(
         &call("globex-agent", GLOBEX, "crm.contact.read", "GET"),
         403,

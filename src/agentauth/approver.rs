@@ -254,7 +254,7 @@ impl ApproverKeys {
     /// A client per fetch: fetches are rare (refresh interval, unknown kids
     /// after a cooldown) and awc clients are bound to one thread.
     fn client(&self) -> awc::Client {
-        crate::tls::http_client(&self.tls, Duration::from_secs(5))
+        crate::runtime::tls::http_client(&self.tls, Duration::from_secs(5))
     }
 
     /// The key for a token, fetching the JWKS when it is not known.
@@ -489,7 +489,7 @@ pub mod tests {
     }
 
     fn test_tls() -> openssl::ssl::SslConnector {
-        crate::tls::outbound(&crate::config::TlsConfig::default()).unwrap()
+        crate::runtime::tls::outbound(&crate::config::TlsConfig::default()).unwrap()
     }
 
     fn config() -> ApproverAuthConfig {

@@ -22,11 +22,11 @@ use super::state::AgentAuthState;
 use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
 use crate::audit::AuditSink;
 use crate::error::Rejection;
-use crate::replay::unix_now;
 use crate::routes::pinned::PinnedCall;
+use crate::runtime::clock::unix_now;
+use crate::runtime::tls::{peer_identity, IdentityError};
 use crate::spiffe::SpiffeId;
 use crate::tenant::Tenant;
-use crate::tls::{peer_identity, IdentityError};
 
 /// The connection's client-certificate identity (set at accept time).
 pub struct PeerIdentity(pub Result<SpiffeId, IdentityError>);

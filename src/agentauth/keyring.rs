@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Value};
 
-use crate::poa::keys::{public_jwk, thumbprint};
+use crate::poa::keys::{public_jwk, thumbprint, KeyError};
 
 pub const ACTIVE: &str = "ed25519_privkey_pem";
 pub const NEXT: &str = "ed25519_privkey_pem.next";
@@ -59,25 +59,41 @@ pub struct KeyRing {
     pub revoked: BTreeSet<String>,
 }
 
+/// Why the key directory could not be read or rotated.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("{}: no active signing key (create one with `atb keys rotate --dir {}`)", .0.join(ACTIVE).display(), .0.display())]
+    NoActive(PathBuf),
+    #[error("the active key {0} is listed in {REVOKED}; refusing to sign with a revoked key")]
+    ActiveRevoked(String),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Write(#[from] crate::runtime::files::WriteError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyringError + '_ {
+    move |source| KeyringError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl KeyRing {
     /// Reads the directory. The active key is required; a revoked kid is
     /// never published or used, and an active key that is revoked is an
     /// error (fail closed rather than sign with it).
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, KeyringError> {
         let read = |name: &str| read_key(dir, name);
-        let active = read(ACTIVE)?.ok_or_else(|| {
-            format!(
-                "{}: no active signing key (create one with `atb keys rotate --dir {}`)",
-                dir.join(ACTIVE).display(),
-                dir.display()
-            )
-        })?;
+        let active = read(ACTIVE)?.ok_or_else(|| KeyringError::NoActive(dir.to_owned()))?;
         let revoked = read_revoked(&dir.join(REVOKED))?;
         if revoked.contains(&active.kid) {
-            return Err(format!(
-                "the active key {} is listed in {REVOKED}; refusing to sign with a revoked key",
-                active.kid
-            ));
+            return Err(KeyringError::ActiveRevoked(active.kid));
         }
         let keep = |k: Option<NamedKey>| k.filter(|k| !revoked.contains(&k.kid));
         Ok(Self {
@@ -110,17 +126,17 @@ impl KeyRing {
 }
 
 /// The key in `dir/name`, if that file exists.
-fn read_key(dir: &Path, name: &str) -> Result<Option<NamedKey>, String> {
+fn read_key(dir: &Path, name: &str) -> Result<Option<NamedKey>, KeyringError> {
     let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
     }
-    crate::poa::keys::load_signing_pem(&path)
-        .map(NamedKey::new)
-        .map(Some)
+    Ok(Some(NamedKey::new(crate::poa::keys::load_signing_pem(
+        &path,
+    )?)))
 }
 
-fn read_revoked(path: &Path) -> Result<BTreeSet<String>, String> {
+fn read_revoked(path: &Path) -> Result<BTreeSet<String>, KeyringError> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text
             .lines()
@@ -129,7 +145,7 @@ fn read_revoked(path: &Path) -> Result<BTreeSet<String>, String> {
             .map(str::to_owned)
             .collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(io_error(path)(e)),
     }
 }
 
@@ -150,14 +166,14 @@ pub struct Rotation {
 /// * emergency: every key in the directory is revoked (its `kid` appended
 ///   to `revoked_kids`), and fresh active and next keys are created; no
 ///   previous key remains.
-pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, KeyringError> {
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let load = |name: &str| read_key(dir, name);
     let (active, next, previous) = (load(ACTIVE)?, load(NEXT)?, load(PREVIOUS)?);
     let mut revoked = read_revoked(&dir.join(REVOKED))?;
-    let fresh = || -> Result<NamedKey, String> {
+    let fresh = || -> Result<NamedKey, KeyringError> {
         let mut seed = [0u8; 32];
-        openssl::rand::rand_bytes(&mut seed).map_err(|e| format!("openssl: {e}"))?;
+        openssl::rand::rand_bytes(&mut seed).map_err(KeyError::Random)?;
         Ok(NamedKey::new(SigningKey::from_bytes(&seed)))
     };
     let mut newly_revoked = Vec::new();
@@ -194,27 +210,27 @@ pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, String> {
     })
 }
 
-fn write_key(path: &Path, key: &NamedKey) -> Result<(), String> {
+fn write_key(path: &Path, key: &NamedKey) -> Result<(), KeyringError> {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
     let pem = key
         .key
         .to_pkcs8_pem(Default::default())
-        .map_err(|e| format!("cannot encode key: {e}"))?;
+        .map_err(|e| KeyError::Encode(e.to_string()))?;
     write_atomic(path, pem.as_bytes())
 }
 
 /// Writes `bytes` to a temporary file (mode 0600) and renames it over `path`.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeyringError> {
     let tmp: PathBuf = path.with_extension("tmp-rotate");
-    crate::pki::write_file(&tmp, bytes, true)?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    crate::runtime::files::write_file(&tmp, bytes, true)?;
+    std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
-fn remove(path: &Path) -> Result<(), String> {
+fn remove(path: &Path) -> Result<(), KeyringError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(io_error(path)(e)),
     }
 }
 
@@ -242,6 +258,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(KeyRing::load(dir.path())
             .unwrap_err()
+            .to_string()
             .contains("no active signing key"));
         let first = rotate(dir.path(), false).unwrap();
         let ring = KeyRing::load(dir.path()).unwrap();
@@ -303,6 +320,7 @@ mod tests {
         .unwrap();
         assert!(KeyRing::load(dir.path())
             .unwrap_err()
+            .to_string()
             .contains("refusing to sign"));
         std::fs::write(dir.path().join(ACTIVE), "garbage").unwrap();
         assert!(KeyRing::load(dir.path()).is_err());

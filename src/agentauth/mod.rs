@@ -28,6 +28,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
+use crate::runtime::{StartError, Starting};
 use observe::AgentAuthEvent;
 pub use state::AgentAuthState;
 
@@ -37,12 +38,9 @@ const EXPIRED_GRACE_SECONDS: i64 = 300;
 
 /// Runs AgentAuth until SIGTERM/SIGINT, then drains and returns. Must be
 /// called inside an actix `System`.
-pub async fn run(config: Config) -> Result<(), String> {
-    config
-        .agentauth
-        .validate_for_service()
-        .map_err(|e| e.to_string())?;
-    let tls = crate::tls::acceptor(&config.tls)?;
+pub async fn run(config: Config) -> Result<(), StartError> {
+    config.agentauth.validate_for_service().starting("config")?;
+    let tls = crate::runtime::tls::acceptor(&config.tls).starting("tls")?;
     let state = AgentAuthState::start(&config)?;
     let a = state.config.clone();
     let workers = if a.workers == 0 {
@@ -70,7 +68,8 @@ pub async fn run(config: Config) -> Result<(), String> {
                 "cannot listen on agentauth.listen_addr {}: {e}",
                 a.listen_addr
             )
-        })?
+        })
+        .starting("listener")?
         .run()
     };
     let admin = {
@@ -99,7 +98,8 @@ pub async fn run(config: Config) -> Result<(), String> {
                 "cannot listen on agentauth.admin_addr {}: {e}",
                 a.admin_addr
             )
-        })?
+        })
+        .starting("listener")?
         .run()
     };
     spawn_background(state.clone());
@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), String> {
     let (api_handle, admin_handle) = (api.handle(), admin.handle());
     let lifecycle = state.clone();
     actix_web::rt::spawn(async move {
-        let signal = crate::broker::shutdown_signal().await;
+        let signal = crate::runtime::shutdown_signal().await;
         lifecycle.start_draining();
         tracing::info!(
             signal,
@@ -127,8 +127,8 @@ pub async fn run(config: Config) -> Result<(), String> {
     });
     let (x, y) = futures_util::future::join(api, admin).await;
     state.audit.flush(Duration::from_secs(10)).await;
-    x.map_err(|e| format!("agentauth listener failed: {e}"))?;
-    y.map_err(|e| format!("agentauth admin listener failed: {e}"))?;
+    x.starting("agentauth listener")?;
+    y.starting("agentauth admin listener")?;
     tracing::info!("agentauth stopped");
     Ok(())
 }
@@ -230,7 +230,7 @@ fn spawn_background(state: Arc<AgentAuthState>) {
                 Err(e) => {
                     tracing::error!(error = %e, "signing key reload failed; keeping the current keys");
                     event.outcome = "error";
-                    event.reason = e;
+                    event.reason = e.to_string();
                 }
             }
             s.audit(event).await;
@@ -242,7 +242,7 @@ fn spawn_background(state: Arc<AgentAuthState>) {
     periodic(&state, "challenge_sweep", sweep_every, move || {
         let s = s.clone();
         async move {
-            let now = crate::replay::unix_now();
+            let now = crate::runtime::clock::unix_now();
             let Ok(swept) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
                 return sweep_every;
             };

@@ -12,12 +12,13 @@ use super::approver::ApproverAuth;
 use super::challenge::Tier;
 use super::client_addr::TrustedProxies;
 use super::config::AgentAuthConfig;
-use super::keyring::KeyRing;
+use super::keyring::{KeyRing, KeyringError};
 use super::observe::{AgentAuthEvent, AgentAuthMetrics};
 use super::store::{ChallengeStore, MemoryChallenges, MemoryRateLimiter, RateLimiter};
 use crate::audit::AuditSink;
 use crate::config::Config;
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
+use crate::runtime::{StartError, Starting};
 use crate::tenant::TenantDirectory;
 
 /// The rule giving an action's risk tier (the broker's policy decides with
@@ -49,8 +50,7 @@ impl TierPolicy {
             policy.queue_capacity,
             policy.queue_per_tenant,
             metrics,
-        )
-        .map_err(|e| format!("policy: {e}"))?;
+        )?;
         Ok(Self { pool })
     }
 
@@ -91,19 +91,20 @@ pub struct AgentAuthState {
 impl AgentAuthState {
     /// Builds the state from a validated configuration. The key directory
     /// is read once here; a missing or bad key fails the start.
-    pub fn start(config: &Config) -> Result<Arc<Self>, String> {
+    pub fn start(config: &Config) -> Result<Arc<Self>, StartError> {
         let a = &config.agentauth;
-        let metrics = AgentAuthMetrics::new().map_err(|e| format!("metrics: {e}"))?;
-        let keys = KeyRing::load(&a.keys_dir)?;
-        let bundle = PolicyBundle::from_config(config)?;
-        let outbound_tls = crate::tls::outbound(&config.tls)?;
+        let metrics = AgentAuthMetrics::new().starting("metrics")?;
+        let keys = KeyRing::load(&a.keys_dir).starting("agentauth.keys_dir")?;
+        let bundle = PolicyBundle::from_config(config).starting("policy")?;
+        let outbound_tls = crate::runtime::tls::outbound(&config.tls).starting("tls")?;
         let audit = AuditSink::start(
             "agentauth",
             &config.audit,
             &outbound_tls,
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
-        )?;
+        )
+        .starting("audit")?;
         let catalogues = config
             .tenants
             .iter()
@@ -112,16 +113,21 @@ impl AgentAuthState {
                     .map(|c| (t.id.clone(), c))
                     .map_err(|e| format!("tenants.{}.policy_data: {e}", t.id))
             })
-            .collect::<Result<HashMap<_, _>, String>>()?;
+            .collect::<Result<HashMap<_, _>, String>>()
+            .starting("tenants")?;
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants),
             catalogues,
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
-            approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls)?,
-            tiers: Arc::new(TierPolicy::new(bundle, &config.policy, &metrics.actors)?),
-            proxies: TrustedProxies::parse(&a.trusted_proxies)?,
+            approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls)
+                .starting("agentauth.approvers")?,
+            tiers: Arc::new(
+                TierPolicy::new(bundle, &config.policy, &metrics.actors).starting("policy")?,
+            ),
+            proxies: TrustedProxies::parse(&a.trusted_proxies)
+                .starting("agentauth.trusted_proxies")?,
             metrics,
             audit,
             draining: AtomicBool::new(false),
@@ -145,7 +151,7 @@ impl AgentAuthState {
     }
 
     /// Re-reads the key directory; keeps the current keys on failure.
-    pub fn reload_keys(&self) -> Result<Option<String>, String> {
+    pub fn reload_keys(&self) -> Result<Option<String>, KeyringError> {
         match KeyRing::load(&self.config.keys_dir) {
             Ok(ring) => {
                 let changed = self.keys.load().as_ref().is_none_or(|old| {

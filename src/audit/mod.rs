@@ -345,7 +345,7 @@ impl HttpBatch {
     fn new(config: &AuditConfig, tls: &openssl::ssl::SslConnector) -> Self {
         let runner = actix_web::rt::System::new();
         let timeout = std::time::Duration::from_secs(10);
-        let client = runner.block_on(async { crate::tls::http_client(tls, timeout) });
+        let client = runner.block_on(async { crate::runtime::tls::http_client(tls, timeout) });
         Self {
             runner,
             client,
@@ -481,7 +481,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 pub(crate) fn test_sink<E: AuditRecord>(config: &AuditConfig) -> AuditSink<E> {
     let metrics = crate::metrics::Metrics::new().unwrap();
-    let tls = crate::tls::outbound(&Default::default()).unwrap();
+    let tls = crate::runtime::tls::outbound(&Default::default()).unwrap();
     AuditSink::start(
         "test",
         config,

@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use crate::admission::ShardRequest;
+use crate::broker::admission::ShardRequest;
 use crate::broker::state::{BrokerState, PolicyBackend};
 use crate::error::Rejection;
 

@@ -16,19 +16,20 @@ use atb_actors::CallError;
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Map, Value};
 
-use crate::admission::{Admission, ShardRequest};
 use crate::audit::guard::Ending;
+use crate::broker::admission::{Admission, ShardRequest};
+use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
+use crate::broker::replay::{ReplayError, Verdict};
 use crate::broker::state::BrokerState;
-use crate::connection::{ConnectionSlot, PeerConnection};
+use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
 use crate::credential::Credential;
 use crate::error::Rejection;
 use crate::poa::presented::presented_token;
 use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
-use crate::replay::{unix_now, ReplayError, Verdict};
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
-use crate::upstream::{self, Body, Stamp, UpstreamError};
+use crate::runtime::clock::unix_now;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ATB_ACTION: &str = "x-atb-action";
@@ -54,7 +55,7 @@ pub struct Outbound {
 impl Outbound {
     pub fn new(tls: &openssl::ssl::SslConnector, connect_timeout: Duration) -> Self {
         Self {
-            client: crate::tls::http_client(tls, connect_timeout),
+            client: crate::runtime::tls::http_client(tls, connect_timeout),
         }
     }
 }
@@ -102,7 +103,7 @@ async fn handle(
     // the client sees the answer rather than a reset stream.
     if response.status().as_u16() >= 400 {
         if let Some(p) = ctx.payload.as_mut() {
-            crate::drain::drain(p).await;
+            crate::runtime::drain::drain(p).await;
         }
     }
     if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
@@ -695,7 +696,7 @@ fn match_route(
     })
 }
 
-/// `request.params` (`crate::params`): the query string and, for a JSON
+/// `request.params` (`crate::broker::params`): the query string and, for a JSON
 /// object or form body, its members — no name twice, none in both. Such
 /// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
 /// other bodies stay in `payload` and stream through untouched.
@@ -704,8 +705,8 @@ async fn read_params(
     payload: &mut Option<web::Payload>,
     limits: &crate::config::UpstreamConfig,
 ) -> Result<(Map<String, Value>, Option<web::Bytes>), Rejection> {
-    let bad = |e: crate::params::ParamsError| Rejection::bad_request(e.to_string());
-    let query = crate::params::from_query(req.query_string()).map_err(bad)?;
+    let bad = |e: crate::broker::params::ParamsError| Rejection::bad_request(e.to_string());
+    let query = crate::broker::params::from_query(req.query_string()).map_err(bad)?;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
         let len: u64 = len
             .to_str()
@@ -741,19 +742,19 @@ async fn read_params(
         let chunk =
             chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
         if buf.len() + chunk.len() > limits.max_json_body_bytes {
-            crate::drain::drain(&mut body).await;
+            crate::runtime::drain::drain(&mut body).await;
             return Err(Rejection::body_too_large(limits.max_json_body_bytes as u64));
         }
         buf.extend_from_slice(&chunk);
     }
     let bytes = buf.freeze();
     let members = if is_json {
-        crate::params::from_json(&bytes)
+        crate::broker::params::from_json(&bytes)
     } else {
-        crate::params::from_form(&bytes)
+        crate::broker::params::from_form(&bytes)
     }
     .map_err(bad)?;
-    let params = crate::params::merge(query, members).map_err(bad)?;
+    let params = crate::broker::params::merge(query, members).map_err(bad)?;
     Ok((params, Some(bytes)))
 }
 

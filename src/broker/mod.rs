@@ -2,11 +2,15 @@
 //! their lifecycle (maintenance, drain on SIGTERM).
 
 pub mod admin;
+pub mod admission;
+pub mod connection;
 pub mod context;
 pub mod gateway;
-
+pub mod params;
+pub mod replay;
 pub mod state;
 pub mod tenants;
+pub mod upstream;
 
 use std::time::Duration;
 
@@ -14,14 +18,18 @@ use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::{Config, PolicyEngine};
+use crate::runtime::{StartError, Starting};
 pub use state::BrokerState;
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns;
 /// `config_path` is re-read on a configuration reload (SIGHUP,
 /// `POST /admin/config/reload`). Must be called inside an actix `System`.
-pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Result<(), String> {
-    let admin_token = crate::admin_token(&config)?;
-    let tls = crate::tls::acceptor(&config.tls)?;
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), StartError> {
+    let admin_token = crate::admin_token(&config).starting("admin")?;
+    let tls = crate::runtime::tls::acceptor(&config.tls).starting("tls")?;
     let state = BrokerState::start(config, config_path.clone(), admin_token)?;
     watch_config(state.clone(), config_path);
     let config = state.config.clone();
@@ -63,7 +71,8 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Res
         .keep_alive(Duration::from_secs(b.keep_alive_seconds))
         .max_connections(b.max_connections_per_worker)
         .bind_openssl(b.listen_addr, tls)
-        .map_err(|e| format!("cannot listen on broker.listen_addr {}: {e}", b.listen_addr))?
+        .map_err(|e| format!("cannot listen on broker.listen_addr {}: {e}", b.listen_addr))
+        .starting("listener")?
         .run()
     };
     let fault_injection = config.debug.fault_injection;
@@ -83,7 +92,8 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Res
         .disable_signals()
         .shutdown_timeout(b.shutdown_grace_seconds)
         .bind(b.admin_addr)
-        .map_err(|e| format!("cannot listen on broker.admin_addr {}: {e}", b.admin_addr))?
+        .map_err(|e| format!("cannot listen on broker.admin_addr {}: {e}", b.admin_addr))
+        .starting("listener")?
         .run()
     };
     tracing::info!(
@@ -114,7 +124,7 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Res
     let drain_delay = Duration::from_secs(b.drain_delay_seconds);
     let lifecycle = state.clone();
     actix_web::rt::spawn(async move {
-        let signal = shutdown_signal().await;
+        let signal = crate::runtime::shutdown_signal().await;
         lifecycle.start_draining();
         tracing::info!(
             signal,
@@ -134,8 +144,8 @@ pub async fn run(config: Config, config_path: Option<std::path::PathBuf>) -> Res
         .await;
     state.shards.stop();
     state.stop_periodic();
-    g.map_err(|e| format!("agent listener failed: {e}"))?;
-    a.map_err(|e| format!("admin listener failed: {e}"))?;
+    g.starting("agent listener")?;
+    a.starting("admin listener")?;
     tracing::info!("broker stopped");
     Ok(())
 }
@@ -197,21 +207,4 @@ fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::Path
             every
         }
     });
-}
-
-pub async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            tracing::error!("cannot install signal handlers; SIGTERM will not drain");
-            std::future::pending().await
-        }
-    }
 }

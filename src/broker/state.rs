@@ -9,16 +9,17 @@ use atb_actors::{PeriodicHandle, PoolConfig, ShardPool};
 
 use std::time::Duration;
 
-use crate::admission::TenantShardState;
 use crate::audit::AuditSink;
+use crate::broker::admission::TenantShardState;
+use crate::broker::connection::ConnectionRegistry;
+use crate::broker::replay::MemoryReplay;
 use crate::broker::tenants::{CurrentTenants, TenantSet};
 use crate::config::{Config, PolicyEngine};
-use crate::connection::ConnectionRegistry;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
-use crate::replay::MemoryReplay;
+use crate::runtime::{StartError, Starting};
 
 /// Where decisions come from.
 pub enum PolicyBackend {
@@ -111,7 +112,7 @@ pub struct BrokerState {
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
     /// `None` when single use is off.
-    pub replay: Option<Arc<dyn crate::replay::ReplayStore>>,
+    pub replay: Option<Arc<dyn crate::broker::replay::ReplayStore>>,
     pub policy: PolicyBackend,
     /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
     pub outbound_tls: openssl::ssl::SslConnector,
@@ -135,11 +136,11 @@ impl BrokerState {
         config: Config,
         config_path: Option<std::path::PathBuf>,
         admin_token: Option<String>,
-    ) -> Result<Arc<Self>, String> {
-        let metrics = Metrics::new().map_err(|e| format!("metrics setup failed: {e}"))?;
-        let outbound_tls = crate::tls::outbound(&config.tls)?;
+    ) -> Result<Arc<Self>, StartError> {
+        let metrics = Metrics::new().starting("metrics")?;
+        let outbound_tls = crate::runtime::tls::outbound(&config.tls).starting("tls")?;
         let config = Arc::new(config);
-        let tenants = TenantSet::build(config.clone(), None, &metrics)?;
+        let tenants = TenantSet::build(config.clone(), None, &metrics).starting("tenants")?;
         let connections = Arc::new(ConnectionRegistry::new(tenants.directory.clone(), &metrics));
         let shards = ShardPool::start(
             PoolConfig {
@@ -152,7 +153,7 @@ impl BrokerState {
             {
                 // Full buckets at first start; drained ones and the same
                 // usage counts after a fault (never fail open).
-                let states = Arc::new(crate::admission::ShardStates::default());
+                let states = Arc::new(crate::broker::admission::ShardStates::default());
                 Arc::new(move |index| states.build(index))
             },
         );
@@ -167,16 +168,16 @@ impl BrokerState {
                 )
             })
             .collect();
-        let policy = policy_backend(&config, &metrics)?;
+        let policy = policy_backend(&config, &metrics).starting("policy")?;
         let replay = config.poa.single_use.then(|| {
             let cache = Arc::new(MemoryReplay::new(config.poa.replay_capacity));
-            periodic.push(crate::replay::start_sweep(
+            periodic.push(crate::broker::replay::start_sweep(
                 cache.clone(),
                 Duration::from_secs(config.poa.replay_sweep_seconds),
                 metrics.replay_entries.clone(),
                 &metrics.actors,
             ));
-            cache as Arc<dyn crate::replay::ReplayStore>
+            cache as Arc<dyn crate::broker::replay::ReplayStore>
         });
         let audit = AuditSink::start(
             "broker",
@@ -184,7 +185,8 @@ impl BrokerState {
             &outbound_tls,
             metrics.audit_events.clone(),
             metrics.audit_writer.clone(),
-        )?;
+        )
+        .starting("audit")?;
         Ok(Arc::new(Self {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             maintenance: AtomicBool::new(config.broker.maintenance_mode),

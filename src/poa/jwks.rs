@@ -315,7 +315,7 @@ pub fn start_refresh<S: KeyDocument + 'static>(
     atb_actors::periodic::start(name, Duration::ZERO, metrics, move || {
         let cache = cache.clone();
         let client: awc::Client = client
-            .get_or_init(|| crate::tls::http_client(&tls, Duration::from_secs(5)))
+            .get_or_init(|| crate::runtime::tls::http_client(&tls, Duration::from_secs(5)))
             .clone();
         let backoff = backoff.clone();
         async move {

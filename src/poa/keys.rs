@@ -2,7 +2,7 @@
 //! thumbprint unless configured), from PEM files or a JWKS document.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -63,38 +63,74 @@ impl KeySet {
     }
 }
 
+/// A key file that could not be read, parsed or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not an Ed25519 {kind} key PEM: {reason}", path.display())]
+    NotEd25519 {
+        path: PathBuf,
+        kind: &'static str,
+        reason: String,
+    },
+    #[error("openssl: {0}")]
+    Random(#[from] openssl::error::ErrorStack),
+    #[error("cannot encode key: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Write(#[from] crate::runtime::files::WriteError),
+}
+
+fn read_pem(path: &Path) -> Result<String, KeyError> {
+    std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM) from `path`.
-pub fn load_public_pem(path: &Path) -> Result<VerifyingKey, String> {
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    VerifyingKey::from_public_key_pem(pem.trim())
-        .map_err(|e| format!("{}: not an Ed25519 public key PEM: {e}", path.display()))
+pub fn load_public_pem(path: &Path) -> Result<VerifyingKey, KeyError> {
+    VerifyingKey::from_public_key_pem(read_pem(path)?.trim()).map_err(|e| KeyError::NotEd25519 {
+        path: path.to_owned(),
+        kind: "public",
+        reason: e.to_string(),
+    })
 }
 
 /// Reads an Ed25519 private key (PKCS#8 PEM, as `openssl genpkey
 /// -algorithm ed25519` writes it).
-pub fn load_signing_pem(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
+pub fn load_signing_pem(path: &Path) -> Result<ed25519_dalek::SigningKey, KeyError> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    ed25519_dalek::SigningKey::from_pkcs8_pem(pem.trim())
-        .map_err(|e| format!("{}: not an Ed25519 private key PEM: {e}", path.display()))
+    ed25519_dalek::SigningKey::from_pkcs8_pem(read_pem(path)?.trim()).map_err(|e| {
+        KeyError::NotEd25519 {
+            path: path.to_owned(),
+            kind: "private",
+            reason: e.to_string(),
+        }
+    })
 }
 
 /// Creates a new Ed25519 key pair: private PKCS#8 PEM (mode 0600) and
 /// public SubjectPublicKeyInfo PEM.
-pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), String> {
+pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), KeyError> {
     use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
     let mut seed = [0u8; 32];
-    openssl::rand::rand_bytes(&mut seed).map_err(|e| format!("openssl: {e}"))?;
+    openssl::rand::rand_bytes(&mut seed)?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let private_pem = key
         .to_pkcs8_pem(Default::default())
-        .map_err(|e| format!("cannot encode key: {e}"))?;
+        .map_err(|e| KeyError::Encode(e.to_string()))?;
     let public_pem = key
         .verifying_key()
         .to_public_key_pem(Default::default())
-        .map_err(|e| format!("cannot encode key: {e}"))?;
-    crate::pki::write_file(private, private_pem.as_bytes(), true)?;
-    crate::pki::write_file(public, public_pem.as_bytes(), false)
+        .map_err(|e| KeyError::Encode(e.to_string()))?;
+    crate::runtime::files::write_file(private, private_pem.as_bytes(), true)?;
+    crate::runtime::files::write_file(public, public_pem.as_bytes(), false)?;
+    Ok(())
 }
 
 /// Largest number of revoked key ids read from a JWKS document.

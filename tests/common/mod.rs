@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ATB: &str = env!("CARGO_BIN_EXE_atb");
@@ -394,6 +394,35 @@ pub fn admin(
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
+/// An mTLS connection of `agent` held open by openssl s_client (stdin
+/// kept open, so only the broker can close it), once the broker counts it
+/// for `tenant`.
+pub fn hold_connection(broker: &Broker, pki: &Pki, agent: &str, tenant: &str) -> Child {
+    let holder = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &format!("127.0.0.1:{}", broker.port),
+        ])
+        .arg("-cert")
+        .arg(pki.path(&format!("{agent}.crt")))
+        .arg("-key")
+        .arg(pki.path(&format!("{agent}.key")))
+        .arg("-CAfile")
+        .arg(pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let gauge = format!(r#"atb_tenant_connections{{tenant="{tenant}"}}"#);
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(&broker.metrics(), &gauge) == Some(1.0)
+    }));
+    holder
+}
+
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

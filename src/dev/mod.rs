@@ -1,6 +1,9 @@
 //! `atb dev`: the whole product on one machine with embedded defaults — a
 //! generated dev PKI, two demo tenants, a demo upstream and the broker.
 
+pub mod demo_upstream;
+pub mod pki;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -8,11 +11,11 @@ use crate::config::{
     Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TenantPoaConfig, TlsConfig,
 };
 use crate::routes::{ConnectorRoutes, RouteConfig};
+use pki::DevPki;
 
 /// The dev mandate signing key (PKCS#8 PEM) and its public half.
 pub const SIGNING_KEY: &str = "poa-signing.key";
 pub const SIGNING_PUB: &str = "poa-signing.pub.pem";
-use crate::pki::{self, DevPki};
 
 /// Options of `atb dev`.
 #[derive(Debug, Clone)]
@@ -138,8 +141,23 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
     c
 }
 
+/// Why `atb dev` could not prepare its directory.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Write(#[from] crate::runtime::files::WriteError),
+    #[error("openssl: {0}")]
+    Ssl(#[from] openssl::error::ErrorStack),
+    #[error(transparent)]
+    Key(#[from] crate::poa::keys::KeyError),
+    #[error(transparent)]
+    Keyring(#[from] crate::agentauth::keyring::KeyringError),
+}
+
 /// Creates (or reuses) the dev PKI and admin token in `dir`.
-pub fn prepare(dir: &Path) -> Result<DevPki, String> {
+pub fn prepare(dir: &Path) -> Result<DevPki, DevError> {
     let pki = DevPki {
         dir: dir.to_owned(),
     };
@@ -165,10 +183,10 @@ pub fn prepare(dir: &Path) -> Result<DevPki, String> {
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
         let mut bytes = [0u8; 24];
-        openssl::rand::rand_bytes(&mut bytes).map_err(|e| format!("openssl: {e}"))?;
+        openssl::rand::rand_bytes(&mut bytes)?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         // Readable by its owner only, like every secret atb writes.
-        crate::pki::write_file(&token_file, (token + "\n").as_bytes(), true)?;
+        crate::runtime::files::write_file(&token_file, (token + "\n").as_bytes(), true)?;
     }
     Ok(pki)
 }
@@ -181,9 +199,9 @@ pub fn approver_token(
     roles: &[&str],
     tenant: &str,
     ttl: i64,
-) -> Result<String, String> {
+) -> Result<String, DevError> {
     let key = crate::poa::keys::load_signing_pem(&dir.join(DEV_IDP_KEY))?;
-    let now = crate::replay::unix_now();
+    let now = crate::runtime::clock::unix_now();
     let id = format!("{name}@{tenant}.example");
     let claims = serde_json::json!({
         "iss": DEV_IDP_ISSUER, "aud": DEV_APPROVER_AUDIENCE,
@@ -194,10 +212,10 @@ pub fn approver_token(
 }
 
 /// Writes `approver-<name>.jwt` for every dev approver.
-fn write_approver_tokens(dir: &Path, ttl: i64) -> Result<(), String> {
+fn write_approver_tokens(dir: &Path, ttl: i64) -> Result<(), DevError> {
     for (name, roles, tenant) in DEV_APPROVERS {
         let token = approver_token(dir, name, roles, tenant, ttl)?;
-        pki::write_file(
+        crate::runtime::files::write_file(
             &dir.join(format!("approver-{name}.jwt")),
             token.as_bytes(),
             true,

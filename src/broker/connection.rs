@@ -16,9 +16,9 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
+use crate::runtime::tls::{peer_identity, IdentityError};
 use crate::spiffe::SpiffeId;
 use crate::tenant::{Tenant, TenantDirectory};
-use crate::tls::{peer_identity, IdentityError};
 
 /// What the broker knows about a connection, stored in its extensions.
 pub struct PeerConnection {

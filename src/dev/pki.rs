@@ -4,8 +4,10 @@
 //! openssl s_client) can use them.
 
 use std::fs;
-use std::io::Write;
+
 use std::path::{Path, PathBuf};
+
+use crate::runtime::files::{write_file, WriteError};
 
 use openssl::asn1::{Asn1Integer, Asn1Time};
 use openssl::bn::{BigNum, MsbOption};
@@ -70,10 +72,34 @@ impl DevPki {
     }
 }
 
-type PkiResult<T> = Result<T, String>;
+/// Why the dev PKI could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("openssl: {0}")]
+    Ssl(#[from] openssl::error::ErrorStack),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("agent {name}: {spiffe_id:?}: {reason}")]
+    BadSpiffeId {
+        name: String,
+        spiffe_id: String,
+        reason: String,
+    },
+    #[error("agent name {0:?} is not a valid file stem")]
+    BadName(String),
+    #[error("cannot create {}: {source}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} already exists; pass --force to replace the dev PKI", .0.display())]
+    Exists(PathBuf),
+}
+
+type PkiResult<T> = Result<T, PkiError>;
 
 fn ssl<T>(r: Result<T, openssl::error::ErrorStack>) -> PkiResult<T> {
-    r.map_err(|e| format!("openssl: {e}"))
+    Ok(r?)
 }
 
 fn new_key() -> PkiResult<PKey<Private>> {
@@ -176,41 +202,29 @@ fn self_signed_ca(key: &PKey<Private>, days: u32) -> PkiResult<X509> {
     Ok(b.build())
 }
 
-pub(crate) fn write_file(path: &Path, bytes: &[u8], secret: bool) -> PkiResult<()> {
-    let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(bytes)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
 /// Generates a CA, a localhost server certificate and one client
 /// certificate per agent into `dir`. Refuses to overwrite an existing CA
 /// unless `force` is set.
 pub fn generate(dir: &Path, agents: &[AgentSpec], days: u32, force: bool) -> PkiResult<DevPki> {
     for a in agents {
-        crate::spiffe::SpiffeId::parse(&a.spiffe_id)
-            .map_err(|e| format!("agent {}: {:?}: {e}", a.name, a.spiffe_id))?;
+        crate::spiffe::SpiffeId::parse(&a.spiffe_id).map_err(|e| PkiError::BadSpiffeId {
+            name: a.name.clone(),
+            spiffe_id: a.spiffe_id.clone(),
+            reason: e.to_string(),
+        })?;
         if !crate::config::valid_id(&a.name) {
-            return Err(format!("agent name {:?} is not a valid file stem", a.name));
+            return Err(PkiError::BadName(a.name.clone()));
         }
     }
     let pki = DevPki {
         dir: dir.to_owned(),
     };
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).map_err(|source| PkiError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     if pki.ca_cert().exists() && !force {
-        return Err(format!(
-            "{} already exists; pass --force to replace the dev PKI",
-            pki.ca_cert().display()
-        ));
+        return Err(PkiError::Exists(pki.ca_cert()));
     }
     let ca_key = new_key()?;
     let ca = self_signed_ca(&ca_key, days)?;
@@ -295,6 +309,7 @@ mod tests {
         generate(dir.path(), &[], 1, false).unwrap();
         assert!(generate(dir.path(), &[], 1, false)
             .unwrap_err()
+            .to_string()
             .contains("--force"));
         generate(dir.path(), &[], 1, true).unwrap();
         let bad = [AgentSpec {

@@ -167,20 +167,13 @@ pub fn start_sweep(
 ) -> atb_actors::PeriodicHandle {
     let name = atb_actors::PeriodicName::single("replay_sweep");
     atb_actors::periodic::start(name, every, metrics, move || {
-        let removed = cache.sweep(unix_now());
+        let removed = cache.sweep(crate::runtime::clock::unix_now());
         entries_gauge.set(cache.len() as i64);
         if removed > 0 {
             tracing::debug!(removed, "replay cache swept");
         }
         std::future::ready(every)
     })
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
