@@ -297,7 +297,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let object = |name: &str, text: &str| -> Result<serde_json::Value, String> {
                 match serde_json::from_str(text) {
                     Ok(v @ serde_json::Value::Object(_)) => Ok(v),
-                    _ => Err(format!("--{name} must be a JSON object").into()),
+                    _ => Err(format!("--{name} must be a JSON object")),
                 }
             };
             let iat = iat.unwrap_or_else(atb::runtime::clock::unix_now);
