@@ -170,8 +170,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Command::Broker { config, check } => {
             let path = config;
-            let config =
-                Config::load(path.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
+            let config = Config::load(path.as_deref(), &config::env::process_env)
+                .map_err(|e| e.to_string())?;
             if check {
                 atb::runtime::tls::acceptor(&config.tls)?;
                 atb::admin_token(&config)?;
@@ -182,8 +182,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(actix_web::rt::System::new().block_on(atb::broker::run(config, path))?)
         }
         Command::Agentauth { config, check } => {
-            let config =
-                Config::load(config.as_deref(), &config::process_env).map_err(|e| e.to_string())?;
+            let config = Config::load(config.as_deref(), &config::env::process_env)
+                .map_err(|e| e.to_string())?;
             config
                 .agentauth
                 .validate_for_service()
@@ -255,7 +255,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let pki = dev::prepare(&opts.dir)?;
             let mut config = dev::config(&pki, &opts);
             config
-                .apply_env(&config::process_env)
+                .apply_env(&config::env::process_env)
                 .map_err(|e| e.to_string())?;
             config.validate().map_err(|e| e.to_string())?;
             atb::runtime::logging::init(&config.logging)?;

@@ -1,10 +1,96 @@
-//! Tenants: which tenant an agent's SPIFFE ID belongs to.
+//! Tenants: their configuration (`[[tenants]]`, connectors, rate limits)
+//! and which tenant an agent's SPIFFE ID belongs to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::TenantConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::poa::config::TenantPoaConfig;
 use crate::spiffe::SpiffeId;
+
+/// A tenant: who its agents are and what they may reach.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable id, used in metrics labels, logs and state keys.
+    pub id: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Agents whose SPIFFE ID is in this trust domain belong to the tenant.
+    #[serde(default)]
+    pub trust_domain: Option<String>,
+    /// Agents whose SPIFFE ID is this ID or below it (segment boundary)
+    /// belong to the tenant, e.g. `spiffe://saas.example/tenants/acme`.
+    #[serde(default)]
+    pub spiffe_prefix: Option<String>,
+    /// Live mTLS connections the tenant's agents may hold at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Sustained requests per second for the whole tenant (token bucket).
+    #[serde(default = "default_tenant_rps")]
+    pub requests_per_second: f64,
+    /// Bucket size: requests that may arrive at once.
+    #[serde(default = "default_tenant_burst")]
+    pub burst: u32,
+    #[serde(default)]
+    pub poa: TenantPoaConfig,
+    /// The tenant's policy data (`data.tenants.<id>` in Rego): `time_policy`,
+    /// `rate_limits`, `platform_binding`, `catalog.tiers` overrides.
+    #[serde(default)]
+    pub policy_data: Option<serde_json::Value>,
+    /// Connector used when a mandate names none (`con.connector`); with a
+    /// single connector that one is the default.
+    #[serde(default)]
+    pub default_connector: Option<String>,
+    #[serde(default)]
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+/// An upstream enterprise API a tenant's agents may be proxied to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectorConfig {
+    pub id: String,
+    /// Base URL, `http://` or `https://`.
+    pub upstream_url: String,
+    /// Path prefixes (segment boundary) requests may reach; empty denies all.
+    #[serde(default)]
+    pub egress_allowlist: Vec<String>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Seconds to wait for the upstream's response headers (then 504).
+    #[serde(default = "default_connector_timeout")]
+    pub timeout_seconds: u64,
+    /// Which action each method + path carries out
+    /// (`[[tenants.connectors.routes]]`); none = no calls. `"any"` opts
+    /// out of route binding (warned about, `atb_connector_unbound`).
+    #[serde(default)]
+    pub routes: crate::routes::ConnectorRoutes,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_connector_timeout() -> u64 {
+    30
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_tenant_rps() -> f64 {
+    1000.0
+}
+fn default_tenant_burst() -> u32 {
+    2000
+}
 
 /// A configured tenant, shared by every request of its agents.
 pub type Tenant = Arc<TenantConfig>;

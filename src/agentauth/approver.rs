@@ -489,7 +489,7 @@ pub mod tests {
     }
 
     fn test_tls() -> openssl::ssl::SslConnector {
-        crate::runtime::tls::outbound(&crate::config::TlsConfig::default()).unwrap()
+        crate::runtime::tls::outbound(&crate::runtime::tls::TlsConfig::default()).unwrap()
     }
 
     fn config() -> ApproverAuthConfig {

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{env_parsed, invalid, ConfigError, EnvLookup};
+use crate::config::env::{env_parsed, EnvLookup};
+use crate::config::error::{invalid, ConfigError};
 
 /// Longest mandate lifetime AgentAuth will sign (the broker's hard cap).
 pub const MAX_MANDATE_TTL: u64 = 900;

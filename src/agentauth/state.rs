@@ -35,7 +35,7 @@ pub struct TierPolicy {
 impl TierPolicy {
     pub fn new(
         bundle: PolicyBundle,
-        policy: &crate::config::PolicyConfig,
+        policy: &crate::policy::config::PolicyConfig,
         metrics: &atb_actors::ActorMetrics,
     ) -> Result<Self, String> {
         let threads = if policy.threads == 0 {
@@ -209,7 +209,7 @@ mod tests {
     #[actix_web::test]
     async fn tiers_follow_a_replaced_policy_and_survive_a_bad_one() {
         let metrics = atb_actors::ActorMetrics::register(&prometheus::Registry::new()).unwrap();
-        let policy = crate::config::PolicyConfig {
+        let policy = crate::policy::config::PolicyConfig {
             threads: 1,
             ..Default::default()
         };

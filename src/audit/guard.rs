@@ -148,8 +148,8 @@ mod tests {
 
     fn sink(dir: &std::path::Path) -> (AuditSink<Line>, std::path::PathBuf) {
         let path = dir.join("audit.jsonl");
-        let config = crate::config::AuditConfig {
-            sink: crate::config::AuditSinkKind::File,
+        let config = crate::audit::config::AuditConfig {
+            sink: crate::audit::config::AuditSinkKind::File,
             file: path.clone(),
             ..Default::default()
         };

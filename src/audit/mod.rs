@@ -6,6 +6,7 @@
 //! never dropped.
 
 pub mod chain;
+pub mod config;
 pub mod guard;
 
 use std::io::Write;
@@ -15,7 +16,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{AuditConfig, AuditSinkKind};
+use crate::audit::config::{AuditConfig, AuditSinkKind};
 use chain::{Chain, ChainHead};
 
 /// One decision.

@@ -22,10 +22,10 @@ use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
 use crate::audit::{decision_for, now_rfc3339, AuditEvent, AuditSink};
 use crate::broker::state::BrokerState;
 use crate::broker::tenants::TenantSet;
-use crate::config::ConnectorConfig;
 use crate::credential::Credential;
 use crate::error::Rejection;
 use crate::metrics::{status_class, NO_TENANT};
+use crate::tenant::ConnectorConfig;
 use crate::tenant::Tenant;
 
 /// What every step returns.

@@ -703,7 +703,7 @@ fn match_route(
 async fn read_params(
     req: &HttpRequest,
     payload: &mut Option<web::Payload>,
-    limits: &crate::config::UpstreamConfig,
+    limits: &crate::broker::config::UpstreamConfig,
 ) -> Result<(Map<String, Value>, Option<web::Bytes>), Rejection> {
     let bad = |e: crate::broker::params::ParamsError| Rejection::bad_request(e.to_string());
     let query = crate::broker::params::from_query(req.query_string()).map_err(bad)?;

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod config;
 pub mod connection;
 pub mod context;
 pub mod gateway;
@@ -17,7 +18,8 @@ use std::time::Duration;
 use actix_web::{web, App, HttpServer};
 use tracing_actix_web::TracingLogger;
 
-use crate::config::{Config, PolicyEngine};
+use crate::config::Config;
+use crate::policy::config::PolicyEngine;
 use crate::runtime::{StartError, Starting};
 pub use state::BrokerState;
 

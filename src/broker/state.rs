@@ -14,9 +14,10 @@ use crate::broker::admission::TenantShardState;
 use crate::broker::connection::ConnectionRegistry;
 use crate::broker::replay::MemoryReplay;
 use crate::broker::tenants::{CurrentTenants, TenantSet};
-use crate::config::{Config, PolicyEngine};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
+use crate::policy::config::PolicyEngine;
 use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
 use crate::runtime::{StartError, Starting};
@@ -300,8 +301,8 @@ impl BrokerState {
         let path = self.config_path.as_deref().ok_or(
             "this broker runs an embedded configuration (atb dev): there is no file to reload",
         )?;
-        let next =
-            Config::load(Some(path), &crate::config::process_env).map_err(|e| e.to_string())?;
+        let next = Config::load(Some(path), &crate::config::env::process_env)
+            .map_err(|e| e.to_string())?;
         let current = self.tenants.load_full();
         if serde_json::to_value(&next.tenants).ok()
             == serde_json::to_value(&current.config.tenants).ok()

@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, TenantConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::claims::ClaimRules;
 use crate::poa::jwks::{JwksCache, JwksTimings};
 use crate::poa::keys::{self, KeySet};
 use crate::routes::Binding;
+use crate::tenant::TenantConfig;
 use crate::tenant::TenantDirectory;
 
 /// What a tenant's mandates are checked against.

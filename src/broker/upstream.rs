@@ -14,7 +14,7 @@ use actix_web::web::{Bytes, Payload};
 use actix_web::HttpResponse;
 use futures_util::{Stream, StreamExt};
 
-use crate::config::ConnectorConfig;
+use crate::tenant::ConnectorConfig;
 use crate::tenant::Tenant;
 
 /// Why a request may not leave.
@@ -266,7 +266,7 @@ pub async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TenantConfig;
+    use crate::tenant::TenantConfig;
     use std::sync::Arc;
 
     fn connector(id: &str) -> ConnectorConfig {

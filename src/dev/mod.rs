@@ -7,10 +7,12 @@ pub mod pki;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::config::{
-    Config, ConnectorConfig, LogFormat, RateLimitConfig, TenantConfig, TenantPoaConfig, TlsConfig,
-};
+use crate::config::Config;
+use crate::poa::config::TenantPoaConfig;
 use crate::routes::{ConnectorRoutes, RouteConfig};
+use crate::runtime::logging::LogFormat;
+use crate::runtime::tls::TlsConfig;
+use crate::tenant::{ConnectorConfig, RateLimitConfig, TenantConfig};
 use pki::DevPki;
 
 /// The dev mandate signing key (PKCS#8 PEM) and its public half.

@@ -3,6 +3,7 @@
 //! pipeline calls it on the request's own task.
 
 pub mod claims;
+pub mod config;
 pub mod jwks;
 pub mod keys;
 pub mod presented;

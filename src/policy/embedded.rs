@@ -34,7 +34,7 @@ impl PolicyBundle {
     pub fn load(
         dir: Option<&std::path::Path>,
         data_file: Option<&std::path::Path>,
-        tenants: &[crate::config::TenantConfig],
+        tenants: &[crate::tenant::TenantConfig],
         eval_timeout: Duration,
     ) -> Result<Self, String> {
         let mut data = serde_json::json!({});

@@ -8,15 +8,30 @@
 //! result, which lets protected routes answer 401 `spiffe_id_required` with
 //! a JSON body instead of a bare handshake failure.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use openssl::ssl::{
     SslAcceptor, SslAcceptorBuilder, SslConnector, SslFiletype, SslMethod, SslRef, SslVerifyMode,
 };
 use openssl::x509::X509VerifyResult;
 
-use crate::config::TlsConfig;
+use serde::{Deserialize, Serialize};
+
 use crate::spiffe::{SpiffeError, SpiffeId};
+
+/// Server certificate and the trust bundle client certificates must chain to.
+/// There is deliberately no mode without client-certificate verification.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+    /// Extra CA certificates (PEM) trusted for outbound HTTPS (JWKS,
+    /// connectors, OPA, approver IdP) next to the system trust store, e.g.
+    /// the CA of AgentAuth's `:8444` certificate.
+    pub outbound_ca_file: Option<PathBuf>,
+}
 
 /// Why a connection carries no usable SPIFFE identity.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,18 +48,40 @@ pub enum IdentityError {
     Malformed(SpiffeError),
 }
 
+/// A TLS context that could not be built; names the config key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS setup failed: {0}")]
+    Setup(#[from] openssl::error::ErrorStack),
+    #[error("{key} {}: {reason}", path.display())]
+    File {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("tls.key_file does not match tls.cert_file: {0}")]
+    KeyMismatch(openssl::error::ErrorStack),
+}
+
+fn file_error<E: std::fmt::Display>(key: &'static str, path: &Path) -> impl FnOnce(E) -> TlsError {
+    let path = path.to_owned();
+    move |e| TlsError::File {
+        key,
+        path,
+        reason: e.to_string(),
+    }
+}
+
 /// TLS for outbound HTTPS (JWKS, connectors, OPA, approver IdP): peer
 /// verification on, the system trust store plus `tls.outbound_ca_file`.
-pub fn outbound(config: &TlsConfig) -> Result<SslConnector, String> {
-    let mut b =
-        SslConnector::builder(SslMethod::tls_client()).map_err(|e| format!("outbound TLS: {e}"))?;
+pub fn outbound(config: &TlsConfig) -> Result<SslConnector, TlsError> {
+    let mut b = SslConnector::builder(SslMethod::tls_client())?;
     if let Some(ca) = &config.outbound_ca_file {
         b.set_ca_file(ca)
-            .map_err(|e| format!("tls.outbound_ca_file {}: {e}", ca.display()))?;
+            .map_err(file_error("tls.outbound_ca_file", ca))?;
     }
     // As awc's own default: HTTP/2 when the server offers it.
-    b.set_alpn_protos(b"\x02h2\x08http/1.1")
-        .map_err(|e| format!("outbound TLS: {e}"))?;
+    b.set_alpn_protos(b"\x02h2\x08http/1.1")?;
     Ok(b.build())
 }
 
@@ -61,19 +98,15 @@ pub fn http_client(tls: &SslConnector, connect_timeout: std::time::Duration) -> 
 }
 
 /// Builds the TLS acceptor for the agent listener.
-pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, String> {
-    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let file = |p: &Path| p.display().to_string();
+pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, TlsError> {
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     builder
         .set_certificate_chain_file(&config.cert_file)
-        .map_err(|e| format!("tls.cert_file {}: {e}", file(&config.cert_file)))?;
+        .map_err(file_error("tls.cert_file", &config.cert_file))?;
     builder
         .set_private_key_file(&config.key_file, SslFiletype::PEM)
-        .map_err(|e| format!("tls.key_file {}: {e}", file(&config.key_file)))?;
-    builder
-        .check_private_key()
-        .map_err(|e| format!("tls.key_file does not match tls.cert_file: {e}"))?;
+        .map_err(file_error("tls.key_file", &config.key_file))?;
+    builder.check_private_key().map_err(TlsError::KeyMismatch)?;
     load_client_ca(&mut builder, &config.client_ca_file)?;
     // Ask for a certificate, verify it against the bundle, but let the
     // handshake complete so the HTTP layer can answer with a JSON 401. The
@@ -87,31 +120,20 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, String> {
     Ok(builder)
 }
 
-fn load_client_ca(builder: &mut SslAcceptorBuilder, path: &Path) -> Result<(), String> {
-    let pem =
-        std::fs::read(path).map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
-    let certs = openssl::x509::X509::stack_from_pem(&pem)
-        .map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
+fn load_client_ca(builder: &mut SslAcceptorBuilder, path: &Path) -> Result<(), TlsError> {
+    const KEY: &str = "tls.client_ca_file";
+    let pem = std::fs::read(path).map_err(file_error(KEY, path))?;
+    let certs = openssl::x509::X509::stack_from_pem(&pem).map_err(file_error(KEY, path))?;
     if certs.is_empty() {
-        return Err(format!(
-            "tls.client_ca_file {}: no certificates found",
-            path.display()
-        ));
+        return Err(file_error(KEY, path)("no certificates found"));
     }
-    let mut store = openssl::x509::store::X509StoreBuilder::new()
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
-    let mut names = openssl::stack::Stack::new().map_err(|e| format!("TLS setup failed: {e}"))?;
+    let mut store = openssl::x509::store::X509StoreBuilder::new()?;
+    let mut names = openssl::stack::Stack::new()?;
     for cert in certs {
-        names
-            .push(cert.subject_name().to_owned().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-        store
-            .add_cert(cert)
-            .map_err(|e| format!("tls.client_ca_file {}: {e}", path.display()))?;
+        names.push(cert.subject_name().to_owned()?)?;
+        store.add_cert(cert).map_err(file_error(KEY, path))?;
     }
-    builder
-        .set_verify_cert_store(store.build())
-        .map_err(|e| format!("TLS setup failed: {e}"))?;
+    builder.set_verify_cert_store(store.build())?;
     builder.set_client_ca_list(names);
     Ok(())
 }
@@ -157,7 +179,7 @@ mod tests {
                 ..TlsConfig::default()
             };
             let e = outbound(&config).unwrap_err();
-            assert!(e.contains("tls.outbound_ca_file"), "{e}");
+            assert!(e.to_string().contains("tls.outbound_ca_file"), "{e}");
         }
     }
 }
