@@ -8,7 +8,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
 use crate::broker::admission::ShardRequest;
-use crate::broker::state::{BrokerState, PolicyBackend};
+use crate::broker::policy_client::PolicyClient;
+use crate::broker::state::BrokerState;
 use crate::error::Rejection;
 
 pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
@@ -279,11 +280,11 @@ async fn add_revocations(
         )
         .to_response("");
     }
-    if let Err(reason) = auth.revoke(&add.kids, &add.jtis) {
+    if let Err(e) = auth.revoke(&add.kids, &add.jtis) {
         return Rejection::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "too_many_revocations",
-            reason,
+            e.to_string(),
         )
         .to_response("");
     }
@@ -306,8 +307,8 @@ async fn reload_config(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
         }
         Ok(crate::broker::state::ReloadOutcome::Changed { tenants, closed }) => HttpResponse::Ok()
             .json(serde_json::json!({"changed": true, "tenants": tenants, "connections_closed": closed})),
-        Err(reason) => {
-            Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "config_invalid", reason)
+        Err(e) => {
+            Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "config_invalid", e.to_string())
                 .to_response("")
         }
     }
@@ -317,7 +318,7 @@ async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
     if let Err(r) = authorize(&req, &state) {
         return r.to_response("");
     }
-    if matches!(state.policy, PolicyBackend::Opa { .. }) {
+    if matches!(state.policy, PolicyClient::Opa { .. }) {
         return Rejection::new(
             StatusCode::CONFLICT,
             "policy_engine_opa",

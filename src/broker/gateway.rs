@@ -23,10 +23,11 @@ use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::replay::{ReplayError, Verdict};
 use crate::broker::state::BrokerState;
 use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
+use crate::broker::validator::{self, Refusal};
 use crate::credential::Credential;
 use crate::error::Rejection;
 use crate::poa::presented::presented_token;
-use crate::poa::{claims, is_action_name, token, PoaError, MAX_ACTION_LEN};
+use crate::poa::{is_action_name, MAX_ACTION_LEN};
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
 use crate::runtime::clock::unix_now;
@@ -233,75 +234,37 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
         }
         return Err(Rejection::poa_required());
     };
-    let state = ctx.state;
-    let count = |result: &str| {
-        state
-            .metrics
-            .poa_validations
-            .with_label_values(&[&tenant.id, result])
-            .inc()
-    };
-    let fail = |result: &str, r: Rejection| {
-        count(result);
-        r
-    };
-    let poa_err = |e: PoaError| {
-        count(e.result_label());
-        match e {
-            PoaError::Invalid(r) => Rejection::poa_invalid(r),
-            PoaError::Expired(r) => Rejection::poa_expired(r),
-        }
-    };
     let tenants = ctx.tenants.clone();
-    let auth = tenants.auth.get(&tenant.id).ok_or_else(|| {
-        fail(
-            "invalid",
-            Rejection::poa_invalid("no verification keys for this tenant"),
-        )
-    })?;
-    let unverified = token::parse(token).map_err(poa_err)?;
-    let kid_revoked = || {
-        fail(
-            "revoked",
-            Rejection::poa_revoked("the signing key has been revoked"),
-        )
-    };
-    // The signature first, the revocation after: a forged token naming a
-    // revoked kid is invalid. A revoked key no longer published cannot
-    // verify anything; its tokens are answered as revoked.
-    let Some(key) = auth.key(ctx.client, &unverified.kid).await else {
-        if auth.kid_revoked(&unverified.kid) {
-            return Err(kid_revoked());
-        }
-        return Err(fail(
-            "invalid",
-            Rejection::poa_invalid("unknown kid: no such key for this tenant"),
+    let Some(auth) = tenants.auth.get(&tenant.id) else {
+        return Err(refusal(
+            ctx,
+            Refusal::Invalid("no verification keys for this tenant".into()),
         ));
     };
-    let revoked = auth.kid_revoked(&unverified.kid);
-    let payload = unverified.verify(&key).map_err(poa_err)?;
-    if revoked {
-        return Err(kid_revoked());
-    }
-    let claims = claims::validate(&payload, &auth.rules, unix_now()).map_err(poa_err)?;
+    let claims = match validator::verify_jwt(auth, ctx.client, token, unix_now()).await {
+        Ok(claims) => claims,
+        Err(r) => return Err(refusal(ctx, r)),
+    };
     ctx.log.jti.clone_from(&claims.jti);
     ctx.log.action.clone_from(&claims.act);
-    if claims.sub != ctx.log.agent {
-        return Err(fail("subject_mismatch", Rejection::poa_subject_mismatch()));
-    }
-    if let Some(h) = ctx.req.headers().get(X_ATB_ACTION) {
-        if h.as_bytes() != claims.act.as_bytes() {
-            return Err(fail("action_mismatch", Rejection::action_mismatch()));
-        }
-    }
-    if auth.jti_revoked(&claims.jti) {
-        return Err(fail(
-            "revoked",
-            Rejection::poa_revoked("this mandate has been revoked"),
-        ));
+    let action_header = ctx.req.headers().get(X_ATB_ACTION).map(|h| h.as_bytes());
+    if let Err(r) = validator::bind(auth, &claims, &ctx.log.agent, action_header) {
+        return Err(refusal(ctx, r));
     }
     ctx.credential = Some(Credential::Jwt(claims));
     Ok(())
+}
+
+/// A refused mandate: counted by its result, answered by its kind.
+fn refusal(ctx: &RequestCtx<'_>, r: Refusal) -> Rejection {
+    ctx.count_validation(r.result_label());
+    match r {
+        Refusal::Invalid(reason) => Rejection::poa_invalid(reason),
+        Refusal::Expired(reason) => Rejection::poa_expired(reason),
+        Refusal::Revoked(reason) => Rejection::poa_revoked(reason),
+        Refusal::SubjectMismatch => Rejection::poa_subject_mismatch(),
+        Refusal::ActionMismatch => Rejection::action_mismatch(),
+    }
 }
 
 /// Default deny for actions: a mandate's `act` must be a canonical name in

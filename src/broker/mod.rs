@@ -8,10 +8,12 @@ pub mod connection;
 pub mod context;
 pub mod gateway;
 pub mod params;
+pub mod policy_client;
 pub mod replay;
 pub mod state;
 pub mod tenants;
 pub mod upstream;
+pub mod validator;
 
 use std::time::Duration;
 
@@ -156,11 +158,11 @@ pub async fn run(
 /// loops of tenants it added on the calling runtime.
 pub async fn reload_config(
     state: std::sync::Arc<BrokerState>,
-) -> Result<state::ReloadOutcome, String> {
+) -> Result<state::ReloadOutcome, state::ReloadError> {
     let reloading = state.clone();
     let outcome = web::block(move || reloading.reload_config())
         .await
-        .map_err(|_| "the reload could not run".to_string())?;
+        .map_err(|_| state::ReloadError::NotRun)?;
     state.start_pending_jwks();
     outcome
 }

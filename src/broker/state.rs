@@ -12,77 +12,24 @@ use std::time::Duration;
 use crate::audit::AuditSink;
 use crate::broker::admission::TenantShardState;
 use crate::broker::connection::ConnectionRegistry;
+use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::MemoryReplay;
 use crate::broker::tenants::{CurrentTenants, TenantSet};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
-use crate::policy::config::PolicyEngine;
-use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
-use crate::policy::{Decision, PolicyError};
+use crate::policy::embedded::PolicyBundle;
 use crate::runtime::{StartError, Starting};
 
-/// Where decisions come from.
-pub enum PolicyBackend {
-    Embedded(EmbeddedPool),
-    Opa {
-        url: String,
-        /// Probed by `/ready`.
-        health_url: String,
-        timeout: Duration,
-    },
-}
-
-impl PolicyBackend {
-    pub fn engine_label(&self) -> &'static str {
-        match self {
-            PolicyBackend::Embedded(_) => "embedded",
-            PolicyBackend::Opa { .. } => "opa",
-        }
-    }
-
-    /// One decision for `tenant`; `client` is the calling worker's HTTP
-    /// client.
-    pub async fn decide(
-        &self,
-        client: &awc::Client,
-        tenant: &str,
-        input: serde_json::Value,
-    ) -> Result<Decision, PolicyError> {
-        match self {
-            PolicyBackend::Embedded(pool) => pool.decide(tenant, input).await,
-            PolicyBackend::Opa { url, timeout, .. } => {
-                crate::policy::opa::decide(client, url, *timeout, &input).await
-            }
-        }
-    }
-}
-
-fn policy_backend(config: &Config, metrics: &Metrics) -> Result<PolicyBackend, String> {
-    let p = &config.policy;
-    if p.engine == PolicyEngine::Opa {
-        return Ok(PolicyBackend::Opa {
-            url: p.opa_decision_url.clone(),
-            health_url: p.opa_health(),
-            timeout: Duration::from_millis(p.opa_timeout_ms),
-        });
-    }
-    let bundle = PolicyBundle::from_config(config)?;
-    let threads = if p.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        p.threads
-    };
-    EmbeddedPool::start(
-        bundle,
-        crate::policy::DECISION_RULE,
-        threads,
-        p.queue_capacity,
-        p.queue_per_tenant,
-        &metrics.actors,
-    )
-    .map(PolicyBackend::Embedded)
-    .map_err(|e| format!("policy: {e}"))
+/// Why a configuration reload was refused (the running tenants stay).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this broker runs an embedded configuration (atb dev): there is no file to reload")]
+    NoFile,
+    #[error(transparent)]
+    Invalid(#[from] crate::config::error::ConfigError),
+    #[error("the reload could not run")]
+    NotRun,
 }
 
 /// What a configuration reload did.
@@ -114,7 +61,7 @@ pub struct BrokerState {
     pub metrics: Metrics,
     /// `None` when single use is off.
     pub replay: Option<Arc<dyn crate::broker::replay::ReplayStore>>,
-    pub policy: PolicyBackend,
+    pub policy: PolicyClient,
     /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
     pub outbound_tls: openssl::ssl::SslConnector,
     pub audit: AuditSink,
@@ -169,7 +116,7 @@ impl BrokerState {
                 )
             })
             .collect();
-        let policy = policy_backend(&config, &metrics).starting("policy")?;
+        let policy = PolicyClient::start(&config, &metrics).starting("policy")?;
         let replay = config.poa.single_use.then(|| {
             let cache = Arc::new(MemoryReplay::new(config.poa.replay_capacity));
             periodic.push(crate::broker::replay::start_sweep(
@@ -270,7 +217,7 @@ impl BrokerState {
     /// disabled are closed; JWKS loops follow their tenants. Settings
     /// outside `[[tenants]]` need a restart (a change is logged). Blocking:
     /// call off the I/O threads.
-    pub fn reload_config(&self) -> Result<ReloadOutcome, String> {
+    pub fn reload_config(&self) -> Result<ReloadOutcome, ReloadError> {
         let outcome = self.reload_config_inner();
         let result = match &outcome {
             Ok(ReloadOutcome::Changed { .. }) => "changed",
@@ -293,24 +240,19 @@ impl BrokerState {
         outcome
     }
 
-    fn reload_config_inner(&self) -> Result<ReloadOutcome, String> {
-        let _one_at_a_time = self
-            .reloading
-            .lock()
-            .map_err(|_| "reload lock poisoned".to_string())?;
-        let path = self.config_path.as_deref().ok_or(
-            "this broker runs an embedded configuration (atb dev): there is no file to reload",
-        )?;
-        let next = Config::load(Some(path), &crate::config::env::process_env)
-            .map_err(|e| e.to_string())?;
+    fn reload_config_inner(&self) -> Result<ReloadOutcome, ReloadError> {
+        // The guarded data is (): a poisoned lock holds nothing broken.
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.config_path.as_deref().ok_or(ReloadError::NoFile)?;
+        let next = Config::load(Some(path), &crate::config::env::process_env)?;
         let current = self.tenants.load_full();
         if serde_json::to_value(&next.tenants).ok()
             == serde_json::to_value(&current.config.tenants).ok()
         {
             return Ok(ReloadOutcome::Unchanged);
         }
-        let mut statics = serde_json::to_value(&next).map_err(|e| e.to_string())?;
-        let mut running = serde_json::to_value(&*self.config).map_err(|e| e.to_string())?;
+        let mut statics = serde_json::to_value(&next).unwrap_or_default();
+        let mut running = serde_json::to_value(&*self.config).unwrap_or_default();
         statics["tenants"] = serde_json::Value::Null;
         running["tenants"] = serde_json::Value::Null;
         if statics != running {
@@ -348,7 +290,7 @@ impl BrokerState {
             pending.extend(starts);
         }
         // The policy sees the new tenants' data.
-        if matches!(self.policy, PolicyBackend::Embedded(_)) {
+        if matches!(self.policy, PolicyClient::Embedded(_)) {
             let _ = self.reload_policy();
         }
         Ok(ReloadOutcome::Changed {
@@ -413,7 +355,7 @@ impl BrokerState {
     /// compiles; on any failure the running policy stays. `Ok(true)`: the
     /// policy changed. Blocking: call off the I/O threads.
     pub fn reload_policy(&self) -> Result<bool, String> {
-        let PolicyBackend::Embedded(pool) = &self.policy else {
+        let PolicyClient::Embedded(pool) = &self.policy else {
             return Err("the policy engine is opa: OPA loads its own policy".into());
         };
         let config = self.tenants.load().config.clone();
@@ -440,7 +382,7 @@ impl BrokerState {
     /// traffic).
     pub async fn ready_for_traffic(&self, client: &awc::Client) -> Result<(), &'static str> {
         self.ready()?;
-        if let PolicyBackend::Opa {
+        if let PolicyClient::Opa {
             health_url,
             timeout,
             ..
