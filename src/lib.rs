@@ -29,22 +29,33 @@ pub fn clip(s: &str, chars: usize) -> &str {
     }
 }
 
+/// The admin token file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("admin.token_file {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("admin.token_file {}: the token must be at least 16 characters", .0.display())]
+    TooShort(std::path::PathBuf),
+}
+
 /// The admin API token from `admin.token` or `admin.token_file`.
-pub fn admin_token(config: &config::Config) -> Result<Option<String>, String> {
+pub fn admin_token(config: &config::Config) -> Result<Option<String>, AdminTokenError> {
     if let Some(t) = &config.admin.token {
         return Ok(Some(t.trim().to_owned()));
     }
     match &config.admin.token_file {
         None => Ok(None),
         Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| format!("admin.token_file {}: {e}", path.display()))?;
+            let token = std::fs::read_to_string(path).map_err(|source| AdminTokenError::Read {
+                path: path.clone(),
+                source,
+            })?;
             let token = token.trim().to_owned();
             if token.len() < 16 {
-                return Err(format!(
-                    "admin.token_file {}: the token must be at least 16 characters",
-                    path.display()
-                ));
+                return Err(AdminTokenError::TooShort(path.clone()));
             }
             Ok(Some(token))
         }

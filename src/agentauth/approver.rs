@@ -21,10 +21,43 @@ use serde_json::Value;
 
 use super::challenge::Approver;
 use super::config::ApproverAuthConfig;
-use crate::poa::jwks::{JwksCache, JwksTimings, KeyDocument};
+use crate::poa::jwks::{JwksCache, JwksError, JwksTimings, KeyDocument};
+use crate::poa::keys::DocumentError;
 
 /// Longest approver token accepted.
 const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// A key that cannot verify approver tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("RSA keys must have at least 2048 bits")]
+    WeakRsa,
+    #[error("only P-256 EC keys are supported")]
+    Curve,
+    #[error("unsupported key type (RSA, EC P-256 or Ed25519)")]
+    Unsupported,
+    #[error("JWKS contains private key material")]
+    Private,
+    #[error("JWK member {0} is missing or not base64url")]
+    Member(&'static str),
+    #[error("not a signing key")]
+    NotSigning,
+    #[error("JWK alg {0} does not fit its key type")]
+    AlgMismatch(String),
+    #[error("openssl: {0}")]
+    Ssl(String),
+    #[error("{}: {reason}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+}
+
+impl From<openssl::error::ErrorStack> for KeyError {
+    fn from(e: openssl::error::ErrorStack) -> Self {
+        Self::Ssl(e.to_string())
+    }
+}
 
 /// A verification key and the algorithm it serves.
 #[derive(Clone, Debug)]
@@ -35,19 +68,18 @@ pub struct ApproverKey {
 
 impl ApproverKey {
     /// Wraps a public key; only RSA (≥ 2048 bits), P-256 and Ed25519 keys.
-    pub fn new(key: PKey<Public>) -> Result<Self, String> {
+    pub fn new(key: PKey<Public>) -> Result<Self, KeyError> {
         let alg = match key.id() {
             Id::RSA if key.bits() >= 2048 => "RS256",
-            Id::RSA => return Err("RSA keys must have at least 2048 bits".into()),
+            Id::RSA => return Err(KeyError::WeakRsa),
             Id::EC => {
-                let ec = key.ec_key().map_err(|e| e.to_string())?;
-                if ec.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
-                    return Err("only P-256 EC keys are supported".into());
+                if key.ec_key()?.group().curve_name() != Some(Nid::X9_62_PRIME256V1) {
+                    return Err(KeyError::Curve);
                 }
                 "ES256"
             }
             Id::ED25519 => "EdDSA",
-            _ => return Err("unsupported key type (RSA, EC P-256 or Ed25519)".into()),
+            _ => return Err(KeyError::Unsupported),
         };
         Ok(Self { alg, key })
     }
@@ -82,57 +114,54 @@ impl ApproverKey {
 }
 
 /// Reads one JWK (public RSA, EC P-256 or Ed25519 key).
-pub fn key_from_jwk(jwk: &Value) -> Result<ApproverKey, String> {
+pub fn key_from_jwk(jwk: &Value) -> Result<ApproverKey, KeyError> {
     if jwk.get("d").is_some() {
-        return Err("JWKS contains private key material".into());
+        return Err(KeyError::Private);
     }
     let s = |k: &str| jwk.get(k).and_then(Value::as_str);
-    let b = |k: &str| -> Result<Vec<u8>, String> {
+    let b = |k: &'static str| -> Result<Vec<u8>, KeyError> {
         s(k).and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
-            .ok_or_else(|| format!("JWK member {k} is missing or not base64url"))
+            .ok_or(KeyError::Member(k))
     };
     if matches!(s("use"), Some(u) if u != "sig") {
-        return Err("not a signing key".into());
+        return Err(KeyError::NotSigning);
     }
-    let err = |e: openssl::error::ErrorStack| e.to_string();
     let key = match (s("kty"), s("crv")) {
         (Some("RSA"), _) => {
-            let n = BigNum::from_slice(&b("n")?).map_err(err)?;
-            let e = BigNum::from_slice(&b("e")?).map_err(err)?;
-            PKey::from_rsa(Rsa::from_public_components(n, e).map_err(err)?).map_err(err)?
+            let n = BigNum::from_slice(&b("n")?)?;
+            let e = BigNum::from_slice(&b("e")?)?;
+            PKey::from_rsa(Rsa::from_public_components(n, e)?)?
         }
         (Some("EC"), Some("P-256")) => {
-            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).map_err(err)?;
-            let x = BigNum::from_slice(&b("x")?).map_err(err)?;
-            let y = BigNum::from_slice(&b("y")?).map_err(err)?;
-            let ec = EcKey::from_public_key_affine_coordinates(&group, &x, &y).map_err(err)?;
-            PKey::from_ec_key(ec).map_err(err)?
+            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+            let x = BigNum::from_slice(&b("x")?)?;
+            let y = BigNum::from_slice(&b("y")?)?;
+            PKey::from_ec_key(EcKey::from_public_key_affine_coordinates(&group, &x, &y)?)?
         }
-        (Some("OKP"), Some("Ed25519")) => {
-            PKey::public_key_from_raw_bytes(&b("x")?, Id::ED25519).map_err(err)?
-        }
-        _ => return Err("unsupported key type".into()),
+        (Some("OKP"), Some("Ed25519")) => PKey::public_key_from_raw_bytes(&b("x")?, Id::ED25519)?,
+        _ => return Err(KeyError::Unsupported),
     };
     let key = ApproverKey::new(key)?;
     if let Some(alg) = s("alg") {
         if alg != key.alg {
-            return Err(format!("JWK alg {alg} does not fit its key type"));
+            return Err(KeyError::AlgMismatch(alg.to_owned()));
         }
     }
     Ok(key)
 }
 
 /// Parses a JWKS document; keys that cannot be used are skipped.
-pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, ApproverKey>, String> {
-    let doc: Value = serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, ApproverKey>, DocumentError> {
+    let doc: Value =
+        serde_json::from_slice(body).map_err(|e| DocumentError::NotJson(e.to_string()))?;
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)
-        .ok_or("JWKS has no \"keys\" array")?;
+        .ok_or(DocumentError::NoKeysArray)?;
     let mut out = HashMap::new();
     for (i, jwk) in keys.iter().enumerate() {
         if jwk.get("d").is_some() {
-            return Err("JWKS contains private key material".into());
+            return Err(DocumentError::PrivateKey);
         }
         match key_from_jwk(jwk) {
             Ok(k) => {
@@ -146,7 +175,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<HashMap<String, ApproverKey>, String> {
         }
     }
     if out.is_empty() {
-        return Err("JWKS contains no usable keys".into());
+        return Err(DocumentError::NoUsableKeys("signing"));
     }
     Ok(out)
 }
@@ -165,7 +194,7 @@ fn fail(s: impl Into<String>) -> AuthError {
 pub struct ApproverKeySet(HashMap<String, ApproverKey>);
 
 impl KeyDocument for ApproverKeySet {
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    fn parse(body: &[u8]) -> Result<Self, DocumentError> {
         parse_jwks(body).map(Self)
     }
 
@@ -192,15 +221,17 @@ impl ApproverKeys {
     pub fn new(
         config: &ApproverAuthConfig,
         tls: openssl::ssl::SslConnector,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         let mut static_keys = HashMap::new();
         for path in &config.public_key_files {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let file = |reason: String| KeyError::File {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| file(e.to_string()))?;
             let key = PKey::public_key_from_pem(&pem)
-                .map_err(|e| format!("{}: not a public key PEM: {e}", path.display()))
-                .and_then(|k| {
-                    ApproverKey::new(k).map_err(|e| format!("{}: {e}", path.display()))
-                })?;
+                .map_err(|e| file(format!("not a public key PEM: {e}")))
+                .and_then(|k| ApproverKey::new(k).map_err(|e| file(e.to_string())))?;
             let kid = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -271,7 +302,7 @@ impl ApproverKeys {
     }
 
     /// Fetches the JWKS now (single flight with token-triggered fetches).
-    pub async fn refresh(&self) -> Result<usize, String> {
+    pub async fn refresh(&self) -> Result<usize, JwksError> {
         let Some(jwks) = &self.jwks else {
             return Ok(0);
         };
@@ -289,7 +320,7 @@ impl ApproverAuth {
     pub fn new(
         config: ApproverAuthConfig,
         tls: openssl::ssl::SslConnector,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, KeyError> {
         let keys = ApproverKeys::new(&config, tls)?;
         Ok(Self { config, keys })
     }
@@ -673,7 +704,7 @@ pub mod tests {
         assert!(parse_jwks(br#"{"keys": []}"#).is_err());
         let small = Rsa::generate(1024).unwrap();
         let weak = json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(small.n().to_vec()), "e": e});
-        assert!(key_from_jwk(&weak).unwrap_err().contains("2048"));
+        assert_eq!(key_from_jwk(&weak).unwrap_err(), KeyError::WeakRsa);
     }
 
     /// Serves `doc` as a JWKS on a local port, counting fetches.

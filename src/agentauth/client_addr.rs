@@ -40,8 +40,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Not an address or range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("{0:?} is not an IP address or CIDR range")]
+    NotAnAddress(String),
+    #[error("{0:?} has a bad prefix length")]
+    Prefix(String),
+}
+
 /// Parses `10.0.0.0/8`, `fd00::/8` or a single address.
-pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
+pub fn parse_cidr(text: &str) -> Result<Cidr, CidrError> {
     let text = text.trim();
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
@@ -49,7 +58,7 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
     };
     let addr: IpAddr = addr
         .parse()
-        .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))?;
+        .map_err(|_| CidrError::NotAnAddress(text.to_owned()))?;
     let addr = canonical(addr);
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
@@ -58,7 +67,7 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
             .parse::<u8>()
             .ok()
             .filter(|p| *p <= max)
-            .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+            .ok_or_else(|| CidrError::Prefix(text.to_owned()))?,
     };
     Ok(Cidr { addr, prefix })
 }
@@ -68,7 +77,7 @@ pub fn parse_cidr(text: &str) -> Result<Cidr, String> {
 pub struct TrustedProxies(Vec<Cidr>);
 
 impl TrustedProxies {
-    pub fn parse(list: &[String]) -> Result<Self, String> {
+    pub fn parse(list: &[String]) -> Result<Self, CidrError> {
         list.iter()
             .map(|s| parse_cidr(s))
             .collect::<Result<_, _>>()

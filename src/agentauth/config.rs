@@ -268,7 +268,8 @@ impl AgentAuthConfig {
             }
         }
         for p in &self.trusted_proxies {
-            super::client_addr::parse_cidr(p).map_err(|e| invalid(k("trusted_proxies"), e))?;
+            super::client_addr::parse_cidr(p)
+                .map_err(|e| invalid(k("trusted_proxies"), e.to_string()))?;
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
             return Err(invalid(

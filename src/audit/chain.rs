@@ -97,38 +97,50 @@ pub struct LineLink {
     pub hash: String,
 }
 
+/// Why a line is not an intact audit line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("no hash at the end of the line")]
+    NoHash,
+    #[error("the hash is not 64 lower-case hex digits")]
+    BadHash,
+    #[error("the line's content does not match its hash")]
+    Altered,
+    #[error("not a JSON object: {0}")]
+    NotJson(String),
+    #[error("no {0} field of the right type")]
+    Field(&'static str),
+}
+
 /// Checks one line's own hash and reads its links.
-pub fn read_line(line: &str) -> Result<LineLink, String> {
+pub fn read_line(line: &str) -> Result<LineLink, LineError> {
     let cut = line
         .len()
         .checked_sub(HASH_SUFFIX_LEN)
         .filter(|&at| line.is_char_boundary(at) && line[at..].starts_with(HASH_FIELD))
         .filter(|_| line.ends_with("\"}"))
-        .ok_or("no hash at the end of the line")?;
+        .ok_or(LineError::NoHash)?;
     let hash = &line[cut + HASH_FIELD.len()..line.len() - 2];
     if !hash
         .bytes()
         .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
     {
-        return Err("the hash is not 64 lower-case hex digits".into());
+        return Err(LineError::BadHash);
     }
     let body = format!("{}}}", &line[..cut]);
     if hex(&Sha256::digest(body.as_bytes())) != hash {
-        return Err("the line's content does not match its hash".into());
+        return Err(LineError::Altered);
     }
     let v: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| format!("not a JSON object: {e}"))?;
-    let field = |k: &str| v.get(k).ok_or_else(|| format!("no {k} field"));
+        serde_json::from_str(&body).map_err(|e| LineError::NotJson(e.to_string()))?;
+    let text = |k: &'static str| v.get(k).and_then(|f| f.as_str()).ok_or(LineError::Field(k));
     Ok(LineLink {
-        chain: field("chain")?
-            .as_str()
-            .ok_or("chain is not a string")?
-            .to_owned(),
-        seq: field("seq")?.as_u64().ok_or("seq is not a number")?,
-        prev: field("prev")?
-            .as_str()
-            .ok_or("prev is not a string")?
-            .to_owned(),
+        chain: text("chain")?.to_owned(),
+        seq: v
+            .get("seq")
+            .and_then(|f| f.as_u64())
+            .ok_or(LineError::Field("seq"))?,
+        prev: text("prev")?.to_owned(),
         hash: hash.to_owned(),
     })
 }
@@ -154,7 +166,7 @@ pub fn verify(input: impl BufRead) -> std::io::Result<Verification> {
         let link = match read_line(&line) {
             Ok(l) => l,
             Err(e) => {
-                result.broken = Some((n, e));
+                result.broken = Some((n, e.to_string()));
                 break;
             }
         };

@@ -148,6 +148,18 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
     }
 }
 
+/// The audit sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditStartError {
+    #[error("audit.file {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the audit writer: {0}")]
+    Writer(std::io::Error),
+}
+
 impl<E: AuditRecord> AuditSink<E> {
     /// Starts the writer of chain `chain_name` on the configured sink. A
     /// file sink continues the chain from the file's last intact line of
@@ -158,13 +170,17 @@ impl<E: AuditRecord> AuditSink<E> {
         tls: &openssl::ssl::SslConnector,
         events: prometheus::IntCounterVec,
         writer: AuditWriterMetrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuditStartError> {
         // Files are opened here, so a bad path fails the start; an HTTP
         // client is made on the writer thread, which runs it.
         let (file, head) = match config.sink {
             AuditSinkKind::File => {
-                let (f, head) = open_file(&config.file, chain_name)
-                    .map_err(|e| format!("audit.file {}: {e}", config.file.display()))?;
+                let (f, head) = open_file(&config.file, chain_name).map_err(|source| {
+                    AuditStartError::File {
+                        path: config.file.clone(),
+                        source,
+                    }
+                })?;
                 (Some(f), head.unwrap_or_default())
             }
             _ => (None, ChainHead::default()),
@@ -185,7 +201,7 @@ impl<E: AuditRecord> AuditSink<E> {
                 };
                 write_loop(rx, Chain::new(chain_name, head), out, &metrics)
             })
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .map_err(AuditStartError::Writer)?;
         let shares = Shares {
             per_key: config.queue_per_tenant,
             keys: Default::default(),

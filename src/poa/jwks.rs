@@ -19,7 +19,19 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ed25519_dalek::VerifyingKey;
 
-use super::keys::{parse_jwks, KeySet};
+use super::keys::{parse_jwks, DocumentError, KeySet};
+
+/// Why a JWKS refresh failed (the previous keys stay within their stale
+/// window).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwksError {
+    #[error("JWKS fetch failed: {0}")]
+    Fetch(String),
+    #[error("JWKS answered HTTP {0}")]
+    Status(u16),
+    #[error(transparent)]
+    Document(#[from] DocumentError),
+}
 
 /// Timings of a JWKS source.
 #[derive(Debug, Clone, Copy)]
@@ -89,7 +101,7 @@ impl RefreshState {
 
 /// A key document a [`JwksCache`] holds: parsed from a JWKS body.
 pub trait KeyDocument: Default + Send + Sync + 'static {
-    fn parse(body: &[u8]) -> Result<Self, String>;
+    fn parse(body: &[u8]) -> Result<Self, DocumentError>;
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -97,7 +109,7 @@ pub trait KeyDocument: Default + Send + Sync + 'static {
 }
 
 impl KeyDocument for KeySet {
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    fn parse(body: &[u8]) -> Result<Self, DocumentError> {
         parse_jwks(body)
     }
 
@@ -232,7 +244,7 @@ impl<S: KeyDocument> JwksCache<S> {
     }
 
     /// Fetches the JWKS once; on success replaces the keys.
-    pub async fn fetch(&self, client: &awc::Client) -> Result<usize, String> {
+    pub async fn fetch(&self, client: &awc::Client) -> Result<usize, JwksError> {
         if let Ok(mut s) = self.state.lock() {
             s.attempted(Instant::now());
         }
@@ -257,21 +269,21 @@ impl<S: KeyDocument> JwksCache<S> {
         result
     }
 
-    async fn fetch_inner(&self, client: &awc::Client) -> Result<usize, String> {
+    async fn fetch_inner(&self, client: &awc::Client) -> Result<usize, JwksError> {
         let mut response = client
             .get(&self.url)
             .timeout(self.timings.timeout)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JwksError::Fetch(e.to_string()))?;
         if !response.status().is_success() {
-            return Err(format!("JWKS answered {}", response.status()));
+            return Err(JwksError::Status(response.status().as_u16()));
         }
         let body = response
             .body()
             .limit(MAX_JWKS_BYTES)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JwksError::Fetch(e.to_string()))?;
         let keys = S::parse(&body)?;
         let n = keys.len();
         self.snapshot.store(Arc::new(Snapshot {

@@ -133,6 +133,23 @@ pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), KeyErro
     Ok(())
 }
 
+/// Why a JWKS document is refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("JWKS is not JSON: {0}")]
+    NotJson(String),
+    #[error("JWKS has no \"keys\" array")]
+    NoKeysArray,
+    #[error("JWKS revoked_kids must be an array of strings")]
+    BadRevokedKids,
+    #[error("JWKS lists too many revoked_kids")]
+    TooManyRevokedKids,
+    #[error("JWKS contains private key material")]
+    PrivateKey,
+    #[error("JWKS contains no usable {0} keys")]
+    NoUsableKeys(&'static str),
+}
+
 /// Largest number of revoked key ids read from a JWKS document.
 const MAX_REVOKED_KIDS: usize = 10_000;
 
@@ -142,31 +159,27 @@ const MAX_REVOKED_KIDS: usize = 10_000;
 /// `revoked_kids` (AgentAuth publishes it after an emergency rotation)
 /// lists key ids whose mandates must be refused; a listed key is never
 /// used even if the document also carries it.
-pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
+pub fn parse_jwks(body: &[u8]) -> Result<KeySet, DocumentError> {
     let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        serde_json::from_slice(body).map_err(|e| DocumentError::NotJson(e.to_string()))?;
     let keys = doc
         .get("keys")
         .and_then(|k| k.as_array())
-        .ok_or("JWKS has no \"keys\" array")?;
+        .ok_or(DocumentError::NoKeysArray)?;
     let mut set = KeySet::default();
     if let Some(list) = doc.get("revoked_kids") {
-        let list = list
-            .as_array()
-            .ok_or("JWKS revoked_kids must be an array of strings")?;
+        let list = list.as_array().ok_or(DocumentError::BadRevokedKids)?;
         if list.len() > MAX_REVOKED_KIDS {
-            return Err("JWKS lists too many revoked_kids".into());
+            return Err(DocumentError::TooManyRevokedKids);
         }
         for kid in list {
-            let kid = kid
-                .as_str()
-                .ok_or("JWKS revoked_kids must be an array of strings")?;
+            let kid = kid.as_str().ok_or(DocumentError::BadRevokedKids)?;
             set.revoked.insert(kid.to_owned());
         }
     }
     for jwk in keys {
         if jwk.get("d").is_some() {
-            return Err("JWKS contains private key material".into());
+            return Err(DocumentError::PrivateKey);
         }
         let s = |k: &str| jwk.get(k).and_then(|v| v.as_str());
         if s("kty") != Some("OKP") || s("crv") != Some("Ed25519") {
@@ -193,7 +206,7 @@ pub fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         }
     }
     if set.is_empty() {
-        return Err("JWKS contains no usable Ed25519 keys".into());
+        return Err(DocumentError::NoUsableKeys("Ed25519"));
     }
     Ok(set)
 }
@@ -248,12 +261,21 @@ mod tests {
 
     #[test]
     fn jwks_errors() {
-        assert!(parse_jwks(b"nope").is_err());
-        assert!(parse_jwks(b"{}").is_err());
-        assert!(parse_jwks(br#"{"keys": []}"#)
-            .unwrap_err()
-            .contains("no usable"));
+        assert!(matches!(
+            parse_jwks(b"nope"),
+            Err(DocumentError::NotJson(_))
+        ));
+        assert_eq!(parse_jwks(b"{}").unwrap_err(), DocumentError::NoKeysArray);
+        assert_eq!(
+            parse_jwks(br#"{"keys": []}"#).unwrap_err(),
+            DocumentError::NoUsableKeys("Ed25519")
+        );
         let private = br#"{"keys": [{"kty":"OKP","crv":"Ed25519","x":"AA","d":"AA"}]}"#;
-        assert!(parse_jwks(private).unwrap_err().contains("private"));
+        assert_eq!(parse_jwks(private).unwrap_err(), DocumentError::PrivateKey);
+        let revoked = br#"{"keys": [], "revoked_kids": "k1"}"#;
+        assert_eq!(
+            parse_jwks(revoked).unwrap_err(),
+            DocumentError::BadRevokedKids
+        );
     }
 }
