@@ -165,7 +165,8 @@ impl Metrics {
             "Audit events recorded, by decision",
             &["decision"],
         )?;
-        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry)?;
+        let actors = ActorMetrics::register(&registry)?;
+        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry, &actors)?;
         let jwks_keys = IntGaugeVec::new(
             Opts::new("atb_jwks_keys", "Ed25519 keys from a tenant's JWKS"),
             &["tenant"],
@@ -185,7 +186,6 @@ impl Metrics {
         registry.register(Box::new(tenant_connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(tenant_suspended.clone()))?;
-        let actors = ActorMetrics::register(&registry)?;
         Ok(Self {
             registry,
             requests,

@@ -95,8 +95,8 @@ impl AgentAuthMetrics {
         registry.register(Box::new(signing_keys.clone()))?;
         registry.register(Box::new(key_reloads.clone()))?;
         registry.register(Box::new(audit_events.clone()))?;
-        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry)?;
         let actors = atb_actors::ActorMetrics::register(&registry)?;
+        let audit_writer = crate::audit::AuditWriterMetrics::register(&registry, &actors)?;
         Ok(Self {
             registry,
             requests,

@@ -83,10 +83,17 @@ impl AuditRecord for AuditEvent {
 pub struct AuditWriterMetrics {
     pub queue_depth: prometheus::IntGauge,
     pub write_failures: prometheus::IntCounter,
+    /// `atb_actor_restarts_total{actor="audit_writer"}`: events whose
+    /// handling panicked (the writer goes on with the next one).
+    pub panics: prometheus::IntCounter,
 }
 
 impl AuditWriterMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    /// Registers the writer's series; `actors` counts its panics.
+    pub fn register(
+        registry: &prometheus::Registry,
+        actors: &atb_actors::ActorMetrics,
+    ) -> prometheus::Result<Self> {
         let queue_depth = prometheus::IntGauge::new(
             "atb_audit_queue_depth",
             "Audit events waiting for the writer",
@@ -100,6 +107,7 @@ impl AuditWriterMetrics {
         Ok(Self {
             queue_depth,
             write_failures,
+            panics: actors.restarts.with_label_values(&["audit_writer", "-"]),
         })
     }
 }
@@ -434,27 +442,37 @@ fn write_loop<E: Serialize>(
     let failures = &metrics.write_failures;
     while let Some(message) = rx.blocking_recv() {
         metrics.queue_depth.set(rx.len() as i64);
-        let event = match message {
-            // The permit goes with the message: the tenant's share frees
-            // as the writer takes its event.
-            Message::Event(event, _permit) => event,
-            Message::Flush(done) => {
+        let more_waiting = !rx.is_empty();
+        // The writer is supervised per event: a panic (say, in an event's
+        // serialisation) is caught and counted, and the writer goes on with
+        // the chain as it stood (a line is sealed whole or not at all).
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let event = match message {
+                // The permit goes with the message: the tenant's share
+                // frees as the writer takes its event.
+                Message::Event(event, _permit) => event,
+                Message::Flush(done) => {
+                    retry("flush", failures, || out.settle());
+                    let _ = done.send(());
+                    return;
+                }
+            };
+            let mut line = match chain.seal(&event) {
+                Ok(line) => line,
+                Err(e) => {
+                    tracing::error!(error = %e, "audit event could not be encoded");
+                    return;
+                }
+            };
+            line.push('\n');
+            retry("write", failures, || out.write_line(line.as_bytes()));
+            if !more_waiting || out.full() {
                 retry("flush", failures, || out.settle());
-                let _ = done.send(());
-                continue;
             }
-        };
-        let mut line = match chain.seal(&event) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!(error = %e, "audit event could not be encoded");
-                continue;
-            }
-        };
-        line.push('\n');
-        retry("write", failures, || out.write_line(line.as_bytes()));
-        if rx.is_empty() || out.full() {
-            retry("flush", failures, || out.settle());
+        }));
+        if handled.is_err() {
+            metrics.panics.inc();
+            tracing::error!("the audit writer panicked on one event; it goes on with the next");
         }
     }
 }
@@ -575,6 +593,43 @@ mod tests {
         }
         // A dropped request's event never waits, even over its share.
         sink.record_now(event("acme"));
+    }
+
+    /// An event whose serialisation panics.
+    struct Poison;
+    impl Serialize for Poison {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("poisoned event")
+        }
+    }
+
+    #[test]
+    fn a_panicking_event_is_contained_and_the_writer_goes_on() {
+        let registry = prometheus::Registry::new();
+        let actors = atb_actors::ActorMetrics::register(&registry).unwrap();
+        let metrics = AuditWriterMetrics::register(&registry, &actors).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let (file, _) = open_file(&path, "broker").unwrap();
+        let (tx, rx) = mpsc::channel::<Message<Result<serde_json::Value, Poison>>>(8);
+        for e in [
+            Ok(serde_json::json!({"i": 0})),
+            Err(Poison),
+            Ok(serde_json::json!({"i": 1})),
+        ] {
+            tx.try_send(Message::Event(e, None)).ok().unwrap();
+        }
+        drop(tx);
+        let chain = Chain::new("broker", ChainHead::default());
+        write_loop(rx, chain, Output::File(file), &metrics);
+        assert_eq!(metrics.panics.get(), 1);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        // The chain is unbroken across the panic.
+        let v = chain::verify(text.as_bytes()).unwrap();
+        assert_eq!(v.broken, None);
+        assert_eq!(v.lines, 2);
     }
 
     #[test]

@@ -184,8 +184,17 @@ fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::Path
         };
         while hangups.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
-            // The outcome is logged and counted by reload_config.
-            let _ = reload_config(hup.clone()).await;
+            // The outcome is logged and counted by reload_config; a panic
+            // is caught and counted, and the next SIGHUP still reloads.
+            let reload = std::panic::AssertUnwindSafe(reload_config(hup.clone()));
+            if futures_util::FutureExt::catch_unwind(reload).await.is_err() {
+                hup.metrics
+                    .actors
+                    .restarts
+                    .with_label_values(&["config_signal", "-"])
+                    .inc();
+                tracing::error!("the SIGHUP reload panicked; the running configuration stays");
+            }
         }
     });
     let every = Duration::from_secs(state.config.broker.config_watch_seconds);
