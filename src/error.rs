@@ -239,6 +239,17 @@ impl Rejection {
         )
     }
 
+    /// The body did not arrive in time; the connection is closed (its
+    /// stream may be mid-body).
+    pub fn body_timeout(seconds: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {seconds} s"),
+        )
+        .closing()
+    }
+
     pub fn bad_request(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }

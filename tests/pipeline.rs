@@ -2180,3 +2180,61 @@ fn tenants_reload_live_and_a_bad_file_keeps_the_running_ones() {
         );
     }
 }
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
+    let s = setup_with("", "", &[("ATB_BODY_TIMEOUT_SECONDS", "1")]);
+    // Content-Length promises 100 bytes; 5 arrive and the client waits
+    // (HTTP/1.1: an HTTP/2 stream would end with its last DATA frame).
+    let partial = |ct: &str, token: &str| {
+        let header = format!("Content-Type: {ct}");
+        s.call(
+            "acme-agent",
+            "/api/search",
+            token,
+            &[
+                "--http1.1",
+                "-H",
+                &header,
+                "-H",
+                "Content-Length: 100",
+                "--data-binary",
+                r#"{"q":"#,
+            ],
+        )
+    };
+    // A JSON body, read for the policy: cut off before the mandate is
+    // spent, so the same mandate then works with its whole body.
+    let t = s.mint("kb.docs.search", &[]);
+    let a = partial("application/json", &t);
+    expect(&a, 408, "body_timeout");
+    assert_eq!(a.header("connection"), Some("close"), "{a:?}");
+    let whole = s.call(
+        "acme-agent",
+        "/api/search",
+        &t,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            r#"{"q": "x"}"#,
+        ],
+    );
+    assert_eq!(whole.status, 200, "{whole:?}");
+    // An opaque body, streamed to the connector: cut off the same way.
+    let t = s.mint("kb.docs.search", &[]);
+    expect(
+        &partial("application/octet-stream", &t),
+        408,
+        "body_timeout",
+    );
+    let m = s.broker.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            r#"atb_upstream_requests_total{connector="crm",status="body_timeout",tenant="acme"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}

@@ -115,6 +115,10 @@ pub struct UpstreamConfig {
     /// JSON bodies up to this size are read to give the policy
     /// `request.params`; bigger JSON bodies get 413.
     pub max_json_body_bytes: usize,
+    /// Seconds a request body has to arrive in full, whether read for the
+    /// policy or streamed to the connector; later => 408 `body_timeout`
+    /// (the connection is closed), so a slow body cannot park a request.
+    pub body_timeout_seconds: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -123,6 +127,7 @@ impl Default for UpstreamConfig {
             connect_timeout_seconds: 5,
             max_body_bytes: 10 * 1024 * 1024,
             max_json_body_bytes: 1024 * 1024,
+            body_timeout_seconds: 30,
         }
     }
 }

@@ -518,6 +518,8 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         (None, Some(p)) => Body::Streaming {
             payload: p,
             limit: state.config.upstream.max_body_bytes,
+            deadline: tokio::time::Instant::now()
+                + Duration::from_secs(state.config.upstream.body_timeout_seconds),
         },
         (None, None) => Body::Buffered(web::Bytes::new()),
     };
@@ -545,6 +547,7 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         Err(UpstreamError::Timeout) => "timeout",
         Err(UpstreamError::Failed(_)) => "error",
         Err(UpstreamError::BodyTooLarge(_)) => "body_too_large",
+        Err(UpstreamError::BodyTimeout) => "body_timeout",
     };
     m.upstream_requests
         .with_label_values(&[&tenant.id, &connector.id, outcome])
@@ -553,6 +556,11 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         Ok(response) => response,
         Err(UpstreamError::Timeout) => return Err(Rejection::upstream_timeout()),
         Err(UpstreamError::BodyTooLarge(limit)) => return Err(Rejection::body_too_large(limit)),
+        Err(UpstreamError::BodyTimeout) => {
+            return Err(Rejection::body_timeout(
+                state.config.upstream.body_timeout_seconds,
+            ))
+        }
         Err(UpstreamError::Failed(e)) => {
             tracing::warn!(connector = %connector.id, error = %e, "upstream failed");
             return Err(Rejection::upstream_error(
@@ -701,14 +709,23 @@ async fn read_params(
         return Ok((query, None));
     };
     let mut buf = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
-        if buf.len() + chunk.len() > limits.max_json_body_bytes {
-            crate::runtime::drain::drain(&mut body).await;
-            return Err(Rejection::body_too_large(limits.max_json_body_bytes as u64));
+    let deadline = Duration::from_secs(limits.body_timeout_seconds);
+    let read = tokio::time::timeout(deadline, async {
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
+            if buf.len() + chunk.len() > limits.max_json_body_bytes {
+                crate::runtime::drain::drain(&mut body).await;
+                return Err(Rejection::body_too_large(limits.max_json_body_bytes as u64));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
+        Ok(())
+    })
+    .await;
+    match read {
+        Ok(read) => read?,
+        Err(_) => return Err(Rejection::body_timeout(limits.body_timeout_seconds)),
     }
     let bytes = buf.freeze();
     let members = if is_json {

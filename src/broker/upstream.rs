@@ -2,7 +2,7 @@
 //! allowlist (on the canonical path, see `routes::path`), header hygiene, and streaming both ways.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -148,10 +148,12 @@ pub struct Stamp<'a> {
 /// The request body as the pipeline holds it.
 pub enum Body {
     Buffered(Bytes),
-    /// Not read yet; streamed to the upstream, at most `limit` bytes.
+    /// Not read yet; streamed to the upstream, at most `limit` bytes,
+    /// all of it before `deadline`.
     Streaming {
         payload: Payload,
         limit: u64,
+        deadline: tokio::time::Instant,
     },
 }
 
@@ -162,32 +164,58 @@ pub enum UpstreamError {
     Timeout,
     Failed(String),
     BodyTooLarge(u64),
+    /// The client's body did not arrive before its deadline (408).
+    BodyTimeout,
 }
 
+/// Why a [`LimitedBody`] cut its stream off.
+const CUT_NONE: u8 = 0;
+const CUT_TOO_LARGE: u8 = 1;
+const CUT_TOO_SLOW: u8 = 2;
+/// Set once the client's body has arrived in full.
+const CUT_DONE: u8 = 3;
+
 /// A streamed request body that ends in an error once more than `left`
-/// bytes have passed, which aborts the upstream request; `exceeded` tells
-/// the caller why the send failed.
+/// bytes have passed or its deadline has, which aborts the upstream
+/// request; `cut` tells the caller why the send failed.
 struct LimitedBody {
     payload: Payload,
     left: u64,
-    exceeded: Arc<AtomicBool>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    cut: Arc<AtomicU8>,
 }
 
 impl Stream for LimitedBody {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.exceeded.load(Ordering::Relaxed) {
+        if matches!(
+            self.cut.load(Ordering::Relaxed),
+            CUT_TOO_LARGE | CUT_TOO_SLOW
+        ) {
             return Poll::Ready(None);
         }
+        // The deadline first: a body trickling in small chunks is as late
+        // as a stalled one.
+        if std::future::Future::poll(self.deadline.as_mut(), cx).is_ready() {
+            self.cut.store(CUT_TOO_SLOW, Ordering::Relaxed);
+            return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body deadline",
+            )))));
+        }
         match self.payload.poll_next_unpin(cx) {
+            Poll::Ready(None) => {
+                self.cut.store(CUT_DONE, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
             Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len() as u64) {
                 Some(left) => {
                     self.left = left;
                     Poll::Ready(Some(Ok(chunk)))
                 }
                 None => {
-                    self.exceeded.store(true, Ordering::Relaxed);
+                    self.cut.store(CUT_TOO_LARGE, Ordering::Relaxed);
                     Poll::Ready(Some(Err(PayloadError::Overflow)))
                 }
             },
@@ -233,20 +261,34 @@ pub async fn forward(
             up = up.insert_header((name, v));
         }
     }
-    let exceeded = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicU8::new(CUT_NONE));
+    let streamed = matches!(body, Body::Streaming { .. });
     let (sent, limit) = match body {
         Body::Buffered(bytes) => (up.send_body(bytes).await, 0),
-        Body::Streaming { payload, limit } => {
+        Body::Streaming {
+            payload,
+            limit,
+            deadline,
+        } => {
             let limited = LimitedBody {
                 payload,
                 left: limit,
-                exceeded: exceeded.clone(),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                cut: cut.clone(),
             };
             (up.send_stream(limited).await, limit)
         }
     };
     let response = sent.map_err(|e| match e {
-        _ if exceeded.load(Ordering::Relaxed) => UpstreamError::BodyTooLarge(limit),
+        _ if cut.load(Ordering::Relaxed) == CUT_TOO_LARGE => UpstreamError::BodyTooLarge(limit),
+        _ if cut.load(Ordering::Relaxed) == CUT_TOO_SLOW => UpstreamError::BodyTimeout,
+        // The connector's time ran out while the client was still sending:
+        // the client's body is what is late.
+        awc::error::SendRequestError::Timeout
+            if streamed && cut.load(Ordering::Relaxed) != CUT_DONE =>
+        {
+            UpstreamError::BodyTimeout
+        }
         awc::error::SendRequestError::Timeout => UpstreamError::Timeout,
         awc::error::SendRequestError::Connect(awc::error::ConnectError::Timeout) => {
             UpstreamError::Timeout

@@ -171,6 +171,9 @@ impl Config {
         if let Some(v) = env_parsed(env, "POLICY_RELOAD_SECONDS", "a whole number of seconds")? {
             self.policy.reload_seconds = v;
         }
+        if let Some(v) = env_parsed(env, "ATB_BODY_TIMEOUT_SECONDS", "a whole number of seconds")? {
+            self.upstream.body_timeout_seconds = v;
+        }
         if let Some(v) = env_flag(env, "ATB_DEBUG_FAULT_INJECTION")? {
             self.debug.fault_injection = v;
         }
@@ -317,6 +320,12 @@ impl Config {
             if let Some(u) = &pol.opa_health_url {
                 validate_upstream_url(u).map_err(|m| invalid("policy.opa_health_url", m))?;
             }
+        }
+        if self.upstream.body_timeout_seconds == 0 || self.upstream.body_timeout_seconds > 3600 {
+            return Err(invalid(
+                "upstream.body_timeout_seconds",
+                "must be between 1 and 3600",
+            ));
         }
         if self.upstream.connect_timeout_seconds == 0 {
             return Err(invalid(
