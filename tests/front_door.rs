@@ -875,3 +875,59 @@ burst = 3
         assert_eq!(call().error(), "rate_limited");
     }
 }
+
+#[test]
+fn mutating_admin_routes_need_an_operator_certificate_when_operators_are_configured() {
+    let pki = Pki::new(&[("operator", "spiffe://ops.example/admin")]);
+    let token = "operator-token-0123456789abcdef";
+    let port = free_port();
+    let broker = Broker::start(
+        &pki,
+        &format!(
+            "[admin]\noperator_ids = [\"spiffe://ops.example/admin\"]\noperator_listen_addr = \"127.0.0.1:{port}\"\n{TENANTS}"
+        ),
+        &[("ATB_ADMIN_TOKEN", token)],
+    );
+    let auth = format!("Authorization: Bearer {token}");
+    let on = r#"{"enabled": true}"#;
+    // The plain admin listener: reads work, writes are refused even with
+    // the token.
+    let r = admin(&broker, "GET", "/admin/maintenance", &[&auth], None);
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = admin(&broker, "POST", "/admin/maintenance", &[&auth], Some(on));
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "operator_mtls_required"),
+        "{r:?}"
+    );
+    // The operator listener, with curl as the operator.
+    let operator = |cert: Option<&str>, headers: &[&str]| {
+        let url = format!("https://localhost:{port}/admin/maintenance");
+        let ca = pki.ca().display().to_string();
+        let mut args = vec!["--cacert".to_string(), ca, "-X".into(), "POST".into()];
+        if let Some(c) = cert {
+            args.push("--cert".into());
+            args.push(pki.path(&format!("{c}.crt")).display().to_string());
+            args.push("--key".into());
+            args.push(pki.path(&format!("{c}.key")).display().to_string());
+        }
+        for h in headers {
+            args.push("-H".into());
+            args.push(h.to_string());
+        }
+        args.extend(["--data".to_string(), on.to_string(), url]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs)
+    };
+    let ct = "Content-Type: application/json";
+    let r = operator(Some("operator"), &[&auth, ct]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["maintenance"], true, "{r:?}");
+    // An agent's certificate, no certificate, or no token: refused.
+    let r = operator(Some("acme-agent"), &[&auth, ct]);
+    assert_eq!(r.error(), "operator_mtls_required", "{r:?}");
+    let r = operator(None, &[&auth, ct]);
+    assert_eq!(r.error(), "operator_mtls_required", "{r:?}");
+    let r = operator(Some("operator"), &[ct]);
+    assert_eq!(r.status, 401, "{r:?}");
+}

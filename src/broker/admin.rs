@@ -69,7 +69,43 @@ fn mime_text() -> actix_web::mime::Mime {
 }
 
 /// Checks the admin bearer token.
+/// The verified client identity of a connection on the operator listener.
+#[derive(Clone)]
+pub struct OperatorPeer(pub Option<crate::spiffe::SpiffeId>);
+
+/// Reads the operator certificate's identity once, at accept.
+pub fn operator_on_connect(
+    connection: &dyn std::any::Any,
+    extensions: &mut actix_web::dev::Extensions,
+) {
+    use actix_tls::accept::openssl::TlsStream;
+    if let Some(tls) = connection.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
+        let id = crate::runtime::tls::peer_identity(tls.ssl()).ok();
+        extensions.insert(OperatorPeer(id));
+    }
+}
+
+/// The admin token, and for a mutating route with `admin.operator_ids`
+/// set, a verified operator certificate (only the operator listener has
+/// one to present).
 fn authorize(req: &HttpRequest, state: &BrokerState) -> Result<(), Rejection> {
+    check_token(req, state)?;
+    let operators = &state.config.admin.operator_ids;
+    if req.method() == actix_web::http::Method::GET || operators.is_empty() {
+        return Ok(());
+    }
+    let peer = req.conn_data::<OperatorPeer>().and_then(|p| p.0.as_ref());
+    match peer {
+        Some(id) if operators.iter().any(|o| o == id.as_str()) => Ok(()),
+        _ => Err(Rejection::new(
+            StatusCode::FORBIDDEN,
+            "operator_mtls_required",
+            "this admin route needs an operator certificate on the operator listener (admin.operator_listen_addr)",
+        )),
+    }
+}
+
+fn check_token(req: &HttpRequest, state: &BrokerState) -> Result<(), Rejection> {
     let presented = req
         .headers()
         .get(AUTHORIZATION)

@@ -94,6 +94,18 @@ pub struct AdminConfig {
     pub token_file: Option<PathBuf>,
     /// The token itself (prefer `token_file` or `ATB_ADMIN_TOKEN`).
     pub token: Option<String>,
+    /// Operator identities (SPIFFE IDs in a client certificate's URI SAN).
+    /// When set, mutating admin routes (every `POST`) need the admin token
+    /// AND a verified operator certificate, presented on
+    /// `operator_listen_addr`; on the plain admin listener they get 403
+    /// `operator_mtls_required`. Reads (`GET`) work on both.
+    pub operator_ids: Vec<String>,
+    /// The mTLS listener for operators (required with `operator_ids`): the
+    /// admin routes, with the broker's server certificate.
+    pub operator_listen_addr: Option<SocketAddr>,
+    /// The CA bundle operator certificates must chain to; default
+    /// `tls.client_ca_file`.
+    pub operator_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]

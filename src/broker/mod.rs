@@ -80,10 +80,20 @@ pub async fn run(
         .run()
     };
     let fault_injection = config.debug.fault_injection;
+    let operator_tls = match &config.admin.operator_listen_addr {
+        Some(_) if !config.admin.operator_ids.is_empty() => {
+            let mut tls = config.tls.clone();
+            if let Some(ca) = &config.admin.operator_ca_file {
+                tls.client_ca_file = ca.clone();
+            }
+            Some(crate::runtime::tls::acceptor(&tls).starting("admin.operator_ca_file")?)
+        }
+        _ => None,
+    };
     let admin = {
         let data = data.clone();
         let outbound_tls = state.outbound_tls.clone();
-        HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
                 .app_data(web::Data::new(gateway::Outbound::new(
@@ -92,12 +102,22 @@ pub async fn run(
                 )))
                 .configure(|c| admin::routes(c, fault_injection))
         })
+        .on_connect(admin::operator_on_connect)
         .workers(1)
         .disable_signals()
         .shutdown_timeout(b.shutdown_grace_seconds)
         .bind(b.admin_addr)
         .map_err(|e| format!("cannot listen on broker.admin_addr {}: {e}", b.admin_addr))
-        .starting("listener")?
+        .starting("listener")?;
+        // Operators' mTLS listener: the same routes; a verified operator
+        // certificate is what lets mutating routes through.
+        match (operator_tls, config.admin.operator_listen_addr) {
+            (Some(tls), Some(addr)) => server
+                .bind_openssl(addr, tls)
+                .map_err(|e| format!("cannot listen on admin.operator_listen_addr {addr}: {e}"))
+                .starting("listener")?,
+            _ => server,
+        }
         .run()
     };
     tracing::info!(

@@ -334,7 +334,8 @@ impl Config {
             ));
         }
         self.agentauth.validate()?;
-        self.validate_tenants()
+        self.validate_tenants()?;
+        self.validate_operators()
     }
 
     /// Each tenant's share of the replay cache: its `poa.replay_quota`, or
@@ -352,6 +353,42 @@ impl Config {
             .iter()
             .map(|t| (t.id.clone(), t.poa.replay_quota.unwrap_or(share)))
             .collect()
+    }
+
+    /// Operator identities are SPIFFE IDs that no tenant owns (an agent
+    /// can never act as an operator), served on their own listener.
+    fn validate_operators(&self) -> Result<(), ConfigError> {
+        let a = &self.admin;
+        if a.operator_ids.is_empty() {
+            return Ok(());
+        }
+        let Some(addr) = a.operator_listen_addr else {
+            return Err(invalid(
+                "admin.operator_listen_addr",
+                "is required when admin.operator_ids is set",
+            ));
+        };
+        if addr == self.broker.listen_addr || addr == self.broker.admin_addr {
+            return Err(invalid(
+                "admin.operator_listen_addr",
+                "must differ from broker.listen_addr and broker.admin_addr",
+            ));
+        }
+        let directory = crate::tenant::TenantDirectory::new(&self.tenants);
+        for (i, id) in a.operator_ids.iter().enumerate() {
+            let key = format!("admin.operator_ids[{i}]");
+            let parsed = SpiffeId::parse(id).map_err(|e| invalid(&key, e.to_string()))?;
+            if let Some(t) = directory.resolve(&parsed) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{id:?} belongs to tenant {:?}: an agent cannot be an operator",
+                        t.id
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_tenants(&self) -> Result<(), ConfigError> {
@@ -627,6 +664,31 @@ mod tests {
         assert!(c.tenants[0].enabled);
         assert_eq!(c.tenants[1].max_connections, 4);
         assert_eq!(c.tenants[1].connectors[0].egress_allowlist, vec!["/api/"]);
+    }
+
+    #[test]
+    fn operator_identities_are_checked() {
+        let mut c = parse(MINIMAL);
+        c.admin.operator_ids = vec!["spiffe://ops.example/admin".into()];
+        assert!(
+            err(&c).contains("admin.operator_listen_addr"),
+            "{}",
+            err(&c)
+        );
+        c.admin.operator_listen_addr = Some(c.broker.admin_addr);
+        assert!(err(&c).contains("must differ"), "{}", err(&c));
+        c.admin.operator_listen_addr = Some(([127, 0, 0, 1], 9443).into());
+        c.validate().unwrap();
+        c.admin.operator_ids.push("not a spiffe id".into());
+        assert!(err(&c).contains("admin.operator_ids[1]"), "{}", err(&c));
+        // An identity a tenant owns would let that tenant's agent operate.
+        let td = c.tenants[0].trust_domain.clone().unwrap();
+        c.admin.operator_ids[1] = format!("spiffe://{td}/ops");
+        assert!(
+            err(&c).contains("an agent cannot be an operator"),
+            "{}",
+            err(&c)
+        );
     }
 
     #[test]
