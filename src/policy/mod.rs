@@ -1,6 +1,7 @@
 //! Policy decisions: `data.atb.poa.decision` evaluated in-process by
 //! regorus (default) or by a remote OPA. Every failure is a refusal.
 
+pub mod data;
 pub mod embedded;
 pub mod opa;
 
