@@ -76,7 +76,13 @@ tenant_data := d if {
 # letters lower-cased. ASCII-only folding is what AgentAuth compares
 # approvers by, and it is identical on every engine (`lower` differs
 # between Go and Rust on a few non-ASCII letters). Strings only.
-canon(s) := strings.replace_n(ascii_fold, trim_space(s))
+# The first branch is the cheap common case, and gives the same value: when
+# lower(t) == t on either engine, t has no ASCII capital, so folding ASCII
+# would not change it.
+canon(s) := t if {
+	t := trim_space(s)
+	lower(t) == t
+} else := strings.replace_n(ascii_fold, trim_space(s))
 
 ascii_fold := {
 	"A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "F": "f", "G": "g",
@@ -123,11 +129,17 @@ risk_tier := t if {
 # catalogue lists it: built-in (data.atb.catalog) or the tenant's extensions
 # (data.tenants[<id>].catalog.tiers / .methods). Case variants, lookalikes,
 # whitespace and non-strings are never mapped to a tier.
+# (Builtins rather than a regex: the embedded engine compiles a regex on
+# every call.) Only the allowed characters, at least one dot, and no empty
+# segment: ".a." contains ".." exactly when a starts or ends with a dot or
+# has two in a row.
 canonical_action(a) if {
 	"" < a
 	a < []
 	count(a) <= 256
-	regex.match(`^[a-z0-9_]+(\.[a-z0-9_]+)+$`, a)
+	trim(a, "abcdefghijklmnopqrstuvwxyz0123456789_.") == ""
+	contains(a, ".")
+	not contains(concat("", [".", a, "."]), "..")
 }
 
 in_catalogue(a) if _ = data.atb.catalog.methods[a]
@@ -339,8 +351,9 @@ route_param_conflict(c, k, v) if {
 
 # constraint_check(act, params, con, env) is true or false for a
 # constrained action and undefined for any other; env is {"self_ids": the
-# agent's canonical ids, "escapes": the escape switches honoured (see
-# escapes_of), never read from con}. One definition per family,
+# agent's canonical ids, "tier": the action's tier, "leg": the mandate's leg}
+# (escape switches are read from the evidence by escaped(env, name), never
+# from con; only the families that have one pay for the lookup). One definition per family,
 # dispatched by the constant first argument, so only that family's body runs.
 # Callers test it inside a comprehension: OPA moves a call out of `not f(x) ==
 # false`, so an undefined result would fail the rule there instead of
@@ -350,7 +363,7 @@ route_param_conflict(c, k, v) if {
 # takes its documented default.
 action_allowed if [r | r := constraint_check(act, params, constraints, constraint_env); r == false] == []
 
-constraint_env := {"self_ids": self_ids, "escapes": escapes}
+constraint_env := {"self_ids": self_ids, "tier": risk_tier, "leg": leg}
 
 # An allowlist in con restricts when non-empty; absent or empty means unconstrained.
 allowed_by_optional_list(c, list_name, value) if {
@@ -374,7 +387,7 @@ constraint_check("sap.vendor.change", p, c, env) := true if {
 	amount > true
 	amount < ""
 	amount > 5000
-	env.escapes.dual_control == true
+	escaped(env, "dual_control")
 	cap := object.get(c, "liability_cap", 0)
 	cap > true
 	cap < ""
@@ -702,7 +715,7 @@ constraint_check("aws.iam.policy_attach", p, _, env) := true if {
 	"" <= arn
 	arn < []
 	aws_admin_policy(arn)
-	env.escapes.allow_admin_policy == true
+	escaped(env, "allow_admin_policy")
 } else := false
 
 # An AWS-managed Administrator* policy in any partition (aws, aws-cn,
@@ -732,7 +745,7 @@ constraint_check("azure.rbac.assign", p, _, env) := true if {
 	"" <= scope
 	scope < []
 	broad_owner(role, scope)
-	env.escapes.allow_subscription_owner == true
+	escaped(env, "allow_subscription_owner")
 } else := false
 
 # Owner at a scope broader than a resource group: the root `/`, a management
@@ -772,7 +785,7 @@ constraint_check("azure.keyvault.secret_set", p, c, env) := true if {
 	"" <= vault
 	vault < []
 	protected_vault(c, vault)
-	env.escapes.allow_protected_vault_write == true
+	escaped(env, "allow_protected_vault_write")
 } else := false
 
 # Vault names are case-insensitive in Azure: compared by vault_key, which
@@ -896,6 +909,9 @@ approved("critical", leg, self_ids) if {
 evidence_block := {"medium": "approval", "high": "dual_control", "critical": "executive_control"}
 
 escapes := escapes_of(risk_tier, leg)
+
+# Whether escape switch `name` is on in the evidence for env's tier.
+escaped(env, name) if escapes_of(env.tier, env.leg)[name] == true
 
 escapes_of(tier, l) := e if {
 	block := l[evidence_block[tier]]
@@ -1123,10 +1139,32 @@ decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	ns > true
 	ns < ""
 	now := ns / 1000000000
+	# Each block: as many fresh entries (a numeric timestamp, at most
+	# approval_clock_skew ahead, within the window) as entries.
 	w := global_approval_window
-	[1 | e := l.approval; fresh_approval(e, now, w) == false] == []
-	[1 | xs := l.dual_control.approvers; [] <= xs; xs < {}; some e in xs; fresh_approval(e, now, w) == false] == []
-	[1 | xs := l.executive_control.approvers; [] <= xs; xs < {}; some e in xs; fresh_approval(e, now, w) == false] == []
+	[1 | _ = l.approval] == [1 | t := l.approval.timestamp; t > true; t < ""; t <= now + 60; now - t <= w]
+	count([1 | xs := l.dual_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+		xs := l.dual_control.approvers
+		[] <= xs
+		xs < {}
+		some e in xs
+		t := e.timestamp
+		t > true
+		t < ""
+		t <= now + 60
+		now - t <= w
+	])
+	count([1 | xs := l.executive_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+		xs := l.executive_control.approvers
+		[] <= xs
+		xs < {}
+		some e in xs
+		t := e.timestamp
+		t > true
+		t < ""
+		t <= now + 60
+		now - t <= w
+	])
 } else := {"allow": false, "reason": tier_denial[tier], "details": {"tier": tier, "action": input.poa.act}, "risk_tier": tier} if {
 	tier := common_case_tier
 	not approved(tier, input.poa.leg, {canon(input.agent.spiffe_id)})
@@ -1196,22 +1234,13 @@ common_case_tier := tier if {
 	count(route_param_conflicts) == 0
 	rp := input.request.params
 	is_object(rp)
-	tier := builtin_tier(a)
-	env := {"self_ids": {canon(me)}, "escapes": escapes_of(tier, l)}
-	[r | r := constraint_check(a, rp, c, env); r == false] == []
-}
-
-# A built-in action's tier (one of the four); undefined for an action the
-# built-in catalogue does not list.
-builtin_tier(a) := t if {
-	t := data.atb.catalog.tiers[a]
-	t in known_tiers
-} else := "low" if {
-	not data.atb.catalog.tiers[a]
+	# A built-in action with one of the four tiers (low when the catalogue
+	# gives none); anything else takes the full chain.
 	_ = data.atb.catalog.methods[a]
-} else := "low" if {
-	not data.atb.catalog.tiers[a]
-	_ = data.atb.catalog.low_risk[a]
+	tier := object.get(data.atb.catalog.tiers, a, "low")
+	tier in known_tiers
+	env := {"self_ids": {canon(me)}, "tier": tier, "leg": l}
+	[r | r := constraint_check(a, rp, c, env); r == false] == []
 }
 
 # The tenant's own data changes this decision: its platform binding, time
@@ -1239,17 +1268,6 @@ global_approval_window := w if {
 } else := 300 if {
 	is_object(data.time_policy)
 } else := 86400
-
-# An approval entry with a numeric timestamp, not in the future beyond the
-# clock skew and within the window w at time now; false otherwise.
-fresh_approval(e, now, w) := true if {
-	is_object(e)
-	t := e.timestamp
-	t > true
-	t < ""
-	t <= now + approval_clock_skew
-	now - t <= w
-} else := false
 
 request_tier := t if {
 	t := data.atb.catalog.tiers[request_action]

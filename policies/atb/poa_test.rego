@@ -892,3 +892,81 @@ test_keyvault_protected_list_wrong_type_protects_all if {
 	constraint_denied(vault("dev", "prod"))
 	constraint_denied(vault("dev", {"prod": true}))
 }
+
+# An approver entry that is not an object is still an entry without a timestamp.
+test_dual_extra_non_object_entry if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, "carol@acme"], true)), "approval_timestamp_invalid")
+
+# A stray evidence block of another tier is checked too (false is not a timestamped entry).
+test_stray_approval_block_without_timestamp if denied(mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": false})), "approval_timestamp_invalid")
+
+test_stray_approval_block_stale if denied(mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": {"approver_id": "x", "timestamp": 1600000000}})), "time_policy_violation")
+
+# Unknown actions are refused by name and by shape: the canonical check
+# itself (not only the catalogue lookup) refuses a lookalike a tenant listed.
+test_canonical_action_shapes if {
+	every a in ["a.b", "crm.contact.read", "a_1.b2"] {
+		poa.canonical_action(a)
+	}
+	every a in ["", ".", "a", "a.", ".a", "a..b", "A.b", "a.b-c", "a.b c", "a.\u00e9", 7] {
+		not poa.canonical_action(a)
+	}
+}
+
+# --- the decision's fast path answers exactly like the full chain ----------------------------------------
+chain(i) := object.union({"allow": false, "risk_tier": t}, d) if {
+	d := poa.denial with input as i
+	t := poa.risk_tier with input as i
+} else := {"allow": true, "reason": "allow", "risk_tier": t} if {
+	t := poa.risk_tier with input as i
+}
+
+admin_arn := {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+
+fast_path_inputs := [
+	mk("crm.contact.read", {}, {}, good_leg),
+	mk("crm.contact.update", {}, {}, medium_leg),
+	mk("crm.contact.update", {}, {}, good_leg),
+	hi("sap.vendor.create", {}, {}),
+	mk("org.company.merge", {}, {}, exec_leg),
+	mk("org.company.merge", {}, {}, dual_leg),
+	mk("made.up.action", {}, {}, exec_leg),
+	mk("CRM.contact.read", {}, {}, good_leg),
+	mk("crm.contact.read", {}, "con", good_leg),
+	hi("aws.iam.policy_attach", admin_arn, {"allow_admin_policy": true}),
+	hi_esc("aws.iam.policy_attach", admin_arn, {}, {"allow_admin_policy": true}),
+	hi_esc("aws.iam.policy_attach", admin_arn, {}, {"allow_admin_policy": "true"}),
+	mk("aws.iam.policy_attach", admin_arn, {}, object.union(dual_leg, {"dual_control": {"escapes": "allow_admin_policy"}})),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, "carol"], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, null], true)),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": false})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": null})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": {"approver_id": "x", "timestamp": 1600000000}})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"executive_control": {"approvers": [{"id": "x"}]}})),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": 1700000161}], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": 1700000160}], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": " ALICE@acme", "timestamp": ts}], true)),
+	mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme"}})),
+	at(mk("crm.contact.update", {}, {}, medium_leg), ts + 86401),
+	at(mk("crm.contact.update", {}, {}, medium_leg), ts + 86400),
+	hi("iam.role.assign", {"role_name": "reader", "target_user_id": " SPIFFE://acme.example/agent/a"}, {}),
+	hi("azure.rbac.assign", {"role_name": "OWNER", "principal_id": "p", "scope": "/"}, {}),
+]
+
+test_fast_path_answers_like_the_chain if {
+	every i in fast_path_inputs {
+		decide(i) == chain(i)
+	}
+}
+
+test_fast_path_answers_like_the_chain_with_a_global_time_policy if {
+	every i in fast_path_inputs {
+		d := decide(i) with data.time_policy as {"approval_window_seconds": 120}
+		c := chain(i) with data.time_policy as {"approval_window_seconds": 120}
+		d == c
+	}
+	every i in fast_path_inputs {
+		d := decide(i) with data.time_policy as {}
+		c := chain(i) with data.time_policy as {}
+		d == c
+	}
+}

@@ -305,6 +305,26 @@ def adversarial_cases():
                 params={"vault_name": name, "secret_name": "s"})
 
 
+def fast_path_cases():
+    """Inputs the policy's fast path must answer exactly like the full chain."""
+    approvers = DUAL_OK["dual_control"]["approvers"]
+    legs = {
+        "dual-extra-string-entry": dual(approvers + ["carol@acme"]),
+        "dual-extra-null-entry": dual(approvers + [None]),
+        "stray-approval-false": {**DUAL_OK, "approval": False},
+        "stray-approval-null": {**DUAL_OK, "approval": None},
+        "stray-approval-stale": {**DUAL_OK, "approval": {"approver_id": "x", "timestamp": 1600000000}},
+        "stray-exec-untimed": {**DUAL_OK, "executive_control": {"required": True, "approvers": [{"id": "x"}]}},
+        "stray-exec-scalar": {**DUAL_OK, "executive_control": {"required": True, "approvers": "x"}},
+        "escapes-not-object": dual(approvers, "allow_admin_policy"),
+    }
+    for name, leg in legs.items():
+        for act in ["sap.vendor.create", "aws.iam.policy_attach", "crm.contact.read"]:
+            x = fixed(f"fast-{name}-{act}", act, leg)
+            x["input"]["request"]["params"] = {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+            yield x
+
+
 if __name__ == "__main__":
     for i, (a, m, p) in enumerate(NO_POA):
         print(json.dumps({"name": f"no-poa-{i}", "input": {
@@ -315,4 +335,6 @@ if __name__ == "__main__":
     for c in fixed_cases():
         print(json.dumps(c, sort_keys=True))
     for c in adversarial_cases():
+        print(json.dumps(c, sort_keys=True))
+    for c in fast_path_cases():
         print(json.dumps(c, sort_keys=True))
