@@ -19,7 +19,8 @@ fn bench(c: &mut Criterion) {
     let leg = json!({
         "jurisdiction": "EU",
         "accountable_party": {"type": "user", "id": "owner"},
-        "dual_control": {"required": true, "approvers": [{"id": "alice"}, {"id": "bob"}]},
+        "dual_control": {"required": true, "approvers": [
+            {"id": "alice", "timestamp": now}, {"id": "bob", "timestamp": now}]},
     });
     let claims_doc = json!({
         "sub": AGENT, "act": "sap.payment.execute", "con": {"connector": "erp", "max_amount": 5000},
@@ -59,7 +60,7 @@ fn bench(c: &mut Criterion) {
     let critical_deny = input("org.company.merge");
     let mut critical_allow = critical_deny.clone();
     critical_allow["poa"]["leg"]["executive_control"] = json!({"required": true, "approvers": [
-        {"id": "ceo@acme", "role": "CEO"}, {"id": "cfo@acme", "role": "CFO"}]});
+        {"id": "ceo@acme", "role": "CEO", "timestamp": now}, {"id": "cfo@acme", "role": "CFO", "timestamp": now}]});
     // The benchmarks measure the outcomes their names promise.
     assert!(
         evaluate(&mut engine, &high).expect("decision").allow,

@@ -851,6 +851,50 @@ fn agentauth_refuses_actions_outside_the_catalogue() {
     assert_eq!(dev.challenge("crm.contact.read", json!({})).status, 200);
 }
 
+/// Escape switches (flags in con that relax a policy rule) need an
+/// approval to vouch for them: refused on a low-risk action, shown to the
+/// approvers and written into the approval evidence otherwise, where the
+/// broker's policy honours them.
+#[test]
+fn escape_switches_are_refused_without_approval_and_carried_in_evidence() {
+    let dev = Dev::start(&[]);
+    for con in [
+        json!({"bypass_rate_limit": true}),
+        json!({"bypass_rate_limit": false}),
+        json!({"allow_outside_business_hours": true}),
+        json!({"allow_admin_policy": true, "connector": "crm"}),
+    ] {
+        let r = dev.challenge("crm.contact.read", con.clone());
+        assert_eq!(
+            (r.status, r.error()),
+            (400, "escape_not_allowed".into()),
+            "{con}: {r:?}"
+        );
+    }
+    let r = dev.challenge("crm.contact.update", json!({"bypass_rate_limit": "yes"}));
+    assert_eq!(
+        (r.status, r.error()),
+        (400, "invalid_challenge".into()),
+        "{r:?}"
+    );
+
+    let c = dev.challenge("crm.contact.update", json!({"bypass_rate_limit": true}));
+    assert_eq!(c.status, 200, "{c:?}");
+    let id = id_of(&c);
+    let alice = dev.token("alice");
+    let view = dev.approver(&alice, "GET", &format!("/v1/challenge/{id}"));
+    assert_eq!(view.json()["escapes"], json!({"bypass_rate_limit": true}));
+    assert_eq!(dev.approve(&alice, &id).json()["status"], "approved");
+    let t = token_of(&dev.mandate(&id));
+    let leg = &claims_of(&t)["leg"];
+    assert_eq!(
+        leg["approval"]["escapes"],
+        json!({"bypass_rate_limit": true})
+    );
+    assert!(leg["approval"]["timestamp"].is_i64());
+    assert_eq!(dev.broker_call(&t).status, 200);
+}
+
 /// Approvers act only for the tenants their token binds them to.
 #[test]
 fn approvers_are_scoped_to_their_tenants() {

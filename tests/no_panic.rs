@@ -115,7 +115,8 @@ fn valid_claims() -> Value {
         "sub": AGENT, "act": "sap.payment.execute",
         "con": {"connector": "erp", "payment_limit": 5000},
         "leg": {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "owner"},
-                "dual_control": {"required": true, "approvers": [{"id": "alice"}, {"id": "bob"}]}},
+                "dual_control": {"required": true, "approvers": [
+                    {"id": "alice", "timestamp": 1_800_000_000}, {"id": "bob", "timestamp": 1_800_000_000}]}},
         "iat": 1_800_000_000, "exp": 1_800_000_300, "jti": "0123456789abcdef",
         "iss": "atb-agentauth", "aud": ["atb-broker"],
     })

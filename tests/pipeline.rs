@@ -874,11 +874,19 @@ fn policy_denials_carry_the_policys_reason() {
     expect(&a, 403, "policy_denied");
     assert_eq!(a.json()["reason"], "high_risk_dual_control_required");
     assert_eq!(a.json()["details"]["tier"], "high");
-    let dual = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"owner"},"dual_control":{"required":true,"approvers":[{"id":"alice"},{"id":"bob"}]}}"#;
+    // Evidence as AgentAuth writes it: each approval timestamped.
+    let approved_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let dual = json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "owner"},
+        "dual_control": {"required": true, "approvers": [
+            {"id": "alice", "timestamp": approved_at}, {"id": "bob", "timestamp": approved_at}]}})
+    .to_string();
     let t = s.key.mint(
         ACME,
         "sap.payment.execute",
-        &["--leg", dual, "--con", r#"{"connector":"crm"}"#],
+        &["--leg", &dual, "--con", r#"{"connector":"crm"}"#],
     );
     assert_eq!(pay(&t).status, 200);
     assert!(eventually(Duration::from_secs(5), || s

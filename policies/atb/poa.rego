@@ -71,6 +71,26 @@ tenant_data := d if {
 	is_object(d)
 } else := {}
 
+# The canonical form of an identifier (approver ids, SPIFFE IDs, roles,
+# Azure scopes and vault names): surrounding whitespace trimmed, ASCII
+# letters lower-cased. ASCII-only folding is what AgentAuth compares
+# approvers by, and it is identical on every engine (`lower` differs
+# between Go and Rust on a few non-ASCII letters). Strings only.
+# The first branch is the cheap common case, and gives the same value: when
+# lower(t) == t on either engine, t has no ASCII capital, so folding ASCII
+# would not change it.
+canon(s) := t if {
+	t := trim_space(s)
+	lower(t) == t
+} else := strings.replace_n(ascii_fold, trim_space(s))
+
+ascii_fold := {
+	"A": "a", "B": "b", "C": "c", "D": "d", "E": "e", "F": "f", "G": "g",
+	"H": "h", "I": "i", "J": "j", "K": "k", "L": "l", "M": "m", "N": "n",
+	"O": "o", "P": "p", "Q": "q", "R": "r", "S": "s", "T": "t", "U": "u",
+	"V": "v", "W": "w", "X": "x", "Y": "y", "Z": "z",
+}
+
 # ---------------------------------------------------------------------------
 # Catalogue and tiers
 # ---------------------------------------------------------------------------
@@ -82,8 +102,11 @@ catalog := c if {
 	is_object(c)
 } else := {}
 
-# One rule, no helpers: the tier is on every decision's path. A tenant's tier
-# that is not one of the four is treated as critical (fail closed).
+# The tier is on every decision's path. A tier that is not one of the four
+# (the loader refuses such data) is treated as critical, and so is an action
+# outside the catalogue (fail closed; the decision denies it as
+# unknown_action). An action the catalogue lists without a tier (the
+# low-risk list, or a tenant's extension declared only by its methods) is low.
 known_tiers := {"low", "medium", "high", "critical"}
 
 risk_tier := t if {
@@ -93,7 +116,57 @@ risk_tier := t if {
 	_ = data.tenants[input.tenant.id].catalog.tiers[input.poa.act]
 } else := t if {
 	t := data.atb.catalog.tiers[input.poa.act]
-} else := "low"
+	t in known_tiers
+} else := "critical" if {
+	_ = data.atb.catalog.tiers[input.poa.act]
+} else := "low" if {
+	in_catalogue(input.poa.act)
+} else := "critical"
+
+# Default deny for actions: an action is known when its name is canonical
+# (two or more dot-separated segments of lowercase ASCII letters, digits and
+# `_`, at most 256 bytes: crate::catalog::is_canonical_action) and the
+# catalogue lists it: built-in (data.atb.catalog) or the tenant's extensions
+# (data.tenants[<id>].catalog.tiers / .methods). Case variants, lookalikes,
+# whitespace and non-strings are never mapped to a tier.
+# (Builtins rather than a regex: the embedded engine compiles a regex on
+# every call.) Only the allowed characters, at least one dot, and no empty
+# segment: ".a." contains ".." exactly when a starts or ends with a dot or
+# has two in a row.
+canonical_action(a) if {
+	"" < a
+	a < []
+	count(a) <= 256
+	trim(a, "abcdefghijklmnopqrstuvwxyz0123456789_.") == ""
+	contains(a, ".")
+	not contains(concat("", [".", a, "."]), "..")
+}
+
+in_catalogue(a) if _ = data.atb.catalog.methods[a]
+
+in_catalogue(a) if _ = data.atb.catalog.tiers[a]
+
+in_catalogue(a) if _ = data.atb.catalog.low_risk[a]
+
+in_catalogue(a) if _ = data.tenants[input.tenant.id].catalog.tiers[a]
+
+in_catalogue(a) if _ = data.tenants[input.tenant.id].catalog.methods[a]
+
+action_known if {
+	canonical_action(act)
+	in_catalogue(act)
+}
+
+unknown_action_why := "not_a_string" if {
+	[1 | is_string(poa.act)] == []
+} else := "not_canonical" if {
+	not canonical_action(act)
+} else := "not_in_catalogue"
+
+request_action_known if {
+	canonical_action(request_action)
+	in_catalogue(request_action)
+}
 
 low_risk_request if {
 	methods := catalog.low_risk[request_action]
@@ -276,8 +349,11 @@ route_param_conflict(c, k, v) if {
 # absent (a present value of the wrong type denies).
 # ---------------------------------------------------------------------------
 
-# constraint_check(act, params, con, self_ids) is true or false for a
-# constrained action and undefined for any other. One definition per family,
+# constraint_check(act, params, con, env) is true or false for a
+# constrained action and undefined for any other; env is {"self_ids": the
+# agent's canonical ids, "tier": the action's tier, "leg": the mandate's leg}
+# (escape switches are read from the evidence by escaped(env, name), never
+# from con; only the families that have one pay for the lookup). One definition per family,
 # dispatched by the constant first argument, so only that family's body runs.
 # Callers test it inside a comprehension: OPA moves a call out of `not f(x) ==
 # false`, so an undefined result would fail the rule there instead of
@@ -285,7 +361,9 @@ route_param_conflict(c, k, v) if {
 # Operands are read inline: a missing number counts as 0, a missing string as
 # "", and a present value of the wrong type fails the check; a missing limit
 # takes its documented default.
-action_allowed if [r | r := constraint_check(act, params, constraints, self_ids); r == false] == []
+action_allowed if [r | r := constraint_check(act, params, constraints, constraint_env); r == false] == []
+
+constraint_env := {"self_ids": self_ids, "tier": risk_tier, "leg": leg}
 
 # An allowlist in con restricts when non-empty; absent or empty means unconstrained.
 allowed_by_optional_list(c, list_name, value) if {
@@ -295,7 +373,7 @@ allowed_by_optional_list(c, list_name, value) if {
 }
 
 # SAP
-constraint_check("sap.vendor.change", p, c, _) := true if {
+constraint_check("sap.vendor.change", p, c, env) := true if {
 	amount := object.get(p, "amount", 0)
 	amount > true
 	amount < ""
@@ -309,7 +387,7 @@ constraint_check("sap.vendor.change", p, c, _) := true if {
 	amount > true
 	amount < ""
 	amount > 5000
-	c.dual_control == true
+	escaped(env, "dual_control")
 	cap := object.get(c, "liability_cap", 0)
 	cap > true
 	cap < ""
@@ -506,14 +584,14 @@ constraint_check("customer.pii.access", p, _, _) := true if {
 } else := false
 
 # IAM
-constraint_check("iam.role.assign", p, c, self_ids) := true if {
+constraint_check("iam.role.assign", p, c, env) := true if {
 	role := object.get(p, "role_name", "")
 	"" < role
 	role < []
 	target := object.get(p, "target_user_id", "")
 	"" < target
 	target < []
-	not target in self_ids
+	not canon(target) in env.self_ids
 	allowed_by_optional_list(c, "assignable_roles", role)
 } else := false
 
@@ -627,20 +705,25 @@ constraint_check("dynamics.entity.bulk_delete", p, c, _) := true if {
 } else := false
 
 # Cloud IAM
-constraint_check("aws.iam.policy_attach", p, c, _) := true if {
+constraint_check("aws.iam.policy_attach", p, _, env) := true if {
 	arn := object.get(p, "policy_arn", "")
 	"" < arn
 	arn < []
-	not startswith(arn, "arn:aws:iam::aws:policy/Administrator")
+	not aws_admin_policy(arn)
 } else := true if {
 	arn := object.get(p, "policy_arn", "")
 	"" <= arn
 	arn < []
-	startswith(arn, "arn:aws:iam::aws:policy/Administrator")
-	c.allow_admin_policy == true
+	aws_admin_policy(arn)
+	escaped(env, "allow_admin_policy")
 } else := false
 
-constraint_check("azure.rbac.assign", p, c, _) := true if {
+# An AWS-managed Administrator* policy in any partition (aws, aws-cn,
+# aws-us-gov, aws-iso, aws-iso-b, ...), under any policy path, in any case
+# and with surrounding whitespace (fail closed on spellings AWS may refuse).
+aws_admin_policy(arn) if regex.match(`^arn:aws(-[a-z0-9]+)*:iam::aws:policy/([^/]*/)*administrator`, canon(arn))
+
+constraint_check("azure.rbac.assign", p, _, env) := true if {
 	role := object.get(p, "role_name", "")
 	"" < role
 	role < []
@@ -650,7 +733,7 @@ constraint_check("azure.rbac.assign", p, c, _) := true if {
 	scope := object.get(p, "scope", "")
 	"" < scope
 	scope < []
-	not subscription_owner(role, scope)
+	not broad_owner(role, scope)
 } else := true if {
 	principal := object.get(p, "principal_id", "")
 	"" < principal
@@ -661,16 +744,32 @@ constraint_check("azure.rbac.assign", p, c, _) := true if {
 	scope := object.get(p, "scope", "")
 	"" <= scope
 	scope < []
-	subscription_owner(role, scope)
-	c.allow_subscription_owner == true
+	broad_owner(role, scope)
+	escaped(env, "allow_subscription_owner")
 } else := false
 
-subscription_owner(role, scope) if {
-	lower(role) == "owner"
-	regex.match(`^/subscriptions/[^/]+/?$`, scope)
+# Owner at a scope broader than a resource group: the root `/`, a management
+# group or a subscription. Azure compares role names and resource ids
+# case-insensitively, so these do too; Owner is named or given by its
+# built-in role definition GUID (or a role definition id ending in it). A
+# scope not recognisably inside a resource group counts as broad (fail
+# closed): odd separators, percent-encoding and `.`/`..` segments included.
+broad_owner(role, scope) if {
+	owner_role(role)
+	not narrow_scope(scope)
 }
 
-constraint_check("azure.keyvault.secret_set", p, c, _) := true if {
+owner_role(role) if canon(role) == "owner"
+
+owner_role(role) if endswith(trim_right(canon(role), "/"), "8e3af657-a8ff-443c-a75c-2fe8c4bcb635")
+
+narrow_scope(scope) if {
+	s := canon(scope)
+	regex.match(`^/subscriptions/[^/%\\ \t\r\n]+/resourcegroups/[^/%\\ \t\r\n]+(/[^/%\\ \t\r\n]+)*/?$`, s)
+	not regex.match(`(^|/)\.+(/|$)`, s)
+}
+
+constraint_check("azure.keyvault.secret_set", p, c, env) := true if {
 	vault := object.get(p, "vault_name", "")
 	"" < vault
 	vault < []
@@ -686,14 +785,36 @@ constraint_check("azure.keyvault.secret_set", p, c, _) := true if {
 	"" <= vault
 	vault < []
 	protected_vault(c, vault)
-	c.allow_protected_vault_write == true
+	escaped(env, "allow_protected_vault_write")
 } else := false
 
+# Vault names are case-insensitive in Azure: compared by vault_key, which
+# also reads the name out of a vault URI or resource id. A protected_vaults
+# that is present but not a list protects every vault (fail closed).
 protected_vault(c, vault) if {
 	list := c.protected_vaults
 	is_array(list)
-	vault in list
+	some v in list
+	"" <= v
+	v < []
+	vault_key(v) == vault_key(vault)
 }
+
+protected_vault(c, _) if {
+	list := c.protected_vaults
+	not is_array(list)
+}
+
+vault_key(v) := k if {
+	s := canon(v)
+	contains(s, "://")
+	host := split(split(s, "://")[1], "/")[0]
+	k := split(host, ".")[0]
+} else := k if {
+	s := canon(v)
+	contains(s, "/providers/microsoft.keyvault/vaults/")
+	k := split(split(s, "/providers/microsoft.keyvault/vaults/")[1], "/")[0]
+} else := canon(v)
 
 # ---------------------------------------------------------------------------
 # Approvals per tier (evidence is written by AgentAuth into the signed leg)
@@ -703,17 +824,23 @@ executive_roles := {"ceo", "cfo", "coo", "cto", "ciso", "board_member", "general
 
 approval_ok if approved(risk_tier, leg, self_ids)
 
-# Who may not approve: the agent itself (by SPIFFE ID or mandate subject).
-self_ids := {id | some id in [agent, poa.sub]; is_string(id)}
+# Who may not approve: the agent itself (by SPIFFE ID or mandate subject),
+# compared in canonical form.
+self_ids := {canon(id) | some id in [agent, poa.sub]; is_string(id)}
 
 # approved(tier, leg, self_ids): the tier's approval evidence is complete.
 approved("low", _, _) := true
 
+# Approver ids compare in canonical form (trimmed, ASCII case-folded): the
+# same person under two spellings counts once, and an id that is empty
+# after trimming counts as nobody. self_ids are canonical.
 approved("medium", leg, self_ids) if {
 	approver := leg.approval.approver_id
-	"" < approver
+	"" <= approver
 	approver < []
-	not approver in self_ids
+	id := canon(approver)
+	id != ""
+	not id in self_ids
 }
 
 approved("high", leg, self_ids) if {
@@ -722,7 +849,15 @@ approved("high", leg, self_ids) if {
 	approvers := block.approvers
 	[] <= approvers
 	approvers < {}
-	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
+	ids := {id |
+		some a in approvers
+		is_object(a)
+		x := a.id
+		"" <= x
+		x < []
+		id := canon(x)
+		id != ""
+	}
 	count(ids) >= 2
 	ids & self_ids == set()
 }
@@ -734,19 +869,56 @@ approved("critical", leg, self_ids) if {
 	approvers := block.approvers
 	[] <= approvers
 	approvers < {}
-	ids := {id | some a in approvers; id := a.id; "" < id; id < []}
+	ids := {id |
+		some a in approvers
+		is_object(a)
+		x := a.id
+		"" <= x
+		x < []
+		id := canon(x)
+		id != ""
+	}
 	ids & self_ids == set()
 	executives := {id |
 		some a in approvers
-		id := a.id
-		"" <= id
-		id < []
-		"" <= a.role
-		a.role < []
-		lower(a.role) in {"ceo", "cfo", "coo", "cto", "ciso", "board_member", "general_counsel", "chief_risk_officer"}
+		is_object(a)
+		x := a.id
+		"" <= x
+		x < []
+		id := canon(x)
+		id != ""
+		r := a.role
+		"" <= r
+		r < []
+		canon(r) in {"ceo", "cfo", "coo", "cto", "ciso", "board_member", "general_counsel", "chief_risk_officer"}
 	}
 	count(executives) >= 2
 }
+
+# ---------------------------------------------------------------------------
+# Escape switches: flags that relax a rule (dual_control for large SAP vendor
+# changes, allow_admin_policy, allow_subscription_owner,
+# allow_protected_vault_write, allow_outside_business_hours,
+# bypass_rate_limit). Honoured only from the approval evidence AgentAuth
+# writes for an action that needs approval: the `escapes` object of the
+# tier's own evidence block (leg.approval / leg.dual_control /
+# leg.executive_control), where approvers saw it. A flag in con alone, or
+# on a low-tier action, relaxes nothing.
+# ---------------------------------------------------------------------------
+
+evidence_block := {"medium": "approval", "high": "dual_control", "critical": "executive_control"}
+
+escapes := escapes_of(risk_tier, leg)
+
+# Whether escape switch `name` is on in the evidence for env's tier.
+escaped(env, name) if escapes_of(env.tier, env.leg)[name] == true
+
+escapes_of(tier, l) := e if {
+	block := l[evidence_block[tier]]
+	is_object(block)
+	e := block.escapes
+	is_object(e)
+} else := {}
 
 tier_denial := {
 	"medium": "medium_risk_approval_required",
@@ -813,7 +985,7 @@ within_business_hours if {
 violations contains "outside_business_hours" if {
 	risk_tier == "high"
 	hours_required
-	not constraints.allow_outside_business_hours == true
+	not escapes.allow_outside_business_hours == true
 	not within_business_hours
 }
 
@@ -832,34 +1004,66 @@ action_count := n if {
 
 violations contains sprintf("rate_limit_exceeded:%v/%v", [action_count, action_limit]) if {
 	rate_limits_configured
-	not constraints.bypass_rate_limit == true
+	not escapes.bypass_rate_limit == true
 	action_count >= action_limit
 }
 
+# The approval window: the time policy's approval_window_seconds; 300 s
+# when a time policy (the tenant's or the global one) exists without one, as
+# upstream; 86400 s when there is no time policy at all (approvals then
+# still age out within a day; the mandate's own TTL, at most 900 s, and
+# AgentAuth's challenge TTL bound them tighter in practice).
 approval_window := w if {
 	w := time_policy.approval_window_seconds
 	is_number(w)
+} else := 300 if {
+	time_policy_present
 } else := 86400
 
-approval_times contains t if {
-	t := leg.approval.timestamp
+time_policy_present if is_object(tenant_data.time_policy)
+
+time_policy_present if is_object(data.time_policy)
+
+# Clock skew tolerated between AgentAuth, which stamps approvals, and the
+# broker: an approval dated more than this in the future is refused.
+approval_clock_skew := 60
+
+# Every approval entry of the evidence: leg.approval and each approver of
+# leg.dual_control / leg.executive_control, as [where, entry].
+approval_entries contains ["leg.approval", e] if e := leg.approval
+
+approval_entries contains [sprintf("leg.dual_control.approvers[%v]", [i]), e] if {
+	xs := leg.dual_control.approvers
+	is_array(xs)
+	some i, e in xs
+}
+
+approval_entries contains [sprintf("leg.executive_control.approvers[%v]", [i]), e] if {
+	xs := leg.executive_control.approvers
+	is_array(xs)
+	some i, e in xs
+}
+
+# An entry's timestamp (unix seconds), if it is a number.
+approval_time(e) := t if {
+	is_object(e)
+	t := e.timestamp
 	is_number(t)
 }
 
-approval_times contains t if {
-	approvers := leg.dual_control.approvers
-	is_array(approvers)
-	some a in approvers
-	t := a.timestamp
-	is_number(t)
-}
+# Entries without a numeric timestamp, and entries dated in the future.
+untimed_approvals := sort([w | some x in approval_entries; w := x[0]; [t | t := approval_time(x[1])] == []])
+
+future_approvals := sort([w |
+	some x in approval_entries
+	w := x[0]
+	t := approval_time(x[1])
+	t > now_seconds + approval_clock_skew
+])
 
 approval_times contains t if {
-	approvers := leg.executive_control.approvers
-	is_array(approvers)
-	some a in approvers
-	t := a.timestamp
-	is_number(t)
+	some x in approval_entries
+	t := approval_time(x[1])
 }
 
 violations contains sprintf("approval_expired:%vs_ago", [age]) if {
@@ -872,12 +1076,18 @@ violations contains sprintf("approval_expired:%vs_ago", [age]) if {
 # The decision: the first failing check gives the reason.
 # ---------------------------------------------------------------------------
 
+con_is_object if is_object(poa.con)
+
 denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 	not fields_ok
+} else := {"reason": "con_invalid", "details": {"con": "must be an object"}} if {
+	not con_is_object
 } else := {"reason": "leg_invalid", "details": leg_problems} if {
 	not leg_ok
 } else := {"reason": "ttl_invalid", "details": {"max_ttl_seconds": min([max_ttl, 900])}} if {
 	not ttl_ok
+} else := {"reason": "unknown_action", "details": {"action": act, "why": unknown_action_why}} if {
+	not action_known
 } else := {"reason": "sub_mismatch"} if {
 	poa.sub != agent
 } else := {"reason": "platform_spiffe_binding_mismatch", "details": binding_detail} if {
@@ -890,6 +1100,10 @@ denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 	not action_allowed
 } else := {"reason": tier_denial[risk_tier], "details": {"tier": risk_tier, "action": act}} if {
 	not approval_ok
+} else := {"reason": "approval_timestamp_invalid", "details": {"entries": untimed_approvals}} if {
+	count(untimed_approvals) > 0
+} else := {"reason": "approval_timestamp_in_future", "details": {"entries": future_approvals, "leeway_seconds": approval_clock_skew}} if {
+	count(future_approvals) > 0
 } else := {"reason": "time_policy_violation", "details": {"violations": sort(violations)}} if {
 	count(violations) > 0
 }
@@ -915,22 +1129,49 @@ no_poa_allowed if safe_path_request
 decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	tier := common_case_tier
 	l := input.poa.leg
-	approved(tier, l, {input.agent.spiffe_id})
+	approved(tier, l, {canon(input.agent.spiffe_id)})
 
 	# Time policies: global business hours and rate limits not in force;
-	# every approval within the window.
+	# every approval entry timestamped, not in the future, within the window.
 	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
 	[1 | r := data.rate_limits; is_object(r); r != {}] == []
 	ns := input.current_time_ns
 	ns > true
 	ns < ""
 	now := ns / 1000000000
-	[t | t := l.approval.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | xs := l.dual_control.approvers; [] <= xs; xs < {}; some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
-	[t | xs := l.executive_control.approvers; [] <= xs; xs < {}; some x in xs; t := x.timestamp; t > true; t < ""; global_window_exceeded(now - t)] == []
+	# Each block: as many fresh entries (a numeric timestamp, at most
+	# approval_clock_skew ahead, within the window) as entries.
+	w := global_approval_window
+	[1 | _ = l.approval] == [1 | t := l.approval.timestamp; t > true; t < ""; t <= now + 60; now - t <= w]
+	count([1 | xs := l.dual_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+		xs := l.dual_control.approvers
+		[] <= xs
+		xs < {}
+		some e in xs
+		t := e.timestamp
+		t > true
+		t < ""
+		t <= now + 60
+		now - t <= w
+	])
+	count([1 | xs := l.executive_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+		xs := l.executive_control.approvers
+		[] <= xs
+		xs < {}
+		some e in xs
+		t := e.timestamp
+		t > true
+		t < ""
+		t <= now + 60
+		now - t <= w
+	])
 } else := {"allow": false, "reason": tier_denial[tier], "details": {"tier": tier, "action": input.poa.act}, "risk_tier": tier} if {
 	tier := common_case_tier
-	not approved(tier, input.poa.leg, {input.agent.spiffe_id})
+	not approved(tier, input.poa.leg, {canon(input.agent.spiffe_id)})
+} else := {"allow": false, "reason": "unknown_action", "details": {"action": request_action}, "risk_tier": request_tier} if {
+	not poa_provided
+	request_action != ""
+	not request_action_known
 } else := {"allow": true, "reason": "allow_low_risk_without_poa", "risk_tier": "low"} if {
 	not poa_provided
 	no_poa_allowed
@@ -984,8 +1225,7 @@ common_case_tier := tier if {
 	[d | d := data.tenants[input.tenant.id]; tenant_overrides(d, p.act)] == []
 	[m | m := data.platform_binding.mode; m != "none"] == []
 	a := p.act
-	"" <= a
-	a < []
+	canonical_action(a)
 	input.request.action == a
 
 	# The action's constraint family.
@@ -994,10 +1234,13 @@ common_case_tier := tier if {
 	count(route_param_conflicts) == 0
 	rp := input.request.params
 	is_object(rp)
-	self := {me}
-	[r | r := constraint_check(a, rp, c, self); r == false] == []
-
-	tier := object.get(data.atb.catalog, ["tiers", a], "low")
+	# A built-in action with one of the four tiers (low when the catalogue
+	# gives none); anything else takes the full chain.
+	_ = data.atb.catalog.methods[a]
+	tier := object.get(data.atb.catalog.tiers, a, "low")
+	tier in known_tiers
+	env := {"self_ids": {canon(me)}, "tier": tier, "leg": l}
+	[r | r := constraint_check(a, rp, c, env); r == false] == []
 }
 
 # The tenant's own data changes this decision: its platform binding, time
@@ -1013,13 +1256,22 @@ tenant_overrides(d, act) if {
 	_ = d.catalog.tiers[act]
 }
 
-# An approval of this age is outside the global approval window.
-global_window_exceeded(age) := age > w if {
+tenant_overrides(d, act) if {
+	_ = d.catalog.methods[act]
+}
+
+# The approval window when no tenant time policy applies (see approval_window).
+global_approval_window := w if {
 	w := data.time_policy.approval_window_seconds
 	w > true
 	w < ""
-} else := age > 86400
+} else := 300 if {
+	is_object(data.time_policy)
+} else := 86400
 
 request_tier := t if {
 	t := data.atb.catalog.tiers[request_action]
-} else := "low"
+	t in known_tiers
+} else := "low" if {
+	request_action_known
+} else := "critical"

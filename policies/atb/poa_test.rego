@@ -13,11 +13,14 @@ good_leg := {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "
 
 medium_leg := object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": 1700000000}})
 
-dual_leg := object.union(good_leg, {"dual_control": {"required": true, "approvers": [{"id": "alice@acme"}, {"id": "bob@acme"}]}})
+# Approval evidence as AgentAuth writes it: every entry timestamped.
+ts := 1700000000
+
+dual_leg := object.union(good_leg, {"dual_control": {"required": true, "approvers": [{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}]}})
 
 exec_leg := object.union(good_leg, {"executive_control": {"required": true, "approvers": [
-	{"id": "ceo@acme", "role": "CEO"},
-	{"id": "cfo@acme", "role": "cfo"},
+	{"id": "ceo@acme", "role": "CEO", "timestamp": ts},
+	{"id": "cfo@acme", "role": "cfo", "timestamp": ts},
 ]}})
 
 # An input for `act` with request params, mandate constraints and leg.
@@ -32,6 +35,9 @@ mk(act, params, con, leg) := {
 
 # A high-risk input with dual control.
 hi(act, params, con) := mk(act, params, con, dual_leg)
+
+# The same, with escape switches in the dual-control evidence.
+hi_esc(act, params, con, escapes) := mk(act, params, con, object.union(dual_leg, {"dual_control": {"escapes": escapes}}))
 
 decide(i) := d if {
 	d := poa.decision with input as i
@@ -73,7 +79,16 @@ test_no_poa_high_risk_denied if {
 	d.risk_tier == "high"
 }
 
-test_no_poa_unknown_action_denied if denied(no_poa("x.y.z", "GET", "/x"), "poa_required_for_action")
+test_no_poa_unknown_action_denied if {
+	d := decide(no_poa("x.y.z", "GET", "/x"))
+	d.reason == "unknown_action"
+	d.risk_tier == "critical"
+}
+
+# A safe path does not carry an unknown action through either.
+test_no_poa_safe_path_unknown_action_denied if denied(no_poa("x.y.z", "GET", "/health"), "unknown_action")
+
+test_no_poa_case_variant_action_denied if denied(no_poa("CRM.contact.read", "GET", "/crm"), "unknown_action")
 
 test_empty_poa_is_no_poa if denied(object.union(no_poa("sap.payment.execute", "POST", "/pay"), {"poa": {}}), "poa_required_for_action")
 
@@ -227,7 +242,7 @@ tier(act) := decide(mk(act, {}, {}, good_leg)).risk_tier
 
 test_tier_low if tier("crm.contact.read") == "low"
 
-test_tier_unknown_is_low if tier("made.up.action") == "low"
+test_tier_unknown_is_critical if tier("made.up.action") == "critical"
 
 test_tier_medium if tier("crm.contact.update") == "medium"
 
@@ -279,7 +294,7 @@ test_tenant_bogus_tier_is_critical if {
 
 test_other_tenant_override_does_not_apply if {
 	i := object.union(mk("made.up.action", {}, {}, good_leg), {"tenant": {"id": "t3"}})
-	allowed(i) with data.tenants as {"t2": {"catalog": {"tiers": {"made.up.action": "high"}}}}
+	denied(i, "unknown_action") with data.tenants as {"t2": {"catalog": {"tiers": {"made.up.action": "high"}}}}
 }
 
 test_low_allowed if allowed(mk("crm.contact.read", {}, {}, good_leg))
@@ -332,7 +347,7 @@ test_critical_single_exec if denied(mk("org.company.merge", {}, {}, exec_with([{
 
 test_critical_self_listed if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}, {"id": agent, "role": "cto"}])), "critical_risk_executive_approval_required")
 
-test_critical_non_string_role_ignored if allowed(mk("org.company.merge", {}, {}, exec_with([{"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}, {"id": "z", "role": 7}])))
+test_critical_non_string_role_ignored if allowed(mk("org.company.merge", {}, {}, exec_with([{"id": "x", "role": "CEO", "timestamp": ts}, {"id": "y", "role": "CFO", "timestamp": ts}, {"id": "z", "role": 7, "timestamp": ts}])))
 
 test_critical_approvers_scalar if denied(mk("org.company.merge", {}, {}, exec_with("ceo,cfo")), "critical_risk_executive_approval_required")
 
@@ -349,7 +364,9 @@ test_sap_vendor_change_over_cap if constraint_denied(hi("sap.vendor.change", {"a
 
 test_sap_vendor_change_large_needs_flag if constraint_denied(hi("sap.vendor.change", {"amount": 6000}, {"liability_cap": 10000}))
 
-test_sap_vendor_change_large_with_flag if allowed(hi("sap.vendor.change", {"amount": 6000}, {"liability_cap": 10000, "dual_control": true}))
+test_sap_vendor_change_large_with_flag if allowed(hi_esc("sap.vendor.change", {"amount": 6000}, {"liability_cap": 10000, "dual_control": true}, {"dual_control": true}))
+
+test_sap_vendor_change_large_flag_in_con_only if constraint_denied(hi("sap.vendor.change", {"amount": 6000}, {"liability_cap": 10000, "dual_control": true}))
 
 test_sap_vendor_change_cap_wrong_type if constraint_denied(hi("sap.vendor.change", {"amount": 10}, {"liability_cap": "lots"}))
 
@@ -459,7 +476,9 @@ test_aws_policy_ok if allowed(hi("aws.iam.policy_attach", {"policy_arn": "arn:aw
 
 test_aws_admin_policy_denied if constraint_denied(hi("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {}))
 
-test_aws_admin_policy_allowed_by_flag if allowed(hi("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {"allow_admin_policy": true}))
+test_aws_admin_policy_allowed_by_flag if allowed(hi_esc("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {"allow_admin_policy": true}, {"allow_admin_policy": true}))
+
+test_aws_admin_policy_flag_in_con_only if constraint_denied(hi("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {"allow_admin_policy": true}))
 
 test_azure_rbac_ok if allowed(hi("azure.rbac.assign", {"role_name": "Reader", "principal_id": "p1", "scope": "/subscriptions/123/resourceGroups/rg"}, {}))
 
@@ -467,7 +486,9 @@ test_azure_subscription_owner_denied_without_flag if constraint_denied(hi("azure
 
 test_azure_subscription_owner_flag_false if constraint_denied(hi("azure.rbac.assign", {"role_name": "Owner", "principal_id": "p1", "scope": "/subscriptions/123"}, {"allow_subscription_owner": false}))
 
-test_azure_subscription_owner_allowed_by_flag if allowed(hi("azure.rbac.assign", {"role_name": "Owner", "principal_id": "p1", "scope": "/subscriptions/123"}, {"allow_subscription_owner": true}))
+test_azure_subscription_owner_allowed_by_flag if allowed(hi_esc("azure.rbac.assign", {"role_name": "Owner", "principal_id": "p1", "scope": "/subscriptions/123"}, {"allow_subscription_owner": true}, {"allow_subscription_owner": true}))
+
+test_azure_subscription_owner_flag_in_con_only if constraint_denied(hi("azure.rbac.assign", {"role_name": "Owner", "principal_id": "p1", "scope": "/subscriptions/123"}, {"allow_subscription_owner": true}))
 
 test_azure_rbac_missing_scope if constraint_denied(hi("azure.rbac.assign", {"role_name": "Reader", "principal_id": "p1"}, {}))
 
@@ -475,7 +496,9 @@ test_keyvault_ok if allowed(hi("azure.keyvault.secret_set", {"vault_name": "app"
 
 test_keyvault_protected_denied if constraint_denied(hi("azure.keyvault.secret_set", {"vault_name": "prod", "secret_name": "s"}, {"protected_vaults": ["prod"]}))
 
-test_keyvault_protected_allowed_by_flag if allowed(hi("azure.keyvault.secret_set", {"vault_name": "prod", "secret_name": "s"}, {"protected_vaults": ["prod"], "allow_protected_vault_write": true}))
+test_keyvault_protected_allowed_by_flag if allowed(hi_esc("azure.keyvault.secret_set", {"vault_name": "prod", "secret_name": "s"}, {"protected_vaults": ["prod"]}, {"allow_protected_vault_write": true}))
+
+test_keyvault_protected_flag_in_con_only if constraint_denied(hi("azure.keyvault.secret_set", {"vault_name": "prod", "secret_name": "s"}, {"protected_vaults": ["prod"], "allow_protected_vault_write": true}))
 
 # --- constraints: OT / SCADA -------------------------------------------------------------------
 test_ot_override_ok if allowed(hi("ot.system.manual_override", {"human_in_loop_approved": true}, {"override_window_seconds": 600}))
@@ -535,11 +558,20 @@ test_business_hours_outside if {
 	d.details.violations == ["outside_business_hours"]
 }
 
-test_business_hours_inside if allowed(at(hi("sap.vendor.create", {}, {}), 1699960000)) with data.time_policy as hours
+# Dual control approved at `secs`, decided at `secs`.
+hi_at(act, secs) := at(mk(act, {}, {}, dual_with([{"id": "alice@acme", "timestamp": secs}, {"id": "bob@acme", "timestamp": secs}], true)), secs)
 
-test_business_hours_weekend if denied(at(hi("sap.vendor.create", {}, {}), 1699711200), "time_policy_violation") with data.time_policy as hours
+test_business_hours_inside if allowed(hi_at("sap.vendor.create", 1699960000)) with data.time_policy as hours
 
-test_business_hours_bypass_flag if allowed(hi("sap.vendor.create", {}, {"allow_outside_business_hours": true})) with data.time_policy as hours
+test_business_hours_weekend if {
+	d := decide(hi_at("sap.vendor.create", 1699711200)) with data.time_policy as hours
+	d.reason == "time_policy_violation"
+	d.details.violations == ["outside_business_hours"]
+}
+
+test_business_hours_bypass_flag if allowed(hi_esc("sap.vendor.create", {}, {}, {"allow_outside_business_hours": true})) with data.time_policy as hours
+
+test_business_hours_flag_in_con_only if denied(hi("sap.vendor.create", {}, {"allow_outside_business_hours": true}), "time_policy_violation") with data.time_policy as hours
 
 test_business_hours_not_for_low if allowed(mk("crm.contact.read", {}, {}, good_leg)) with data.time_policy as hours
 
@@ -556,7 +588,20 @@ test_rate_limit_within if allowed(with_count(mk("crm.contact.read", {}, {}, good
 
 test_rate_limit_per_action if denied(with_count(mk("crm.contact.read", {}, {}, good_leg), 5), "time_policy_violation") with data.rate_limits as {"per_action": {"crm.contact.read": 5}}
 
-test_rate_limit_bypass if allowed(with_count(mk("crm.contact.read", {}, {"bypass_rate_limit": true}, good_leg), 500)) with data.rate_limits as {"default_per_hour": 100}
+# A low-tier action needs no approval, so nothing can vouch for its escape
+# switch: a bypass in con (or even in evidence) is not honoured.
+test_rate_limit_bypass_in_con_not_honoured if denied(with_count(mk("crm.contact.read", {}, {"bypass_rate_limit": true}, good_leg), 500), "time_policy_violation") with data.rate_limits as {"default_per_hour": 100}
+
+test_rate_limit_bypass_on_low_tier_evidence_not_honoured if {
+	leg := object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": ts, "escapes": {"bypass_rate_limit": true}}})
+	denied(with_count(mk("crm.contact.read", {}, {}, leg), 500), "time_policy_violation") with data.rate_limits as {"default_per_hour": 100}
+}
+
+test_rate_limit_bypass_from_evidence if {
+	leg := object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": ts, "escapes": {"bypass_rate_limit": true}}})
+	i := object.union(mk("crm.contact.update", {}, {"bypass_rate_limit": true}, leg), {"rate_limit_state": {"crm.contact.update": 500}})
+	allowed(i) with data.rate_limits as {"default_per_hour": 100}
+}
 
 test_rate_limit_unconfigured if allowed(with_count(mk("crm.contact.read", {}, {}, good_leg), 1000000))
 
@@ -603,3 +648,325 @@ test_violations_reported_together if {
 test_allow_shape if decide(mk("crm.contact.read", {}, {}, good_leg)) == {"allow": true, "reason": "allow", "risk_tier": "low"}
 
 test_deny_carries_tier if decide(mk("sap.vendor.create", {}, {}, good_leg)).risk_tier == "high"
+
+# --- adversarial: default deny for actions -------------------------------------------------------------
+with_act(i, a) := json.patch(i, [
+	{"op": "replace", "path": "/poa/act", "value": a},
+	{"op": "replace", "path": "/request/action", "value": a},
+])
+
+unknown_why(i, why) if {
+	d := decide(i)
+	d.allow == false
+	d.reason == "unknown_action"
+	d.details.why == why
+}
+
+test_unknown_action_denied if unknown_why(mk("made.up.action", {}, {}, good_leg), "not_in_catalogue")
+
+test_unknown_action_denied_even_with_executive_evidence if denied(mk("made.up.action", {}, {}, exec_leg), "unknown_action")
+
+test_unknown_action_is_critical if decide(mk("made.up.action", {}, {}, good_leg)).risk_tier == "critical"
+
+test_lookalike_actions_denied if {
+	every a in [
+		"CRM.contact.read", "crm.Contact.read", "crm.contact.read ", " crm.contact.read",
+		"crm..contact.read", ".crm.contact.read", "crm.contact.read.", "crm",
+		"crm.contact-read", "crm:contact.read", "crm.contact.re\u0430d", "crm.contact.read\n",
+		"crm.contact.read\u0000",
+	] {
+		unknown_why(with_act(mk("crm.contact.read", {}, {}, good_leg), a), "not_canonical")
+	}
+}
+
+test_overlong_action_denied if unknown_why(with_act(mk("crm.contact.read", {}, {}, good_leg), concat(".", ["a", concat("", [x | some _ in numbers.range(1, 256); x := "b"])])), "not_canonical")
+
+test_non_string_actions_denied if {
+	every a in [7, true, ["crm.contact.read"], {"a": "crm.contact.read"}] {
+		unknown_why(with_act(mk("crm.contact.read", {}, {}, good_leg), a), "not_a_string")
+	}
+}
+
+# A tenant's extension actions are known: by tier or by methods alone (low).
+test_tenant_extension_by_methods_is_low if {
+	i := object.union(mk("acme.ledger.read", {}, {}, good_leg), {"tenant": {"id": "t2"}})
+	d := decide(i) with data.tenants as {"t2": {"catalog": {"methods": {"acme.ledger.read": ["GET"]}}}}
+	d.allow == true
+	d.risk_tier == "low"
+}
+
+# A non-canonical name stays unknown even when a tenant lists it.
+test_tenant_non_canonical_extension_denied if {
+	i := object.union(mk("Acme.Ledger", {}, {}, good_leg), {"tenant": {"id": "t2"}})
+	denied(i, "unknown_action") with data.tenants as {"t2": {"catalog": {"tiers": {"Acme.Ledger": "low"}}}}
+}
+
+# A global tier outside the four is critical (the loader refuses such data).
+test_global_bogus_tier_is_critical if {
+	d := decide(mk("crm.contact.update", {}, {}, medium_leg)) with data.atb.catalog as {"tiers": {"crm.contact.update": "urgent"}, "methods": {"crm.contact.update": ["POST"]}}
+	d.risk_tier == "critical"
+	d.reason == "critical_risk_executive_approval_required"
+}
+
+test_low_risk_path_still_works if allowed(no_poa("crm.contact.read", "GET", "/crm"))
+
+# --- adversarial: con must be an object -----------------------------------------------------------------
+test_con_not_object_denied if {
+	every con in ["x", 7, true, [], ["allow_admin_policy"]] {
+		denied(mk("crm.contact.read", {}, con, good_leg), "con_invalid")
+	}
+}
+
+# --- adversarial: approvers in canonical form -------------------------------------------------------------
+test_dual_same_person_two_spellings if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": " Alice@ACME ", "timestamp": ts}], true)), "high_risk_dual_control_required")
+
+test_dual_empty_id_counts_as_nobody if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "", "timestamp": ts}], true)), "high_risk_dual_control_required")
+
+test_dual_blank_id_counts_as_nobody if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "  \t", "timestamp": ts}], true)), "high_risk_dual_control_required")
+
+test_dual_self_under_other_spelling if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, {"id": "  SPIFFE://ACME.example/agent/A ", "timestamp": ts}], true)), "high_risk_dual_control_required")
+
+test_medium_self_under_other_spelling if denied(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": " Spiffe://acme.example/Agent/a", "timestamp": ts}})), "medium_risk_approval_required")
+
+test_medium_blank_approver if denied(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "   ", "timestamp": ts}})), "medium_risk_approval_required")
+
+test_critical_same_executive_two_spellings if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO", "timestamp": ts}, {"id": "CEO@acme ", "role": "CFO", "timestamp": ts}])), "critical_risk_executive_approval_required")
+
+test_critical_empty_id_executive if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO", "timestamp": ts}, {"id": " ", "role": "CFO", "timestamp": ts}])), "critical_risk_executive_approval_required")
+
+test_critical_self_under_other_spelling if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO", "timestamp": ts}, {"id": "cfo@acme", "role": "CFO", "timestamp": ts}, {"id": "spiffe://acme.example/AGENT/a", "role": "cto", "timestamp": ts}])), "critical_risk_executive_approval_required")
+
+test_critical_role_spelling_variants if allowed(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": " Ceo ", "timestamp": ts}, {"id": "cfo@acme", "role": "CFO", "timestamp": ts}])))
+
+# The mandate subject counts as self too (it equals the agent here, in another spelling).
+test_iam_assign_self_other_spelling if constraint_denied(hi("iam.role.assign", {"role_name": "reader", "target_user_id": " SPIFFE://acme.example/agent/a"}, {}))
+
+# --- adversarial: approval timestamps -----------------------------------------------------------------------
+test_medium_missing_timestamp if {
+	d := decide(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme"}})))
+	d.reason == "approval_timestamp_invalid"
+	d.details.entries == ["leg.approval"]
+}
+
+test_medium_string_timestamp if denied(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": "1700000000"}})), "approval_timestamp_invalid")
+
+test_dual_one_missing_timestamp if {
+	d := decide(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme"}], true)))
+	d.reason == "approval_timestamp_invalid"
+	d.details.entries == ["leg.dual_control.approvers[1]"]
+}
+
+test_exec_missing_timestamps if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO"}, {"id": "cfo@acme", "role": "CFO"}])), "approval_timestamp_invalid")
+
+test_exec_null_timestamp if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO", "timestamp": null}, {"id": "cfo@acme", "role": "CFO", "timestamp": ts}])), "approval_timestamp_invalid")
+
+# now is 1700000100; 60 s of clock skew are tolerated.
+test_medium_future_timestamp if {
+	d := decide(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": 1700000161}})))
+	d.reason == "approval_timestamp_in_future"
+	d.details == {"entries": ["leg.approval"], "leeway_seconds": 60}
+}
+
+test_medium_within_skew if allowed(mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme", "timestamp": 1700000160}})))
+
+test_dual_future_timestamp if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": 1800000000}], true)), "approval_timestamp_in_future")
+
+test_exec_future_timestamp if denied(mk("org.company.merge", {}, {}, exec_with([{"id": "ceo@acme", "role": "CEO", "timestamp": 1800000000}, {"id": "cfo@acme", "role": "CFO", "timestamp": ts}])), "approval_timestamp_in_future")
+
+test_stale_approval_default_window if denied(at(mk("crm.contact.update", {}, {}, medium_leg), ts + 86401), "time_policy_violation")
+
+# A time policy without a window: 300 s, as upstream.
+test_stale_approval_time_policy_default_300 if {
+	i := at(mk("crm.contact.update", {}, {}, medium_leg), ts + 301)
+	d := decide(i) with data.time_policy as {"business_hours": {"start_hour": 9}}
+	d.reason == "time_policy_violation"
+	d.details.violations == ["approval_expired:301s_ago"]
+	allowed(at(mk("crm.contact.update", {}, {}, medium_leg), ts + 300)) with data.time_policy as {"business_hours": {"start_hour": 9}}
+}
+
+test_stale_approval_tenant_time_policy_default_300 if {
+	i := object.union(at(mk("crm.contact.update", {}, {}, medium_leg), ts + 301), {"tenant": {"id": "t2"}})
+	denied(i, "time_policy_violation") with data.tenants as {"t2": {"time_policy": {}}}
+}
+
+test_stale_dual_approval_global_window if denied(at(hi("sap.vendor.create", {}, {}), ts + 301), "time_policy_violation") with data.time_policy as {}
+
+# --- adversarial: escape switches only from evidence, never on low tiers ------------------------------------
+test_escape_in_other_tier_block_not_honoured if {
+	# A high-tier action reads its escapes from dual_control, not from leg.approval.
+	leg := object.union(dual_leg, {"approval": {"approver_id": "alice@acme", "timestamp": ts, "escapes": {"allow_admin_policy": true}}})
+	constraint_denied(mk("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {}, leg))
+}
+
+test_escape_false_in_evidence_not_honoured if constraint_denied(hi_esc("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {}, {"allow_admin_policy": false}))
+
+test_escape_string_in_evidence_not_honoured if constraint_denied(hi_esc("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {}, {"allow_admin_policy": "true"}))
+
+test_escape_on_tenant_lowered_tier_not_honoured if {
+	i := object.union(hi_esc("aws.iam.policy_attach", {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}, {}, {"allow_admin_policy": true}), {"tenant": {"id": "t2"}})
+	constraint_denied(i) with data.tenants as {"t2": {"catalog": {"tiers": {"aws.iam.policy_attach": "low"}}}}
+}
+
+test_escape_critical_from_executive_evidence if {
+	leg := object.union(exec_leg, {"executive_control": {"escapes": {"bypass_rate_limit": true}}})
+	i := object.union(mk("org.company.merge", {}, {}, leg), {"rate_limit_state": {"org.company.merge": 500}})
+	allowed(i) with data.rate_limits as {"default_per_hour": 100}
+	denied(object.union(mk("org.company.merge", {}, {"bypass_rate_limit": true}, exec_leg), {"rate_limit_state": {"org.company.merge": 500}}), "time_policy_violation") with data.rate_limits as {"default_per_hour": 100}
+}
+
+# --- adversarial: blocklists -------------------------------------------------------------------------------
+test_aws_admin_policy_every_partition if {
+	every arn in [
+		"arn:aws:iam::aws:policy/AdministratorAccess",
+		"arn:aws-cn:iam::aws:policy/AdministratorAccess",
+		"arn:aws-us-gov:iam::aws:policy/AdministratorAccess",
+		"arn:aws-iso:iam::aws:policy/AdministratorAccess",
+		"arn:aws-iso-b:iam::aws:policy/AdministratorAccess",
+		"arn:aws-iso-e:iam::aws:policy/AdministratorAccess",
+		"arn:aws-iso-f:iam::aws:policy/AdministratorAccess",
+		"arn:aws-eusc:iam::aws:policy/AdministratorAccess",
+		"arn:aws:iam::aws:policy/AdministratorAccess-Amplify",
+		"arn:aws:iam::aws:policy/job-function/AdministratorAccess",
+		"ARN:AWS:IAM::AWS:POLICY/ADMINISTRATORACCESS",
+		" arn:aws:iam::aws:policy/administratoraccess ",
+	] {
+		constraint_denied(hi("aws.iam.policy_attach", {"policy_arn": arn}, {}))
+	}
+}
+
+test_aws_other_partition_read_only_allowed if allowed(hi("aws.iam.policy_attach", {"policy_arn": "arn:aws-us-gov:iam::aws:policy/ReadOnlyAccess"}, {}))
+
+test_aws_admin_policy_other_partition_allowed_by_evidence if allowed(hi_esc("aws.iam.policy_attach", {"policy_arn": "arn:aws-cn:iam::aws:policy/AdministratorAccess"}, {}, {"allow_admin_policy": true}))
+
+azure_owner(role, scope) := hi("azure.rbac.assign", {"role_name": role, "principal_id": "p1", "scope": scope}, {})
+
+test_azure_owner_broad_scopes_denied if {
+	every scope in [
+		"/subscriptions/123", "/subscriptions/123/", "/Subscriptions/123", "/SUBSCRIPTIONS/123/",
+		" /subscriptions/123 ", "/", "//", "/providers/Microsoft.Management/managementGroups/mg1",
+		"/providers/microsoft.management/managementgroups/mg1/", "/PROVIDERS/MICROSOFT.MANAGEMENT/MANAGEMENTGROUPS/root",
+		"/subscriptions/123/resourceGroups/rg/..", "/subscriptions/123/resourceGroups/../..",
+		"/subscriptions/123/resourceGroups/rg%2F..%2F..", "/subscriptions/123/resourceGroups//x",
+		"/subscriptions/123/resourceGroups", "subscriptions/123/resourceGroups/rg", "/subscriptions/123\\resourceGroups\\rg",
+	] {
+		constraint_denied(azure_owner("Owner", scope))
+	}
+}
+
+test_azure_owner_role_spellings_denied if {
+	every role in [
+		"owner", "OWNER", " Owner ", "8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "8E3AF657-A8FF-443C-A75C-2FE8C4BCB635",
+		"/subscriptions/123/providers/Microsoft.Authorization/roleDefinitions/8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+		"/providers/Microsoft.Authorization/roleDefinitions/8e3af657-a8ff-443c-a75c-2fe8c4bcb635/",
+	] {
+		constraint_denied(azure_owner(role, "/subscriptions/123"))
+	}
+}
+
+test_azure_owner_resource_group_allowed if {
+	allowed(azure_owner("Owner", "/subscriptions/123/resourceGroups/rg"))
+	allowed(azure_owner("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "/subscriptions/123/resourceGroups/rg/providers/Microsoft.Web/sites/app"))
+}
+
+test_azure_non_owner_broad_scope_allowed if allowed(azure_owner("Reader", "/providers/Microsoft.Management/managementGroups/mg1"))
+
+test_azure_owner_management_group_allowed_by_evidence if allowed(hi_esc("azure.rbac.assign", {"role_name": "Owner", "principal_id": "p1", "scope": "/"}, {}, {"allow_subscription_owner": true}))
+
+vault(name, protected) := hi("azure.keyvault.secret_set", {"vault_name": name, "secret_name": "s"}, {"protected_vaults": protected})
+
+test_keyvault_protected_case_variants_denied if {
+	every name in [
+		"PROD", "Prod", " prod ", "https://prod.vault.azure.net", "https://PROD.vault.azure.net/",
+		"https://prod.vault.azure.cn/secrets/s", "https://prod.vault.usgovcloudapi.net",
+		"/subscriptions/1/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/Prod",
+	] {
+		constraint_denied(vault(name, ["prod"]))
+	}
+	constraint_denied(vault("prod", ["PROD"]))
+	constraint_denied(vault("prod", [7, " Prod "]))
+}
+
+test_keyvault_other_vault_allowed if allowed(vault("https://dev.vault.azure.net", ["prod"]))
+
+test_keyvault_protected_list_wrong_type_protects_all if {
+	constraint_denied(vault("dev", "prod"))
+	constraint_denied(vault("dev", {"prod": true}))
+}
+
+# An approver entry that is not an object is still an entry without a timestamp.
+test_dual_extra_non_object_entry if denied(mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, "carol@acme"], true)), "approval_timestamp_invalid")
+
+# A stray evidence block of another tier is checked too (false is not a timestamped entry).
+test_stray_approval_block_without_timestamp if denied(mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": false})), "approval_timestamp_invalid")
+
+test_stray_approval_block_stale if denied(mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": {"approver_id": "x", "timestamp": 1600000000}})), "time_policy_violation")
+
+# Unknown actions are refused by name and by shape: the canonical check
+# itself (not only the catalogue lookup) refuses a lookalike a tenant listed.
+test_canonical_action_shapes if {
+	every a in ["a.b", "crm.contact.read", "a_1.b2"] {
+		poa.canonical_action(a)
+	}
+	every a in ["", ".", "a", "a.", ".a", "a..b", "A.b", "a.b-c", "a.b c", "a.\u00e9", 7] {
+		not poa.canonical_action(a)
+	}
+}
+
+# --- the decision's fast path answers exactly like the full chain ----------------------------------------
+chain(i) := object.union({"allow": false, "risk_tier": t}, d) if {
+	d := poa.denial with input as i
+	t := poa.risk_tier with input as i
+} else := {"allow": true, "reason": "allow", "risk_tier": t} if {
+	t := poa.risk_tier with input as i
+}
+
+admin_arn := {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+
+fast_path_inputs := [
+	mk("crm.contact.read", {}, {}, good_leg),
+	mk("crm.contact.update", {}, {}, medium_leg),
+	mk("crm.contact.update", {}, {}, good_leg),
+	hi("sap.vendor.create", {}, {}),
+	mk("org.company.merge", {}, {}, exec_leg),
+	mk("org.company.merge", {}, {}, dual_leg),
+	mk("made.up.action", {}, {}, exec_leg),
+	mk("CRM.contact.read", {}, {}, good_leg),
+	mk("crm.contact.read", {}, "con", good_leg),
+	hi("aws.iam.policy_attach", admin_arn, {"allow_admin_policy": true}),
+	hi_esc("aws.iam.policy_attach", admin_arn, {}, {"allow_admin_policy": true}),
+	hi_esc("aws.iam.policy_attach", admin_arn, {}, {"allow_admin_policy": "true"}),
+	mk("aws.iam.policy_attach", admin_arn, {}, object.union(dual_leg, {"dual_control": {"escapes": "allow_admin_policy"}})),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, "carol"], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": ts}, null], true)),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": false})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": null})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"approval": {"approver_id": "x", "timestamp": 1600000000}})),
+	mk("sap.vendor.create", {}, {}, object.union(dual_leg, {"executive_control": {"approvers": [{"id": "x"}]}})),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": 1700000161}], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": "bob@acme", "timestamp": 1700000160}], true)),
+	mk("sap.vendor.create", {}, {}, dual_with([{"id": "alice@acme", "timestamp": ts}, {"id": " ALICE@acme", "timestamp": ts}], true)),
+	mk("crm.contact.update", {}, {}, object.union(good_leg, {"approval": {"approver_id": "alice@acme"}})),
+	at(mk("crm.contact.update", {}, {}, medium_leg), ts + 86401),
+	at(mk("crm.contact.update", {}, {}, medium_leg), ts + 86400),
+	hi("iam.role.assign", {"role_name": "reader", "target_user_id": " SPIFFE://acme.example/agent/a"}, {}),
+	hi("azure.rbac.assign", {"role_name": "OWNER", "principal_id": "p", "scope": "/"}, {}),
+]
+
+test_fast_path_answers_like_the_chain if {
+	every i in fast_path_inputs {
+		decide(i) == chain(i)
+	}
+}
+
+test_fast_path_answers_like_the_chain_with_a_global_time_policy if {
+	every i in fast_path_inputs {
+		d := decide(i) with data.time_policy as {"approval_window_seconds": 120}
+		c := chain(i) with data.time_policy as {"approval_window_seconds": 120}
+		d == c
+	}
+	every i in fast_path_inputs {
+		d := decide(i) with data.time_policy as {}
+		c := chain(i) with data.time_policy as {}
+		d == c
+	}
+}

@@ -269,6 +269,61 @@ pub const MAX_NODES: usize = 2000;
 /// Approval evidence blocks only AgentAuth may write.
 pub const SERVER_WRITTEN: [&str; 3] = ["approval", "dual_control", "executive_control"];
 
+/// Escape switches: `con` flags that relax a policy rule (a large SAP
+/// vendor change under dual control, an AWS admin policy, a broad Azure
+/// Owner assignment, a protected Key Vault write, a call outside business
+/// hours, a rate-limit bypass). The policy honours one only from the
+/// approval evidence AgentAuth writes (`leg.<block>.escapes`) for an action
+/// that needed approval, so approvers see and vouch for it; on an action
+/// that needs none, nothing could vouch for it and the challenge is
+/// refused (400 `escape_not_allowed`).
+pub const ESCAPE_FLAGS: [&str; 6] = [
+    "allow_admin_policy",
+    "allow_outside_business_hours",
+    "allow_protected_vault_write",
+    "allow_subscription_owner",
+    "bypass_rate_limit",
+    "dual_control",
+];
+
+/// The escape switches `con` carries.
+pub fn escapes(con: &Value) -> Map<String, Value> {
+    ESCAPE_FLAGS
+        .iter()
+        .filter_map(|f| Some(((*f).to_owned(), con.get(*f)?.clone())))
+        .collect()
+}
+
+/// Refuses escape switches on a tier that needs no approval (400
+/// `escape_not_allowed`, whatever their value) and escape switches that
+/// are not booleans (400 `invalid_challenge`).
+pub fn check_escapes(con: &Value, tier: Tier) -> Result<(), Rejection> {
+    let found = escapes(con);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = found.keys().map(String::as_str).collect();
+    if tier.approvals_needed() == 0 {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "escape_not_allowed",
+            format!(
+                "con carries {}: escape switches are honoured only for actions that need approval, and this action is {} risk",
+                names.join(", "),
+                tier.as_str()
+            ),
+        ));
+    }
+    if let Some((name, _)) = found.iter().find(|(_, v)| !v.is_boolean()) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_challenge",
+            format!("con.{name} is an escape switch and must be true or false"),
+        ));
+    }
+    Ok(())
+}
+
 /// A validated challenge request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChallengeRequest {
@@ -529,6 +584,15 @@ impl Challenge {
         for block in SERVER_WRITTEN {
             leg.remove(block);
         }
+        // The escape switches the approvers saw in con, inside the tier's
+        // own block (never for a tier without approvals).
+        let escapes = escapes(&self.con);
+        let with_escapes = |mut block: Value| {
+            if !escapes.is_empty() {
+                block["escapes"] = Value::Object(escapes.clone());
+            }
+            block
+        };
         let entry = |a: &Approval, with_role: bool| {
             let mut e = json!({
                 "id": a.approver_id,
@@ -546,11 +610,11 @@ impl Challenge {
                 if let Some(a) = self.approvals.first() {
                     leg.insert(
                         "approval".into(),
-                        json!({
+                        with_escapes(json!({
                             "approver_id": a.approver_id,
                             "approved_at": crate::audit::rfc3339(a.approved_at),
                             "timestamp": a.approved_at,
-                        }),
+                        })),
                     );
                 }
             }
@@ -559,14 +623,14 @@ impl Challenge {
                     self.approvals.iter().map(|a| entry(a, false)).collect();
                 leg.insert(
                     "dual_control".into(),
-                    json!({"required": true, "approvers": approvers}),
+                    with_escapes(json!({"required": true, "approvers": approvers})),
                 );
             }
             Tier::Critical => {
                 let approvers: Vec<Value> = self.approvals.iter().map(|a| entry(a, true)).collect();
                 leg.insert(
                     "executive_control".into(),
-                    json!({"required": true, "approvers": approvers}),
+                    with_escapes(json!({"required": true, "approvers": approvers})),
                 );
             }
         }
@@ -606,6 +670,8 @@ impl Challenge {
             "con": self.con,
             // The one call the mandate will allow, when con.http pins it.
             "pinned_call": self.pinned_call(),
+            // Rules the mandate will relax once approved (see ESCAPE_FLAGS).
+            "escapes": escapes(&self.con),
             "leg": self.leg,
             "risk_tier": self.tier.as_str(),
             "approvals_needed": self.approvals_needed,
@@ -866,6 +932,98 @@ mod tests {
 
         let low = challenge(Tier::Low).leg_with_evidence();
         assert!(SERVER_WRITTEN.iter().all(|b| low.get(b).is_none()));
+    }
+
+    #[test]
+    fn escape_switches_need_an_approval_and_land_in_its_evidence() {
+        let con = |c: Value| c;
+        // None: nothing to check, nothing written.
+        assert!(check_escapes(&con(json!({"amount": 5})), Tier::Low).is_ok());
+        // On a tier without approvals every escape switch is refused, even false.
+        for flag in ESCAPE_FLAGS {
+            for v in [json!(true), json!(false), json!("yes")] {
+                let r = check_escapes(&json!({ flag: v }), Tier::Low).unwrap_err();
+                assert_eq!(r.status, StatusCode::BAD_REQUEST);
+                assert_eq!(r.code, "escape_not_allowed", "{flag}");
+            }
+        }
+        // With approvals they must be booleans.
+        let r = check_escapes(&json!({"bypass_rate_limit": "true"}), Tier::Medium).unwrap_err();
+        assert_eq!(r.code, "invalid_challenge");
+        for tier in [Tier::Medium, Tier::High, Tier::Critical] {
+            assert!(check_escapes(&json!({"bypass_rate_limit": true}), tier).is_ok());
+        }
+
+        let mut req = request("sap.vendor.change");
+        req.con = json!({"amount": 5, "bypass_rate_limit": true, "allow_admin_policy": false});
+        let mut c = Challenge::new(
+            "chal_e".into(),
+            "acme".into(),
+            AGENT.into(),
+            req.clone(),
+            Tier::Medium,
+            1000,
+            300,
+        );
+        assert_eq!(
+            c.view(1001)["escapes"],
+            json!({"bypass_rate_limit": true, "allow_admin_policy": false})
+        );
+        c.approve(&approver("alice", &[]), &execs(), 1010).unwrap();
+        let leg = c.leg_with_evidence();
+        assert_eq!(
+            leg["approval"]["escapes"],
+            json!({"bypass_rate_limit": true, "allow_admin_policy": false})
+        );
+        let mut c = Challenge::new(
+            "chal_h".into(),
+            "acme".into(),
+            AGENT.into(),
+            req.clone(),
+            Tier::High,
+            1000,
+            300,
+        );
+        c.approve(&approver("alice", &[]), &execs(), 1010).unwrap();
+        c.approve(&approver("bob", &[]), &execs(), 1011).unwrap();
+        assert_eq!(
+            c.leg_with_evidence()["dual_control"]["escapes"]["bypass_rate_limit"],
+            true
+        );
+        let mut c = Challenge::new(
+            "chal_c".into(),
+            "acme".into(),
+            AGENT.into(),
+            req.clone(),
+            Tier::Critical,
+            1000,
+            300,
+        );
+        c.approve(&approver("ann", &["ceo"]), &execs(), 1010)
+            .unwrap();
+        c.approve(&approver("carl", &["cfo"]), &execs(), 1011)
+            .unwrap();
+        assert_eq!(
+            c.leg_with_evidence()["executive_control"]["escapes"]["bypass_rate_limit"],
+            true
+        );
+        // A low-tier challenge (stored before the check existed) gets no evidence at all.
+        let low = Challenge::new(
+            "chal_l".into(),
+            "acme".into(),
+            AGENT.into(),
+            req,
+            Tier::Low,
+            1000,
+            300,
+        );
+        assert!(SERVER_WRITTEN
+            .iter()
+            .all(|b| low.leg_with_evidence().get(b).is_none()));
+        // Without escape switches the evidence has no escapes member.
+        let mut c = challenge(Tier::Medium);
+        c.approve(&approver("alice", &[]), &execs(), 1010).unwrap();
+        assert!(c.leg_with_evidence()["approval"].get("escapes").is_none());
     }
 
     #[test]

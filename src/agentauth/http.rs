@@ -414,6 +414,8 @@ async fn create_challenge_inner(
             )
             .retry_after(5)
         })?;
+    // Escape switches need an approval to vouch for them.
+    challenge::check_escapes(&request.con, tier)?;
     let id = challenge::random_id("chal_").map_err(internal)?;
     let now = unix_now();
     let c = Challenge::new(

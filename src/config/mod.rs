@@ -454,8 +454,12 @@ impl Config {
             if t.poa.replay_quota == Some(0) {
                 return Err(invalid(key("poa.replay_quota"), "must be at least 1"));
             }
-            if t.policy_data.as_ref().is_some_and(|d| !d.is_object()) {
-                return Err(invalid(key("policy_data"), "must be a table"));
+            if let Some(d) = &t.policy_data {
+                if !d.is_object() {
+                    return Err(invalid(key("policy_data"), "must be a table"));
+                }
+                crate::policy::data::validate_tenant(&t.id, d)
+                    .map_err(|e| invalid(key("policy_data"), e))?;
             }
             if let Some(url) = &t.poa.jwks_url {
                 validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;

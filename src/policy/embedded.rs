@@ -87,6 +87,9 @@ impl PolicyBundle {
                 );
             }
         }
+        // Tiers outside the four and values of the wrong type are refused
+        // here, naming the key, rather than read as a default by the policy.
+        super::data::validate(&data).map_err(|e| format!("policy data: {e}"))?;
         Ok(Self {
             modules,
             data,
@@ -351,11 +354,19 @@ mod tests {
             (false, "high_risk_dual_control_required")
         );
         let mut dual = leg.clone();
-        dual["dual_control"] =
-            json!({"required": true, "approvers": [{"id": "bob"}, {"id": "carol"}]});
+        dual["dual_control"] = json!({"required": true, "approvers": [
+            {"id": "bob", "timestamp": 100}, {"id": "carol", "timestamp": 100}]});
         assert!(evaluate(&mut e, &pay(&dual)).unwrap().allow);
-        dual["dual_control"]["approvers"] = json!([{"id": "bob"}, {"id": agent}]);
+        dual["dual_control"]["approvers"] =
+            json!([{"id": "bob", "timestamp": 100}, {"id": agent, "timestamp": 100}]);
         assert!(!evaluate(&mut e, &pay(&dual)).unwrap().allow);
+        // Evidence without timestamps proves nothing.
+        dual["dual_control"]["approvers"] = json!([{"id": "bob"}, {"id": "carol"}]);
+        let d = evaluate(&mut e, &pay(&dual)).unwrap();
+        assert_eq!(
+            (d.allow, d.reason.as_str()),
+            (false, "approval_timestamp_invalid")
+        );
         let d = evaluate(&mut e, &json!({})).unwrap();
         assert_eq!(
             (d.allow, d.reason.as_str()),
@@ -389,6 +400,37 @@ mod tests {
         });
         let d = evaluate(&mut e, &input).unwrap();
         assert_eq!(d.reason, "high_risk_dual_control_required");
+    }
+
+    #[test]
+    fn policy_data_of_the_wrong_shape_is_refused_at_load() {
+        let c = crate::config::Config::from_toml(
+            "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n[tenants.policy_data.time_policy.business_hours]\nrequired_for_high_risk = \"true\"\n",
+        );
+        // Refused by the configuration already, or at the latest by the loader.
+        let e = match c {
+            Err(e) => e.to_string(),
+            Ok(c) => {
+                PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500)).unwrap_err()
+            }
+        };
+        assert!(
+            e.contains("time_policy.business_hours.required_for_high_risk"),
+            "{e}"
+        );
+        // A global catalogue tier outside the four, from a data file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data.json");
+        std::fs::write(
+            &file,
+            r#"{"atb": {"catalog": {"tiers": {"crm.contact.read": "urgent"}}}}"#,
+        )
+        .unwrap();
+        let e = PolicyBundle::load(None, Some(&file), &[], Duration::from_millis(500)).unwrap_err();
+        assert!(
+            e.contains("atb.catalog.tiers.\"crm.contact.read\"") && e.contains("not a risk tier"),
+            "{e}"
+        );
     }
 
     #[test]

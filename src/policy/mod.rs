@@ -2,6 +2,7 @@
 //! regorus (default) or by a remote OPA. Every failure is a refusal.
 
 pub mod config;
+pub mod data;
 pub mod embedded;
 pub mod opa;
 

@@ -162,6 +162,169 @@ def fixed_cases():
             yield fixed(f"critical-{i:02d}-{act}-{leg_name}", act, LEGS[leg_name])
 
 
+# Adversarial cases (issue 12), appended after everything above: unknown and
+# lookalike actions, approvers under two spellings, blank ids, approval
+# timestamps missing / in the future / stale, con of the wrong type, escape
+# switches from con vs from evidence, and blocklist spellings.
+TS = 1700000000
+
+
+def stamped(approvers, ts=TS):
+    return [{**a, "timestamp": ts} for a in approvers]
+
+
+def dual(approvers, escapes=None):
+    block = {"required": True, "approvers": approvers}
+    if escapes is not None:
+        block["escapes"] = escapes
+    return {**GOOD_LEG, "dual_control": block}
+
+
+def execs(approvers, escapes=None):
+    block = {"required": True, "approvers": approvers}
+    if escapes is not None:
+        block["escapes"] = escapes
+    return {**GOOD_LEG, "executive_control": block}
+
+
+def medium(approver, ts=TS, escapes=None):
+    block = {"approver_id": approver}
+    if ts is not None:
+        block["timestamp"] = ts
+    if escapes is not None:
+        block["escapes"] = escapes
+    return {**GOOD_LEG, "approval": block}
+
+
+DUAL_OK = dual(stamped([{"id": "alice@acme"}, {"id": "bob@acme"}]))
+EXEC_OK = execs(stamped([{"id": "ceo@acme", "role": "CEO"}, {"id": "cfo@acme", "role": "CFO"}]))
+
+
+def adversarial_cases():
+    def c(name, act, leg, con=None, params=None, tenant="acme", now=1700000100, request_action=None, extra=None):
+        x = fixed(f"adv-{name}", act, leg)
+        inp = x["input"]
+        inp.update(extra or {})
+        inp["poa"]["con"] = {} if con is None else con
+        inp["request"]["params"] = params or {}
+        inp["request"]["action"] = act if request_action is None else request_action
+        inp["tenant"]["id"] = tenant
+        inp["current_time_ns"] = now * 1000000000
+        return x
+
+    # Actions.
+    for i, a in enumerate(["made.up.action", "CRM.contact.read", "crm.contact.read ", " crm.contact.read",
+                           "crm..read", "crm", "crm.contact-read", "crm.contact.re\u0430d", "crm.contact.read\n",
+                           "a." + "b" * 256, 7, None, ["crm.contact.read"], {"a": 1}, True, ""]):
+        yield c(f"act-{i:02d}", a, GOOD_LEG, request_action=a if isinstance(a, str) else "crm.contact.read")
+    yield c("act-unknown-exec", "made.up.action", EXEC_OK)
+    yield c("act-tenant-extension-tier", "made.up.action", GOOD_LEG, tenant="bound", extra={"platform": {"sub": "app-1"}})
+    yield c("act-tenant-extension-other-tenant", "made.up.action", GOOD_LEG, tenant="hours")
+    for i, (a, m, p) in enumerate([("x.y.z", "GET", "/health"), ("CRM.contact.read", "GET", "/crm"),
+                                   ("made.up.action", "GET", "/x"), ("crm.contact.read", "GET", "/crm")]):
+        yield {"name": f"adv-no-poa-{i}", "input": {
+            "agent": {"spiffe_id": AGENT}, "request": {"method": m, "path": p, "action": a, "params": {}}}}
+    # con of the wrong type.
+    for i, con in enumerate(["x", 7, True, [], ["allow_admin_policy"]]):
+        yield c(f"con-{i}", "crm.contact.read", GOOD_LEG, con=con)
+    # Approvers in canonical form.
+    spelled = {
+        "dual-two-spellings": ("sap.vendor.create", dual(stamped([{"id": "alice@acme"}, {"id": " Alice@ACME "}]))),
+        "dual-empty-id": ("sap.vendor.create", dual(stamped([{"id": "alice@acme"}, {"id": ""}]))),
+        "dual-blank-id": ("sap.vendor.create", dual(stamped([{"id": "alice@acme"}, {"id": " \t "}]))),
+        "dual-self-spelling": ("sap.vendor.create", dual(stamped([{"id": "a"}, {"id": "b"}, {"id": " SPIFFE://ACME.example/agent/A"}]))),
+        "dual-entry-string": ("sap.vendor.create", dual(["alice@acme", "bob@acme"])),
+        "medium-self-spelling": ("crm.contact.update", medium(" Spiffe://acme.example/Agent/a")),
+        "medium-blank": ("crm.contact.update", medium("   ")),
+        "exec-two-spellings": ("org.company.merge", execs(stamped([{"id": "ceo@acme", "role": "CEO"}, {"id": "CEO@acme ", "role": "CFO"}]))),
+        "exec-blank-id": ("org.company.merge", execs(stamped([{"id": "ceo@acme", "role": "CEO"}, {"id": " ", "role": "CFO"}]))),
+        "exec-role-spelling": ("org.company.merge", execs(stamped([{"id": "ceo@acme", "role": " Ceo "}, {"id": "cfo@acme", "role": "CFO"}]))),
+        "exec-role-dotted-i": ("org.company.merge", execs(stamped([{"id": "ceo@acme", "role": "C\u0130SO"}, {"id": "cfo@acme", "role": "CFO"}]))),
+        "exec-id-non-ascii-case": ("org.company.merge", execs(stamped([{"id": "\u00c9ve", "role": "CEO"}, {"id": "\u00e9ve", "role": "CFO"}]))),
+    }
+    for name, (act, leg) in spelled.items():
+        yield c(name, act, leg)
+    yield c("iam-self-spelling", "iam.role.assign", DUAL_OK,
+            params={"role_name": "reader", "target_user_id": " SPIFFE://acme.example/agent/a"})
+    # Timestamps.
+    timed = {
+        "medium-missing": ("crm.contact.update", medium("alice@acme", ts=None), 1700000100),
+        "medium-string": ("crm.contact.update", medium("alice@acme", ts="1700000000"), 1700000100),
+        "medium-future": ("crm.contact.update", medium("alice@acme", ts=1700000161), 1700000100),
+        "medium-skew": ("crm.contact.update", medium("alice@acme", ts=1700000160), 1700000100),
+        "medium-stale-day": ("crm.contact.update", medium("alice@acme"), TS + 86401),
+        "dual-one-missing": ("sap.vendor.create", dual([{"id": "a", "timestamp": TS}, {"id": "b"}]), 1700000100),
+        "dual-future": ("sap.vendor.create", dual([{"id": "a", "timestamp": TS}, {"id": "b", "timestamp": 1800000000}]), 1700000100),
+        "exec-missing": ("org.company.merge", execs([{"id": "x", "role": "CEO"}, {"id": "y", "role": "CFO"}]), 1700000100),
+        "exec-null": ("org.company.merge", execs([{"id": "x", "role": "CEO", "timestamp": None}, {"id": "y", "role": "CFO", "timestamp": TS}]), 1700000100),
+        "low-with-untimed-approval": ("crm.contact.read", medium("alice@acme", ts=None), 1700000100),
+    }
+    for name, (act, leg, now) in timed.items():
+        yield c(f"ts-{name}", act, leg, now=now)
+    # The "hours" tenant has a 3600 s window; the default is 300 s with a time policy.
+    yield c("ts-tenant-window-stale", "crm.contact.update", medium("alice@acme"), tenant="hours", now=TS + 3601)
+    yield c("ts-tenant-window-fresh", "crm.contact.update", medium("alice@acme"), tenant="hours", now=TS + 3600)
+    # Escape switches.
+    admin = {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+    yield c("esc-con-only", "aws.iam.policy_attach", DUAL_OK, con={"allow_admin_policy": True}, params=admin)
+    yield c("esc-evidence", "aws.iam.policy_attach", dual(DUAL_OK["dual_control"]["approvers"], {"allow_admin_policy": True}), params=admin)
+    yield c("esc-evidence-string", "aws.iam.policy_attach", dual(DUAL_OK["dual_control"]["approvers"], {"allow_admin_policy": "true"}), params=admin)
+    yield c("esc-wrong-block", "aws.iam.policy_attach", {**DUAL_OK, "approval": {"approver_id": "x", "timestamp": TS, "escapes": {"allow_admin_policy": True}}}, params=admin)
+    yield c("esc-low-evidence", "crm.contact.read", medium("alice@acme", escapes={"bypass_rate_limit": True}), tenant="tight",
+            extra={"rate_limit_state": {"crm.contact.read": 5}})
+    yield c("esc-low-con", "crm.contact.read", GOOD_LEG, con={"bypass_rate_limit": True}, tenant="tight",
+            extra={"rate_limit_state": {"crm.contact.read": 5}})
+    yield c("esc-medium-evidence", "crm.contact.update", medium("alice@acme", escapes={"bypass_rate_limit": True}), tenant="tight",
+            extra={"rate_limit_state": {"crm.contact.update": 500}})
+    yield c("esc-medium-con", "crm.contact.update", medium("alice@acme"), con={"bypass_rate_limit": True}, tenant="tight",
+            extra={"rate_limit_state": {"crm.contact.update": 500}})
+    yield c("esc-hours-con", "sap.vendor.create", DUAL_OK, con={"allow_outside_business_hours": True}, tenant="hours")
+    yield c("esc-hours-evidence", "sap.vendor.create", dual(DUAL_OK["dual_control"]["approvers"], {"allow_outside_business_hours": True}), tenant="hours")
+    yield c("esc-sap-con", "sap.vendor.change", DUAL_OK, con={"liability_cap": 10000, "dual_control": True}, params={"amount": 6000})
+    yield c("esc-sap-evidence", "sap.vendor.change", dual(DUAL_OK["dual_control"]["approvers"], {"dual_control": True}), con={"liability_cap": 10000}, params={"amount": 6000})
+    yield c("esc-exec-evidence", "org.company.merge", execs(EXEC_OK["executive_control"]["approvers"], {"bypass_rate_limit": True}))
+    # Blocklists.
+    for i, arn in enumerate(["arn:aws-cn:iam::aws:policy/AdministratorAccess", "arn:aws-us-gov:iam::aws:policy/AdministratorAccess",
+                             "arn:aws-iso:iam::aws:policy/AdministratorAccess", "arn:aws-iso-b:iam::aws:policy/AdministratorAccess",
+                             "ARN:AWS:IAM::AWS:POLICY/ADMINISTRATORACCESS", " arn:aws:iam::aws:policy/job-function/AdministratorAccess",
+                             "arn:aws-us-gov:iam::aws:policy/ReadOnlyAccess"]):
+        yield c(f"aws-{i}", "aws.iam.policy_attach", DUAL_OK, params={"policy_arn": arn})
+    for i, (role, scope) in enumerate([
+            ("Owner", "/Subscriptions/123"), ("owner", "/SUBSCRIPTIONS/123/"), ("Owner", "/"),
+            ("Owner", "/providers/Microsoft.Management/managementGroups/mg1"), ("OWNER", " /subscriptions/1 "),
+            ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "/subscriptions/1"),
+            ("/providers/Microsoft.Authorization/roleDefinitions/8E3AF657-A8FF-443C-A75C-2FE8C4BCB635", "/subscriptions/1"),
+            ("Owner", "/subscriptions/1/resourceGroups/rg/.."), ("Owner", "/subscriptions/1/resourceGroups/rg%2F.."),
+            ("Owner", "/subscriptions/1/resourceGroups/rg"), ("Reader", "/"), ("Owner", "/subscriptions/1\\resourceGroups\\rg")]):
+        yield c(f"azure-{i:02d}", "azure.rbac.assign", DUAL_OK, params={"role_name": role, "principal_id": "p", "scope": scope})
+    for i, (name, protected) in enumerate([
+            ("PROD", ["prod"]), (" Prod ", ["prod"]), ("prod", ["PROD"]), ("https://prod.vault.azure.net/", ["prod"]),
+            ("/subscriptions/1/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/Prod", ["prod"]),
+            ("dev", ["prod"]), ("dev", "prod"), ("prod", [7, "prod"])]):
+        yield c(f"vault-{i}", "azure.keyvault.secret_set", DUAL_OK, con={"protected_vaults": protected},
+                params={"vault_name": name, "secret_name": "s"})
+
+
+def fast_path_cases():
+    """Inputs the policy's fast path must answer exactly like the full chain."""
+    approvers = DUAL_OK["dual_control"]["approvers"]
+    legs = {
+        "dual-extra-string-entry": dual(approvers + ["carol@acme"]),
+        "dual-extra-null-entry": dual(approvers + [None]),
+        "stray-approval-false": {**DUAL_OK, "approval": False},
+        "stray-approval-null": {**DUAL_OK, "approval": None},
+        "stray-approval-stale": {**DUAL_OK, "approval": {"approver_id": "x", "timestamp": 1600000000}},
+        "stray-exec-untimed": {**DUAL_OK, "executive_control": {"required": True, "approvers": [{"id": "x"}]}},
+        "stray-exec-scalar": {**DUAL_OK, "executive_control": {"required": True, "approvers": "x"}},
+        "escapes-not-object": dual(approvers, "allow_admin_policy"),
+    }
+    for name, leg in legs.items():
+        for act in ["sap.vendor.create", "aws.iam.policy_attach", "crm.contact.read"]:
+            x = fixed(f"fast-{name}-{act}", act, leg)
+            x["input"]["request"]["params"] = {"policy_arn": "arn:aws:iam::aws:policy/AdministratorAccess"}
+            yield x
+
+
 if __name__ == "__main__":
     for i, (a, m, p) in enumerate(NO_POA):
         print(json.dumps({"name": f"no-poa-{i}", "input": {
@@ -170,4 +333,8 @@ if __name__ == "__main__":
     for i in range(200):
         print(json.dumps(case(i), sort_keys=True))
     for c in fixed_cases():
+        print(json.dumps(c, sort_keys=True))
+    for c in adversarial_cases():
+        print(json.dumps(c, sort_keys=True))
+    for c in fast_path_cases():
         print(json.dumps(c, sort_keys=True))
