@@ -133,8 +133,16 @@ enum KeysCommand {
 enum AuditCommand {
     /// Check the hash chains of an audit log (a file, or `-` for stdin):
     /// every line's own hash, its sequence number and its link to the
-    /// previous line of its chain. Exits 1 at the first break.
-    Verify { file: PathBuf },
+    /// previous line of its chain. Exits 1 at the first break; a chain that
+    /// starts again inside the file is a break too, unless
+    /// `--accept-linked-restarts` and it links to the chain's last line.
+    Verify {
+        file: PathBuf,
+        /// Accept restarts whose first line links to the chain's last
+        /// intact line (a writer that died mid-line and restarted).
+        #[arg(long)]
+        accept_linked_restarts: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,17 +220,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             Ok(())
         }
         Command::Audit {
-            command: AuditCommand::Verify { file },
+            command:
+                AuditCommand::Verify {
+                    file,
+                    accept_linked_restarts: accept,
+                },
         } => {
             let result = if file.as_os_str() == "-" {
-                atb::audit::chain::verify(std::io::stdin().lock())
+                atb::audit::chain::verify(std::io::stdin().lock(), accept)
             } else {
                 std::fs::File::open(&file)
-                    .and_then(|f| atb::audit::chain::verify(std::io::BufReader::new(f)))
+                    .and_then(|f| atb::audit::chain::verify(std::io::BufReader::new(f), accept))
             }
             .map_err(|e| format!("{}: {e}", file.display()))?;
             for (chain, (lines, starts)) in &result.chains {
                 println!("chain {chain}: {lines} lines, {starts} start(s)");
+            }
+            if result.linked_restarts > 0 {
+                println!("linked restarts accepted: {}", result.linked_restarts);
             }
             match result.broken {
                 None => {

@@ -640,8 +640,13 @@ fn sigterm(broker: &Broker) {
 
 /// `atb audit verify FILE`: (success, stdout + stderr).
 fn audit_verify(file: &std::path::Path) -> (bool, String) {
+    audit_verify_with(file, &[])
+}
+
+fn audit_verify_with(file: &std::path::Path, flags: &[&str]) -> (bool, String) {
     let out = Command::new(ATB)
         .args(["audit", "verify"])
+        .args(flags)
         .arg(file)
         .output()
         .unwrap();
@@ -712,6 +717,33 @@ fn a_file_audit_sink_continues_its_chain_across_restarts() {
     let text = std::fs::read_to_string(&file).unwrap();
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["seq"], 3);
+
+    // A writer that died mid-line: the next run starts the chain again,
+    // linked to its last intact line. verify reports the restart unless
+    // told to accept linked ones.
+    let mut torn = text.clone();
+    torn.push_str("{\"chain\":\"broker\",\"seq\":4,\"pre");
+    std::fs::write(&file, torn).unwrap();
+    let mut broker = Broker::start(&pki, TENANTS, &env);
+    agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
+    sigterm(&broker);
+    assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let restart: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(restart["seq"], 0);
+    assert_eq!(restart["restart"]["after_seq"], 3);
+    assert_eq!(restart["restart"]["after_hash"], last["hash"]);
+    let (ok, out) = audit_verify(&file);
+    assert!(!ok && out.contains("broken at line 5"), "{out}");
+    let (ok, out) = audit_verify_with(&file, &["--accept-linked-restarts"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("linked restarts accepted: 1"), "{out}");
+    // Lines cut out before a fresh start are not hidden by the flag.
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.remove(2);
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (ok, _) = audit_verify_with(&file, &["--accept-linked-restarts"]);
+    assert!(!ok);
 }
 
 /// What a collector kept: (Authorization header, body) per accepted post.

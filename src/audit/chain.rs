@@ -7,8 +7,15 @@
 //! previous line (64 zeros for the first). Several chains may interleave in
 //! one stream (the broker and AgentAuth of `atb dev`); each is checked on
 //! its own. A chain starts again at `seq` 0 with the zero `prev` when a
-//! process starts without a file to continue; that start is reported, and
-//! anything else out of order is a break.
+//! process starts without a file to continue. When the writer knows the
+//! chain's last intact line (a file whose last line was torn), the new
+//! start's first line carries `"restart":{"after_seq":N,"after_hash":H}`,
+//! linking it to that line. A restart inside a stream is a finding of
+//! [`verify`] unless the caller accepts restarts that link to the chain's
+//! last line (a torn line right before such a restart is then accepted
+//! too); an unlinked restart is always a finding, so lines cut out of the
+//! middle cannot be hidden behind a fresh start. Anything else out of
+//! order is a break.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -39,11 +46,21 @@ impl Default for ChainHead {
     }
 }
 
+/// The last intact line of a chain that starts again: what the new
+/// start's first line links to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestartLink {
+    pub after_seq: u64,
+    pub after_hash: String,
+}
+
 #[derive(Serialize)]
 struct Linked<'a, E> {
     chain: &'a str,
     seq: u64,
     prev: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<&'a RestartLink>,
     #[serde(flatten)]
     event: &'a E,
 }
@@ -52,11 +69,42 @@ struct Linked<'a, E> {
 pub struct Chain {
     name: &'static str,
     head: ChainHead,
+    /// Carried by the first line of a restarted chain.
+    restart: Option<RestartLink>,
 }
 
 impl Chain {
     pub fn new(name: &'static str, head: ChainHead) -> Self {
-        Self { name, head }
+        Self {
+            name,
+            head,
+            restart: None,
+        }
+    }
+
+    /// A new start (seq 0) whose first line links to `after`, the chain's
+    /// last intact line.
+    pub fn restarted(name: &'static str, after: RestartLink) -> Self {
+        Self {
+            name,
+            head: ChainHead::default(),
+            restart: Some(after),
+        }
+    }
+
+    /// Where a file's tail leaves `name`: continued from its last line,
+    /// restarted with a link to its last intact line, or started fresh.
+    pub fn resume(name: &'static str, tail: Tail) -> Self {
+        match tail {
+            Tail {
+                head: Some(head), ..
+            } => Self::new(name, head),
+            Tail {
+                last_intact: Some(after),
+                ..
+            } => Self::restarted(name, after),
+            _ => Self::new(name, ChainHead::default()),
+        }
     }
 
     /// The next line for `event` (without a newline), advancing the chain.
@@ -65,8 +113,10 @@ impl Chain {
             chain: self.name,
             seq: self.head.seq,
             prev: &self.head.prev,
+            restart: self.restart.as_ref(),
             event,
         })?;
+        self.restart = None;
         let hash = hex(&Sha256::digest(line.as_bytes()));
         line.pop(); // the closing brace
         line.push_str(HASH_FIELD);
@@ -95,6 +145,8 @@ pub struct LineLink {
     pub seq: u64,
     pub prev: String,
     pub hash: String,
+    /// A restart's link to the chain's last intact line.
+    pub restart: Option<RestartLink>,
 }
 
 /// Why a line is not an intact audit line.
@@ -142,6 +194,20 @@ pub fn read_line(line: &str) -> Result<LineLink, LineError> {
             .ok_or(LineError::Field("seq"))?,
         prev: text("prev")?.to_owned(),
         hash: hash.to_owned(),
+        restart: match v.get("restart") {
+            None => None,
+            Some(r) => Some(RestartLink {
+                after_seq: r
+                    .get("after_seq")
+                    .and_then(|x| x.as_u64())
+                    .ok_or(LineError::Field("restart.after_seq"))?,
+                after_hash: r
+                    .get("after_hash")
+                    .and_then(|x| x.as_str())
+                    .ok_or(LineError::Field("restart.after_hash"))?
+                    .to_owned(),
+            }),
+        },
     })
 }
 
@@ -151,27 +217,57 @@ pub struct Verification {
     pub lines: u64,
     /// Per chain: lines, and how many times it started (at seq 0).
     pub chains: BTreeMap<String, (u64, u64)>,
+    /// Restarts accepted because they link to their chain's last line.
+    pub linked_restarts: u64,
     /// The first problem, with its 1-based line number.
     pub broken: Option<(u64, String)>,
 }
 
-/// Checks every line of `input`; stops at the first break.
-pub fn verify(input: impl BufRead) -> std::io::Result<Verification> {
+/// Checks every line of `input`; stops at the first break. A restart of a
+/// chain already seen is a finding unless `accept_linked_restarts` and it
+/// links to that chain's last line (then one torn line right before it is
+/// accepted too: the writer died mid-line and restarted).
+pub fn verify(input: impl BufRead, accept_linked_restarts: bool) -> std::io::Result<Verification> {
     let mut result = Verification::default();
     let mut heads: BTreeMap<String, ChainHead> = BTreeMap::new();
+    // An unreadable line waiting to see whether a linked restart follows.
+    let mut torn: Option<(u64, String)> = None;
     for line in input.lines() {
         let line = line?;
         result.lines += 1;
         let n = result.lines;
         let link = match read_line(&line) {
             Ok(l) => l,
+            Err(e) if accept_linked_restarts && torn.is_none() => {
+                torn = Some((n, e.to_string()));
+                continue;
+            }
             Err(e) => {
-                result.broken = Some((n, e.to_string()));
+                result.broken = torn.take().or(Some((n, e.to_string())));
                 break;
             }
         };
         let starts = link.seq == 0 && link.prev == GENESIS;
-        let problem = match heads.get(&link.chain) {
+        let head = heads.get(&link.chain);
+        let linked = match (head, &link.restart) {
+            (Some(h), Some(r)) => r.after_seq + 1 == h.seq && r.after_hash == h.prev,
+            _ => false,
+        };
+        let problem = match head {
+            _ if starts && link.restart.is_none() && head.is_none() => None,
+            _ if starts && link.restart.is_some() && head.is_none() => Some(format!(
+                "chain {} restarts after lines that are not in this stream",
+                link.chain
+            )),
+            _ if starts && !accept_linked_restarts => Some(format!(
+                "chain {} starts again at seq 0 (a restart inside the stream; \
+                 --accept-linked-restarts accepts restarts linked to the chain's last line)",
+                link.chain
+            )),
+            _ if starts && !linked => Some(format!(
+                "chain {} starts again at seq 0 without a link to its last line (lines may be missing)",
+                link.chain
+            )),
             _ if starts => None,
             None => Some(format!(
                 "chain {} begins at seq {} instead of 0 (earlier lines are missing)",
@@ -188,9 +284,16 @@ pub fn verify(input: impl BufRead) -> std::io::Result<Verification> {
             Some(_) => None,
         };
         if let Some(p) = problem {
-            result.broken = Some((n, p));
+            result.broken = torn.take().or(Some((n, p)));
             break;
         }
+        // A torn line is accepted only right before a linked restart.
+        if torn.is_some() && !(starts && linked) {
+            result.broken = torn.take();
+            break;
+        }
+        torn = None;
+        result.linked_restarts += u64::from(starts && linked);
         let entry = result.chains.entry(link.chain.clone()).or_default();
         entry.0 += 1;
         entry.1 += u64::from(starts);
@@ -202,27 +305,43 @@ pub fn verify(input: impl BufRead) -> std::io::Result<Verification> {
             },
         );
     }
+    if result.broken.is_none() {
+        result.broken = torn;
+    }
     Ok(result)
 }
 
-/// Where `chain` stands at the end of an existing audit file, to continue
-/// it: `None` when the file has no intact line of that chain at its end
-/// (then a new chain start is written).
-pub fn head_of(input: impl BufRead, chain: &str) -> std::io::Result<Option<ChainHead>> {
-    let mut head = None;
+/// What the end of an existing audit file says about `chain`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tail {
+    /// Where to continue: the chain's line is the file's last intact line
+    /// with nothing torn after it.
+    pub head: Option<ChainHead>,
+    /// The chain's last intact line, even with torn lines after it (what a
+    /// restart links to).
+    pub last_intact: Option<RestartLink>,
+}
+
+/// Where `chain` stands at the end of an existing audit file.
+pub fn tail_of(input: impl BufRead, chain: &str) -> std::io::Result<Tail> {
+    let mut tail = Tail::default();
     for line in input.lines() {
         match read_line(&line?) {
             Ok(link) if link.chain == chain => {
-                head = Some(ChainHead {
+                tail.last_intact = Some(RestartLink {
+                    after_seq: link.seq,
+                    after_hash: link.hash.clone(),
+                });
+                tail.head = Some(ChainHead {
                     seq: link.seq + 1,
                     prev: link.hash,
                 })
             }
             Ok(_) => {}
-            Err(_) => head = None,
+            Err(_) => tail.head = None,
         }
     }
-    Ok(head)
+    Ok(tail)
 }
 
 #[cfg(test)]
@@ -237,7 +356,11 @@ mod tests {
     }
 
     fn check(lines: &[String]) -> Verification {
-        verify(lines.join("\n").as_bytes()).unwrap()
+        verify(lines.join("\n").as_bytes(), false).unwrap()
+    }
+
+    fn check_accepting(lines: &[String]) -> Verification {
+        verify(lines.join("\n").as_bytes(), true).unwrap()
     }
 
     #[test]
@@ -300,13 +423,68 @@ mod tests {
             l.extend(lines(&mut broker, 1));
             l.extend(lines(&mut aa, 2));
         }
-        // A restart without a file to continue begins a new run.
-        let mut restarted = Chain::new("broker", ChainHead::default());
-        l.extend(lines(&mut restarted, 2));
         let r = check(&l);
         assert_eq!(r.broken, None);
-        assert_eq!(r.chains["broker"], (5, 2));
+        assert_eq!(r.chains["broker"], (3, 1));
         assert_eq!(r.chains["agentauth"], (6, 1));
+        // A fresh start of a chain already in the stream is a finding,
+        // accepted or not: it could hide lines cut out before it.
+        let mut spliced = l.clone();
+        spliced.extend(lines(&mut Chain::new("broker", ChainHead::default()), 2));
+        let n = spliced.len() as u64 - 1;
+        for r in [check(&spliced), check_accepting(&spliced)] {
+            let (at, why) = r.broken.unwrap();
+            assert_eq!(at, n, "{why}");
+            assert!(why.contains("starts again at seq 0"), "{why}");
+        }
+        // A restart linked to the chain's last line: a finding by default,
+        // accepted on request.
+        let last = read_line(&l[l.len() - 3]).unwrap();
+        let after = RestartLink {
+            after_seq: last.seq,
+            after_hash: last.hash,
+        };
+        let mut restarted = l.clone();
+        restarted.extend(lines(&mut Chain::restarted("broker", after.clone()), 2));
+        assert!(check(&restarted).broken.is_some());
+        let r = check_accepting(&restarted);
+        assert_eq!(r.broken, None);
+        assert_eq!((r.linked_restarts, r.chains["broker"]), (1, (5, 2)));
+        // Only the first line of the restart carries the link.
+        let first: serde_json::Value = serde_json::from_str(&restarted[l.len()]).unwrap();
+        assert_eq!(first["restart"]["after_seq"], 2);
+        let second: serde_json::Value = serde_json::from_str(&restarted[l.len() + 1]).unwrap();
+        assert!(second.get("restart").is_none());
+        // A link to an earlier line (the lines after it cut out) is refused.
+        let early = read_line(&l[0]).unwrap();
+        let mut cut = l.clone();
+        cut.extend(lines(
+            &mut Chain::restarted(
+                "broker",
+                RestartLink {
+                    after_seq: early.seq,
+                    after_hash: early.hash,
+                },
+            ),
+            1,
+        ));
+        assert!(check_accepting(&cut)
+            .broken
+            .unwrap()
+            .1
+            .contains("without a link"));
+        // A torn line right before a linked restart is accepted with it;
+        // a torn line anywhere else is a break.
+        let mut torn = l.clone();
+        torn.push("{\"chain\":\"broker\",\"se".into());
+        torn.extend(lines(&mut Chain::restarted("broker", after), 1));
+        assert_eq!(check_accepting(&torn).broken, None);
+        assert_eq!(check(&torn).broken.unwrap().0, l.len() as u64 + 1);
+        let mut torn_only = l.clone();
+        torn_only.insert(2, "{\"chain\"".into());
+        assert_eq!(check_accepting(&torn_only).broken.unwrap().0, 3);
+        torn_only.truncate(3);
+        assert_eq!(check_accepting(&torn_only).broken.unwrap().0, 3);
     }
 
     #[test]
@@ -314,14 +492,22 @@ mod tests {
         let mut c = Chain::new("broker", ChainHead::default());
         let mut l = lines(&mut c, 2);
         let text = l.join("\n");
-        let head = head_of(text.as_bytes(), "broker").unwrap().unwrap();
+        let tail = tail_of(text.as_bytes(), "broker").unwrap();
+        let head = tail.head.unwrap();
         assert_eq!(head.seq, 2);
         let mut next = Chain::new("broker", head);
         l.extend(lines(&mut next, 2));
         assert_eq!(check(&l).broken, None);
-        assert_eq!(head_of(text.as_bytes(), "agentauth").unwrap(), None);
-        // A torn last line: start a new run rather than continue.
+        assert_eq!(
+            tail_of(text.as_bytes(), "agentauth").unwrap(),
+            Tail::default()
+        );
+        // A torn last line: start a new run, linked to the last intact line.
         let torn = format!("{text}\n{{\"chain\":\"broker\",\"seq\":2");
-        assert_eq!(head_of(torn.as_bytes(), "broker").unwrap(), None);
+        let tail = tail_of(torn.as_bytes(), "broker").unwrap();
+        assert_eq!(tail.head, None);
+        let after = tail.last_intact.unwrap();
+        assert_eq!(after.after_seq, 1);
+        assert_eq!(after.after_hash, read_line(&l[1]).unwrap().hash);
     }
 }

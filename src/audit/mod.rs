@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use crate::audit::config::{AuditConfig, AuditSinkKind};
-use chain::{Chain, ChainHead};
+use chain::Chain;
+#[cfg(test)]
+use chain::ChainHead;
 
 /// One decision.
 #[derive(Debug, Clone, Serialize)]
@@ -183,15 +185,15 @@ impl<E: AuditRecord> AuditSink<E> {
         // client is made on the writer thread, which runs it.
         let (file, head) = match config.sink {
             AuditSinkKind::File => {
-                let (f, head) = open_file(&config.file, chain_name).map_err(|source| {
+                let (f, tail) = open_file(&config.file, chain_name).map_err(|source| {
                     AuditStartError::File {
                         path: config.file.clone(),
                         source,
                     }
                 })?;
-                (Some(f), head.unwrap_or_default())
+                (Some(f), tail)
             }
-            _ => (None, ChainHead::default()),
+            _ => (None, chain::Tail::default()),
         };
         let http = match config.sink {
             AuditSinkKind::Http => Some((config.clone(), tls.clone())),
@@ -207,7 +209,7 @@ impl<E: AuditRecord> AuditSink<E> {
                     (None, Some((c, tls))) => Output::Http(Box::new(HttpBatch::new(&c, &tls))),
                     (None, None) => Output::Stdout(std::io::stdout()),
                 };
-                write_loop(rx, Chain::new(chain_name, head), out, &metrics)
+                write_loop(rx, Chain::resume(chain_name, head), out, &metrics)
             })
             .map_err(AuditStartError::Writer)?;
         let shares = Shares {
@@ -292,7 +294,7 @@ const TAIL_BYTES: u64 = 1 << 20;
 /// log): no intact line of the chain there, or a torn last line, means a
 /// new start. A torn last line (no newline) is ended first, so the next
 /// line starts clean.
-fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, Option<ChainHead>)> {
+fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, chain::Tail)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -309,7 +311,7 @@ fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, Option
         (_, Some(nl)) => &tail[nl + 1..],
         (_, None) => &[][..],
     };
-    let head = chain::head_of(lines, chain)?;
+    let head = chain::tail_of(lines, chain)?;
     if tail.last().is_some_and(|&b| b != b'\n') {
         file.write_all(b"\n")?;
     }
@@ -627,7 +629,7 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         // The chain is unbroken across the panic.
-        let v = chain::verify(text.as_bytes()).unwrap();
+        let v = chain::verify(text.as_bytes(), false).unwrap();
         assert_eq!(v.broken, None);
         assert_eq!(v.lines, 2);
     }
@@ -642,18 +644,23 @@ mod tests {
         let first = chain.seal(&serde_json::json!({"i": 0})).unwrap();
         let last = chain.seal(&serde_json::json!({"i": 1})).unwrap();
         std::fs::write(&path, format!("{first}\n{filler}{last}\n")).unwrap();
-        let (_, head) = open_file(&path, "broker").unwrap();
-        let head = head.unwrap();
+        let (_, tail) = open_file(&path, "broker").unwrap();
+        let head = tail.head.unwrap();
         assert_eq!(head.seq, 2);
         assert_eq!(head.prev, chain::read_line(&last).unwrap().hash);
-        // A torn last line: a new start, on a new line.
+        // A torn last line: a new start, on a new line, linked to the last
+        // intact line.
         std::fs::write(&path, format!("{last}\n{{\"chain\":\"broker\"")).unwrap();
-        let (_, head) = open_file(&path, "broker").unwrap();
-        assert_eq!(head, None);
+        let (_, tail) = open_file(&path, "broker").unwrap();
+        assert_eq!(tail.head, None);
+        assert_eq!(tail.last_intact.unwrap().after_seq, 1);
         assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
         // An empty file.
         std::fs::write(&path, "").unwrap();
-        assert_eq!(open_file(&path, "broker").unwrap().1, None);
+        assert_eq!(
+            open_file(&path, "broker").unwrap().1,
+            chain::Tail::default()
+        );
     }
 
     #[test]
