@@ -57,15 +57,10 @@ impl MethodSet {
 
     /// The set of `methods` (exact, upper case); `Err` names the first
     /// method that is not one of [`METHODS`].
-    pub fn parse<'a>(methods: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn parse<'a>(methods: impl IntoIterator<Item = &'a str>) -> Result<Self, CatalogError> {
         let mut set = 0;
         for m in methods {
-            set |= Self::bit(m).ok_or_else(|| {
-                format!(
-                    "{m:?} is not a method routes may name ({})",
-                    METHODS.join(", ")
-                )
-            })?;
+            set |= Self::bit(m).ok_or_else(|| CatalogError::Method(m.to_owned()))?;
         }
         Ok(Self(set))
     }
@@ -96,6 +91,26 @@ impl MethodSet {
     }
 }
 
+/// A catalogue document that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog.methods must map actions to lists of methods")]
+    NotAMap,
+    #[error("catalog.methods.{action:?}: {reason}")]
+    Action {
+        action: String,
+        reason: Box<CatalogError>,
+    },
+    #[error("must be a non-empty list of methods")]
+    NotAList,
+    #[error("{0:?} is not a method routes may name (GET, POST, PUT, PATCH, DELETE)")]
+    Method(String),
+    #[error("action names are lowercase segments separated by dots")]
+    NotCanonical,
+    #[error("built-in actions keep the methods of the built-in catalogue")]
+    BuiltIn,
+}
+
 /// Action → allowed methods.
 #[derive(Debug, Clone, Default)]
 pub struct Catalogue {
@@ -116,21 +131,22 @@ impl Catalogue {
     }
 
     /// Reads a `{"action": ["GET", …], …}` document.
-    pub fn from_methods(doc: &Value) -> Result<Self, String> {
-        let obj = doc
-            .as_object()
-            .ok_or("catalog.methods must map actions to lists of methods")?;
+    pub fn from_methods(doc: &Value) -> Result<Self, CatalogError> {
+        let obj = doc.as_object().ok_or(CatalogError::NotAMap)?;
         let mut methods = HashMap::with_capacity(obj.len());
         for (action, list) in obj {
             let names = list
                 .as_array()
                 .filter(|l| !l.is_empty())
                 .and_then(|l| l.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-                .ok_or_else(|| {
-                    format!("catalog.methods.{action:?} must be a non-empty list of methods")
+                .ok_or_else(|| CatalogError::Action {
+                    action: action.clone(),
+                    reason: Box::new(CatalogError::NotAList),
                 })?;
-            let set =
-                MethodSet::parse(names).map_err(|e| format!("catalog.methods.{action:?}: {e}"))?;
+            let set = MethodSet::parse(names).map_err(|e| CatalogError::Action {
+                action: action.clone(),
+                reason: Box::new(e),
+            })?;
             methods.insert(action.clone(), set);
         }
         Ok(Self { methods })
@@ -160,25 +176,27 @@ pub struct TenantCatalogue {
 impl TenantCatalogue {
     /// From a tenant's `policy_data` (its `catalog.methods`, if any).
     /// Refused: a malformed document, or one that names a built-in action.
-    pub fn new(policy_data: Option<&Value>) -> Result<Self, String> {
+    pub fn new(policy_data: Option<&Value>) -> Result<Self, CatalogError> {
         let builtin = Catalogue::builtin();
         let extensions = match policy_data.and_then(|d| d.get("catalog")?.get("methods")) {
             None => Catalogue::default(),
             Some(doc) => Catalogue::from_methods(doc)?,
         };
         if let Some(a) = extensions.methods.keys().find(|a| !is_canonical_action(a)) {
-            return Err(format!(
-                "catalog.methods.{a:?}: action names are lowercase segments separated by dots"
-            ));
+            return Err(CatalogError::Action {
+                action: a.clone(),
+                reason: Box::new(CatalogError::NotCanonical),
+            });
         }
         if let Some(a) = extensions
             .methods
             .keys()
             .find(|a| builtin.methods(a).is_some())
         {
-            return Err(format!(
-                "catalog.methods.{a:?}: built-in actions keep the methods of the built-in catalogue"
-            ));
+            return Err(CatalogError::Action {
+                action: a.clone(),
+                reason: Box::new(CatalogError::BuiltIn),
+            });
         }
         Ok(Self {
             builtin,

@@ -34,10 +34,24 @@ pub trait BlockingLogic: Send + Sync + 'static {
     type Worker;
     type Job: Send + 'static;
     type Output: Send + 'static;
+    /// Why a worker could not be built.
+    type BuildError: std::fmt::Display + Send + 'static;
     /// Builds a worker from this logic.
-    fn build(&self) -> Result<Self::Worker, String>;
+    fn build(&self) -> Result<Self::Worker, Self::BuildError>;
     /// Runs one job. A panic here is contained by the pool.
     fn run(&self, worker: &mut Self::Worker, job: Self::Job) -> Self::Output;
+}
+
+/// A pool that could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError<E: std::fmt::Display> {
+    #[error("{0}")]
+    Build(E),
+    #[error("cannot start a {actor} thread: {source}")]
+    Thread {
+        actor: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// Sizing of a pool.
@@ -108,8 +122,12 @@ pub struct BlockingPool<L: BlockingLogic> {
 
 impl<L: BlockingLogic> BlockingPool<L> {
     /// Builds a worker once (to fail fast) and starts the threads.
-    pub fn start(logic: L, config: BlockingConfig, metrics: &ActorMetrics) -> Result<Self, String> {
-        logic.build()?;
+    pub fn start(
+        logic: L,
+        config: BlockingConfig,
+        metrics: &ActorMetrics,
+    ) -> Result<Self, StartError<L::BuildError>> {
+        logic.build().map_err(StartError::Build)?;
         let (tx, rx) = crossbeam_channel::bounded::<Job<L>>(config.queue.max(1));
         let l = [config.actor, "pool"];
         let m = Arc::new(Metrics {
@@ -139,7 +157,10 @@ impl<L: BlockingLogic> BlockingPool<L> {
             std::thread::Builder::new()
                 .name(format!("atb-{}-{i}", config.actor))
                 .spawn(move || worker(rx, current, m, queued))
-                .map_err(|e| format!("cannot start a {} thread: {e}", config.actor))?;
+                .map_err(|source| StartError::Thread {
+                    actor: config.actor,
+                    source,
+                })?;
         }
         Ok(Self {
             tx,
@@ -159,7 +180,7 @@ impl<L: BlockingLogic> BlockingPool<L> {
     /// Publishes `logic` (after building one worker from it on the calling
     /// thread: a logic that cannot build is refused and the running one
     /// stays). Each thread rebuilds before its next job.
-    pub fn replace(&self, logic: L) -> Result<(), String> {
+    pub fn replace(&self, logic: L) -> Result<(), L::BuildError> {
         logic.build()?;
         self.current.logic.store(Arc::new(logic));
         self.current.generation.fetch_add(1, Ordering::Release);
@@ -274,6 +295,7 @@ mod tests {
         type Worker = u64;
         type Job = u64;
         type Output = u64;
+        type BuildError = String;
         fn build(&self) -> Result<u64, String> {
             if self.broken {
                 Err("broken".into())

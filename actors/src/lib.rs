@@ -27,7 +27,7 @@ pub mod periodic;
 pub mod pool;
 pub mod router;
 
-pub use blocking::{BlockingConfig, BlockingLogic, BlockingPool};
+pub use blocking::{BlockingConfig, BlockingLogic, BlockingPool, StartError};
 pub use metrics::ActorMetrics;
 pub use periodic::{PeriodicHandle, PeriodicName};
 pub use pool::{CallError, PoolConfig, ShardLogic, ShardPool};

@@ -2,13 +2,9 @@
 //! mandate it may become. Plain data and transitions, no I/O: the store
 //! applies these transitions atomically, the HTTP layer maps refusals.
 
-use std::borrow::Cow;
-
-use actix_web::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::error::Rejection;
 use crate::poa::MAX_ACTION_LEN;
 use crate::routes::pinned::PinnedCall;
 
@@ -160,21 +156,35 @@ pub struct Challenge {
     pub expiry_reported: bool,
 }
 
-/// Why a request about a challenge is refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a request about a challenge is refused (the text is safe to
+/// return; `agentauth::http` maps each to its HTTP answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    #[error("no such challenge")]
     NotFound,
+    #[error("the challenge has expired")]
     Expired,
+    #[error("the challenge was rejected by an approver")]
     Rejected,
+    #[error("the mandate for this challenge was already issued")]
     AlreadyMinted,
+    #[error("the challenge is {}, not pending", .0.as_str())]
     NotPending(Status),
+    #[error("the challenge has {have} of {need} required approvals")]
     NotApproved { have: usize, need: usize },
+    #[error("only the agent that requested the challenge may do this")]
     NotRequestingAgent,
+    #[error("approvers may not approve their own request (agent or accountable party)")]
     SelfApproval,
+    #[error("this approver has already approved the challenge")]
     DuplicateApprover,
+    #[error("critical-risk actions need approvers holding an executive role")]
     ExecutiveRequired,
+    #[error("the approver does not belong to this challenge's tenant")]
     WrongTenant,
+    #[error("too many open challenges; try again later")]
     Full,
+    #[error("challenge state is unavailable: {0}")]
     Store(String),
 }
 
@@ -197,66 +207,41 @@ impl Refusal {
             Self::Store(_) => "state_unavailable",
         }
     }
+}
 
-    pub fn to_rejection(&self) -> Rejection {
-        let (status, reason): (StatusCode, Cow<'static, str>) = match self {
-            Self::NotFound => (StatusCode::NOT_FOUND, "no such challenge".into()),
-            Self::Expired => (StatusCode::GONE, "the challenge has expired".into()),
-            Self::Rejected => (
-                StatusCode::CONFLICT,
-                "the challenge was rejected by an approver".into(),
-            ),
-            Self::AlreadyMinted => (
-                StatusCode::CONFLICT,
-                "the mandate for this challenge was already issued".into(),
-            ),
-            Self::NotPending(s) => (
-                StatusCode::CONFLICT,
-                format!("the challenge is {}, not pending", s.as_str()).into(),
-            ),
-            Self::NotApproved { have, need } => (
-                StatusCode::FORBIDDEN,
-                format!("the challenge has {have} of {need} required approvals").into(),
-            ),
-            Self::NotRequestingAgent => (
-                StatusCode::FORBIDDEN,
-                "only the agent that requested the challenge may do this".into(),
-            ),
-            Self::SelfApproval => (
-                StatusCode::FORBIDDEN,
-                "approvers may not approve their own request (agent or accountable party)".into(),
-            ),
-            Self::DuplicateApprover => (
-                StatusCode::CONFLICT,
-                "this approver has already approved the challenge".into(),
-            ),
-            Self::ExecutiveRequired => (
-                StatusCode::FORBIDDEN,
-                "critical-risk actions need approvers holding an executive role".into(),
-            ),
-            Self::WrongTenant => (
-                StatusCode::FORBIDDEN,
-                "the approver does not belong to this challenge's tenant".into(),
-            ),
-            Self::Full => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many open challenges; try again later".into(),
-            ),
-            Self::Store(e) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("challenge state is unavailable: {e}").into(),
-            ),
-        };
-        let r = Rejection::new(status, self.code(), reason);
+/// A challenge request AgentAuth refuses as written (400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// 400 `invalid_challenge`.
+    #[error("{0}")]
+    Invalid(String),
+    /// 400 `escape_not_allowed`: escape switches on an action that needs
+    /// no approval, which nothing could vouch for.
+    #[error("con carries {}: escape switches are honoured only for actions that need approval, and this action is {tier} risk", .names.join(", "))]
+    EscapeNotAllowed {
+        names: Vec<String>,
+        tier: &'static str,
+    },
+}
+
+impl RequestError {
+    pub fn code(&self) -> &'static str {
         match self {
-            Self::Full | Self::Store(_) => r.retry_after(5),
-            Self::NotApproved { have, need } => {
-                let mut r = r;
-                r.details = Some(json!({"approvals": have, "approvals_needed": need}));
-                r
-            }
-            _ => r,
+            Self::Invalid(_) => "invalid_challenge",
+            Self::EscapeNotAllowed { .. } => "escape_not_allowed",
         }
+    }
+}
+
+impl From<String> for RequestError {
+    fn from(reason: String) -> Self {
+        Self::Invalid(reason)
+    }
+}
+
+impl From<&str> for RequestError {
+    fn from(reason: &str) -> Self {
+        Self::Invalid(reason.to_owned())
     }
 }
 
@@ -297,29 +282,21 @@ pub fn escapes(con: &Value) -> Map<String, Value> {
 /// Refuses escape switches on a tier that needs no approval (400
 /// `escape_not_allowed`, whatever their value) and escape switches that
 /// are not booleans (400 `invalid_challenge`).
-pub fn check_escapes(con: &Value, tier: Tier) -> Result<(), Rejection> {
+pub fn check_escapes(con: &Value, tier: Tier) -> Result<(), RequestError> {
     let found = escapes(con);
     if found.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = found.keys().map(String::as_str).collect();
     if tier.approvals_needed() == 0 {
-        return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "escape_not_allowed",
-            format!(
-                "con carries {}: escape switches are honoured only for actions that need approval, and this action is {} risk",
-                names.join(", "),
-                tier.as_str()
-            ),
-        ));
+        return Err(RequestError::EscapeNotAllowed {
+            names: found.keys().cloned().collect(),
+            tier: tier.as_str(),
+        });
     }
     if let Some((name, _)) = found.iter().find(|(_, v)| !v.is_boolean()) {
-        return Err(Rejection::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_challenge",
-            format!("con.{name} is an escape switch and must be true or false"),
-        ));
+        return Err(RequestError::Invalid(format!(
+            "con.{name} is an escape switch and must be true or false"
+        )));
     }
     Ok(())
 }
@@ -334,13 +311,13 @@ pub struct ChallengeRequest {
 
 /// Reads `POST /v1/challenge`'s body. `agent` is the mTLS identity; a body
 /// `agent_spiffe_id`, if sent, must equal it.
-pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, String> {
+pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, RequestError> {
     let obj = body
         .as_object()
         .ok_or("the body must be a JSON object with act, con and leg")?;
     for key in obj.keys() {
         if !matches!(key.as_str(), "agent_spiffe_id" | "act" | "con" | "leg") {
-            return Err(format!("unknown field {key:?}"));
+            return Err(format!("unknown field {key:?}").into());
         }
     }
     if let Some(claimed) = obj.get("agent_spiffe_id") {
@@ -357,7 +334,7 @@ pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, Stri
     // Its canonical form and the catalogue are checked by the caller,
     // which knows the tenant (400 `unknown_action`).
     if act.is_empty() || act.len() > MAX_ACTION_LEN {
-        return Err(format!("act must be 1 to {MAX_ACTION_LEN} bytes"));
+        return Err(format!("act must be 1 to {MAX_ACTION_LEN} bytes").into());
     }
     let object = |name: &str| -> Result<Value, String> {
         match obj.get(name) {
@@ -379,7 +356,8 @@ pub fn parse_request(body: &Value, agent: &str) -> Result<ChallengeRequest, Stri
         if leg.get(block).is_some() {
             return Err(format!(
                 "leg.{block} is written by AgentAuth from its approval records; agents may not supply it"
-            ));
+            )
+            .into());
         }
     }
     Ok(ChallengeRequest {
@@ -692,10 +670,10 @@ impl Challenge {
 }
 
 /// A random id: `prefix` + 22 base64url characters (16 random bytes).
-pub fn random_id(prefix: &str) -> Result<String, String> {
+pub fn random_id(prefix: &str) -> Result<String, openssl::error::ErrorStack> {
     use base64::Engine;
     let mut b = [0u8; 16];
-    openssl::rand::rand_bytes(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    openssl::rand::rand_bytes(&mut b)?;
     Ok(format!(
         "{prefix}{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -800,7 +778,7 @@ mod tests {
         ];
         for (body, want) in cases {
             let e = parse_request(&body, AGENT).unwrap_err();
-            assert!(e.contains(want), "{body}: {e}");
+            assert!(e.to_string().contains(want), "{body}: {e}");
         }
     }
 
@@ -943,13 +921,12 @@ mod tests {
         for flag in ESCAPE_FLAGS {
             for v in [json!(true), json!(false), json!("yes")] {
                 let r = check_escapes(&json!({ flag: v }), Tier::Low).unwrap_err();
-                assert_eq!(r.status, StatusCode::BAD_REQUEST);
-                assert_eq!(r.code, "escape_not_allowed", "{flag}");
+                assert_eq!(r.code(), "escape_not_allowed", "{flag}");
             }
         }
         // With approvals they must be booleans.
         let r = check_escapes(&json!({"bypass_rate_limit": "true"}), Tier::Medium).unwrap_err();
-        assert_eq!(r.code, "invalid_challenge");
+        assert_eq!(r.code(), "invalid_challenge");
         for tier in [Tier::Medium, Tier::High, Tier::Critical] {
             assert!(check_escapes(&json!({"bypass_rate_limit": true}), tier).is_ok());
         }
@@ -1027,20 +1004,12 @@ mod tests {
     }
 
     #[test]
-    fn refusals_map_to_statuses() {
+    fn refusals_carry_codes_and_ids_are_random() {
+        assert_eq!(Refusal::NotFound.code(), "unknown_challenge");
         assert_eq!(
-            Refusal::NotFound.to_rejection().status,
-            StatusCode::NOT_FOUND
+            Refusal::NotApproved { have: 1, need: 2 }.to_string(),
+            "the challenge has 1 of 2 required approvals"
         );
-        assert_eq!(Refusal::Expired.to_rejection().status, StatusCode::GONE);
-        assert_eq!(
-            Refusal::AlreadyMinted.to_rejection().status,
-            StatusCode::CONFLICT
-        );
-        let r = Refusal::NotApproved { have: 1, need: 2 }.to_rejection();
-        assert_eq!(r.status, StatusCode::FORBIDDEN);
-        assert_eq!(r.details.unwrap()["approvals_needed"], 2);
-        assert_eq!(Refusal::Full.to_rejection().retry_after, Some(5));
         assert!(random_id("chal_").unwrap().starts_with("chal_"));
         assert_eq!(random_id("poa_").unwrap().len(), 26);
     }

@@ -398,8 +398,7 @@ async fn create_challenge_inner(
     let body = read_body(payload, state).await;
     let (agent, tenant) = agent_with_budget(req, state, call).await?;
     let body = json_body(&body?, false)?;
-    let request = challenge::parse_request(&body, agent.as_str())
-        .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, "invalid_challenge", e))?;
+    let request = challenge::parse_request(&body, agent.as_str()).map_err(|e| e.to_rejection())?;
     call.event.action.clone_from(&request.act);
     check_action(state, &tenant, &request)?;
     let tier = state
@@ -415,7 +414,7 @@ async fn create_challenge_inner(
             .retry_after(5)
         })?;
     // Escape switches need an approval to vouch for them.
-    challenge::check_escapes(&request.con, tier)?;
+    challenge::check_escapes(&request.con, tier).map_err(|e| e.to_rejection())?;
     let id = challenge::random_id("chal_").map_err(internal)?;
     let now = unix_now();
     let c = Challenge::new(
@@ -746,11 +745,81 @@ async fn mint_inner(
     })))
 }
 
-fn internal(e: String) -> Rejection {
+fn internal(e: impl std::fmt::Display) -> Rejection {
     tracing::error!(error = %e, "internal error");
     Rejection::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "internal_error",
         "an internal error occurred",
     )
+}
+
+/// The one mapping of AgentAuth's typed refusals to HTTP answers.
+trait ToRejection {
+    fn to_rejection(&self) -> Rejection;
+}
+
+impl ToRejection for challenge::Refusal {
+    fn to_rejection(&self) -> Rejection {
+        use challenge::Refusal::*;
+        let status = match self {
+            NotFound => StatusCode::NOT_FOUND,
+            Expired => StatusCode::GONE,
+            Rejected | AlreadyMinted | NotPending(_) | DuplicateApprover => StatusCode::CONFLICT,
+            NotApproved { .. }
+            | NotRequestingAgent
+            | SelfApproval
+            | ExecutiveRequired
+            | WrongTenant => StatusCode::FORBIDDEN,
+            Full | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut r = Rejection::new(status, self.code(), self.to_string());
+        match self {
+            Full | Store(_) => r = r.retry_after(5),
+            NotApproved { have, need } => {
+                r.details = Some(serde_json::json!({"approvals": have, "approvals_needed": need}));
+            }
+            _ => {}
+        }
+        r
+    }
+}
+
+impl ToRejection for challenge::RequestError {
+    fn to_rejection(&self) -> Rejection {
+        Rejection::new(StatusCode::BAD_REQUEST, self.code(), self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod refusal_tests {
+    use super::*;
+    use challenge::{Refusal, RequestError};
+
+    #[test]
+    fn refusals_map_to_statuses() {
+        assert_eq!(
+            Refusal::NotFound.to_rejection().status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(Refusal::Expired.to_rejection().status, StatusCode::GONE);
+        assert_eq!(
+            Refusal::AlreadyMinted.to_rejection().status,
+            StatusCode::CONFLICT
+        );
+        let r = Refusal::NotApproved { have: 1, need: 2 }.to_rejection();
+        assert_eq!(r.status, StatusCode::FORBIDDEN);
+        assert_eq!(r.details.unwrap()["approvals_needed"], 2);
+        assert_eq!(Refusal::Full.to_rejection().retry_after, Some(5));
+        let r = RequestError::EscapeNotAllowed {
+            names: vec!["bypass_rate_limit".into()],
+            tier: "low",
+        }
+        .to_rejection();
+        assert_eq!(
+            (r.status, r.code),
+            (StatusCode::BAD_REQUEST, "escape_not_allowed")
+        );
+        assert!(r.reason.contains("bypass_rate_limit"), "{}", r.reason);
+    }
 }

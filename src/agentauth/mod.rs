@@ -164,6 +164,7 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
             let outcome = web::block(move || {
                 crate::policy::embedded::PolicyBundle::from_config(&c)
                     .and_then(|b| s.tiers.replace(b))
+                    .map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));

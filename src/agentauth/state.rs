@@ -17,7 +17,8 @@ use super::observe::{AgentAuthEvent, AgentAuthMetrics};
 use super::store::{ChallengeStore, MemoryChallenges, MemoryRateLimiter, RateLimiter};
 use crate::audit::AuditSink;
 use crate::config::Config;
-use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
+use crate::policy::embedded::{BundleError, EmbeddedPool, PolicyBundle};
+use crate::policy::PolicyError;
 use crate::runtime::{StartError, Starting};
 use crate::tenant::TenantDirectory;
 
@@ -37,7 +38,7 @@ impl TierPolicy {
         bundle: PolicyBundle,
         policy: &crate::policy::config::PolicyConfig,
         metrics: &atb_actors::ActorMetrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BundleError> {
         let threads = if policy.threads == 0 {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         } else {
@@ -56,17 +57,18 @@ impl TierPolicy {
 
     /// Swaps in `bundle` if it differs and compiles; otherwise the running
     /// policy stays. `Ok(true)`: the policy changed. Blocking.
-    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
+    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, BundleError> {
         self.pool.replace(bundle)
     }
 
     /// The tier of `act` for `tenant`.
-    pub async fn tier(&self, tenant: &str, act: &str) -> Result<Tier, String> {
+    pub async fn tier(&self, tenant: &str, act: &str) -> Result<Tier, PolicyError> {
         let input = serde_json::json!({"tenant": {"id": tenant}, "poa": {"act": act}});
-        match self.pool.value(tenant, RISK_TIER_RULE, input).await {
-            Ok(serde_json::Value::String(s)) => Ok(Tier::from_policy(&s)),
-            Ok(_) => Err(format!("{RISK_TIER_RULE} is not a string")),
-            Err(e) => Err(e.to_string()),
+        match self.pool.value(tenant, RISK_TIER_RULE, input).await? {
+            serde_json::Value::String(s) => Ok(Tier::from_policy(&s)),
+            _ => Err(PolicyError::BadDecision(format!(
+                "{RISK_TIER_RULE} is not a string"
+            ))),
         }
     }
 }

@@ -365,10 +365,12 @@ async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
     let reloading = state.clone();
     match web::block(move || reloading.reload_policy()).await {
         Ok(Ok(changed)) => HttpResponse::Ok().json(serde_json::json!({"changed": changed})),
-        Ok(Err(reason)) => {
-            Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "policy_invalid", reason)
-                .to_response("")
-        }
+        Ok(Err(reason)) => Rejection::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "policy_invalid",
+            reason.to_string(),
+        )
+        .to_response(""),
         Err(_) => Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "policy_reload_failed",

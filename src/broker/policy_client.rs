@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::config::PolicyEngine;
-use crate::policy::embedded::{EmbeddedPool, PolicyBundle};
+use crate::policy::embedded::{BundleError, EmbeddedPool, PolicyBundle};
 use crate::policy::{Decision, PolicyError};
 
 /// Where decisions come from.
@@ -50,7 +50,7 @@ impl PolicyClient {
 
 impl PolicyClient {
     /// The configured engine: a started embedded pool, or OPA's REST API.
-    pub fn start(config: &Config, metrics: &Metrics) -> Result<Self, String> {
+    pub fn start(config: &Config, metrics: &Metrics) -> Result<Self, BundleError> {
         let p = &config.policy;
         if p.engine == PolicyEngine::Opa {
             return Ok(PolicyClient::Opa {

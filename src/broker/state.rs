@@ -21,6 +21,15 @@ use crate::poa::jwks::JwksCache;
 use crate::policy::embedded::PolicyBundle;
 use crate::runtime::{StartError, Starting};
 
+/// Why a policy reload was refused (the running policy stays).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyReloadError {
+    #[error("the policy engine is opa: OPA loads its own policy")]
+    Opa,
+    #[error(transparent)]
+    Refused(#[from] crate::policy::embedded::BundleError),
+}
+
 /// Why a configuration reload was refused (the running tenants stay).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -354,12 +363,14 @@ impl BrokerState {
     /// part of the configuration) and swaps in a changed bundle that
     /// compiles; on any failure the running policy stays. `Ok(true)`: the
     /// policy changed. Blocking: call off the I/O threads.
-    pub fn reload_policy(&self) -> Result<bool, String> {
+    pub fn reload_policy(&self) -> Result<bool, PolicyReloadError> {
         let PolicyClient::Embedded(pool) = &self.policy else {
-            return Err("the policy engine is opa: OPA loads its own policy".into());
+            return Err(PolicyReloadError::Opa);
         };
         let config = self.tenants.load().config.clone();
-        let outcome = PolicyBundle::from_config(&config).and_then(|b| pool.replace(b));
+        let outcome = PolicyBundle::from_config(&config)
+            .and_then(|b| pool.replace(b))
+            .map_err(PolicyReloadError::Refused);
         let result = match &outcome {
             Ok(true) => "changed",
             Ok(false) => "unchanged",

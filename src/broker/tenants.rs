@@ -37,7 +37,7 @@ fn compile_bindings(
     let mut catalogues = HashMap::with_capacity(config.tenants.len());
     for (i, t) in config.tenants.iter().enumerate() {
         let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
-            .map_err(|e| invalid(format!("tenants[{i}].policy_data"), e))?;
+            .map_err(|e| invalid(format!("tenants[{i}].policy_data"), e.to_string()))?;
         let mut connectors = HashMap::with_capacity(t.connectors.len());
         for (j, c) in t.connectors.iter().enumerate() {
             let binding = Binding::compile(

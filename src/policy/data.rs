@@ -19,7 +19,7 @@ pub const TIERS: [&str; 4] = ["low", "medium", "high", "critical"];
 pub const BINDING_MODES: [&str; 4] = ["none", "exact", "prefix", "mapping"];
 
 /// Checks the whole data document (global and every tenant).
-pub fn validate(data: &Value) -> Result<(), String> {
+pub(crate) fn validate(data: &Value) -> Result<(), String> {
     let Some(root) = data.as_object() else {
         return Err(format!(
             "policy data: expected an object, got {}",
@@ -42,7 +42,7 @@ pub fn validate(data: &Value) -> Result<(), String> {
 }
 
 /// Checks one tenant's policy data (what lands under `tenants.<id>`).
-pub fn validate_tenant(id: &str, data: &Value) -> Result<(), String> {
+pub(crate) fn validate_tenant(id: &str, data: &Value) -> Result<(), String> {
     let path = format!("tenants.{id}");
     let obj = object(data, &path)?;
     if let Some(catalog) = obj.get("catalog") {

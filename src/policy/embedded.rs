@@ -26,6 +26,33 @@ pub struct PolicyBundle {
     pub eval_timeout: Duration,
 }
 
+/// A policy bundle that cannot run; the running one (if any) stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// A file or directory of the bundle could not be read or parsed.
+    #[error("{what}: {reason}")]
+    Source { what: String, reason: String },
+    /// The policy data is refused (the key is named).
+    #[error("policy data: {0}")]
+    Data(String),
+    /// A module does not compile, or the rule does not evaluate.
+    #[error("{what}: {reason}")]
+    Compile { what: String, reason: String },
+    /// The evaluation threads could not start.
+    #[error("{0}")]
+    Threads(String),
+}
+
+fn source(what: impl Into<String>) -> impl FnOnce(String) -> BundleError {
+    let what = what.into();
+    move |reason| BundleError::Source { what, reason }
+}
+
+fn compile(what: impl Into<String>) -> impl FnOnce(String) -> BundleError {
+    let what = what.into();
+    move |reason| BundleError::Compile { what, reason }
+}
+
 impl PolicyBundle {
     /// The policy to run: the `.rego` files under `dir` (recursively,
     /// sorted, `*_test.rego` skipped) or the embedded policy; `data` is the
@@ -36,7 +63,7 @@ impl PolicyBundle {
         data_file: Option<&std::path::Path>,
         tenants: &[crate::tenant::TenantConfig],
         eval_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BundleError> {
         let mut data = serde_json::json!({});
         let mut modules = Vec::new();
         match dir {
@@ -46,37 +73,41 @@ impl PolicyBundle {
                     super::EMBEDDED_POLICY.to_string(),
                 ));
                 let catalog: Value = serde_json::from_str(super::EMBEDDED_CATALOG)
-                    .map_err(|e| format!("embedded catalog: {e}"))?;
+                    .map_err(|e| source("embedded catalog")(e.to_string()))?;
                 super::merge_data(&mut data, catalog);
             }
             Some(dir) => {
                 let mut files = Vec::new();
                 collect(dir, &mut files)
-                    .map_err(|e| format!("policy.dir {}: {e}", dir.display()))?;
+                    .map_err(|e| source(format!("policy.dir {}", dir.display()))(e.to_string()))?;
                 files.sort();
                 for f in files {
                     let name = f.display().to_string();
-                    let text = std::fs::read_to_string(&f).map_err(|e| format!("{name}: {e}"))?;
+                    let text = std::fs::read_to_string(&f)
+                        .map_err(|e| source(name.clone())(e.to_string()))?;
                     if name.ends_with("_test.rego") {
                         continue;
                     } else if name.ends_with(".rego") {
                         modules.push((name, text));
                     } else {
-                        let doc: Value =
-                            serde_json::from_str(&text).map_err(|e| format!("{name}: {e}"))?;
+                        let doc: Value = serde_json::from_str(&text)
+                            .map_err(|e| source(name.clone())(e.to_string()))?;
                         super::merge_data(&mut data, doc);
                     }
                 }
                 if modules.is_empty() {
-                    return Err(format!("policy.dir {}: no .rego files", dir.display()));
+                    return Err(source(format!("policy.dir {}", dir.display()))(
+                        "no .rego files".into(),
+                    ));
                 }
             }
         }
         if let Some(path) = data_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
-            let doc: Value = serde_json::from_str(&text)
-                .map_err(|e| format!("policy.data_file {}: {e}", path.display()))?;
+            let what = format!("policy.data_file {}", path.display());
+            let text =
+                std::fs::read_to_string(path).map_err(|e| source(what.clone())(e.to_string()))?;
+            let doc: Value =
+                serde_json::from_str(&text).map_err(|e| source(what)(e.to_string()))?;
             super::merge_data(&mut data, doc);
         }
         for t in tenants {
@@ -89,7 +120,7 @@ impl PolicyBundle {
         }
         // Tiers outside the four and values of the wrong type are refused
         // here, naming the key, rather than read as a default by the policy.
-        super::data::validate(&data).map_err(|e| format!("policy data: {e}"))?;
+        super::data::validate(&data).map_err(BundleError::Data)?;
         Ok(Self {
             modules,
             data,
@@ -98,7 +129,7 @@ impl PolicyBundle {
     }
 
     /// The bundle `config.policy` names, with every tenant's policy data.
-    pub fn from_config(config: &crate::config::Config) -> Result<Self, String> {
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, BundleError> {
         let p = &config.policy;
         Self::load(
             p.dir.as_deref(),
@@ -109,7 +140,7 @@ impl PolicyBundle {
     }
 
     /// Compiles an engine (strict builtin errors, time limit).
-    pub fn engine(&self) -> Result<regorus::Engine, String> {
+    pub fn engine(&self) -> Result<regorus::Engine, BundleError> {
         let mut engine = regorus::Engine::new();
         engine.set_strict_builtin_errors(true);
         engine.set_execution_timer_config(regorus::utils::limits::ExecutionTimerConfig {
@@ -119,16 +150,18 @@ impl PolicyBundle {
         for (name, src) in &self.modules {
             engine
                 .add_policy(name.clone(), src.clone())
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|e| compile(name.clone())(e.to_string()))?;
         }
-        let data =
-            regorus::Value::from_json_str(&self.data.to_string()).map_err(|e| e.to_string())?;
-        engine.add_data(data).map_err(|e| e.to_string())?;
+        let data = regorus::Value::from_json_str(&self.data.to_string())
+            .map_err(|e| BundleError::Data(e.to_string()))?;
+        engine
+            .add_data(data)
+            .map_err(|e| BundleError::Data(e.to_string()))?;
         // Evaluate once so compile-time problems surface at start.
         engine.set_input(regorus::Value::new_object());
         engine
             .eval_rule(DECISION_RULE.to_string())
-            .map_err(|e| format!("{DECISION_RULE}: {e}"))?;
+            .map_err(|e| compile(DECISION_RULE)(e.to_string()))?;
         Ok(engine)
     }
 }
@@ -206,13 +239,15 @@ impl BlockingLogic for PolicyLogic {
     type Job = PolicyJob;
     type Output = Result<regorus::Value, PolicyError>;
 
-    fn build(&self) -> Result<regorus::Engine, String> {
+    type BuildError = BundleError;
+
+    fn build(&self) -> Result<regorus::Engine, BundleError> {
         let mut engine = self.bundle.engine()?;
         if self.rule != DECISION_RULE {
             engine.set_input(regorus::Value::new_object());
             engine
                 .eval_rule(self.rule.to_string())
-                .map_err(|e| format!("{}: {e}", self.rule))?;
+                .map_err(|e| compile(self.rule)(e.to_string()))?;
         }
         Ok(engine)
     }
@@ -244,7 +279,7 @@ impl EmbeddedPool {
         queue: usize,
         per_tenant: usize,
         metrics: &ActorMetrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BundleError> {
         let pool = BlockingPool::start(
             PolicyLogic { bundle, rule },
             BlockingConfig {
@@ -254,14 +289,18 @@ impl EmbeddedPool {
                 per_key: per_tenant,
             },
             metrics,
-        )?;
+        )
+        .map_err(|e| match e {
+            atb_actors::StartError::Build(b) => b,
+            threads => BundleError::Threads(threads.to_string()),
+        })?;
         Ok(Self { pool })
     }
 
     /// Swaps in `bundle` if it differs from the running one and compiles;
     /// otherwise the running policy stays. `Ok(false)`: nothing changed.
     /// Compiles on the calling thread, so call it off the I/O threads.
-    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, String> {
+    pub fn replace(&self, bundle: PolicyBundle) -> Result<bool, BundleError> {
         let running = self.pool.logic();
         if running.bundle == bundle {
             return Ok(false);
@@ -410,9 +449,9 @@ mod tests {
         // Refused by the configuration already, or at the latest by the loader.
         let e = match c {
             Err(e) => e.to_string(),
-            Ok(c) => {
-                PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500)).unwrap_err()
-            }
+            Ok(c) => PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500))
+                .unwrap_err()
+                .to_string(),
         };
         assert!(
             e.contains("time_policy.business_hours.required_for_high_risk"),
@@ -427,6 +466,8 @@ mod tests {
         )
         .unwrap();
         let e = PolicyBundle::load(None, Some(&file), &[], Duration::from_millis(500)).unwrap_err();
+        assert!(matches!(e, BundleError::Data(_)), "{e}");
+        let e = e.to_string();
         assert!(
             e.contains("atb.catalog.tiers.\"crm.contact.read\"") && e.contains("not a risk tier"),
             "{e}"

@@ -203,7 +203,7 @@ impl RouteTable {
                 return Err(err("methods", "name at least one method".into()));
             }
             let methods = MethodSet::parse(r.methods.iter().map(String::as_str))
-                .map_err(|e| err("methods", e))?;
+                .map_err(|e| err("methods", e.to_string()))?;
             if !methods.is_subset(allowed) {
                 return Err(err(
                     "methods",
