@@ -932,3 +932,56 @@ fn approvers_are_scoped_to_their_tenants() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["status"], "approved");
 }
+
+#[test]
+fn every_agentauth_timer_loop_survives_a_panicking_tick() {
+    // A dead approver JWKS adds the approver_keys loop (PEM keys still work).
+    let dead_jwks = format!("http://127.0.0.1:{}/jwks.json", free_port());
+    let dev = Dev::start(&[
+        ("ATB_DEBUG_FAULT_INJECTION", "true"),
+        ("APPROVER_JWKS_URL", dead_jwks.as_str()),
+    ]);
+    let token = std::fs::read_to_string(dev.path("admin.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}", token.trim());
+    let hook = |name: &str, headers: &[&str]| {
+        let url = format!(
+            "http://127.0.0.1:{}/debug/fault?periodic={name}",
+            dev.aa_admin
+        );
+        let mut args = vec!["-X", "POST"];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.push(&url);
+        curl(&args)
+    };
+    let restarts = |actor: &str| {
+        metric(
+            &dev.metrics(),
+            &format!(r#"atb_actor_restarts_total{{actor="{actor}",shard="-"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    for actor in [
+        "key_reload",
+        "challenge_sweep",
+        "policy_reload",
+        "approver_keys",
+    ] {
+        // The hook needs the admin token even when enabled.
+        assert_eq!(hook(actor, &[]).status, 401, "{actor}");
+        // Twice: the loop is still alive after its first panic.
+        for n in [1.0, 2.0] {
+            let a = hook(actor, &[&auth]);
+            assert_eq!(a.status, 200, "{actor}: {a:?}");
+            assert!(
+                eventually(Duration::from_secs(10), || restarts(actor) == n),
+                "{actor}: restart {n} not counted"
+            );
+        }
+    }
+    assert_eq!(hook("nothing", &[&auth]).error(), "unknown_periodic");
+    // AgentAuth serves throughout.
+    let jwks = dev.jwks();
+    assert!(!jwks["keys"].as_array().unwrap().is_empty());
+}

@@ -12,7 +12,8 @@
 //!   (`atb_actor_restarts_total{actor,shard}` with the loop's key as
 //!   `shard`), logged, and the loop goes on after its last delay — a
 //!   failed tick never ends the loop;
-//! * a test can arm a panic for the next tick ([`PeriodicHandle::inject_fault`]);
+//! * a test can arm a panic for the next tick, which then runs at once
+//!   ([`PeriodicHandle::inject_fault`]);
 //! * [`PeriodicHandle::stop`] ends the loop; dropping the handle does not.
 
 use std::future::Future;
@@ -49,6 +50,8 @@ impl PeriodicName {
 pub struct PeriodicHandle {
     stop: Arc<AtomicBool>,
     fault: Arc<AtomicBool>,
+    /// Cuts the current wait short (for an injected fault).
+    wake: Arc<tokio::sync::Notify>,
     name: PeriodicName,
 }
 
@@ -58,9 +61,11 @@ impl PeriodicHandle {
         self.stop.store(true, Ordering::Release);
     }
 
-    /// Test hook: the next tick panics (inside the tick boundary).
+    /// Test hook: the next tick panics (inside the tick boundary), and it
+    /// runs now rather than after the current wait.
     pub fn inject_fault(&self) {
         self.fault.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     pub fn name(&self) -> &PeriodicName {
@@ -93,13 +98,17 @@ where
     let handle = PeriodicHandle {
         stop: Arc::new(AtomicBool::new(false)),
         fault: Arc::new(AtomicBool::new(false)),
+        wake: Arc::new(tokio::sync::Notify::new()),
         name,
     };
     let h = handle.clone();
     actix_rt::spawn(async move {
         let mut delay = first;
         loop {
-            actix_rt::time::sleep(delay).await;
+            tokio::select! {
+                _ = actix_rt::time::sleep(delay) => {}
+                _ = h.wake.notified() => {}
+            }
             if h.stop.load(Ordering::Acquire) {
                 return;
             }

@@ -754,6 +754,57 @@ fn internal(e: impl std::fmt::Display) -> Rejection {
     )
 }
 
+#[derive(serde::Deserialize)]
+pub struct FaultTarget {
+    periodic: String,
+}
+
+/// Test-only (`debug.fault_injection`): the named timer loop's next tick
+/// panics, now. Needs the admin token even when enabled.
+pub async fn inject_fault(
+    req: HttpRequest,
+    state: web::Data<AgentAuthState>,
+    target: web::Query<FaultTarget>,
+) -> HttpResponse {
+    use subtle::ConstantTimeEq;
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let authorized = state.admin_token.as_deref().is_some_and(|t| {
+        t.len() == presented.len() && bool::from(t.as_bytes().ct_eq(presented.as_bytes()))
+    });
+    if !authorized {
+        return Rejection::new(
+            StatusCode::UNAUTHORIZED,
+            "admin_unauthorized",
+            "a valid admin bearer token is required",
+        )
+        .to_response("");
+    }
+    let loops: Vec<_> = state
+        .periodic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|h| h.name().actor == target.periodic)
+        .cloned()
+        .collect();
+    loops.iter().for_each(|h| h.inject_fault());
+    tracing::warn!(periodic = %target.periodic, loops = loops.len(), "fault injected through the debug hook");
+    if loops.is_empty() {
+        return Rejection::new(
+            StatusCode::NOT_FOUND,
+            "unknown_periodic",
+            "no timer loop has this name",
+        )
+        .to_response("");
+    }
+    HttpResponse::Ok().json(serde_json::json!({"loops": loops.len()}))
+}
+
 /// The one mapping of AgentAuth's typed refusals to HTTP answers.
 trait ToRejection {
     fn to_rejection(&self) -> Rejection;

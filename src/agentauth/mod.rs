@@ -72,12 +72,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .starting("listener")?
         .run()
     };
+    let fault_injection = config.debug.fault_injection;
+    if fault_injection {
+        tracing::warn!("debug.fault_injection is ON: POST /debug/fault can panic AgentAuth's timer loops; never enable this in production");
+    }
     let admin = {
         let data = data.clone();
         HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/health", web::get().to(http::health))
+            let app = App::new().app_data(data.clone());
+            let app = if fault_injection {
+                app.route("/debug/fault", web::post().to(http::inject_fault))
+            } else {
+                app
+            };
+            app.route("/health", web::get().to(http::health))
                 .route("/ready", web::get().to(http::ready))
                 .route("/.well-known/jwks.json", web::get().to(http::jwks))
                 .route(
@@ -142,7 +150,12 @@ where
     Fut: std::future::Future<Output = Duration> + 'static,
 {
     let name = atb_actors::PeriodicName::single(actor);
-    atb_actors::periodic::start(name, first, &state.metrics.actors, tick);
+    let handle = atb_actors::periodic::start(name, first, &state.metrics.actors, tick);
+    state
+        .periodic
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(handle);
 }
 
 /// Re-reads the policy every `policy.reload_seconds` so risk tiers follow

@@ -87,6 +87,10 @@ pub struct AgentAuthState {
     pub proxies: TrustedProxies,
     pub metrics: AgentAuthMetrics,
     pub audit: AuditSink<AgentAuthEvent>,
+    /// The timer loops (for the test-only fault hook).
+    pub periodic: std::sync::Mutex<Vec<atb_actors::PeriodicHandle>>,
+    /// `admin.token`: what the test-only `/debug/fault` hook needs.
+    pub admin_token: Option<String>,
     draining: AtomicBool,
 }
 
@@ -132,6 +136,8 @@ impl AgentAuthState {
                 .starting("agentauth.trusted_proxies")?,
             metrics,
             audit,
+            periodic: std::sync::Mutex::default(),
+            admin_token: crate::admin_token(config).starting("admin")?,
             draining: AtomicBool::new(false),
             config: a.clone(),
         });
