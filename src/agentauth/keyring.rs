@@ -192,16 +192,22 @@ pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, KeyringError> {
         (promoted, active)
     };
     let new_next = fresh()?;
+    // The new keys first, the revocation after: a reader (AgentAuth's key
+    // reload) never finds its active key revoked — which it would refuse,
+    // keeping the compromised key it holds — and signs with the new key
+    // from the moment it exists.
+    if let Some(p) = &new_previous {
+        write_key(&dir.join(PREVIOUS), p)?;
+    }
+    write_key(&dir.join(NEXT), &new_next)?;
+    write_key(&dir.join(ACTIVE), &new_active)?;
     if emergency || !newly_revoked.is_empty() {
         let text: String = revoked.iter().map(|k| format!("{k}\n")).collect();
         write_atomic(&dir.join(REVOKED), text.as_bytes())?;
     }
-    match &new_previous {
-        Some(p) => write_key(&dir.join(PREVIOUS), p)?,
-        None => remove(&dir.join(PREVIOUS))?,
+    if new_previous.is_none() {
+        remove(&dir.join(PREVIOUS))?;
     }
-    write_key(&dir.join(NEXT), &new_next)?;
-    write_key(&dir.join(ACTIVE), &new_active)?;
     Ok(Rotation {
         active: new_active.kid,
         next: new_next.kid,
@@ -252,6 +258,22 @@ pub fn fingerprint(dir: &Path) -> Vec<(String, Option<std::time::SystemTime>, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_emergency_rotation_writes_the_new_key_before_the_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = rotate(dir.path(), false).unwrap();
+        // The revocation cannot be written (its path is a directory): the
+        // rotation fails there, but the new active key is already in place,
+        // so nobody signs with the compromised one meanwhile.
+        let blocked = dir.path().join(REVOKED).with_extension("tmp-rotate");
+        std::fs::create_dir(&blocked).unwrap();
+        assert!(rotate(dir.path(), true).is_err());
+        assert!(!dir.path().join(REVOKED).exists());
+        let active = read_key(dir.path(), ACTIVE).unwrap().unwrap();
+        assert_ne!(active.kid, first.active);
+        assert_ne!(active.kid, first.next);
+    }
 
     #[test]
     fn rotation_moves_keys_along() {
