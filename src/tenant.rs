@@ -45,6 +45,35 @@ pub struct TenantConfig {
     pub default_connector: Option<String>,
     #[serde(default)]
     pub connectors: Vec<ConnectorConfig>,
+    /// Who is accountable for which agents (`[[tenants.agent_owners]]`):
+    /// AgentAuth refuses their approvals of those agents' challenges
+    /// (403 `self_approval`), whatever the agent wrote in `leg`.
+    #[serde(default)]
+    pub agent_owners: Vec<AgentOwners>,
+}
+
+/// The people accountable for an agent, as the tenant knows them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentOwners {
+    /// A SPIFFE ID: that agent, and every agent below it (segment
+    /// boundary).
+    pub agent: String,
+    /// Approver identities (the IdP's identity claim or email), compared
+    /// trimmed and case-insensitively.
+    pub owners: Vec<String>,
+}
+
+impl TenantConfig {
+    /// Everyone accountable for `agent` (a SPIFFE ID) by this tenant's
+    /// `agent_owners`.
+    pub fn owners_of(&self, agent: &SpiffeId) -> Vec<String> {
+        self.agent_owners
+            .iter()
+            .filter(|o| agent.is_under(o.agent.trim_end_matches('/')))
+            .flat_map(|o| o.owners.iter().cloned())
+            .collect()
+    }
 }
 
 /// An upstream enterprise API a tenant's agents may be proxied to.

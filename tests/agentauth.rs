@@ -985,3 +985,39 @@ fn every_agentauth_timer_loop_survives_a_panicking_tick() {
     let jwks = dev.jwks();
     assert!(!jwks["keys"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn self_approval_is_judged_on_the_owners_the_tenant_configured_not_on_leg() {
+    let dev = Dev::start(&[]);
+    // acme-agent-2 (spiffe://acme.example/agent/reporter) answers to alice
+    // in atb dev's tenant config. It names someone else as accountable:
+    // alice still may not approve its request.
+    let id = id_of(&dev.challenge_as(
+        "acme-agent-2",
+        "sap.vendor.create",
+        json!({}),
+        leg("someone-else@acme.example"),
+    ));
+    let r = dev.approve(&dev.token("alice"), &id);
+    assert_eq!(
+        (r.status, r.error()),
+        (403, "self_approval".into()),
+        "{r:?}"
+    );
+    // The same spelling games are refused too.
+    let r = dev.approve(&dev.person(" ALICE@acme.example ", &["manager"]), &id);
+    assert_eq!(
+        (r.status, r.error()),
+        (403, "self_approval".into()),
+        "{r:?}"
+    );
+    assert_eq!(dev.approve(&dev.token("bob"), &id).status, 200);
+    // alice approves for an agent she does not own.
+    let id = id_of(&dev.challenge_as(
+        "acme-agent",
+        "sap.vendor.create",
+        json!({}),
+        leg("bob@acme.example"),
+    ));
+    assert_eq!(dev.approve(&dev.token("alice"), &id).status, 200);
+}

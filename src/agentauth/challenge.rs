@@ -151,6 +151,10 @@ pub struct Challenge {
     pub rejected: Option<Decision>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minted: Option<Minted>,
+    /// The people the tenant holds accountable for the agent (its
+    /// `agent_owners`): never approvers of this challenge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<String>,
     /// Its expiry has been audited (by the sweeper, once).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expiry_reported: bool,
@@ -428,8 +432,15 @@ impl Challenge {
             expires_at: now + ttl_seconds,
             rejected: None,
             minted: None,
+            owners: Vec::new(),
             expiry_reported: false,
         }
+    }
+
+    /// With the agent's owners as the tenant knows them.
+    pub fn owned_by(mut self, owners: Vec<String>) -> Self {
+        self.owners = owners;
+        self
     }
 
     pub fn status(&self, now: i64) -> Status {
@@ -454,11 +465,15 @@ impl Challenge {
             .filter(|s| !s.trim().is_empty())
     }
 
-    /// Whether `approver` is the requester: the agent itself or the
-    /// accountable party named in `leg`, by id or email.
+    /// Whether `approver` (as the IdP authenticated it, by id or email) is
+    /// the requester: the agent itself (its mTLS SPIFFE ID), one of the
+    /// agent's owners as the tenant's configuration knows them, or the
+    /// accountable party the agent named in `leg` (which can only narrow
+    /// who may approve, never widen it).
     pub fn is_self(&self, approver: &Approver) -> bool {
         let names = std::iter::once(approver.id.as_str()).chain(approver.email.as_deref());
         let own: Vec<&str> = std::iter::once(self.agent.as_str())
+            .chain(self.owners.iter().map(String::as_str))
             .chain(self.accountable_party())
             .collect();
         names

@@ -406,10 +406,12 @@ async fn create_challenge_inner(
         .tier(&tenant.id, &request.act)
         .await
         .map_err(|e| {
+            // The engine's text stays in the log, with the request id.
+            tracing::error!(error = %e, "the risk tier could not be decided");
             Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "policy_unavailable",
-                format!("the risk tier could not be decided: {e}"),
+                "the risk tier could not be decided",
             )
             .retry_after(5)
         })?;
@@ -425,7 +427,8 @@ async fn create_challenge_inner(
         tier,
         now,
         state.config.challenge_ttl_seconds as i64,
-    );
+    )
+    .owned_by(tenant.owners_of(&agent));
     call.describe(&c, now);
     state
         .challenges

@@ -451,6 +451,17 @@ impl Config {
                     "must be between 1 and 900",
                 ));
             }
+            for (k, o) in t.agent_owners.iter().enumerate() {
+                let okey = |f: &str| format!("tenants[{i}].agent_owners[{k}].{f}");
+                SpiffeId::parse(o.agent.trim_end_matches('/'))
+                    .map_err(|e| invalid(okey("agent"), e.to_string()))?;
+                if o.owners.is_empty() || o.owners.iter().any(|p| p.trim().is_empty()) {
+                    return Err(invalid(
+                        okey("owners"),
+                        "must list at least one owner, none of them empty",
+                    ));
+                }
+            }
             if t.poa.replay_quota == Some(0) {
                 return Err(invalid(key("poa.replay_quota"), "must be at least 1"));
             }

@@ -116,6 +116,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         policy_data: None,
         default_connector: None,
         connectors: vec![connector("crm")],
+        agent_owners: Vec::new(),
     };
     let mut c = Config::default();
     c.broker.listen_addr = opts.listen_addr;
@@ -136,8 +137,15 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
     a.approvers.issuer = DEV_IDP_ISSUER.into();
     a.approvers.audience = DEV_APPROVER_AUDIENCE.into();
     a.approvers.public_key_files = vec![opts.dir.join(DEV_IDP_PUB)];
+    let mut acme = tenant("acme", Some("acme.example"), None);
+    // acme's reporter agent answers to alice: she may not approve its
+    // requests, whatever the agent writes.
+    acme.agent_owners = vec![crate::tenant::AgentOwners {
+        agent: "spiffe://acme.example/agent/reporter".into(),
+        owners: vec!["alice@acme.example".into()],
+    }];
     c.tenants = vec![
-        tenant("acme", Some("acme.example"), None),
+        acme,
         tenant("globex", None, Some("spiffe://saas.example/tenants/globex")),
     ];
     c
