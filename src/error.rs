@@ -250,6 +250,18 @@ impl Rejection {
         .closing()
     }
 
+    /// A body the policy must judge (its action has parameter
+    /// constraints) in a form the broker cannot read.
+    pub fn unsupported_body(action: &str) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_body",
+            format!(
+                "{action} is judged on its parameters: send its body as application/json or application/x-www-form-urlencoded"
+            ),
+        )
+    }
+
     pub fn bad_request(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }

@@ -2246,3 +2246,39 @@ fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
         "{m}"
     );
 }
+
+#[test]
+fn a_body_the_policy_cannot_read_is_refused_for_actions_judged_on_their_parameters() {
+    let s = setup();
+    let send = |method: &str, path: &str, token: &str, ct: &str, body: &str| {
+        let header = format!("Content-Type: {ct}");
+        s.call(
+            "acme-agent",
+            path,
+            token,
+            &["-X", method, "-H", &header, "--data-binary", body],
+        )
+    };
+    // sap.payment.execute is judged on request.params.amount: a body in a
+    // form the broker does not read would show the policy no amount.
+    let t = s.mint("sap.payment.execute", &[]);
+    let huge = r#"{"amount": 999999999}"#;
+    for ct in ["text/plain", "application/octet-stream", "application/xml"] {
+        let a = send("POST", "/api/pay", &t, ct, huge);
+        expect(&a, 415, "unsupported_body");
+    }
+    // Refused before the mandate is spent: the same mandate, as JSON, goes
+    // on to the policy (which now sees the amount).
+    let a = send("POST", "/api/pay", &t, "application/json", huge);
+    assert_ne!(a.status, 415, "{:?}", a);
+    assert_ne!(a.error(), "poa_replay", "{:?}", a);
+    // No body at all is no parameter to hide.
+    let t = s.mint("sap.payment.execute", &[]);
+    let a = send("POST", "/api/pay", &t, "text/plain", "");
+    assert_ne!(a.status, 415, "{:?}", a);
+    // An action without parameter constraints may send any body (it goes
+    // on to the policy, which asks for its approval).
+    let t = s.mint("crm.contact.update", &[]);
+    let a = send("PUT", "/api/contacts/7", &t, "text/plain", "free text");
+    expect(&a, 403, "policy_denied");
+}

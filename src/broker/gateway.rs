@@ -361,6 +361,19 @@ async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
 /// The request as the policy will see it, read before the jti is spent
 /// (a malformed body does not burn the mandate).
 async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
+    // An action the policy judges on its parameters must not carry a body
+    // the policy cannot see: its constraints would read missing values
+    // while the upstream acts on the real ones.
+    if !parseable_body(ctx.req)
+        && ctx
+            .state
+            .policy
+            .constrained_actions()
+            .contains(ctx.routed.action.as_str())
+        && !body_is_empty(ctx.req, &mut ctx.payload, &ctx.state.config.upstream).await?
+    {
+        return Err(Rejection::unsupported_body(&ctx.routed.action));
+    }
     let (params, buffered) =
         read_params(ctx.req, &mut ctx.payload, &ctx.state.config.upstream).await?;
     if params.contains_key(METHOD_OVERRIDE_PARAM) {
@@ -671,6 +684,60 @@ fn match_route(
 /// object or form body, its members — no name twice, none in both. Such
 /// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
 /// other bodies stay in `payload` and stream through untouched.
+/// Whether the body's declared type is one the broker reads into
+/// `request.params` (JSON or a form).
+fn parseable_body(req: &HttpRequest) -> bool {
+    let content_type = content_type(req);
+    content_type == "application/json"
+        || content_type.ends_with("+json")
+        || content_type == "application/x-www-form-urlencoded"
+}
+
+/// The declared media type, lower case, without parameters.
+fn content_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the request has no body: `Content-Length: 0`, or (without a
+/// length, e.g. HTTP/2) a payload that ends before its first byte. Reads at
+/// most up to the first non-empty chunk, within the body deadline.
+async fn body_is_empty(
+    req: &HttpRequest,
+    payload: &mut Option<web::Payload>,
+    limits: &crate::broker::config::UpstreamConfig,
+) -> Result<bool, Rejection> {
+    if let Some(len) = req.headers().get(CONTENT_LENGTH) {
+        return Ok(len.as_bytes() == b"0");
+    }
+    let Some(body) = payload.as_mut() else {
+        return Ok(true);
+    };
+    let deadline = Duration::from_secs(limits.body_timeout_seconds);
+    let first = tokio::time::timeout(deadline, async {
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) if c.is_empty() => continue,
+                Ok(_) => return Ok(false),
+                Err(_) => return Err(Rejection::bad_request("the request body could not be read")),
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(|_| Rejection::body_timeout(limits.body_timeout_seconds))??;
+    Ok(first)
+}
+
 async fn read_params(
     req: &HttpRequest,
     payload: &mut Option<web::Payload>,
@@ -688,18 +755,7 @@ async fn read_params(
             return Err(Rejection::body_too_large(limits.max_body_bytes));
         }
     }
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let content_type = content_type(req);
     let is_json = content_type == "application/json" || content_type.ends_with("+json");
     let is_form = content_type == "application/x-www-form-urlencoded";
     if !is_json && !is_form {

@@ -49,6 +49,22 @@ impl PolicyClient {
 }
 
 impl PolicyClient {
+    /// The actions the running policy constrains by request parameters
+    /// (for OPA: those of the policy built into the binary).
+    pub fn constrained_actions(&self) -> std::sync::Arc<std::collections::HashSet<String>> {
+        match self {
+            PolicyClient::Embedded(pool) => pool.constrained(),
+            PolicyClient::Opa { .. } => {
+                static OPA: std::sync::OnceLock<std::sync::Arc<std::collections::HashSet<String>>> =
+                    std::sync::OnceLock::new();
+                OPA.get_or_init(|| {
+                    std::sync::Arc::new(crate::policy::embedded_constrained_actions().clone())
+                })
+                .clone()
+            }
+        }
+    }
+
     /// The configured engine: a started embedded pool, or OPA's REST API.
     pub fn start(config: &Config, metrics: &Metrics) -> Result<Self, BundleError> {
         let p = &config.policy;

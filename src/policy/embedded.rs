@@ -260,12 +260,19 @@ impl BlockingLogic for PolicyLogic {
     }
 }
 
+fn constrained_of(bundle: &PolicyBundle) -> std::collections::HashSet<String> {
+    super::constrained_actions(bundle.modules.iter().map(|(_, text)| text.as_str()))
+}
+
 /// The embedded engine on its own threads (`atb_actors::BlockingPool`):
 /// broker decisions and AgentAuth's risk tiers alike, never on an I/O
 /// thread, no lock around an engine, each tenant within its share of the
 /// queue.
 pub struct EmbeddedPool {
     pool: BlockingPool<PolicyLogic>,
+    /// The running policy's constrained actions (see
+    /// [`super::constrained_actions`]), swapped with the policy.
+    constrained: arc_swap::ArcSwap<std::collections::HashSet<String>>,
 }
 
 impl EmbeddedPool {
@@ -280,6 +287,7 @@ impl EmbeddedPool {
         per_tenant: usize,
         metrics: &ActorMetrics,
     ) -> Result<Self, BundleError> {
+        let constrained = constrained_of(&bundle);
         let pool = BlockingPool::start(
             PolicyLogic { bundle, rule },
             BlockingConfig {
@@ -294,7 +302,10 @@ impl EmbeddedPool {
             atb_actors::StartError::Build(b) => b,
             threads => BundleError::Threads(threads.to_string()),
         })?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            constrained: arc_swap::ArcSwap::from_pointee(constrained),
+        })
     }
 
     /// Swaps in `bundle` if it differs from the running one and compiles;
@@ -305,11 +316,18 @@ impl EmbeddedPool {
         if running.bundle == bundle {
             return Ok(false);
         }
+        let constrained = constrained_of(&bundle);
         self.pool.replace(PolicyLogic {
             bundle,
             rule: running.rule,
         })?;
+        self.constrained.store(std::sync::Arc::new(constrained));
         Ok(true)
+    }
+
+    /// The running policy's constrained actions.
+    pub fn constrained(&self) -> std::sync::Arc<std::collections::HashSet<String>> {
+        self.constrained.load_full()
     }
 
     async fn eval(

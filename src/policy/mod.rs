@@ -17,6 +17,33 @@ pub const EMBEDDED_POLICY: &str = include_str!("../../policies/atb/poa.rego");
 /// The action catalogue shipped inside the binary (`data.atb.catalog`).
 pub const EMBEDDED_CATALOG: &str = include_str!("../../policies/atb/catalog.json");
 
+/// The actions the policy constrains by request parameters: the names
+/// in its `constraint_check("<action>", …)` rules. A body the broker cannot
+/// parse would leave those parameters missing, so such actions get 415
+/// `unsupported_body` for it instead.
+pub fn constrained_actions<'a>(
+    modules: impl IntoIterator<Item = &'a str>,
+) -> std::collections::HashSet<String> {
+    const RULE: &str = "constraint_check(\"";
+    let mut found = std::collections::HashSet::new();
+    for text in modules {
+        for (at, _) in text.match_indices(RULE) {
+            let rest = &text[at + RULE.len()..];
+            if let Some(end) = rest.find('"') {
+                found.insert(rest[..end].to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// [`constrained_actions`] of the policy built into the binary (what a
+/// broker on a remote OPA assumes OPA runs).
+pub fn embedded_constrained_actions() -> &'static std::collections::HashSet<String> {
+    static SET: std::sync::OnceLock<std::collections::HashSet<String>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| constrained_actions([EMBEDDED_POLICY]))
+}
+
 /// Deep-merges `extra` into `base` (objects merge key by key; anything else
 /// in `extra` replaces).
 pub fn merge_data(base: &mut Value, extra: Value) {
@@ -109,6 +136,27 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn constrained_actions_are_read_from_the_rules() {
+        let set = embedded_constrained_actions();
+        for a in [
+            "sap.payment.execute",
+            "sap.vendor.change",
+            "sap.vendor.bank_change",
+        ] {
+            assert!(set.contains(a), "{a}");
+        }
+        assert!(!set.contains("crm.contact.read"));
+        let custom = constrained_actions([
+            "constraint_check(\"x.y.z\", p, _, _) := true if { p.a }",
+            "no rule here; constraint_check(act, p, c, env)",
+        ]);
+        assert_eq!(
+            custom.into_iter().collect::<Vec<_>>(),
+            vec!["x.y.z".to_string()]
+        );
+    }
 
     #[test]
     fn parses_decisions_and_fails_closed_on_odd_shapes() {
