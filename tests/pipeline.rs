@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 const ACME: &str = "spiffe://acme.example/agent/demo";
 const GLOBEX: &str = "spiffe://saas.example/tenants/globex/agent/demo";
+const GLOBEX_PREFIX: &str = "spiffe://saas.example/tenants/globex";
 const LEG: &str = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id":"owner"}}"#;
 
 /// Query strings of the requests that reached `/api/slow` (any test
@@ -53,7 +54,10 @@ fn start_upstream() -> u16 {
 
 struct Setup {
     pki: Pki,
+    /// acme's mandate key.
     key: SigningKey,
+    /// globex's own mandate key (tenants never share one).
+    globex_key: SigningKey,
     broker: Broker,
 }
 
@@ -90,7 +94,12 @@ path = "/api/pay"
 /// its `[tenants.poa]`. Acme has its own action `acme.vendor.delete`
 /// (DELETE, low risk) on `/api/vendors/{vendor_id}` of its `crm` connector,
 /// and an unbound connector `open` (`routes = "any"`).
-fn tenants(key: &SigningKey, upstream: u16, extra_acme: &str, extra_acme_poa: &str) -> String {
+fn tenants(
+    keys: (&SigningKey, &SigningKey),
+    upstream: u16,
+    extra_acme: &str,
+    extra_acme_poa: &str,
+) -> String {
     format!(
         r#"
 [[tenants]]
@@ -136,14 +145,15 @@ routes = "any"
 id = "globex"
 spiffe_prefix = "spiffe://saas.example/tenants/globex"
 [tenants.poa]
-public_key_files = ["{pubkey}"]
+public_key_files = ["{globex_pubkey}"]
 [[tenants.connectors]]
 id = "crm"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
 {ROUTES}
 "#,
-        pubkey = key.public.display(),
+        pubkey = keys.0.public.display(),
+        globex_pubkey = keys.1.public.display(),
         down = free_port(),
     )
 }
@@ -161,9 +171,15 @@ fn setup_acme(
     let pki = Pki::new(&[]);
     let key = SigningKey::new(pki.dir.path(), "poa");
     let upstream = start_upstream();
-    let tenants = tenants(&key, upstream, extra_acme, extra_acme_poa);
+    let globex_key = SigningKey::new(pki.dir.path(), "globex-poa");
+    let tenants = tenants((&key, &globex_key), upstream, extra_acme, extra_acme_poa);
     let broker = Broker::start(&pki, &format!("{extra_toml}\n{tenants}"), env);
-    Setup { pki, key, broker }
+    Setup {
+        pki,
+        key,
+        globex_key,
+        broker,
+    }
 }
 
 fn setup() -> Setup {
@@ -174,7 +190,12 @@ impl Setup {
     /// A mandate of `sub` for `act` through `connector`, with the default leg.
     fn mint_via(&self, sub: &str, act: &str, connector: &str) -> String {
         let con = format!(r#"{{"connector":"{connector}"}}"#);
-        self.key.mint(sub, act, &["--leg", LEG, "--con", &con])
+        let key = if sub.starts_with(GLOBEX_PREFIX) {
+            &self.globex_key
+        } else {
+            &self.key
+        };
+        key.mint(sub, act, &["--leg", LEG, "--con", &con])
     }
 
     fn mint(&self, act: &str, extra: &[&str]) -> String {
@@ -600,17 +621,20 @@ fn issuer_and_audience_are_enforced_when_configured() {
 #[test]
 fn a_mandate_for_another_agent_is_refused() {
     let s = setup();
-    // Validly signed for globex's agent, presented with acme's certificate.
-    let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+    let con = ["--leg", LEG, "--con", r#"{"connector":"crm"}"#];
+    // Validly signed with acme's key, for another agent, presented with
+    // acme's certificate.
+    let t = s.key.mint(GLOBEX, "crm.contact.read", &con);
     expect(&s.acme("/api/x", &t), 403, "poa_subject_mismatch");
-    // And the other way round: acme's mandate on globex's connection.
-    let t = s.mint("crm.contact.read", &[]);
+    // And on globex: signed with globex's key for acme's agent.
+    let t = s.globex_key.mint(ACME, "crm.contact.read", &con);
     expect(
         &s.call("globex-agent", "/api/x", &t, &[]),
         403,
         "poa_subject_mismatch",
     );
-    // The rightful owner can still use it.
+    // The rightful owner can still use its own.
+    let t = s.mint("crm.contact.read", &[]);
     assert_eq!(s.acme("/api/x", &t).status, 200);
 }
 
@@ -713,7 +737,13 @@ fn revoked_kid_is_refused() {
     let key = SigningKey::new(pki.dir.path(), "poa");
     let kid = kid_of(&key.mint(ACME, "x", &[]));
     let upstream = start_upstream();
-    let config = tenants(&key, upstream, "", &format!("revoked_kids = [\"{kid}\"]"));
+    let globex_key = SigningKey::new(pki.dir.path(), "globex-poa");
+    let config = tenants(
+        (&key, &globex_key),
+        upstream,
+        "",
+        &format!("revoked_kids = [\"{kid}\"]"),
+    );
     let broker = Broker::start(&pki, &config, &[]);
     let t = key.mint(
         ACME,
@@ -1105,8 +1135,14 @@ fn egress_and_connector_rules() {
         403,
         "egress_denied",
     );
+    // The raw dot segment reaches the broker (curl would resolve it).
     expect(
-        &s.acme("/api/../admin", &s.mint("crm.contact.read", &[])),
+        &s.call(
+            "acme-agent",
+            "/api/../admin",
+            &s.mint("crm.contact.read", &[]),
+            &["--path-as-is"],
+        ),
         403,
         "egress_denied",
     );
@@ -2059,8 +2095,9 @@ fn tenants_reload_live_and_a_bad_file_keeps_the_running_ones() {
     let auth = format!("Authorization: Bearer {TOKEN}");
     let pki = Pki::new(&[]);
     let key = SigningKey::new(pki.dir.path(), "poa");
+    let globex_key = SigningKey::new(pki.dir.path(), "globex-poa");
     let upstream = start_upstream();
-    let both = tenants(&key, upstream, "", "");
+    let both = tenants((&key, &globex_key), upstream, "", "");
     let cut = both.find("[[tenants]]\nid = \"globex\"").unwrap();
     let acme_only = both[..cut].to_owned();
     // Reloads here are explicit (no file watch racing them).
@@ -2079,6 +2116,11 @@ fn tenants_reload_live_and_a_bad_file_keeps_the_running_ones() {
     let reload = || admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
     let call = |agent: &str, sub: &str, act: &str, method: &str| {
         let con = r#"{"connector":"crm"}"#;
+        let key = if sub.starts_with(GLOBEX_PREFIX) {
+            &globex_key
+        } else {
+            &key
+        };
         let t = key.mint(sub, act, &["--leg", LEG, "--con", con]);
         let h = format!("Authorization: Bearer {t}");
         agent_get(
@@ -2281,4 +2323,25 @@ fn a_body_the_policy_cannot_read_is_refused_for_actions_judged_on_their_paramete
     let t = s.mint("crm.contact.update", &[]);
     let a = send("PUT", "/api/contacts/7", &t, "text/plain", "free text");
     expect(&a, 403, "policy_denied");
+}
+
+#[test]
+fn one_tenants_mandate_key_is_worthless_for_another_tenant() {
+    let s = setup();
+    let con = ["--leg", LEG, "--con", r#"{"connector":"crm"}"#];
+    // Each tenant's own key works for its own agents.
+    let own = s.globex_key.mint(GLOBEX, "crm.contact.read", &con);
+    assert_eq!(s.call("globex-agent", "/api/x", &own, &[]).status, 200);
+    let own = s.key.mint(ACME, "crm.contact.read", &con);
+    assert_eq!(s.acme("/api/x", &own).status, 200);
+    // acme's key signing for a globex agent, and globex's for acme: the
+    // other tenant does not know the key.
+    let crossed = s.key.mint(GLOBEX, "crm.contact.read", &con);
+    expect(
+        &s.call("globex-agent", "/api/x", &crossed, &[]),
+        401,
+        "poa_invalid",
+    );
+    let crossed = s.globex_key.mint(ACME, "crm.contact.read", &con);
+    expect(&s.acme("/api/x", &crossed), 401, "poa_invalid");
 }
