@@ -931,6 +931,14 @@ fn approvers_are_scoped_to_their_tenants() {
     let r = dev.approve(&erin, &id);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json()["status"], "approved");
+    // And the other way round: globex's approver can neither see nor
+    // decide acme's challenge, which acme's own approver then can.
+    let r = dev.approve(&erin, &acme);
+    assert_eq!((r.status, r.error()), (403, "wrong_tenant".into()), "{r:?}");
+    let r = dev.approver(&erin, "GET", &format!("/v1/challenge/{acme}"));
+    assert_eq!(r.status, 404, "{r:?}");
+    let r = dev.approve(&dev.token("bob"), &acme);
+    assert_eq!(r.status, 200, "{r:?}");
 }
 
 #[test]

@@ -328,3 +328,73 @@ fn policy_inputs_never_panic_the_engine() {
     }
     assert!(decided > 0);
 }
+
+#[test]
+fn approver_tokens_token_headers_and_forwarded_for_never_panic() {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    let mut rng = Rng(0x5eed_0007);
+
+    // Approver tokens: a valid one mutated, through the whole check.
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = (dir.path().join("idp.key"), dir.path().join("idp.pub"));
+    atb::poa::keys::generate_signing_key(&private, &public).unwrap();
+    let key = atb::poa::keys::load_signing_pem(&private).unwrap();
+    let config = atb::agentauth::config::ApproverAuthConfig {
+        issuer: "idp".into(),
+        audience: "atb".into(),
+        public_key_files: vec![public],
+        ..Default::default()
+    };
+    let tls = atb::runtime::tls::outbound(&Default::default()).unwrap();
+    let auth = atb::agentauth::approver::ApproverAuth::new(config, tls).unwrap();
+    let claims = json!({"iss": "idp", "aud": "atb", "sub": "alice@acme.example",
+        "tenant": ["acme"], "roles": ["manager", "cfo"], "iat": 1_800_000_000i64,
+        "exp": 1_800_000_600i64});
+    let valid = token::sign(&claims, &key, "idp").into_bytes();
+    actix_web::rt::System::new().block_on(async {
+        // The seed itself passes, so the mutations exercise the whole check.
+        let seed = String::from_utf8_lossy(&valid).into_owned();
+        assert!(auth.authenticate(&seed, 1_800_000_100).await.is_ok());
+        for bytes in inputs(&mut rng, &[valid], 10_000) {
+            let _ = auth
+                .authenticate(&String::from_utf8_lossy(&bytes), 1_800_000_100)
+                .await;
+        }
+    });
+
+    // Mandate headers: Authorization and X-PoA-Token, alone or together.
+    let seeds = [
+        b"Bearer eyJhbGciOiJFZERTQSJ9.e30.c2ln".to_vec(),
+        b"bearer  a.b.c".to_vec(),
+        b"Basic dXNlcjpwYXNz".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &seeds, 20_000) {
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+            continue;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("authorization"), value.clone());
+        let _ = atb::poa::presented::presented_token(&headers);
+        headers.insert(HeaderName::from_static("x-poa-token"), value);
+        let _ = atb::poa::presented::presented_token(&headers);
+    }
+
+    // X-Forwarded-For as AgentAuth reads it behind trusted proxies.
+    let proxies = atb::agentauth::client_addr::TrustedProxies::parse(&[
+        "10.0.0.0/8".into(),
+        "fd00::/8".into(),
+    ])
+    .unwrap();
+    let seeds = [
+        b"203.0.113.7, 10.1.2.3".to_vec(),
+        b"[2001:db8::1]:443, fd00::5".to_vec(),
+        b"unknown, , 10.0.0.1".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &seeds, 20_000) {
+        let text = String::from_utf8_lossy(&bytes);
+        for peer in ["10.0.0.9", "192.0.2.1", "fd00::1"] {
+            let _ = proxies.source(peer.parse().ok(), &[&text, &text]);
+        }
+        let _ = atb::agentauth::client_addr::parse_cidr(&text);
+    }
+}
