@@ -49,6 +49,12 @@ pub struct AgentAuthConfig {
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Brokers' admin listeners (`http://host:8080`), told at once when the
+    /// signing keys change (a rotation, an emergency revocation): each gets
+    /// `POST /admin/jwks/refresh` with the admin token and re-reads
+    /// AgentAuth's JWKS (and its `revoked_kids`) instead of waiting for its
+    /// next refresh. [AGENTAUTH_BROKER_ADMIN_URLS, comma-separated]
+    pub broker_admin_urls: Vec<String>,
     pub approvers: ApproverAuthConfig,
 }
 
@@ -71,6 +77,7 @@ impl Default for AgentAuthConfig {
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             workers: 0,
+            broker_admin_urls: Vec::new(),
             approvers: ApproverAuthConfig::default(),
         }
     }
@@ -185,6 +192,14 @@ impl AgentAuthConfig {
         if let Some(v) = env_parsed(env, "RATE_LIMIT_PER_IP", n)? {
             self.address_requests_per_minute = v;
         }
+        if let Some(v) = env("AGENTAUTH_BROKER_ADMIN_URLS") {
+            self.broker_admin_urls = v
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
         if let Some(v) = env("AGENTAUTH_TRUSTED_PROXIES") {
             self.trusted_proxies = split_list(&v);
         }
@@ -221,6 +236,16 @@ impl AgentAuthConfig {
         }
         if self.audience.trim().is_empty() {
             return Err(invalid(k("audience"), "must not be empty"));
+        }
+        for (i, u) in self.broker_admin_urls.iter().enumerate() {
+            if !(u.starts_with("http://") || u.starts_with("https://"))
+                || u.parse::<actix_web::http::Uri>().is_err()
+            {
+                return Err(invalid(
+                    k(&format!("broker_admin_urls[{i}]")),
+                    format!("{u:?} must be an http:// or https:// URL"),
+                ));
+            }
         }
         if !(1..=MAX_MANDATE_TTL).contains(&self.max_mandate_ttl_seconds) {
             return Err(invalid(

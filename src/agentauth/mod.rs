@@ -217,6 +217,42 @@ fn spawn_policy_reload(state: Arc<AgentAuthState>, config: &Config) {
     });
 }
 
+/// Tells every configured broker (`agentauth.broker_admin_urls`) to re-read
+/// the JWKS now; a broker that cannot be told still refreshes on its own
+/// schedule (logged, `atb_agentauth_broker_notifications_total`).
+async fn notify_brokers(state: &AgentAuthState) {
+    if state.config.broker_admin_urls.is_empty() {
+        return;
+    }
+    let Some(token) = state.admin_token.as_deref() else {
+        tracing::warn!("agentauth.broker_admin_urls is set but no admin token is configured: brokers are not told of key changes");
+        return;
+    };
+    let client = crate::runtime::tls::http_client(&state.outbound_tls, Duration::from_secs(2));
+    for base in &state.config.broker_admin_urls {
+        let url = format!("{}/admin/jwks/refresh", base.trim_end_matches('/'));
+        let sent = client
+            .post(&url)
+            .timeout(Duration::from_secs(5))
+            .insert_header(("authorization", format!("Bearer {token}")))
+            .send()
+            .await;
+        let ok = matches!(&sent, Ok(r) if r.status().is_success());
+        if !ok {
+            let why = match &sent {
+                Ok(r) => format!("HTTP {}", r.status()),
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(broker = %base, error = %why, "could not tell a broker of the key change; it will see it at its next JWKS refresh");
+        }
+        state
+            .metrics
+            .broker_notifications
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+}
+
 /// Key directory reloads, expired-challenge sweeps, approver JWKS refresh.
 fn spawn_background(state: Arc<AgentAuthState>) {
     let every = Duration::from_secs(state.config.key_reload_seconds);
@@ -239,6 +275,9 @@ fn spawn_background(state: Arc<AgentAuthState>) {
                     tracing::info!(active_kid = %kid, "signing keys reloaded");
                     event.outcome = "ok";
                     event.kid = kid;
+                    // Brokers learn new and revoked keys now, not at their
+                    // next JWKS refresh.
+                    notify_brokers(&s).await;
                 }
                 Ok(None) => return every,
                 Err(e) => {

@@ -24,6 +24,9 @@ pub struct AgentAuthMetrics {
     pub signing_keys: IntGaugeVec,
     /// `atb_agentauth_key_reloads_total{result}`.
     pub key_reloads: IntCounterVec,
+    /// `atb_agentauth_broker_notifications_total{result}`: brokers told
+    /// of a key change (ok, error).
+    pub broker_notifications: IntCounterVec,
     /// `atb_audit_events_total{outcome}`.
     pub audit_events: IntCounterVec,
     pub audit_writer: crate::audit::AuditWriterMetrics,
@@ -87,6 +90,14 @@ impl AgentAuthMetrics {
             Opts::new("atb_audit_events_total", "Audit events written, by outcome"),
             &["outcome"],
         )?;
+        let broker_notifications = IntCounterVec::new(
+            Opts::new(
+                "atb_agentauth_broker_notifications_total",
+                "Brokers told of a signing key change, by result (ok, error)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(broker_notifications.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -106,6 +117,7 @@ impl AgentAuthMetrics {
             challenges_open,
             signing_keys,
             key_reloads,
+            broker_notifications,
             audit_events,
             audit_writer,
             actors,

@@ -89,8 +89,11 @@ pub struct AgentAuthState {
     pub audit: AuditSink<AgentAuthEvent>,
     /// The timer loops (for the test-only fault hook).
     pub periodic: std::sync::Mutex<Vec<atb_actors::PeriodicHandle>>,
-    /// `admin.token`: what the test-only `/debug/fault` hook needs.
+    /// `admin.token`: what the test-only `/debug/fault` hook needs, and
+    /// what brokers' `/admin/jwks/refresh` takes.
     pub admin_token: Option<String>,
+    /// Outbound TLS (system trust store + `tls.outbound_ca_file`).
+    pub outbound_tls: openssl::ssl::SslConnector,
     draining: AtomicBool,
 }
 
@@ -127,7 +130,7 @@ impl AgentAuthState {
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),
             keys: ArcSwapOption::from_pointee(None),
-            approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls)
+            approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls.clone())
                 .starting("agentauth.approvers")?,
             tiers: Arc::new(
                 TierPolicy::new(bundle, &config.policy, &metrics.actors).starting("policy")?,
@@ -138,6 +141,7 @@ impl AgentAuthState {
             audit,
             periodic: std::sync::Mutex::default(),
             admin_token: crate::admin_token(config).starting("admin")?,
+            outbound_tls: outbound_tls.clone(),
             draining: AtomicBool::new(false),
             config: a.clone(),
         });

@@ -20,6 +20,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, fault_injection: bool) {
         .route("/admin/maintenance", web::post().to(set_maintenance))
         .route("/admin/policy/reload", web::post().to(reload_policy))
         .route("/admin/config/reload", web::post().to(reload_config))
+        .route("/admin/jwks/refresh", web::post().to(refresh_jwks))
         .route("/admin/tenants/{id}", web::get().to(get_tenant))
         .route("/admin/tenants/{id}", web::post().to(set_tenant))
         .route(
@@ -348,6 +349,32 @@ async fn reload_config(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
                 .to_response("")
         }
     }
+}
+
+/// Fetches every tenant's JWKS now (single flight per tenant, no
+/// cooldown): how an issuer (AgentAuth after a rotation or an emergency
+/// revocation) makes brokers see its keys and revoked kids at once instead
+/// of at their next refresh. Needs the admin token; it changes nothing but
+/// when keys are fetched from their configured URLs, so an operator
+/// certificate is not required.
+async fn refresh_jwks(
+    req: HttpRequest,
+    state: web::Data<BrokerState>,
+    outbound: web::Data<crate::broker::gateway::Outbound>,
+) -> HttpResponse {
+    if let Err(r) = check_token(&req, &state) {
+        return r.to_response("");
+    }
+    let tenants = state.tenants.load_full();
+    let (mut refreshed, mut failed) = (0, 0);
+    for cache in tenants.jwks() {
+        match cache.refresh_now(&outbound.client).await {
+            Ok(_) => refreshed += 1,
+            Err(_) => failed += 1, // logged and counted by the cache
+        }
+    }
+    tracing::info!(refreshed, failed, "JWKS refreshed on request");
+    HttpResponse::Ok().json(serde_json::json!({"refreshed": refreshed, "failed": failed}))
 }
 
 async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {

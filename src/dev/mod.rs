@@ -134,6 +134,13 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
     a.listen_addr = opts.agentauth_addr;
     a.admin_addr = opts.agentauth_admin_addr;
     a.keys_dir = opts.dir.join(AGENTAUTH_KEYS);
+    // AgentAuth tells the broker of key changes at once.
+    let broker_admin = if opts.admin_addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], opts.admin_addr.port()))
+    } else {
+        opts.admin_addr
+    };
+    a.broker_admin_urls = vec![format!("http://{broker_admin}")];
     a.approvers.issuer = DEV_IDP_ISSUER.into();
     a.approvers.audience = DEV_APPROVER_AUDIENCE.into();
     a.approvers.public_key_files = vec![opts.dir.join(DEV_IDP_PUB)];

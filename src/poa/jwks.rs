@@ -243,6 +243,13 @@ impl<S: KeyDocument> JwksCache<S> {
             .unwrap_or(false)
     }
 
+    /// Fetches now, single flight with every other fetch of this cache
+    /// (the issuer said its keys changed: no cooldown applies).
+    pub async fn refresh_now(&self, client: &awc::Client) -> Result<usize, JwksError> {
+        let _flight = self.fetch_lock.lock().await;
+        self.fetch(client).await
+    }
+
     /// Fetches the JWKS once; on success replaces the keys.
     pub async fn fetch(&self, client: &awc::Client) -> Result<usize, JwksError> {
         if let Ok(mut s) = self.state.lock() {
