@@ -293,7 +293,7 @@ async fn known_action(ctx: &mut RequestCtx<'_>) -> Step {
 async fn egress(ctx: &mut RequestCtx<'_>) -> Step {
     let tenant = ctx.tenant()?.clone();
     let named = mandate_connector(ctx.credential.as_ref())?;
-    let connector =
+    let (index, connector) =
         upstream::resolve_connector(&tenant, named).map_err(|e| Rejection::egress_denied(e.0))?;
     let path = routes::path::canonical(ctx.req.path())
         .map_err(|e| Rejection::egress_denied(e.to_string()))?
@@ -305,10 +305,7 @@ async fn egress(ctx: &mut RequestCtx<'_>) -> Step {
             connector.id
         )));
     }
-    ctx.connector = tenant
-        .connectors
-        .iter()
-        .position(|c| std::ptr::eq(c, connector));
+    ctx.connector = Some(index);
     ctx.path = path;
     Ok(())
 }

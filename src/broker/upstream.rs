@@ -27,26 +27,27 @@ pub struct EgressDenied(pub String);
 pub fn resolve_connector<'t>(
     tenant: &'t Tenant,
     requested: Option<&str>,
-) -> Result<&'t ConnectorConfig, EgressDenied> {
-    match requested {
-        Some(id) => tenant
+) -> Result<(usize, &'t ConnectorConfig), EgressDenied> {
+    let named = |id: &str| {
+        tenant
             .connectors
             .iter()
-            .find(|c| c.id == id)
-            .ok_or_else(|| {
-                EgressDenied(format!(
-                    "connector {:?} is not configured for this tenant",
-                    crate::clip(id, 64)
-                ))
-            }),
-        None => match tenant.connectors.as_slice() {
-            all if tenant.default_connector.is_some() => all
-                .iter()
-                .find(|c| Some(&c.id) == tenant.default_connector.as_ref())
+            .enumerate()
+            .find(|(_, c)| c.id == id)
+    };
+    match requested {
+        Some(id) => named(id).ok_or_else(|| {
+            EgressDenied(format!(
+                "connector {:?} is not configured for this tenant",
+                crate::clip(id, 64)
+            ))
+        }),
+        None => match (&tenant.default_connector, tenant.connectors.as_slice()) {
+            (Some(default), _) => named(default)
                 .ok_or_else(|| EgressDenied("the default connector is not configured".into())),
-            [only] => Ok(only),
-            [] => Err(EgressDenied("the tenant has no connectors".into())),
-            _ => Err(EgressDenied(
+            (None, [only]) => Ok((0, only)),
+            (None, []) => Err(EgressDenied("the tenant has no connectors".into())),
+            (None, _) => Err(EgressDenied(
                 "the mandate must name its connector (con.connector)".into(),
             )),
         },
@@ -332,16 +333,16 @@ mod tests {
     #[test]
     fn connector_resolution() {
         let one = tenant(vec![connector("crm")]);
-        assert_eq!(resolve_connector(&one, None).unwrap().id, "crm");
-        assert_eq!(resolve_connector(&one, Some("crm")).unwrap().id, "crm");
+        assert_eq!(resolve_connector(&one, None).unwrap().1.id, "crm");
+        assert_eq!(resolve_connector(&one, Some("crm")).unwrap().1.id, "crm");
         assert!(resolve_connector(&one, Some("erp")).is_err());
         let two = tenant(vec![connector("crm"), connector("erp")]);
         assert!(resolve_connector(&two, None).is_err());
         let mut with_default = (*two).clone();
         with_default.default_connector = Some("erp".into());
         let with_default = Arc::new(with_default);
-        assert_eq!(resolve_connector(&with_default, None).unwrap().id, "erp");
-        assert_eq!(resolve_connector(&two, Some("erp")).unwrap().id, "erp");
+        assert_eq!(resolve_connector(&with_default, None).unwrap().1.id, "erp");
+        assert_eq!(resolve_connector(&two, Some("erp")).unwrap().1.id, "erp");
         assert!(resolve_connector(&tenant(vec![]), None).is_err());
     }
 
