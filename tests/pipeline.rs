@@ -2318,6 +2318,59 @@ fn a_body_the_policy_cannot_read_is_refused_for_actions_judged_on_their_paramete
     let t = s.mint("sap.payment.execute", &[]);
     let a = send("POST", "/api/pay", &t, "text/plain", "");
     assert_ne!(a.status, 415, "{:?}", a);
+    // A body the broker would read as raw bytes while the upstream decodes
+    // it: a compressed form (the policy would see no amount), for any action.
+    let t = s.mint("sap.payment.execute", &[]);
+    let gz = s.call(
+        "acme-agent",
+        "/api/pay",
+        &t,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/x-www-form-urlencoded",
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "amount=999999999",
+        ],
+    );
+    expect(&gz, 415, "unsupported_body");
+    let t = s.mint("crm.contact.update", &[]);
+    let gz = s.call(
+        "acme-agent",
+        "/api/contacts/7",
+        &t,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Content-Encoding: br",
+            "--data-binary",
+            "{}",
+        ],
+    );
+    expect(&gz, 415, "unsupported_body");
+    // Two declared types: which one the upstream believes is anyone's guess.
+    let two = s.call(
+        "acme-agent",
+        "/api/contacts/7",
+        &t,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "{}",
+        ],
+    );
+    expect(&two, 400, "bad_request");
     // An action without parameter constraints may send any body (it goes
     // on to the policy, which asks for its approval).
     let t = s.mint("crm.contact.update", &[]);

@@ -358,6 +358,17 @@ async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
 /// The request as the policy will see it, read before the jti is spent
 /// (a malformed body does not burn the mandate).
 async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
+    // One meaning for the body: a single declared type, and no encoding
+    // the broker would read as raw bytes while the upstream decodes it.
+    let headers = ctx.req.headers();
+    if headers.get_all(CONTENT_TYPE).count() > 1 {
+        return Err(Rejection::bad_request(
+            "Content-Type is sent more than once",
+        ));
+    }
+    if declared_body_type(ctx.req).is_some() && encoded(ctx.req) {
+        return Err(Rejection::unsupported_body(&ctx.routed.action));
+    }
     // An action the policy judges on its parameters must not carry a body
     // the policy cannot see: its constraints would read missing values
     // while the upstream acts on the real ones.
@@ -681,13 +692,37 @@ fn match_route(
 /// object or form body, its members — no name twice, none in both. Such
 /// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
 /// other bodies stay in `payload` and stream through untouched.
-/// Whether the body's declared type is one the broker reads into
-/// `request.params` (JSON or a form).
+/// Whether the body is one the broker reads into `request.params`: JSON
+/// or a form, not content-encoded.
 fn parseable_body(req: &HttpRequest) -> bool {
+    declared_body_type(req).is_some() && !encoded(req)
+}
+
+/// A body type the broker parses into `request.params`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Json,
+    Form,
+}
+
+/// The declared type when it is one the broker parses (JSON or a form).
+fn declared_body_type(req: &HttpRequest) -> Option<BodyKind> {
     let content_type = content_type(req);
-    content_type == "application/json"
-        || content_type.ends_with("+json")
-        || content_type == "application/x-www-form-urlencoded"
+    if content_type == "application/json" || content_type.ends_with("+json") {
+        Some(BodyKind::Json)
+    } else if content_type == "application/x-www-form-urlencoded" {
+        Some(BodyKind::Form)
+    } else {
+        None
+    }
+}
+
+/// A `Content-Encoding` other than `identity`: the bytes are not what the
+/// upstream will read once it decodes them.
+fn encoded(req: &HttpRequest) -> bool {
+    req.headers()
+        .get_all(actix_web::http::header::CONTENT_ENCODING)
+        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"identity"))
 }
 
 /// The declared media type, lower case, without parameters.
@@ -752,12 +787,9 @@ async fn read_params(
             return Err(Rejection::body_too_large(limits.max_body_bytes));
         }
     }
-    let content_type = content_type(req);
-    let is_json = content_type == "application/json" || content_type.ends_with("+json");
-    let is_form = content_type == "application/x-www-form-urlencoded";
-    if !is_json && !is_form {
+    let Some(kind) = declared_body_type(req) else {
         return Ok((query, None));
-    }
+    };
     let Some(mut body) = payload.take() else {
         return Ok((query, None));
     };
@@ -781,7 +813,7 @@ async fn read_params(
         Err(_) => return Err(Rejection::body_timeout(limits.body_timeout_seconds)),
     }
     let bytes = buf.freeze();
-    let members = if is_json {
+    let members = if kind == BodyKind::Json {
         crate::broker::params::from_json(&bytes)
     } else {
         crate::broker::params::from_form(&bytes)
