@@ -3,9 +3,14 @@
 //!
 //! - One meaning per name: a name twice in the query string, in a form
 //!   body or in any JSON object (at any depth) is refused, never resolved
-//!   first- or last-wins (upstreams disagree on which one counts).
+//!   first- or last-wins (upstreams disagree on which one counts). Names
+//!   are compared ignoring ASCII case, since case-insensitive binders
+//!   (ASP.NET, some JSON mappers) merge `amount` and `Amount`.
 //! - Query and body never shadow each other silently: a name in both is
 //!   refused.
+//! - A raw `;` in a query string or form is refused: some frameworks split
+//!   pairs on it, so `a=1;amount=9` would mean one thing here and another
+//!   upstream.
 //! - JSON object bodies and `application/x-www-form-urlencoded` bodies both
 //!   become params; query and form values stay strings.
 //! - Plain logic on bytes and strings; no HTTP types.
@@ -28,16 +33,24 @@ pub enum ParamsError {
     Duplicate(String),
     #[error("{0:?} is in both the query string and the body")]
     Shadowed(String),
+    #[error("a raw ';' separates pairs for some upstreams and not for others; encode it as %3B")]
+    Semicolon,
 }
 
 /// `a=1&b=2` pairs, each name once, values as strings.
 pub fn from_query(query: &str) -> Result<Map<String, Value>, ParamsError> {
+    if query.contains(';') {
+        return Err(ParamsError::Semicolon);
+    }
     pairs(query).ok_or(ParamsError::BadQuery).and_then(unique)
 }
 
 /// A form body, each name once, values as strings.
 pub fn from_form(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
     let text = std::str::from_utf8(body).map_err(|_| ParamsError::BadForm)?;
+    if text.contains(';') {
+        return Err(ParamsError::Semicolon);
+    }
     pairs(text).ok_or(ParamsError::BadForm).and_then(unique)
 }
 
@@ -62,13 +75,28 @@ pub fn merge(
     mut query: Map<String, Value>,
     body: Map<String, Value>,
 ) -> Result<Map<String, Value>, ParamsError> {
+    let mut seen = Names::default();
+    for k in query.keys() {
+        seen.insert(k);
+    }
     for (k, v) in body {
-        if query.contains_key(&k) {
+        if !seen.insert(&k) {
             return Err(ParamsError::Shadowed(crate::clip(&k, 64).to_owned()));
         }
         query.insert(k, v);
     }
     Ok(query)
+}
+
+/// Names seen so far, compared ignoring ASCII case.
+#[derive(Default)]
+struct Names(std::collections::HashSet<String>);
+
+impl Names {
+    /// `false` when `name` (in any ASCII case) was seen before.
+    fn insert(&mut self, name: &str) -> bool {
+        self.0.insert(name.to_ascii_lowercase())
+    }
 }
 
 fn pairs(text: &str) -> Option<Vec<(String, String)>> {
@@ -77,8 +105,9 @@ fn pairs(text: &str) -> Option<Vec<(String, String)>> {
 
 fn unique(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ParamsError> {
     let mut out = Map::new();
+    let mut seen = Names::default();
     for (k, v) in pairs {
-        if out.contains_key(&k) {
+        if !seen.insert(&k) {
             return Err(ParamsError::Duplicate(crate::clip(&k, 64).to_owned()));
         }
         out.insert(k, Value::String(v));
@@ -140,8 +169,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
+        let mut seen = Names::default();
         while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
+            if !seen.insert(&key) {
                 return Err(de::Error::custom(format!(
                     "the key {:?} appears more than once",
                     crate::clip(&key, 64).to_owned()
@@ -158,6 +188,33 @@ impl<'de> Visitor<'de> for StrictVisitor {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn names_differing_in_case_and_raw_semicolons_are_refused() {
+        assert!(matches!(
+            from_query("amount=1&Amount=999"),
+            Err(ParamsError::Duplicate(_))
+        ));
+        assert!(matches!(
+            from_form(b"amount=1&AMOUNT=999"),
+            Err(ParamsError::Duplicate(_))
+        ));
+        assert!(matches!(
+            from_json(br#"{"amount": 1, "Amount": 999}"#),
+            Err(ParamsError::BadJson(_))
+        ));
+        assert!(matches!(
+            from_json(br#"{"x": {"k": 1, "K": 2}}"#),
+            Err(ParamsError::BadJson(_))
+        ));
+        let q = from_query("Amount=1").unwrap();
+        let b = from_json(br#"{"amount": 999}"#).unwrap();
+        assert!(matches!(merge(q, b), Err(ParamsError::Shadowed(_))));
+        assert_eq!(from_query("a=1;amount=9"), Err(ParamsError::Semicolon));
+        assert_eq!(from_form(b"a=1;amount=9"), Err(ParamsError::Semicolon));
+        // Encoded, it is just a character of a value.
+        assert_eq!(from_query("a=1%3Bamount%3D9").unwrap()["a"], "1;amount=9");
+    }
 
     #[test]
     fn queries_and_forms_give_each_name_once() {
