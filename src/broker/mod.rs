@@ -33,7 +33,11 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
     let admin_token = crate::admin_token(&config).starting("admin")?;
-    let tls = crate::runtime::tls::acceptor(&config.tls).starting("tls")?;
+    // The handshake trusts every configured client CA (read at start: a
+    // new CA needs a restart); which CA may vouch for which tenant is
+    // checked per connection against the tenant set.
+    let tls = crate::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())
+        .starting("tls")?;
     let state = BrokerState::start(config, config_path.clone(), admin_token)?;
     watch_config(state.clone(), config_path);
     let config = state.config.clone();

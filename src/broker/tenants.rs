@@ -10,6 +10,7 @@
 //! - Plain data; the JWKS loops and connections are managed by the state.
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -20,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
 use crate::routes::Binding;
+use crate::runtime::ca_bundle::CaBundle;
 use crate::tenant::TenantDirectory;
 
 /// Tenant → connector → compiled routes.
@@ -72,6 +74,58 @@ fn compile_bindings(
     Ok((all, catalogues))
 }
 
+/// Each tenant's client CA bundle: its `client_ca_file`, or the global
+/// `tls.client_ca_file`. A file is read once per build; a bundle holding
+/// the same certificates as the tenant's previous one is kept (the same
+/// `Arc`), so its live connections stay verified across the reload.
+fn load_issuers(
+    config: &Config,
+    previous: Option<&TenantSet>,
+) -> Result<HashMap<String, Arc<CaBundle>>, ConfigError> {
+    let mut files: HashMap<&Path, Arc<CaBundle>> = HashMap::new();
+    let mut issuers = HashMap::with_capacity(config.tenants.len());
+    for (i, t) in config.tenants.iter().enumerate() {
+        let (key, path) = match &t.client_ca_file {
+            Some(p) => (format!("tenants[{i}].client_ca_file"), p.as_path()),
+            None => (
+                "tls.client_ca_file".to_owned(),
+                config.tls.client_ca_file.as_path(),
+            ),
+        };
+        let loaded = match files.get(path) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(CaBundle::load(path).map_err(|e| invalid(key, e.to_string()))?);
+                files.insert(path, b.clone());
+                b
+            }
+        };
+        let kept = previous
+            .and_then(|p| p.directory.issuer(&t.id))
+            .filter(|old| old.same_certs(&loaded))
+            .cloned();
+        issuers.insert(t.id.clone(), kept.unwrap_or(loaded));
+    }
+    Ok(issuers)
+}
+
+/// Whether the client CA bundles `config` names now hold other
+/// certificates than `set` verifies with (a file rewritten in place, with
+/// the `[[tenants]]` text unchanged). An unreadable file counts as changed,
+/// so the rebuild reports it.
+pub fn issuers_stale(config: &Config, set: &TenantSet) -> bool {
+    config.tenants.iter().any(|t| {
+        let path = t
+            .client_ca_file
+            .as_deref()
+            .unwrap_or(&config.tls.client_ca_file);
+        match (CaBundle::load(path), set.directory.issuer(&t.id)) {
+            (Ok(now), Some(then)) => !now.same_certs(then),
+            _ => true,
+        }
+    })
+}
+
 /// Everything the pipeline reads about tenants, from one configuration.
 pub struct TenantSet {
     /// The configuration the set was built from (the policy reads its
@@ -112,7 +166,8 @@ impl TenantSet {
             auth.insert(t.id.clone(), a);
         }
         let (bindings, catalogues) = compile_bindings(&config, metrics)?;
-        let directory = Arc::new(TenantDirectory::new(&config.tenants));
+        let issuers = load_issuers(&config, previous)?;
+        let directory = Arc::new(TenantDirectory::new(&config.tenants).with_issuers(issuers));
         let keys = directory
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))
@@ -138,11 +193,24 @@ pub type CurrentTenants = ArcSwap<TenantSet>;
 
 /// What a reload changed, for connections and loops.
 pub struct Changes {
-    /// Tenants gone or disabled: their connections are closed.
+    /// Tenants gone or disabled, or whose client CA bundle changed: their
+    /// connections are closed (agents reconnect and are verified again).
     pub closed: Vec<String>,
     /// Tenants whose `TenantAuth` is new (their JWKS loop starts) or gone
     /// (their loop stops).
     pub auth_replaced: HashSet<String>,
+}
+
+/// Whether `tenant_id`'s client CA bundle is not the same in both sets.
+fn issuer_changed(old: &TenantSet, new: &TenantSet, tenant_id: &str) -> bool {
+    match (
+        old.directory.issuer(tenant_id),
+        new.directory.issuer(tenant_id),
+    ) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (None, None) => false,
+        _ => true,
+    }
 }
 
 /// Compares two sets.
@@ -157,6 +225,7 @@ pub fn changes(old: &TenantSet, new: &TenantSet) -> Changes {
                 .iter()
                 .find(|n| n.id == t.id)
                 .is_none_or(|n| !n.enabled)
+                || issuer_changed(old, new, &t.id)
         })
         .map(|t| t.id.clone())
         .collect();
@@ -175,5 +244,84 @@ pub fn changes(old: &TenantSet, new: &TenantSet) -> Changes {
     Changes {
         closed,
         auth_replaced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ca_bundle::test_pki::{ca, pem};
+
+    fn config(dir: &Path) -> Config {
+        let mut c = Config::from_toml(&format!(
+            r#"
+            [tls]
+            client_ca_file = "{global}"
+            [[tenants]]
+            id = "a"
+            trust_domain = "a.example"
+            client_ca_file = "{a}"
+            [[tenants]]
+            id = "b"
+            trust_domain = "b.example"
+            "#,
+            global = dir.join("global.pem").display(),
+            a = dir.join("a.pem").display(),
+        ))
+        .unwrap();
+        c.tls.cert_file = "s.crt".into();
+        c.tls.key_file = "s.key".into();
+        c
+    }
+
+    #[test]
+    fn tenant_bundles_are_built_kept_and_their_changes_close_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (global, a1, a2) = (ca("global", None), ca("a1", None), ca("a2", None));
+        std::fs::write(dir.path().join("global.pem"), pem(&[&global])).unwrap();
+        std::fs::write(dir.path().join("a.pem"), pem(&[&a1])).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let c = Arc::new(config(dir.path()));
+        c.validate().unwrap();
+        let first = TenantSet::build(c.clone(), None, &metrics).unwrap();
+        let d = &first.directory;
+        assert!(d.binds_issuers());
+        let (ia, ib) = (d.issuer("a").unwrap(), d.issuer("b").unwrap());
+        assert_eq!(ia.certs()[0].to_der().unwrap(), a1.cert.to_der().unwrap());
+        // A tenant without its own bundle uses tls.client_ca_file.
+        assert_eq!(
+            ib.certs()[0].to_der().unwrap(),
+            global.cert.to_der().unwrap()
+        );
+        assert!(!issuers_stale(&c, &first));
+
+        // Same files: the bundles are kept, nothing is closed.
+        let second = TenantSet::build(c.clone(), Some(&first), &metrics).unwrap();
+        assert!(Arc::ptr_eq(ia, second.directory.issuer("a").unwrap()));
+        assert!(changes(&first, &second).closed.is_empty());
+
+        // a's bundle rewritten in place: noticed, rebuilt, a's
+        // connections closed, b's kept.
+        std::fs::write(dir.path().join("a.pem"), pem(&[&a2])).unwrap();
+        assert!(issuers_stale(&c, &second));
+        let third = TenantSet::build(c.clone(), Some(&second), &metrics).unwrap();
+        assert_eq!(changes(&second, &third).closed, vec!["a".to_owned()]);
+        assert!(Arc::ptr_eq(
+            second.directory.issuer("b").unwrap(),
+            third.directory.issuer("b").unwrap()
+        ));
+
+        // A bad bundle is refused, naming the key.
+        std::fs::write(dir.path().join("a.pem"), "no certificate here").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
+        let e = TenantSet::build(c.clone(), Some(&third), &metrics)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
+        std::fs::remove_file(dir.path().join("a.pem")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
     }
 }
