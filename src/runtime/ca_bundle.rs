@@ -294,7 +294,10 @@ mod tests {
         let inter = ca("intermediate", Some(&root));
         let cert = leaf("spiffe://a.example/agent", &inter);
         let roots = bundle(&[&root]);
-        assert_eq!(roots.verify(&cert, std::slice::from_ref(&inter.cert)), Ok(()));
+        assert_eq!(
+            roots.verify(&cert, std::slice::from_ref(&inter.cert)),
+            Ok(())
+        );
         assert!(roots.verify(&cert, &[]).is_err());
         // A bundle with the intermediate and its root needs nothing sent.
         assert_eq!(bundle(&[&inter, &root]).verify(&cert, &[]), Ok(()));
