@@ -2,6 +2,7 @@
 //! and which tenant an agent's SPIFFE ID belongs to.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,43 @@ fn default_tenant_rps() -> f64 {
 }
 fn default_tenant_burst() -> u32 {
     2000
+}
+
+/// Each tenant's client CA bundle: its `client_ca_file`, or the global
+/// `tls.client_ca_file`. A file is read once per call; a bundle holding
+/// the same certificates as the tenant's bundle in `previous` is kept (the
+/// same `Arc`), so its live connections stay verified across a reload.
+pub fn load_issuers(
+    config: &crate::config::Config,
+    previous: Option<&TenantDirectory>,
+) -> Result<HashMap<String, Arc<CaBundle>>, crate::config::ConfigError> {
+    let mut files: HashMap<&Path, Arc<CaBundle>> = HashMap::new();
+    let mut issuers = HashMap::with_capacity(config.tenants.len());
+    for (i, t) in config.tenants.iter().enumerate() {
+        let (key, path) = match &t.client_ca_file {
+            Some(p) => (format!("tenants[{i}].client_ca_file"), p.as_path()),
+            None => (
+                "tls.client_ca_file".to_owned(),
+                config.tls.client_ca_file.as_path(),
+            ),
+        };
+        let loaded = match files.get(path) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(
+                    CaBundle::load(path).map_err(|e| crate::config::invalid(key, e.to_string()))?,
+                );
+                files.insert(path, b.clone());
+                b
+            }
+        };
+        let kept = previous
+            .and_then(|p| p.issuer(&t.id))
+            .filter(|old| old.same_certs(&loaded))
+            .cloned();
+        issuers.insert(t.id.clone(), kept.unwrap_or(loaded));
+    }
+    Ok(issuers)
 }
 
 /// A configured tenant, shared by every request of its agents.

@@ -10,7 +10,6 @@
 //! - Plain data; the JWKS loops and connections are managed by the state.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -74,41 +73,6 @@ fn compile_bindings(
     Ok((all, catalogues))
 }
 
-/// Each tenant's client CA bundle: its `client_ca_file`, or the global
-/// `tls.client_ca_file`. A file is read once per build; a bundle holding
-/// the same certificates as the tenant's previous one is kept (the same
-/// `Arc`), so its live connections stay verified across the reload.
-fn load_issuers(
-    config: &Config,
-    previous: Option<&TenantSet>,
-) -> Result<HashMap<String, Arc<CaBundle>>, ConfigError> {
-    let mut files: HashMap<&Path, Arc<CaBundle>> = HashMap::new();
-    let mut issuers = HashMap::with_capacity(config.tenants.len());
-    for (i, t) in config.tenants.iter().enumerate() {
-        let (key, path) = match &t.client_ca_file {
-            Some(p) => (format!("tenants[{i}].client_ca_file"), p.as_path()),
-            None => (
-                "tls.client_ca_file".to_owned(),
-                config.tls.client_ca_file.as_path(),
-            ),
-        };
-        let loaded = match files.get(path) {
-            Some(b) => b.clone(),
-            None => {
-                let b = Arc::new(CaBundle::load(path).map_err(|e| invalid(key, e.to_string()))?);
-                files.insert(path, b.clone());
-                b
-            }
-        };
-        let kept = previous
-            .and_then(|p| p.directory.issuer(&t.id))
-            .filter(|old| old.same_certs(&loaded))
-            .cloned();
-        issuers.insert(t.id.clone(), kept.unwrap_or(loaded));
-    }
-    Ok(issuers)
-}
-
 /// Whether the client CA bundles `config` names now hold other
 /// certificates than `set` verifies with (a file rewritten in place, with
 /// the `[[tenants]]` text unchanged). An unreadable file counts as changed,
@@ -166,7 +130,7 @@ impl TenantSet {
             auth.insert(t.id.clone(), a);
         }
         let (bindings, catalogues) = compile_bindings(&config, metrics)?;
-        let issuers = load_issuers(&config, previous)?;
+        let issuers = crate::tenant::load_issuers(&config, previous.map(|p| p.directory.as_ref()))?;
         let directory = Arc::new(TenantDirectory::new(&config.tenants).with_issuers(issuers));
         let keys = directory
             .ids()
@@ -252,7 +216,7 @@ mod tests {
     use super::*;
     use crate::runtime::ca_bundle::test_pki::{ca, pem};
 
-    fn config(dir: &Path) -> Config {
+    fn config(dir: &std::path::Path) -> Config {
         let mut c = Config::from_toml(&format!(
             r#"
             [tls]
