@@ -862,6 +862,19 @@ fn bad_configuration_is_refused_with_the_key_named() {
     );
     check(tls, &[("MAINTENANCE_MODE", "perhaps")], "MAINTENANCE_MODE");
     check(tls, &[], "tls.cert_file a");
+    // A tenant's client CA bundle must be readable and hold a certificate.
+    let not_pem = dir.path().join("not-pem.crt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    for bundle in [not_pem, dir.path().join("missing.crt")] {
+        check(
+            &format!(
+                "{tls}[[tenants]]\nid = \"a\"\ntrust_domain = \"a.example\"\n[[tenants]]\nid = \"b\"\ntrust_domain = \"b.example\"\nclient_ca_file = \"{}\"\n",
+                bundle.display()
+            ),
+            &[],
+            "tenants[1].client_ca_file",
+        );
+    }
 }
 
 #[test]
