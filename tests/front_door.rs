@@ -1118,3 +1118,53 @@ trust_domain = "tenant-g.example"
     served("a-as-b");
     refused("b-agent", wrong);
 }
+
+/// The file watch notices a tenant's client CA bundle rewritten in place
+/// (e.g. a rotated Kubernetes Secret) without any change to the config file.
+#[test]
+fn the_config_watch_picks_up_a_rewritten_tenant_bundle() {
+    let pki = Pki::new(&[]);
+    let san = |id: &str| format!("subjectAltName=URI:{id}\nextendedKeyUsage=clientAuth\n");
+    pki.openssl_ca("ca-old");
+    pki.openssl_ca("ca-new");
+    pki.openssl_cert(
+        "old-agent",
+        "ca-old",
+        &san("spiffe://tenant-b.example/agent"),
+    );
+    pki.openssl_cert(
+        "new-agent",
+        "ca-new",
+        &san("spiffe://tenant-b.example/agent"),
+    );
+    // Both CAs are known to the handshake (from the start); b's own
+    // bundle names the old one.
+    let known = pki.path("known.pem");
+    let mut both = std::fs::read(pki.path("ca-old.crt")).unwrap();
+    both.extend(std::fs::read(pki.path("ca-new.crt")).unwrap());
+    std::fs::write(&known, both).unwrap();
+    let b_bundle = pki.path("b-bundle.pem");
+    std::fs::copy(pki.path("ca-old.crt"), &b_bundle).unwrap();
+    let tenants = format!(
+        "[[tenants]]\nid = \"known\"\ntrust_domain = \"known.example\"\nclient_ca_file = \"{}\"\n\n[[tenants]]\nid = \"b\"\ntrust_domain = \"tenant-b.example\"\nclient_ca_file = \"{}\"\n",
+        known.display(),
+        b_bundle.display()
+    );
+    let broker = Broker::start(&pki, &tenants, &[("ATB_CONFIG_WATCH_SECONDS", "1")]);
+    let code = |agent: &str| {
+        agent_get(&broker, &pki, Some(agent), "/api/x", &[])
+            .error()
+            .to_owned()
+    };
+    assert_eq!(code("old-agent"), "poa_required");
+    assert_eq!(code("new-agent"), "spiffe_id_required");
+    // Rotated in place; the config file itself is untouched.
+    std::fs::copy(pki.path("ca-new.crt"), &b_bundle).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || code("new-agent")
+            == "poa_required"),
+        "{}",
+        broker.stderr()
+    );
+    assert_eq!(code("old-agent"), "spiffe_id_required");
+}

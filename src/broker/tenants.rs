@@ -78,16 +78,33 @@ fn compile_bindings(
 /// the `[[tenants]]` text unchanged). An unreadable file counts as changed,
 /// so the rebuild reports it.
 pub fn issuers_stale(config: &Config, set: &TenantSet) -> bool {
+    let mut files: HashMap<&std::path::Path, Option<CaBundle>> = HashMap::new();
     config.tenants.iter().any(|t| {
         let path = t
             .client_ca_file
             .as_deref()
             .unwrap_or(&config.tls.client_ca_file);
-        match (CaBundle::load(path), set.directory.issuer(&t.id)) {
-            (Ok(now), Some(then)) => !now.same_certs(then),
+        let now = files
+            .entry(path)
+            .or_insert_with(|| CaBundle::load(path).ok());
+        match (now, set.directory.issuer(&t.id)) {
+            (Some(now), Some(then)) => !now.same_certs(then),
             _ => true,
         }
     })
+}
+
+/// The client CA bundle files a configuration reads (for the file watch).
+pub fn issuer_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.tls.client_ca_file.clone()];
+    for t in &config.tenants {
+        if let Some(p) = &t.client_ca_file {
+            if !files.contains(p) {
+                files.push(p.clone());
+            }
+        }
+    }
+    files
 }
 
 /// Everything the pipeline reads about tenants, from one configuration.
@@ -258,6 +275,10 @@ mod tests {
             global.cert.to_der().unwrap()
         );
         assert!(!issuers_stale(&c, &first));
+        assert_eq!(
+            issuer_files(&c),
+            vec![dir.path().join("global.pem"), dir.path().join("a.pem")]
+        );
 
         // Same files: the bundles are kept, nothing is closed.
         let second = TenantSet::build(c.clone(), Some(&first), &metrics).unwrap();
