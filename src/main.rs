@@ -181,7 +181,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let config = Config::load(path.as_deref(), &config::env::process_env)
                 .map_err(|e| e.to_string())?;
             if check {
-                atb::runtime::tls::acceptor(&config.tls)?;
+                atb::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())?;
                 atb::admin_token(&config)?;
                 println!("configuration is valid");
                 return Ok(());
@@ -197,7 +197,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .validate_for_service()
                 .map_err(|e| e.to_string())?;
             if check {
-                atb::runtime::tls::acceptor(&config.tls)?;
+                atb::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())?;
                 atb::agentauth::keyring::KeyRing::load(&config.agentauth.keys_dir)?;
                 println!("configuration is valid");
                 return Ok(());

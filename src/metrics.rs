@@ -21,6 +21,9 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub tenant_connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    /// Connections whose certificate claims a tenant's SPIFFE ID but does
+    /// not chain to that tenant's client CA bundle.
+    pub wrong_issuer: IntCounterVec,
     /// 1 while a tenant is suspended through the admin API.
     pub tenant_suspended: IntGaugeVec,
     /// 1 for a connector that opted out of route binding (`routes = "any"`).
@@ -79,6 +82,13 @@ impl Metrics {
             Opts::new(
                 "atb_tenant_connections_refused_total",
                 "Connections over a tenant's connection limit",
+            ),
+            &["tenant"],
+        )?;
+        let wrong_issuer = IntCounterVec::new(
+            Opts::new(
+                "atb_tenant_wrong_issuer_total",
+                "Client certificates with a tenant's SPIFFE ID that do not chain to the tenant's client CA bundle (refused)",
             ),
             &["tenant"],
         )?;
@@ -185,6 +195,7 @@ impl Metrics {
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(tenant_connections.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(wrong_issuer.clone()))?;
         registry.register(Box::new(tenant_suspended.clone()))?;
         Ok(Self {
             registry,
@@ -193,6 +204,7 @@ impl Metrics {
             rejections,
             tenant_connections,
             connections_refused,
+            wrong_issuer,
             tenant_suspended,
             connector_unbound,
             poa_validations,

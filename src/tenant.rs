@@ -2,11 +2,14 @@
 //! and which tenant an agent's SPIFFE ID belongs to.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::poa::config::TenantPoaConfig;
+use crate::runtime::ca_bundle::{CaBundle, PeerCerts};
+use crate::runtime::tls::IdentityError;
 use crate::spiffe::SpiffeId;
 
 /// A tenant: who its agents are and what they may reach.
@@ -24,6 +27,11 @@ pub struct TenantConfig {
     /// belong to the tenant, e.g. `spiffe://saas.example/tenants/acme`.
     #[serde(default)]
     pub spiffe_prefix: Option<String>,
+    /// The tenant's own client CA bundle (PEM): its agents' certificates
+    /// must chain to it, and no other tenant's CA may vouch for its SPIFFE
+    /// IDs. Unset: `tls.client_ca_file` is the tenant's bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
     /// Live mTLS connections the tenant's agents may hold at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -121,6 +129,43 @@ fn default_tenant_burst() -> u32 {
     2000
 }
 
+/// Each tenant's client CA bundle: its `client_ca_file`, or the global
+/// `tls.client_ca_file`. A file is read once per call; a bundle holding
+/// the same certificates as the tenant's bundle in `previous` is kept (the
+/// same `Arc`), so its live connections stay verified across a reload.
+pub fn load_issuers(
+    config: &crate::config::Config,
+    previous: Option<&TenantDirectory>,
+) -> Result<HashMap<String, Arc<CaBundle>>, crate::config::ConfigError> {
+    let mut files: HashMap<&Path, Arc<CaBundle>> = HashMap::new();
+    let mut issuers = HashMap::with_capacity(config.tenants.len());
+    for (i, t) in config.tenants.iter().enumerate() {
+        let (key, path) = match &t.client_ca_file {
+            Some(p) => (format!("tenants[{i}].client_ca_file"), p.as_path()),
+            None => (
+                "tls.client_ca_file".to_owned(),
+                config.tls.client_ca_file.as_path(),
+            ),
+        };
+        let loaded = match files.get(path) {
+            Some(b) => b.clone(),
+            None => {
+                let b = Arc::new(
+                    CaBundle::load(path).map_err(|e| crate::config::invalid(key, e.to_string()))?,
+                );
+                files.insert(path, b.clone());
+                b
+            }
+        };
+        let kept = previous
+            .and_then(|p| p.issuer(&t.id))
+            .filter(|old| old.same_certs(&loaded))
+            .cloned();
+        issuers.insert(t.id.clone(), kept.unwrap_or(loaded));
+    }
+    Ok(issuers)
+}
+
 /// A configured tenant, shared by every request of its agents.
 pub type Tenant = Arc<TenantConfig>;
 
@@ -133,6 +178,9 @@ pub struct TenantDirectory {
     by_trust_domain: HashMap<String, Tenant>,
     /// Keyed by the prefix without a trailing slash.
     by_prefix: HashMap<String, Tenant>,
+    /// Each tenant's client CA bundle (its own or the global one), when the
+    /// directory binds identities to issuers (see [`TenantDirectory::with_issuers`]).
+    issuers: Option<HashMap<String, Arc<CaBundle>>>,
 }
 
 impl TenantDirectory {
@@ -150,6 +198,58 @@ impl TenantDirectory {
             dir.by_id.insert(t.id.clone(), tenant);
         }
         dir
+    }
+
+    /// Binds identities to issuers: a certificate counts for a tenant only
+    /// if it chains to `issuers[tenant]`; a tenant missing from `issuers`
+    /// accepts no certificate (fail closed).
+    pub fn with_issuers(mut self, issuers: HashMap<String, Arc<CaBundle>>) -> Self {
+        self.issuers = Some(issuers);
+        self
+    }
+
+    /// The client CA bundle of `tenant_id`, when issuers are bound.
+    pub fn issuer(&self, tenant_id: &str) -> Option<&Arc<CaBundle>> {
+        self.issuers.as_ref()?.get(tenant_id)
+    }
+
+    /// Whether certificates are checked against their tenant's own bundle.
+    pub fn binds_issuers(&self) -> bool {
+        self.issuers.is_some()
+    }
+
+    /// Checks that `peer` chains to the client CA bundle of `tenant_id`
+    /// (after the handshake, which trusts the union of all bundles).
+    /// Returns the bundle it was verified against, or `None` when the
+    /// directory does not bind issuers (the handshake verdict stands).
+    pub fn verify_issuer(
+        &self,
+        tenant_id: &str,
+        peer: Option<&PeerCerts>,
+    ) -> Result<Option<Arc<CaBundle>>, IdentityError> {
+        let Some(issuers) = &self.issuers else {
+            return Ok(None);
+        };
+        let bundle = issuers.get(tenant_id).ok_or(IdentityError::WrongIssuer)?;
+        let peer = peer.ok_or(IdentityError::NoCertificate)?;
+        bundle
+            .verify_peer(peer)
+            .map_err(|_| IdentityError::WrongIssuer)?;
+        Ok(Some(bundle.clone()))
+    }
+
+    /// Whether a connection verified against `verified` at accept time is
+    /// still bound to `tenant_id` as configured now (same bundle object:
+    /// a reload that changed the tenant's bundle, or moved the identity to
+    /// another tenant, invalidates it).
+    pub fn issuer_current(&self, tenant_id: &str, verified: Option<&Arc<CaBundle>>) -> bool {
+        if self.issuers.is_none() {
+            return true;
+        }
+        match (self.issuer(tenant_id), verified) {
+            (Some(now), Some(then)) => Arc::ptr_eq(now, then),
+            _ => false,
+        }
     }
 
     /// The tenant owning `id`, enabled or not.

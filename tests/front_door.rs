@@ -862,6 +862,19 @@ fn bad_configuration_is_refused_with_the_key_named() {
     );
     check(tls, &[("MAINTENANCE_MODE", "perhaps")], "MAINTENANCE_MODE");
     check(tls, &[], "tls.cert_file a");
+    // A tenant's client CA bundle must be readable and hold a certificate.
+    let not_pem = dir.path().join("not-pem.crt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    for bundle in [not_pem, dir.path().join("missing.crt")] {
+        check(
+            &format!(
+                "{tls}[[tenants]]\nid = \"a\"\ntrust_domain = \"a.example\"\n[[tenants]]\nid = \"b\"\ntrust_domain = \"b.example\"\nclient_ca_file = \"{}\"\n",
+                bundle.display()
+            ),
+            &[],
+            "tenants[1].client_ca_file",
+        );
+    }
 }
 
 #[test]
@@ -962,4 +975,196 @@ fn mutating_admin_routes_need_an_operator_certificate_when_operators_are_configu
     assert_eq!(r.error(), "operator_mtls_required", "{r:?}");
     let r = operator(Some("operator"), &[ct]);
     assert_eq!(r.status, 401, "{r:?}");
+}
+
+/// Issue 12.6: a tenant naming its own client CA bundle accepts only
+/// certificates that chain to it; another tenant's CA cannot mint its
+/// SPIFFE IDs, although the handshake trusts every configured CA.
+#[test]
+fn a_tenant_ca_vouches_only_for_its_own_tenant() {
+    const TOKEN: &str = "tenant-ca-admin-token-0123456789";
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let pki = Pki::new(&[]);
+    let san = |id: &str| {
+        format!("subjectAltName=URI:{id}\nextendedKeyUsage=clientAuth\nbasicConstraints=critical,CA:FALSE\n")
+    };
+    pki.openssl_ca("ca-a");
+    pki.openssl_ca("ca-b");
+    pki.openssl_ca("ca-stranger");
+    pki.openssl_cert("a-agent", "ca-a", &san("spiffe://tenant-a.example/agent"));
+    pki.openssl_cert("b-agent", "ca-b", &san("spiffe://tenant-b.example/agent"));
+    pki.openssl_cert("g-agent", "ca", &san("spiffe://tenant-g.example/agent"));
+    // Trusted by the handshake, but issued by the wrong tenant's CA (or by
+    // the global CA for a tenant with a bundle of its own).
+    pki.openssl_cert("a-as-b", "ca-a", &san("spiffe://tenant-b.example/agent"));
+    pki.openssl_cert("a-as-g", "ca-a", &san("spiffe://tenant-g.example/agent"));
+    pki.openssl_cert("global-as-a", "ca", &san("spiffe://tenant-a.example/agent"));
+    pki.openssl_cert(
+        "stranger",
+        "ca-stranger",
+        &san("spiffe://tenant-a.example/x"),
+    );
+    // b's bundle is a copy, so the test can rewrite it.
+    let b_bundle = pki.path("b-bundle.pem");
+    std::fs::copy(pki.path("ca-b.crt"), &b_bundle).unwrap();
+    let tenants = format!(
+        r#"
+[[tenants]]
+id = "a"
+trust_domain = "tenant-a.example"
+client_ca_file = "{a}"
+
+[[tenants]]
+id = "b"
+trust_domain = "tenant-b.example"
+client_ca_file = "{b}"
+
+[[tenants]]
+id = "g"
+trust_domain = "tenant-g.example"
+"#,
+        a = pki.path("ca-a.crt").display(),
+        b = b_bundle.display(),
+    );
+    let broker = Broker::start(
+        &pki,
+        &tenants,
+        &[
+            ("ATB_ADMIN_TOKEN", TOKEN),
+            ("ATB_CONFIG_WATCH_SECONDS", "0"),
+        ],
+    );
+    let call = |agent: &str| agent_get(&broker, &pki, Some(agent), "/api/x", &[]);
+    let served = |agent: &str| {
+        let a = call(agent);
+        assert_eq!(
+            (a.status, a.error().as_str()),
+            (401, "poa_required"),
+            "{agent}: {a:?}"
+        );
+    };
+    let refused = |agent: &str, why: &str| {
+        let a = call(agent);
+        assert_eq!(
+            (a.status, a.error().as_str()),
+            (401, "spiffe_id_required"),
+            "{agent}: {a:?}"
+        );
+        let reason = a.json()["reason"].as_str().unwrap().to_owned();
+        assert!(reason.contains(why), "{agent}: {reason}");
+        a.header("x-request-id").unwrap().to_owned()
+    };
+    served("a-agent");
+    served("b-agent");
+    // A tenant without client_ca_file keeps tls.client_ca_file.
+    served("g-agent");
+    let wrong = "not trusted for its SPIFFE ID";
+    let forged = refused("a-as-b", wrong);
+    refused("a-as-g", wrong);
+    refused("global-as-a", wrong);
+    // A CA nobody configured fails the handshake's verification as before.
+    refused("stranger", "not trusted");
+    let m = broker.metrics();
+    assert_eq!(
+        metric(&m, r#"atb_tenant_wrong_issuer_total{tenant="b"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, r#"atb_tenant_connections{tenant="b"}"#),
+        Some(0.0)
+    );
+    // The forged request never reached b: logged without a tenant.
+    assert!(eventually(Duration::from_secs(5), || broker
+        .stderr()
+        .contains(&forged)));
+    let logged = broker
+        .stderr()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["span"]["request_id"] == forged.as_str() && v["message"] == "request")
+        .expect("request event");
+    assert_eq!(logged["tenant"], "none", "{logged}");
+
+    // Reload with b's bundle rewritten to a's CA (a shared bundle): b's
+    // live connections are closed, then a's CA vouches for b and b's old
+    // CA no longer does.
+    let mut holder = hold_connection(&broker, &pki, "b-agent", "b");
+    std::fs::copy(pki.path("ca-a.crt"), &b_bundle).unwrap();
+    let r = admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
+    assert_eq!(
+        (r.status, r.json()["changed"].clone()),
+        (200, serde_json::json!(true)),
+        "{r:?}"
+    );
+    assert!(eventually(Duration::from_secs(10), || matches!(
+        holder.try_wait(),
+        Ok(Some(_))
+    )));
+    served("a-as-b");
+    refused("b-agent", wrong);
+    served("a-agent");
+
+    // A bad bundle is refused with its key named; the last good one stays.
+    std::fs::write(&b_bundle, "no certificate here").unwrap();
+    let r = admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
+    assert_eq!(r.status, 422, "{r:?}");
+    assert!(
+        r.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenants[1].client_ca_file"),
+        "{r:?}"
+    );
+    served("a-as-b");
+    refused("b-agent", wrong);
+}
+
+/// The file watch notices a tenant's client CA bundle rewritten in place
+/// (e.g. a rotated Kubernetes Secret) without any change to the config file.
+#[test]
+fn the_config_watch_picks_up_a_rewritten_tenant_bundle() {
+    let pki = Pki::new(&[]);
+    let san = |id: &str| format!("subjectAltName=URI:{id}\nextendedKeyUsage=clientAuth\n");
+    pki.openssl_ca("ca-old");
+    pki.openssl_ca("ca-new");
+    pki.openssl_cert(
+        "old-agent",
+        "ca-old",
+        &san("spiffe://tenant-b.example/agent"),
+    );
+    pki.openssl_cert(
+        "new-agent",
+        "ca-new",
+        &san("spiffe://tenant-b.example/agent"),
+    );
+    // Both CAs are known to the handshake (from the start); b's own
+    // bundle names the old one.
+    let known = pki.path("known.pem");
+    let mut both = std::fs::read(pki.path("ca-old.crt")).unwrap();
+    both.extend(std::fs::read(pki.path("ca-new.crt")).unwrap());
+    std::fs::write(&known, both).unwrap();
+    let b_bundle = pki.path("b-bundle.pem");
+    std::fs::copy(pki.path("ca-old.crt"), &b_bundle).unwrap();
+    let tenants = format!(
+        "[[tenants]]\nid = \"known\"\ntrust_domain = \"known.example\"\nclient_ca_file = \"{}\"\n\n[[tenants]]\nid = \"b\"\ntrust_domain = \"tenant-b.example\"\nclient_ca_file = \"{}\"\n",
+        known.display(),
+        b_bundle.display()
+    );
+    let broker = Broker::start(&pki, &tenants, &[("ATB_CONFIG_WATCH_SECONDS", "1")]);
+    let code = |agent: &str| {
+        agent_get(&broker, &pki, Some(agent), "/api/x", &[])
+            .error()
+            .to_owned()
+    };
+    assert_eq!(code("old-agent"), "poa_required");
+    assert_eq!(code("new-agent"), "spiffe_id_required");
+    // Rotated in place; the config file itself is untouched.
+    std::fs::copy(pki.path("ca-new.crt"), &b_bundle).unwrap();
+    assert!(
+        eventually(Duration::from_secs(15), || code("new-agent")
+            == "poa_required"),
+        "{}",
+        broker.stderr()
+    );
+    assert_eq!(code("old-agent"), "spiffe_id_required");
 }

@@ -23,18 +23,40 @@ use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
 use crate::audit::AuditSink;
 use crate::error::Rejection;
 use crate::routes::pinned::PinnedCall;
+use crate::runtime::ca_bundle::PeerCerts;
 use crate::runtime::clock::unix_now;
 use crate::runtime::tls::{peer_identity, IdentityError};
 use crate::spiffe::SpiffeId;
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, TenantDirectory};
 
 /// The connection's client-certificate identity (set at accept time).
 pub struct PeerIdentity(pub Result<SpiffeId, IdentityError>);
 
-/// `on_connect` hook: read the peer identity once per connection.
-pub fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
+/// `on_connect` hook: read the peer identity once per connection. As on
+/// the broker, an identity counts only if the certificate chains to the
+/// client CA bundle of the tenant owning it (else `WrongIssuer`: 401
+/// `spiffe_id_required`).
+pub fn on_connect(tenants: &TenantDirectory, connection: &dyn Any, extensions: &mut Extensions) {
     if let Some(tls) = connection.downcast_ref::<TlsStream<TcpStream>>() {
-        extensions.insert(PeerIdentity(peer_identity(tls.ssl())));
+        let peer = PeerCerts::from_ssl(tls.ssl());
+        extensions.insert(PeerIdentity(bind_issuer(
+            tenants,
+            peer_identity(tls.ssl()),
+            peer.as_ref(),
+        )));
+    }
+}
+
+/// `identity`, if the tenant owning it (if any) accepts `peer`'s issuer.
+fn bind_issuer(
+    tenants: &TenantDirectory,
+    identity: Result<SpiffeId, IdentityError>,
+    peer: Option<&PeerCerts>,
+) -> Result<SpiffeId, IdentityError> {
+    let id = identity?;
+    match tenants.resolve(&id) {
+        Some(t) => tenants.verify_issuer(&t.id, peer).map(|_| id),
+        None => Ok(id),
     }
 }
 
@@ -875,5 +897,49 @@ mod refusal_tests {
             (StatusCode::BAD_REQUEST, "escape_not_allowed")
         );
         assert!(r.reason.contains("bypass_rate_limit"), "{}", r.reason);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use crate::runtime::ca_bundle::test_pki::{ca, leaf, pem};
+    use crate::runtime::ca_bundle::CaBundle;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    #[test]
+    fn a_tenant_ca_vouches_only_for_its_own_tenant() {
+        let c = crate::config::Config::from_toml(
+            "[[tenants]]\nid = \"a\"\ntrust_domain = \"a.example\"\n[[tenants]]\nid = \"b\"\ntrust_domain = \"b.example\"\n",
+        )
+        .unwrap();
+        let (ca_a, ca_b) = (ca("a", None), ca("b", None));
+        let bundle = |c: &crate::runtime::ca_bundle::test_pki::Ca| {
+            Arc::new(CaBundle::from_pem(&pem(&[c]), std::path::Path::new("t")).unwrap())
+        };
+        let dir = TenantDirectory::new(&c.tenants).with_issuers(HashMap::from([
+            ("a".to_owned(), bundle(&ca_a)),
+            ("b".to_owned(), bundle(&ca_b)),
+        ]));
+        let bind = |uri: &str, issuer| {
+            let peer = PeerCerts {
+                leaf: leaf(uri, issuer),
+                chain: Vec::new(),
+            };
+            bind_issuer(&dir, Ok(SpiffeId::parse(uri).unwrap()), Some(&peer))
+        };
+        assert!(bind("spiffe://a.example/agent", &ca_a).is_ok());
+        assert!(bind("spiffe://b.example/agent", &ca_b).is_ok());
+        assert_eq!(
+            bind("spiffe://b.example/agent", &ca_a),
+            Err(IdentityError::WrongIssuer)
+        );
+        // No tenant owns it: left to the tenant lookup (unknown_tenant).
+        assert!(bind("spiffe://c.example/agent", &ca_a).is_ok());
+        assert_eq!(
+            bind_issuer(&dir, Err(IdentityError::NoCertificate), None),
+            Err(IdentityError::NoCertificate)
+        );
     }
 }

@@ -40,7 +40,10 @@ const EXPIRED_GRACE_SECONDS: i64 = 300;
 /// called inside an actix `System`.
 pub async fn run(config: Config) -> Result<(), StartError> {
     config.agentauth.validate_for_service().starting("config")?;
-    let tls = crate::runtime::tls::acceptor(&config.tls).starting("tls")?;
+    // As the broker: the handshake trusts every configured client CA; a
+    // certificate counts for a tenant only if it chains to its bundle.
+    let tls = crate::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())
+        .starting("tls")?;
     let state = AgentAuthState::start(&config)?;
     let a = state.config.clone();
     let workers = if a.workers == 0 {
@@ -57,7 +60,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 .wrap(TracingLogger::default())
                 .configure(http::routes)
         })
-        .on_connect(http::on_connect)
+        .on_connect({
+            let state = state.clone();
+            move |conn, ext| http::on_connect(&state.tenants, conn, ext)
+        })
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(10)

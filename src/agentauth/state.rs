@@ -125,7 +125,8 @@ impl AgentAuthState {
             .collect::<Result<HashMap<_, _>, String>>()
             .starting("tenants")?;
         let state = Arc::new(Self {
-            tenants: TenantDirectory::new(&config.tenants),
+            tenants: TenantDirectory::new(&config.tenants)
+                .with_issuers(crate::tenant::load_issuers(config, None).starting("tenants")?),
             catalogues,
             challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
             limiter: Arc::new(MemoryRateLimiter::new(100_000)),

@@ -16,15 +16,21 @@ use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
+use crate::runtime::ca_bundle::{CaBundle, PeerCerts};
 use crate::runtime::tls::{peer_identity, IdentityError};
 use crate::spiffe::SpiffeId;
 use crate::tenant::{Tenant, TenantDirectory};
 
 /// What the broker knows about a connection, stored in its extensions.
 pub struct PeerConnection {
+    /// The verified identity; `WrongIssuer` when the certificate does not
+    /// chain to the client CA bundle of the tenant owning its SPIFFE ID.
     pub identity: Result<SpiffeId, IdentityError>,
     /// The owning tenant at accept time (enabled or not).
     pub tenant: Option<Tenant>,
+    /// The tenant bundle the certificate was verified against at accept
+    /// time (`None` when the directory does not bind issuers).
+    pub issuer: Option<Arc<CaBundle>>,
     /// Whether the connection fits the tenant's connection limit.
     pub slot: ConnectionSlot,
 }
@@ -135,20 +141,43 @@ impl ConnectionRegistry {
             .try_clone_to_owned()
             .map(std::net::TcpStream::from)
             .ok();
-        extensions.insert(self.classify(peer_identity(tls.ssl()), socket));
+        let peer = PeerCerts::from_ssl(tls.ssl());
+        extensions.insert(self.classify(peer_identity(tls.ssl()), peer.as_ref(), socket));
     }
 
-    /// Attributes an identity to its tenant and takes a connection slot
-    /// (listing `socket` under it).
+    /// Attributes an identity to its tenant, if the peer's certificate
+    /// chains to that tenant's client CA bundle, and takes a connection
+    /// slot (listing `socket` under it). A certificate that the handshake
+    /// trusted (through another tenant's CA) but that the owning tenant's
+    /// bundle does not is attributed to nobody: `WrongIssuer`.
     pub fn classify(
         &self,
         identity: Result<SpiffeId, IdentityError>,
+        peer: Option<&PeerCerts>,
         socket: Option<std::net::TcpStream>,
     ) -> PeerConnection {
-        let tenant = identity
+        let directory = self.directory.load();
+        let mut identity = identity;
+        let mut tenant = identity
             .as_ref()
             .ok()
-            .and_then(|id| self.directory.load().resolve(id).cloned());
+            .and_then(|id| directory.resolve(id).cloned());
+        let mut issuer = None;
+        if let Some(t) = &tenant {
+            match directory.verify_issuer(&t.id, peer) {
+                Ok(verified) => issuer = verified,
+                Err(e) => {
+                    tracing::warn!(
+                        tenant = %t.id,
+                        agent = %identity.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        "client certificate does not chain to the tenant's client CA bundle; not attributed"
+                    );
+                    self.metrics.wrong_issuer.with_label_values(&[&t.id]).inc();
+                    identity = Err(e);
+                    tenant = None;
+                }
+            }
+        }
         let slot = match &tenant {
             Some(t) if t.enabled && !self.suspended(&t.id) => self.take_slot(t, socket),
             _ => ConnectionSlot::Unattributed,
@@ -156,6 +185,7 @@ impl ConnectionRegistry {
         PeerConnection {
             identity,
             tenant,
+            issuer,
             slot,
         }
     }
@@ -248,6 +278,72 @@ mod tests {
         ConnectionRegistry::new(Arc::new(TenantDirectory::new(&c.tenants)), &metrics)
     }
 
+    #[test]
+    fn a_certificate_counts_only_for_the_tenant_whose_ca_issued_it() {
+        use crate::runtime::ca_bundle::test_pki::{ca, leaf, pem};
+        use std::path::Path;
+        let c = Config::from_toml(
+            r#"
+            [[tenants]]
+            id = "acme"
+            trust_domain = "acme.example"
+            [[tenants]]
+            id = "beta"
+            trust_domain = "beta.example"
+            [[tenants]]
+            id = "gamma"
+            trust_domain = "gamma.example"
+            "#,
+        )
+        .unwrap();
+        let (ca_a, ca_b) = (ca("acme-ca", None), ca("beta-ca", None));
+        let bundle = |cas: &[&crate::runtime::ca_bundle::test_pki::Ca]| {
+            Arc::new(CaBundle::from_pem(&pem(cas), Path::new("t.pem")).unwrap())
+        };
+        // gamma has no bundle at all: it accepts nobody (fail closed).
+        let issuers = HashMap::from([
+            ("acme".to_owned(), bundle(&[&ca_a])),
+            ("beta".to_owned(), bundle(&[&ca_b])),
+        ]);
+        let directory = Arc::new(TenantDirectory::new(&c.tenants).with_issuers(issuers));
+        let metrics = Metrics::new().unwrap();
+        let r = ConnectionRegistry::new(directory.clone(), &metrics);
+        let peer = |uri: &str, issuer| PeerCerts {
+            leaf: leaf(uri, issuer),
+            chain: Vec::new(),
+        };
+
+        let own = peer("spiffe://acme.example/agent", &ca_a);
+        let p = r.classify(id("spiffe://acme.example/agent"), Some(&own), None);
+        assert!(matches!(p.slot, ConnectionSlot::Held(_)));
+        assert_eq!(p.tenant.as_ref().map(|t| t.id.as_str()), Some("acme"));
+        assert!(directory.issuer_current("acme", p.issuer.as_ref()));
+        assert!(!directory.issuer_current("beta", p.issuer.as_ref()));
+
+        // acme's CA minting a beta SPIFFE ID: trusted by the handshake
+        // (the union), attributed to nobody.
+        let forged = peer("spiffe://beta.example/agent", &ca_a);
+        let p = r.classify(id("spiffe://beta.example/agent"), Some(&forged), None);
+        assert_eq!(p.identity.unwrap_err(), IdentityError::WrongIssuer);
+        assert!(p.tenant.is_none() && p.issuer.is_none());
+        assert!(matches!(p.slot, ConnectionSlot::Unattributed));
+        assert_eq!(r.live("beta"), 0);
+        assert_eq!(metrics.wrong_issuer.with_label_values(&["beta"]).get(), 1);
+
+        let theirs = peer("spiffe://beta.example/agent", &ca_b);
+        let p = r.classify(id("spiffe://beta.example/agent"), Some(&theirs), None);
+        assert!(matches!(p.slot, ConnectionSlot::Held(_)));
+
+        let g = peer("spiffe://gamma.example/agent", &ca_a);
+        let p = r.classify(id("spiffe://gamma.example/agent"), Some(&g), None);
+        assert_eq!(p.identity.unwrap_err(), IdentityError::WrongIssuer);
+        // An identity without the certificates it came from is not bound.
+        let p = r.classify(id("spiffe://acme.example/agent"), None, None);
+        assert_eq!(p.identity.unwrap_err(), IdentityError::NoCertificate);
+        // A directory that does not bind issuers keeps the handshake's word.
+        assert!(TenantDirectory::new(&c.tenants).issuer_current("acme", None));
+    }
+
     fn id(s: &str) -> Result<SpiffeId, IdentityError> {
         Ok(SpiffeId::parse(s).unwrap())
     }
@@ -255,17 +351,17 @@ mod tests {
     #[test]
     fn enforces_the_tenant_limit_and_releases_on_close() {
         let r = registry();
-        let a = r.classify(id("spiffe://acme.example/a"), None);
-        let b = r.classify(id("spiffe://acme.example/b"), None);
+        let a = r.classify(id("spiffe://acme.example/a"), None, None);
+        let b = r.classify(id("spiffe://acme.example/b"), None, None);
         assert!(matches!(a.slot, ConnectionSlot::Held(_)));
         assert!(matches!(b.slot, ConnectionSlot::Held(_)));
         assert_eq!(r.live("acme"), 2);
-        let c = r.classify(id("spiffe://acme.example/c"), None);
+        let c = r.classify(id("spiffe://acme.example/c"), None, None);
         assert!(matches!(c.slot, ConnectionSlot::OverLimit));
         assert_eq!(r.live("acme"), 2);
         drop(a);
         assert_eq!(r.live("acme"), 1);
-        let d = r.classify(id("spiffe://acme.example/d"), None);
+        let d = r.classify(id("spiffe://acme.example/d"), None, None);
         assert!(matches!(d.slot, ConnectionSlot::Held(_)));
     }
 
@@ -273,9 +369,9 @@ mod tests {
     fn unknown_disabled_and_anonymous_peers_take_no_slot() {
         let r = registry();
         for p in [
-            r.classify(id("spiffe://evil.example/a"), None),
-            r.classify(id("spiffe://off.example/a"), None),
-            r.classify(Err(IdentityError::NoCertificate), None),
+            r.classify(id("spiffe://evil.example/a"), None, None),
+            r.classify(id("spiffe://off.example/a"), None, None),
+            r.classify(Err(IdentityError::NoCertificate), None, None),
         ] {
             assert!(matches!(p.slot, ConnectionSlot::Unattributed));
         }
@@ -293,7 +389,7 @@ mod tests {
         for _ in 0..2 {
             clients.push(std::net::TcpStream::connect(addr).unwrap());
             let (server_side, _) = listener.accept().unwrap();
-            held.push(r.classify(id("spiffe://acme.example/a"), Some(server_side)));
+            held.push(r.classify(id("spiffe://acme.example/a"), None, Some(server_side)));
         }
         assert_eq!(r.live("acme"), 2);
         assert!(!r.suspended("acme"));
@@ -306,12 +402,12 @@ mod tests {
             assert_eq!(c.read(&mut [0u8; 8]).unwrap(), 0);
         }
         // No new slots while suspended; slots come back after resuming.
-        let p = r.classify(id("spiffe://acme.example/b"), None);
+        let p = r.classify(id("spiffe://acme.example/b"), None, None);
         assert!(matches!(p.slot, ConnectionSlot::Unattributed));
         drop(held);
         assert_eq!(r.live("acme"), 0);
         assert_eq!(r.suspend("acme", false), Some(0));
-        let p = r.classify(id("spiffe://acme.example/b"), None);
+        let p = r.classify(id("spiffe://acme.example/b"), None, None);
         assert!(matches!(p.slot, ConnectionSlot::Held(_)));
         assert_eq!(r.suspend("nobody", true), None);
     }

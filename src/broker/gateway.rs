@@ -187,6 +187,19 @@ async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
             Some(_) => Rejection::unknown_tenant("the tenant was removed").closing(),
             None => Rejection::unknown_tenant("no tenant owns this SPIFFE ID"),
         })?;
+    // The certificate was checked against its tenant's client CA bundle at
+    // accept time; a reload that changed the bundle (or the owner) since
+    // then needs a fresh connection to check it again.
+    if !ctx
+        .tenants
+        .directory
+        .issuer_current(&tenant.id, peer.issuer.as_ref())
+    {
+        return Err(Rejection::spiffe_id_required(
+            "the client CA bundle for this SPIFFE ID changed since the connection was verified; reconnect".into(),
+        )
+        .closing());
+    }
     ctx.tenant = Some(tenant.clone());
     ctx.log.tenant = Some(tenant.clone());
     if !tenant.enabled {

@@ -33,7 +33,11 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
 ) -> Result<(), StartError> {
     let admin_token = crate::admin_token(&config).starting("admin")?;
-    let tls = crate::runtime::tls::acceptor(&config.tls).starting("tls")?;
+    // The handshake trusts every configured client CA (read at start: a
+    // new CA needs a restart); which CA may vouch for which tenant is
+    // checked per connection against the tenant set.
+    let tls = crate::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())
+        .starting("tls")?;
     let state = BrokerState::start(config, config_path.clone(), admin_token)?;
     watch_config(state.clone(), config_path);
     let config = state.config.clone();
@@ -221,17 +225,24 @@ fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::Path
     if every.is_zero() {
         return;
     }
-    let fingerprint = |p: &std::path::Path| {
-        std::fs::metadata(p)
-            .ok()
-            .map(|m| (m.len(), m.modified().ok()))
+    // The file itself and the client CA bundles its tenants read.
+    let fingerprint = |p: &std::path::Path, state: &BrokerState| {
+        let stamp = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
+        let bundles = tenants::issuer_files(&state.tenants.load().config);
+        std::iter::once(stamp(p))
+            .chain(bundles.iter().map(|b| stamp(b)))
+            .collect::<Vec<_>>()
     };
-    let seen = std::rc::Rc::new(std::cell::RefCell::new(fingerprint(&path)));
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(fingerprint(&path, &state)));
     let watcher = state.clone();
     state.start_periodic("config_watch", every, move || {
         let (state, seen, path) = (watcher.clone(), seen.clone(), path.clone());
         async move {
-            let now = fingerprint(&path);
+            let now = fingerprint(&path, &state);
             let changed = *seen.borrow() != now;
             if changed {
                 *seen.borrow_mut() = now;

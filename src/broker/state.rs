@@ -223,7 +223,7 @@ impl BrokerState {
     /// policy data — through the same build as at start. A file that does
     /// not load, validate or build is refused with the key named and the
     /// running tenants keep serving. Connections of tenants removed or
-    /// disabled are closed; JWKS loops follow their tenants. Settings
+    /// disabled, or whose client CA bundle changed, are closed; JWKS loops follow their tenants. Settings
     /// outside `[[tenants]]` need a restart (a change is logged). Blocking:
     /// call off the I/O threads.
     pub fn reload_config(&self) -> Result<ReloadOutcome, ReloadError> {
@@ -257,6 +257,7 @@ impl BrokerState {
         let current = self.tenants.load_full();
         if serde_json::to_value(&next.tenants).ok()
             == serde_json::to_value(&current.config.tenants).ok()
+            && !crate::broker::tenants::issuers_stale(&next, &current)
         {
             return Ok(ReloadOutcome::Unchanged);
         }

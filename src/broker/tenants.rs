@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
 use crate::routes::Binding;
+use crate::runtime::ca_bundle::CaBundle;
 use crate::tenant::TenantDirectory;
 
 /// Tenant → connector → compiled routes.
@@ -72,6 +73,40 @@ fn compile_bindings(
     Ok((all, catalogues))
 }
 
+/// Whether the client CA bundles `config` names now hold other
+/// certificates than `set` verifies with (a file rewritten in place, with
+/// the `[[tenants]]` text unchanged). An unreadable file counts as changed,
+/// so the rebuild reports it.
+pub fn issuers_stale(config: &Config, set: &TenantSet) -> bool {
+    let mut files: HashMap<&std::path::Path, Option<CaBundle>> = HashMap::new();
+    config.tenants.iter().any(|t| {
+        let path = t
+            .client_ca_file
+            .as_deref()
+            .unwrap_or(&config.tls.client_ca_file);
+        let now = files
+            .entry(path)
+            .or_insert_with(|| CaBundle::load(path).ok());
+        match (now, set.directory.issuer(&t.id)) {
+            (Some(now), Some(then)) => !now.same_certs(then),
+            _ => true,
+        }
+    })
+}
+
+/// The client CA bundle files a configuration reads (for the file watch).
+pub fn issuer_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let mut files = vec![config.tls.client_ca_file.clone()];
+    for t in &config.tenants {
+        if let Some(p) = &t.client_ca_file {
+            if !files.contains(p) {
+                files.push(p.clone());
+            }
+        }
+    }
+    files
+}
+
 /// Everything the pipeline reads about tenants, from one configuration.
 pub struct TenantSet {
     /// The configuration the set was built from (the policy reads its
@@ -112,7 +147,8 @@ impl TenantSet {
             auth.insert(t.id.clone(), a);
         }
         let (bindings, catalogues) = compile_bindings(&config, metrics)?;
-        let directory = Arc::new(TenantDirectory::new(&config.tenants));
+        let issuers = crate::tenant::load_issuers(&config, previous.map(|p| p.directory.as_ref()))?;
+        let directory = Arc::new(TenantDirectory::new(&config.tenants).with_issuers(issuers));
         let keys = directory
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))
@@ -138,11 +174,24 @@ pub type CurrentTenants = ArcSwap<TenantSet>;
 
 /// What a reload changed, for connections and loops.
 pub struct Changes {
-    /// Tenants gone or disabled: their connections are closed.
+    /// Tenants gone or disabled, or whose client CA bundle changed: their
+    /// connections are closed (agents reconnect and are verified again).
     pub closed: Vec<String>,
     /// Tenants whose `TenantAuth` is new (their JWKS loop starts) or gone
     /// (their loop stops).
     pub auth_replaced: HashSet<String>,
+}
+
+/// Whether `tenant_id`'s client CA bundle is not the same in both sets.
+fn issuer_changed(old: &TenantSet, new: &TenantSet, tenant_id: &str) -> bool {
+    match (
+        old.directory.issuer(tenant_id),
+        new.directory.issuer(tenant_id),
+    ) {
+        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+        (None, None) => false,
+        _ => true,
+    }
 }
 
 /// Compares two sets.
@@ -157,6 +206,7 @@ pub fn changes(old: &TenantSet, new: &TenantSet) -> Changes {
                 .iter()
                 .find(|n| n.id == t.id)
                 .is_none_or(|n| !n.enabled)
+                || issuer_changed(old, new, &t.id)
         })
         .map(|t| t.id.clone())
         .collect();
@@ -175,5 +225,88 @@ pub fn changes(old: &TenantSet, new: &TenantSet) -> Changes {
     Changes {
         closed,
         auth_replaced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::ca_bundle::test_pki::{ca, pem};
+
+    fn config(dir: &std::path::Path) -> Config {
+        let mut c = Config::from_toml(&format!(
+            r#"
+            [tls]
+            client_ca_file = "{global}"
+            [[tenants]]
+            id = "a"
+            trust_domain = "a.example"
+            client_ca_file = "{a}"
+            [[tenants]]
+            id = "b"
+            trust_domain = "b.example"
+            "#,
+            global = dir.join("global.pem").display(),
+            a = dir.join("a.pem").display(),
+        ))
+        .unwrap();
+        c.tls.cert_file = "s.crt".into();
+        c.tls.key_file = "s.key".into();
+        c
+    }
+
+    #[test]
+    fn tenant_bundles_are_built_kept_and_their_changes_close_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let (global, a1, a2) = (ca("global", None), ca("a1", None), ca("a2", None));
+        std::fs::write(dir.path().join("global.pem"), pem(&[&global])).unwrap();
+        std::fs::write(dir.path().join("a.pem"), pem(&[&a1])).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let c = Arc::new(config(dir.path()));
+        c.validate().unwrap();
+        let first = TenantSet::build(c.clone(), None, &metrics).unwrap();
+        let d = &first.directory;
+        assert!(d.binds_issuers());
+        let (ia, ib) = (d.issuer("a").unwrap(), d.issuer("b").unwrap());
+        assert_eq!(ia.certs()[0].to_der().unwrap(), a1.cert.to_der().unwrap());
+        // A tenant without its own bundle uses tls.client_ca_file.
+        assert_eq!(
+            ib.certs()[0].to_der().unwrap(),
+            global.cert.to_der().unwrap()
+        );
+        assert!(!issuers_stale(&c, &first));
+        assert_eq!(
+            issuer_files(&c),
+            vec![dir.path().join("global.pem"), dir.path().join("a.pem")]
+        );
+
+        // Same files: the bundles are kept, nothing is closed.
+        let second = TenantSet::build(c.clone(), Some(&first), &metrics).unwrap();
+        assert!(Arc::ptr_eq(ia, second.directory.issuer("a").unwrap()));
+        assert!(changes(&first, &second).closed.is_empty());
+
+        // a's bundle rewritten in place: noticed, rebuilt, a's
+        // connections closed, b's kept.
+        std::fs::write(dir.path().join("a.pem"), pem(&[&a2])).unwrap();
+        assert!(issuers_stale(&c, &second));
+        let third = TenantSet::build(c.clone(), Some(&second), &metrics).unwrap();
+        assert_eq!(changes(&second, &third).closed, vec!["a".to_owned()]);
+        assert!(Arc::ptr_eq(
+            second.directory.issuer("b").unwrap(),
+            third.directory.issuer("b").unwrap()
+        ));
+
+        // A bad bundle is refused, naming the key.
+        std::fs::write(dir.path().join("a.pem"), "no certificate here").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
+        let e = TenantSet::build(c.clone(), Some(&third), &metrics)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
+        std::fs::remove_file(dir.path().join("a.pem")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("tenants[0].client_ca_file"), "{e}");
     }
 }

@@ -338,6 +338,19 @@ impl Config {
         self.validate_operators()
     }
 
+    /// The tenants' own client CA bundles, each with its config key: the
+    /// agent listener's handshake trusts them next to `tls.client_ca_file`.
+    pub fn tenant_client_cas(&self) -> Vec<(String, std::path::PathBuf)> {
+        self.tenants
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let path = t.client_ca_file.clone()?;
+                Some((format!("tenants[{i}].client_ca_file"), path))
+            })
+            .collect()
+    }
+
     /// Each tenant's share of the replay cache: its `poa.replay_quota`, or
     /// an equal share (at least 1) of what the explicit quotas leave of
     /// `poa.replay_capacity`.
@@ -437,6 +450,10 @@ impl Config {
                         "set exactly one of trust_domain or spiffe_prefix",
                     ))
                 }
+            }
+            if let Some(path) = &t.client_ca_file {
+                crate::runtime::ca_bundle::CaBundle::load(path)
+                    .map_err(|e| invalid(key("client_ca_file"), e.to_string()))?;
             }
             if t.max_connections == 0 {
                 return Err(invalid(key("max_connections"), "must be at least 1"));

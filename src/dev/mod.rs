@@ -100,6 +100,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         enabled: true,
         trust_domain: td.map(Into::into),
         spiffe_prefix: prefix.map(Into::into),
+        client_ca_file: None,
         max_connections: 64,
         requests_per_second: opts.tenant_rps,
         burst: (opts.tenant_rps * 2.0) as u32,

@@ -3,6 +3,7 @@
 //! the wall clock and secret-file writing. No module here knows about
 //! tenants, mandates or policy.
 
+pub mod ca_bundle;
 pub mod clock;
 pub mod drain;
 pub mod files;

@@ -17,6 +17,7 @@ use openssl::x509::X509VerifyResult;
 
 use serde::{Deserialize, Serialize};
 
+use crate::runtime::ca_bundle::CaBundle;
 use crate::spiffe::{SpiffeError, SpiffeId};
 
 /// Server certificate and the trust bundle client certificates must chain to.
@@ -46,6 +47,10 @@ pub enum IdentityError {
     SeveralUris(usize),
     #[error("the client certificate's SPIFFE ID is malformed: {0}")]
     Malformed(SpiffeError),
+    /// Trusted for the handshake (some configured CA issued it), but not
+    /// by the CA bundle of whoever owns its SPIFFE ID.
+    #[error("the client certificate is not trusted for its SPIFFE ID: it does not chain to the client CA bundle of the tenant owning that ID")]
+    WrongIssuer,
 }
 
 /// A TLS context that could not be built; names the config key at fault.
@@ -61,6 +66,11 @@ pub enum TlsError {
     },
     #[error("tls.key_file does not match tls.cert_file: {0}")]
     KeyMismatch(openssl::error::ErrorStack),
+    #[error("{key}: {source}")]
+    Bundle {
+        key: String,
+        source: crate::runtime::ca_bundle::BundleError,
+    },
 }
 
 fn file_error<E: std::fmt::Display>(key: &'static str, path: &Path) -> impl FnOnce(E) -> TlsError {
@@ -97,8 +107,20 @@ pub fn http_client(tls: &SslConnector, connect_timeout: std::time::Duration) -> 
         .finish()
 }
 
-/// Builds the TLS acceptor for the agent listener.
+/// Builds the TLS acceptor for an mTLS listener trusting
+/// `tls.client_ca_file`.
 pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, TlsError> {
+    acceptor_with(config, &[])
+}
+
+/// Builds the TLS acceptor for the agent listener: the handshake trusts
+/// `tls.client_ca_file` and every bundle of `extra_client_cas` (each
+/// named by its config key, e.g. `tenants[1].client_ca_file`). Which of
+/// them may vouch for which identity is decided after the handshake.
+pub fn acceptor_with(
+    config: &TlsConfig,
+    extra_client_cas: &[(String, PathBuf)],
+) -> Result<SslAcceptorBuilder, TlsError> {
     let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server())?;
     builder
         .set_certificate_chain_file(&config.cert_file)
@@ -107,7 +129,7 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, TlsError> {
         .set_private_key_file(&config.key_file, SslFiletype::PEM)
         .map_err(file_error("tls.key_file", &config.key_file))?;
     builder.check_private_key().map_err(TlsError::KeyMismatch)?;
-    load_client_ca(&mut builder, &config.client_ca_file)?;
+    load_client_ca(&mut builder, &config.client_ca_file, extra_client_cas)?;
     // Ask for a certificate, verify it against the bundle, but let the
     // handshake complete so the HTTP layer can answer with a JSON 401. The
     // verification result is kept on the session (SSL_get_verify_result)
@@ -120,16 +142,34 @@ pub fn acceptor(config: &TlsConfig) -> Result<SslAcceptorBuilder, TlsError> {
     Ok(builder)
 }
 
-fn load_client_ca(builder: &mut SslAcceptorBuilder, path: &Path) -> Result<(), TlsError> {
+fn load_client_ca(
+    builder: &mut SslAcceptorBuilder,
+    path: &Path,
+    extra: &[(String, PathBuf)],
+) -> Result<(), TlsError> {
     const KEY: &str = "tls.client_ca_file";
     let pem = std::fs::read(path).map_err(file_error(KEY, path))?;
-    let certs = openssl::x509::X509::stack_from_pem(&pem).map_err(file_error(KEY, path))?;
+    let mut certs = openssl::x509::X509::stack_from_pem(&pem).map_err(file_error(KEY, path))?;
     if certs.is_empty() {
         return Err(file_error(KEY, path)("no certificates found"));
     }
+    for (key, extra_path) in extra {
+        let bundle = CaBundle::load(extra_path).map_err(|source| TlsError::Bundle {
+            key: key.clone(),
+            source,
+        })?;
+        certs.extend(bundle.certs().iter().cloned());
+    }
+    // The union of the bundles, each certificate once.
+    let mut seen = Vec::with_capacity(certs.len());
     let mut store = openssl::x509::store::X509StoreBuilder::new()?;
     let mut names = openssl::stack::Stack::new()?;
     for cert in certs {
+        let der = cert.to_der()?;
+        if seen.contains(&der) {
+            continue;
+        }
+        seen.push(der);
         names.push(cert.subject_name().to_owned()?)?;
         store.add_cert(cert).map_err(file_error(KEY, path))?;
     }
