@@ -1693,11 +1693,12 @@ path = "/api/contacts/{{id}}"
 }
 
 /// The pipeline's steps, in order (`broker::gateway::pipeline`).
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "maintenance",
     "identify",
     "admit",
     "authenticate",
+    "platform",
     "known_action",
     "egress",
     "bind_route",
@@ -1755,7 +1756,7 @@ fn a_panic_in_any_step_is_refused_and_audited_exactly_once() {
             &m,
             r#"atb_rejections_total{code="internal_error",tenant="acme"}"#
         ),
-        Some(11.0),
+        Some(12.0),
         "{m}"
     );
 }
@@ -2245,4 +2246,166 @@ fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
         Some(1.0),
         "{m}"
     );
+}
+
+/// Signs `claims` as an EdDSA JWT (no `kid`) with the Ed25519 PEM key at
+/// `private` (an OIDC platform token in these tests).
+fn platform_token(private: &std::path::Path, claims: &Value) -> String {
+    let pem = std::fs::read(private).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "typ": "JWT"}).to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signer = openssl::sign::Signer::new_without_digest(&key).unwrap();
+    let sig = signer.sign_oneshot_to_vec(input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn a_verified_platform_token_fills_platform_sub_for_the_binding() {
+    let idp_dir = tempfile::tempdir().unwrap();
+    let idp = SigningKey::new(idp_dir.path(), "idp");
+    let forger = SigningKey::new(idp_dir.path(), "forger");
+    let now = unix_now();
+    let claims = |sub: &str| {
+        json!({"iss": "https://idp.example", "aud": ["x", "atb-broker"], "sub": sub,
+               "iat": now, "exp": now + 300})
+    };
+    // (mode, matching sub, mismatching sub)
+    for (mode, good, bad) in [
+        ("exact", ACME, "spiffe://acme.example/agent/other"),
+        ("prefix", "demo", "dem"),
+    ] {
+        let platform = format!(
+            r#"
+[tenants.platform]
+issuer = "https://idp.example"
+audience = "atb-broker"
+public_key_files = ["{}"]
+[tenants.policy_data.platform_binding]
+mode = "{mode}"
+"#,
+            idp.public.display()
+        );
+        let s = setup_with("", &platform, &[]);
+        let with = |token: &str| {
+            let header = format!("X-ATB-Platform-Token: {token}");
+            s.call(
+                "acme-agent",
+                "/api/contacts/1",
+                &s.mint("crm.contact.read", &[]),
+                &["-H", &header],
+            )
+        };
+        // A valid token whose subject binds to the agent: allowed, and the
+        // token is not forwarded.
+        let a = with(&platform_token(&idp.private, &claims(good)));
+        assert_eq!(a.status, 200, "{mode}: {a:?}");
+        let h = &a.json()["headers"];
+        assert!(h.get("x-atb-platform-token").is_none(), "{h}");
+        // A verified subject that does not bind: the policy denies.
+        let a = with(&platform_token(&idp.private, &claims(bad)));
+        expect(&a, 403, "policy_denied");
+        assert_eq!(
+            a.json()["reason"],
+            "platform_spiffe_binding_mismatch",
+            "{mode}"
+        );
+        // No token: denied as before.
+        let a = s.acme("/api/contacts/1", &s.mint("crm.contact.read", &[]));
+        expect(&a, 403, "policy_denied");
+        assert_eq!(a.json()["reason"], "platform_spiffe_binding_mismatch");
+        // Forged, expired, wrong audience, wrong issuer, garbage: 401.
+        let mut expired = claims(good);
+        expired["exp"] = (now - 3600).into();
+        let mut wrong_aud = claims(good);
+        wrong_aud["aud"] = "someone-else".into();
+        let mut wrong_iss = claims(good);
+        wrong_iss["iss"] = "https://evil.example".into();
+        for (what, token) in [
+            ("forged", platform_token(&forger.private, &claims(good))),
+            ("expired", platform_token(&idp.private, &expired)),
+            ("audience", platform_token(&idp.private, &wrong_aud)),
+            ("issuer", platform_token(&idp.private, &wrong_iss)),
+            ("garbage", "not.a.jwt".to_owned()),
+        ] {
+            let a = with(&token);
+            assert_eq!(
+                (a.status, a.error().as_str()),
+                (401, "platform_token_invalid"),
+                "{mode} {what}: {a:?}"
+            );
+        }
+        // A token sent for a tenant without a platform issuer is refused.
+        let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+        let header = format!(
+            "X-ATB-Platform-Token: {}",
+            platform_token(&idp.private, &claims(GLOBEX))
+        );
+        let a = s.call("globex-agent", "/api/contacts/1", &t, &["-H", &header]);
+        expect(&a, 401, "platform_token_invalid");
+        // Without one, globex is unaffected.
+        let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+        assert_eq!(
+            s.call("globex-agent", "/api/contacts/1", &t, &[]).status,
+            200
+        );
+    }
+}
+
+#[test]
+fn a_platform_issuer_is_validated_at_start_with_its_key_named() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    for (platform, want) in [
+        (
+            "[tenants.platform]\naudience = \"a\"\npublic_key_files = [\"/nonexistent\"]",
+            "tenants[0].platform.issuer",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"",
+            "tenants[0].platform",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\npublic_key_files = [\"/x\"]\nalgorithms = [\"HS256\"]",
+            "tenants[0].platform.algorithms",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\npublic_key_files = [\"/nonexistent.pem\"]",
+            "tenants[0].platform.public_key_files",
+        ),
+    ] {
+        let toml = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{}",
+            pki.path("server.crt").display(),
+            pki.path("server.key").display(),
+            pki.ca().display(),
+            tenants(&key, free_port(), "", platform)
+        );
+        let file = pki.path("platform.toml");
+        std::fs::write(&file, toml).unwrap();
+        // (A configuration accepted by mistake would start a broker: the
+        // timeout ends it and the assertion below fails.)
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(ATB)
+            .args(["broker", "--config"])
+            .arg(&file)
+            .env_remove("ATB_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{platform}: {text}");
+        assert!(text.contains(want), "{want}: {text}");
+    }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::broker::platform::PlatformVerifier;
 use crate::broker::validator::TenantAuth;
 use crate::config::error::{invalid, ConfigError};
 use crate::config::Config;
@@ -72,6 +73,48 @@ fn compile_bindings(
     Ok((all, catalogues))
 }
 
+/// Each tenant's platform issuer: PEM keys loaded now (a bad one refuses
+/// the whole set, naming its key); a tenant whose `[tenants.platform]` is
+/// unchanged from `previous` keeps its verifier (and its fetched keys).
+fn build_platform(
+    config: &Config,
+    previous: Option<&TenantSet>,
+) -> Result<HashMap<String, Arc<PlatformVerifier>>, ConfigError> {
+    let mut out = HashMap::new();
+    let mut tls = None;
+    for (i, t) in config.tenants.iter().enumerate() {
+        let Some(p) = &t.platform else { continue };
+        let kept = previous.and_then(|prev| {
+            let old = prev.config.tenants.iter().find(|o| o.id == t.id)?;
+            (old.platform.as_ref() == Some(p))
+                .then(|| prev.platform.get(&t.id).cloned())
+                .flatten()
+        });
+        let verifier = match kept {
+            Some(v) => v,
+            None => {
+                let connector = match &tls {
+                    Some(c) => c,
+                    None => tls.insert(
+                        crate::runtime::tls::outbound(&config.tls)
+                            .map_err(|e| invalid("tls.outbound_ca_file", e.to_string()))?,
+                    ),
+                };
+                Arc::new(
+                    PlatformVerifier::new(&t.id, p, connector.clone()).map_err(|e| {
+                        invalid(
+                            format!("tenants[{i}].platform.public_key_files"),
+                            e.to_string(),
+                        )
+                    })?,
+                )
+            }
+        };
+        out.insert(t.id.clone(), verifier);
+    }
+    Ok(out)
+}
+
 /// Everything the pipeline reads about tenants, from one configuration.
 pub struct TenantSet {
     /// The configuration the set was built from (the policy reads its
@@ -85,6 +128,8 @@ pub struct TenantSet {
     pub catalogues: Catalogues,
     /// Interned tenant ids handed to shards without allocating per request.
     pub keys: HashMap<String, Arc<str>>,
+    /// Each tenant's platform issuer (`[tenants.platform]`), if it has one.
+    pub platform: HashMap<String, Arc<PlatformVerifier>>,
 }
 
 impl TenantSet {
@@ -111,6 +156,7 @@ impl TenantSet {
             };
             auth.insert(t.id.clone(), a);
         }
+        let platform = build_platform(&config, previous)?;
         let (bindings, catalogues) = compile_bindings(&config, metrics)?;
         let directory = Arc::new(TenantDirectory::new(&config.tenants));
         let keys = directory
@@ -124,6 +170,7 @@ impl TenantSet {
             bindings,
             catalogues,
             keys,
+            platform,
         })
     }
 

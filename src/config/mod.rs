@@ -464,6 +464,9 @@ impl Config {
             if let Some(url) = &t.poa.jwks_url {
                 validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;
             }
+            if let Some(p) = &t.platform {
+                validate_platform(p, &key)?;
+            }
             let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
                 .map_err(|e| invalid(key("policy_data"), e.to_string()))?;
             let mut connector_ids = HashSet::new();
@@ -602,6 +605,53 @@ pub fn valid_id(id: &str) -> bool {
         && bytes.iter().all(|&b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
         })
+}
+
+/// A tenant's `[tenants.platform]`: issuer, audience, a key source and
+/// only asymmetric algorithms.
+fn validate_platform(
+    p: &crate::tenant::PlatformConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if p.issuer.trim().is_empty() {
+        return Err(invalid(key("platform.issuer"), "is required"));
+    }
+    if p.audience.trim().is_empty() {
+        return Err(invalid(key("platform.audience"), "is required"));
+    }
+    if p.jwks_url.is_none() && p.public_key_files.is_empty() {
+        return Err(invalid(
+            key("platform"),
+            "set jwks_url and/or public_key_files",
+        ));
+    }
+    if let Some(url) = &p.jwks_url {
+        validate_upstream_url(url).map_err(|m| invalid(key("platform.jwks_url"), m))?;
+    }
+    if p.algorithms.is_empty() {
+        return Err(invalid(
+            key("platform.algorithms"),
+            "must name at least one",
+        ));
+    }
+    for a in &p.algorithms {
+        if !crate::agentauth::config::APPROVER_ALGORITHMS.contains(&a.as_str()) {
+            return Err(invalid(
+                key("platform.algorithms"),
+                format!("{a:?} is not accepted (RS256, ES256 or EdDSA; never none or HMAC)"),
+            ));
+        }
+    }
+    if p.leeway_seconds > 300 {
+        return Err(invalid(
+            key("platform.leeway_seconds"),
+            "must be at most 300",
+        ));
+    }
+    if p.subject_claim.trim().is_empty() {
+        return Err(invalid(key("platform.subject_claim"), "is required"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
