@@ -44,6 +44,11 @@ pub struct TenantConfig {
     /// `rate_limits`, `platform_binding`, `catalog.tiers` overrides.
     #[serde(default)]
     pub policy_data: Option<serde_json::Value>,
+    /// The tenant's own Rego modules (embedded engine), each confined to
+    /// `package atb.tenants.<id>`: they can only add denials through its
+    /// `deny` set (README "Per-tenant policy extensions").
+    #[serde(default)]
+    pub policy_files: Vec<std::path::PathBuf>,
     /// Connector used when a mandate names none (`con.connector`); with a
     /// single connector that one is the default.
     #[serde(default)]

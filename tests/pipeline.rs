@@ -2409,3 +2409,145 @@ fn a_platform_issuer_is_validated_at_start_with_its_key_named() {
         assert!(text.contains(want), "{want}: {text}");
     }
 }
+
+/// A tenant module denying acme's reads under /api/secret.
+const ACME_MODULE: &str = r#"package atb.tenants.acme
+
+import rego.v1
+
+deny contains "contacts under /api/secret are off limits" if {
+	input.request.action == "crm.contact.read"
+	startswith(input.request.path, "/api/secret")
+}
+"#;
+
+#[test]
+fn a_tenants_rego_module_adds_denials_for_that_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("acme.rego");
+    std::fs::write(&module, ACME_MODULE).unwrap();
+    let extra = format!("policy_files = [\"{}\"]", module.display());
+    let s = setup_acme("", &extra, "", &[]);
+    let a = s.acme("/api/secret/1", &s.mint("crm.contact.read", &[]));
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "tenant_policy_denied", "{a:?}");
+    assert_eq!(
+        a.json()["details"]["reasons"],
+        json!(["contacts under /api/secret are off limits"])
+    );
+    // Elsewhere acme is unaffected, and so is globex on the same path.
+    assert_eq!(
+        s.acme("/api/contacts/1", &s.mint("crm.contact.read", &[]))
+            .status,
+        200
+    );
+    let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+    assert_eq!(s.call("globex-agent", "/api/secret/1", &t, &[]).status, 200);
+
+    // A module overriding the shared policy's package is refused at start,
+    // naming its key.
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let evil = dir.path().join("evil.rego");
+    std::fs::write(
+        &evil,
+        "package atb.poa\n\nimport rego.v1\n\ndecision := {\"allow\": true}\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other.rego");
+    std::fs::write(
+        &other,
+        ACME_MODULE.replace("atb.tenants.acme", "atb.tenants.globex"),
+    )
+    .unwrap();
+    for (file, want) in [(&evil, "package atb.poa"), (&other, "atb.tenants.globex")] {
+        let toml = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{}",
+            pki.path("server.crt").display(),
+            pki.path("server.key").display(),
+            pki.ca().display(),
+            tenants(
+                &key,
+                free_port(),
+                &format!("policy_files = [\"{}\"]", file.display()),
+                ""
+            )
+        );
+        let path = pki.path("tenant-module.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(ATB)
+            .args(["broker", "--config"])
+            .arg(&path)
+            .env_remove("ATB_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("tenants[0].policy_files[0]") && err.contains(want),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_tenant_module_in_the_wrong_package_is_refused_at_reload() {
+    const TOKEN: &str = "reload-admin-token-0123456789";
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("acme.rego");
+    std::fs::write(&good, ACME_MODULE).unwrap();
+    let evil = dir.path().join("evil.rego");
+    std::fs::write(
+        &evil,
+        "package atb.poa\n\nimport rego.v1\n\ndecision := {\"allow\": true}\n",
+    )
+    .unwrap();
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let upstream = start_upstream();
+    let with = |f: &std::path::Path| {
+        tenants(
+            &key,
+            upstream,
+            &format!("policy_files = [\"{}\"]", f.display()),
+            "",
+        )
+    };
+    let broker = Broker::start(
+        &pki,
+        &with(&good),
+        &[
+            ("ATB_ADMIN_TOKEN", TOKEN),
+            ("ATB_CONFIG_WATCH_SECONDS", "0"),
+        ],
+    );
+    let original = std::fs::read_to_string(&broker.config_path).unwrap();
+    let good_path = good.display().to_string();
+    assert!(original.contains(&good_path));
+    std::fs::write(
+        &broker.config_path,
+        original.replace(&good_path, &evil.display().to_string()),
+    )
+    .unwrap();
+    let r = admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
+    assert_eq!(r.status, 422, "{r:?}");
+    let reason = r.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("tenants[0].policy_files[0]") && reason.contains("package atb.poa"),
+        "{reason}"
+    );
+    // The running policy (with acme's module) stays.
+    let call = |path: &str| {
+        let con = r#"{"connector":"crm"}"#;
+        let t = key.mint(ACME, "crm.contact.read", &["--leg", LEG, "--con", con]);
+        let h = format!("Authorization: Bearer {t}");
+        agent_get(&broker, &pki, Some("acme-agent"), path, &["-H", &h])
+    };
+    let a = call("/api/secret/1");
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "tenant_policy_denied");
+    assert_eq!(call("/api/contacts/1").status, 200);
+}

@@ -267,6 +267,13 @@ impl BrokerState {
         if statics != running {
             tracing::warn!("settings outside [[tenants]] changed; they apply at the next restart");
         }
+        // The tenants' policy (their data and modules) must compile before
+        // they are swapped in: a refused bundle refuses the whole reload.
+        if matches!(self.policy, PolicyClient::Embedded(_)) {
+            PolicyBundle::from_config(&next)
+                .and_then(|b| b.engine().map(|_| ()))
+                .map_err(|e| crate::config::error::invalid("tenants", e.to_string()))?;
+        }
         let built = TenantSet::build(Arc::new(next), Some(&current), &self.metrics)?;
         let changed = crate::broker::tenants::changes(&current, &built);
         let count = built.config.tenants.len();

@@ -467,6 +467,23 @@ impl Config {
             if let Some(p) = &t.platform {
                 validate_platform(p, &key)?;
             }
+            if !t.policy_files.is_empty() {
+                if self.policy.engine != crate::policy::config::PolicyEngine::Embedded {
+                    return Err(invalid(
+                        key("policy_files"),
+                        "needs policy.engine = \"embedded\" (a remote OPA loads its own modules)",
+                    ));
+                }
+                if !crate::policy::embedded::is_rego_identifier(&t.id) {
+                    return Err(invalid(
+                        key("policy_files"),
+                        format!(
+                            "the tenant id {:?} must be a Rego identifier (a-z, 0-9, _; not starting with a digit) to name its package atb.tenants.<id>",
+                            t.id
+                        ),
+                    ));
+                }
+            }
             let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
                 .map_err(|e| invalid(key("policy_data"), e.to_string()))?;
             let mut connector_ids = HashSet::new();

@@ -110,6 +110,15 @@ impl PolicyBundle {
                 serde_json::from_str(&text).map_err(|e| source(what)(e.to_string()))?;
             super::merge_data(&mut data, doc);
         }
+        for (i, t) in tenants.iter().enumerate() {
+            for (j, path) in t.policy_files.iter().enumerate() {
+                let what = format!("tenants[{i}].policy_files[{j}] {}", path.display());
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| source(what.clone())(e.to_string()))?;
+                confined_to_tenant(&t.id, path, &text).map_err(compile(what))?;
+                modules.push((format!("tenant:{}:{}", t.id, path.display()), text));
+            }
+        }
         for t in tenants {
             if let Some(d) = &t.policy_data {
                 super::merge_data(
@@ -164,6 +173,36 @@ impl PolicyBundle {
             .map_err(|e| compile(DECISION_RULE)(e.to_string()))?;
         Ok(engine)
     }
+}
+
+/// Whether `id` can name a Rego package segment as is.
+pub fn is_rego_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A tenant's module must declare exactly `package atb.tenants.<id>`: it
+/// can then define rules only under that tenant's document, and the shared
+/// policy reads no more of it than its `deny` set.
+fn confined_to_tenant(id: &str, path: &std::path::Path, text: &str) -> Result<(), String> {
+    if !is_rego_identifier(id) {
+        return Err(format!("the tenant id {id:?} is not a Rego identifier"));
+    }
+    let mut scratch = regorus::Engine::new();
+    let package = scratch
+        .add_policy(path.display().to_string(), text.to_owned())
+        .map_err(|e| e.to_string())?;
+    let want = format!("data.atb.tenants.{id}");
+    if package != want {
+        return Err(format!(
+            "declares package {}; a tenant's modules must declare package atb.tenants.{id}",
+            package.strip_prefix("data.").unwrap_or(&package)
+        ));
+    }
+    Ok(())
 }
 
 fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
