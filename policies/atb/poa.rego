@@ -1114,7 +1114,7 @@ denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 # and can only ADD denials: a decision the shared policy allows is denied
 # (`tenant_policy_denied`, the reasons in details) when the tenant's
 # `deny` set has a member. A shared denial keeps its own reason; other
-# tenants' modules are never read. A `deny` that is neither a set nor an
+# tenants' modules are never evaluated. A `deny` that is neither a set nor an
 # array denies too (fail closed).
 # ---------------------------------------------------------------------------
 
@@ -1124,8 +1124,11 @@ decision := {"allow": false, "reason": "tenant_policy_denied", "details": {"reas
 	count(reasons) > 0
 } else := base_decision
 
+# `data.atb.tenant_policy.deny` is the input tenant's `deny`, through a
+# module the broker generates when tenants have modules (one static
+# reference per tenant, so no other tenant's rules are evaluated).
 tenant_deny_doc := d if {
-	d := data.atb.tenants[input.tenant.id].deny
+	d := data.atb.tenant_policy.deny
 } else := set()
 
 tenant_denials := sort([tenant_reason(r) | some r in tenant_deny_doc]) if {
