@@ -943,3 +943,61 @@ mod tests {
         assert!(!valid_id(&"a".repeat(64)));
     }
 }
+
+#[cfg(test)]
+mod platform_and_tenant_policy_tests {
+    use super::*;
+
+    const TENANT: &str = "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n";
+
+    fn check(toml: &str) -> String {
+        let tls =
+            "[tls]\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.crt\"\n";
+        match Config::from_toml(&format!("{tls}{toml}")) {
+            Err(e) => e.to_string(),
+            Ok(c) => c
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn error(extra: &str) -> String {
+        check(&format!("{TENANT}{extra}"))
+    }
+
+    #[test]
+    fn platform_issuers_are_validated_with_their_keys_named() {
+        let ok = "[tenants.platform]\nissuer = \"https://idp\"\naudience = \"atb\"\njwks_url = \"https://idp/keys\"\n";
+        assert_eq!(error(ok), "");
+        for (toml, key) in [
+            ("[tenants.platform]\naudience = \"a\"\njwks_url = \"https://idp/k\"\n", "tenants[0].platform.issuer"),
+            ("[tenants.platform]\nissuer = \"i\"\njwks_url = \"https://idp/k\"\n", "tenants[0].platform.audience"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\n", "tenants[0].platform"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"ftp://x\"\n", "tenants[0].platform.jwks_url"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = [\"none\"]\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = []\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nleeway_seconds = 301\n", "tenants[0].platform.leeway_seconds"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nsubject_claim = \"\"\n", "tenants[0].platform.subject_claim"),
+        ] {
+            let e = error(toml);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn tenant_modules_need_the_embedded_engine_and_an_identifier_id() {
+        assert_eq!(error("policy_files = [\"/x.rego\"]\n"), "");
+        let e = error("policy_files = [\"/x.rego\"]\n[policy]\nengine = \"opa\"\n");
+        assert!(e.contains("tenants[0].policy_files"), "{e}");
+        let e = check(
+            "[[tenants]]\nid = \"acme-eu\"\ntrust_domain = \"acme.example\"\npolicy_files = [\"/x.rego\"]\n",
+        );
+        assert!(
+            e.contains("tenants[0].policy_files") && e.contains("Rego identifier"),
+            "{e}"
+        );
+    }
+}
