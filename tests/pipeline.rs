@@ -2251,11 +2251,19 @@ fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
 /// Signs `claims` as an EdDSA JWT (no `kid`) with the Ed25519 PEM key at
 /// `private` (an OIDC platform token in these tests).
 fn platform_token(private: &std::path::Path, claims: &Value) -> String {
+    platform_token_kid(private, None, claims)
+}
+
+fn platform_token_kid(private: &std::path::Path, kid: Option<&str>, claims: &Value) -> String {
     let pem = std::fs::read(private).unwrap();
     let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+    let mut header = json!({"alg": "EdDSA", "typ": "JWT"});
+    if let Some(k) = kid {
+        header["kid"] = k.into();
+    }
     let input = format!(
         "{}.{}",
-        URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "typ": "JWT"}).to_string()),
+        URL_SAFE_NO_PAD.encode(header.to_string()),
         URL_SAFE_NO_PAD.encode(claims.to_string())
     );
     let mut signer = openssl::sign::Signer::new_without_digest(&key).unwrap();
@@ -2550,4 +2558,53 @@ fn a_tenant_module_in_the_wrong_package_is_refused_at_reload() {
     expect(&a, 403, "policy_denied");
     assert_eq!(a.json()["reason"], "tenant_policy_denied");
     assert_eq!(call("/api/contacts/1").status, 200);
+}
+
+#[test]
+fn platform_keys_come_from_the_issuers_jwks_on_demand() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let idp_dir = tempfile::tempdir().unwrap();
+    let idp = SigningKey::new(idp_dir.path(), "idp");
+    let jwks_file = idp_dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [jwk(&idp, "p1")]}).to_string()).unwrap();
+    let jwks_port = free_port();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    serve_jwks(jwks_port, jwks_file, hits.clone());
+    let platform = format!(
+        r#"
+[tenants.platform]
+issuer = "https://idp.example"
+audience = "atb-broker"
+jwks_url = "http://127.0.0.1:{jwks_port}/jwks.json"
+[tenants.policy_data.platform_binding]
+mode = "exact"
+"#
+    );
+    let s = setup_with("", &platform, &[]);
+    // Readiness does not wait for platform keys (fetched on demand).
+    assert_eq!(admin(&s.broker, "GET", "/ready", &[], None).status, 200);
+    let now = unix_now();
+    let claims = json!({"iss": "https://idp.example", "aud": "atb-broker", "sub": ACME,
+                        "iat": now, "exp": now + 300});
+    let with = |kid: &str| {
+        let header = format!(
+            "X-ATB-Platform-Token: {}",
+            platform_token_kid(&idp.private, Some(kid), &claims)
+        );
+        s.call(
+            "acme-agent",
+            "/api/contacts/1",
+            &s.mint("crm.contact.read", &[]),
+            &["-H", &header],
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(with("p1").status, 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once, then cached");
+    // Unknown kids are refused without a fetch each (cooldown).
+    for i in 0..10 {
+        expect(&with(&format!("bogus-{i}")), 401, "platform_token_invalid");
+    }
+    assert!(hits.load(Ordering::SeqCst) <= 2, "{hits:?}");
 }
