@@ -224,3 +224,54 @@ pub fn changes(old: &TenantSet, new: &TenantSet) -> Changes {
         auth_replaced,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(platform: &str) -> Arc<Config> {
+        Arc::new(
+            Config::from_toml(&format!(
+                "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n{platform}\n[[tenants]]\nid = \"globex\"\ntrust_domain = \"globex.example\"\n"
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn platform_verifiers_are_part_of_the_set_and_follow_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("idp.pem");
+        let key = openssl::pkey::PKey::generate_ed25519().unwrap();
+        std::fs::write(&pem, key.public_key_to_pem().unwrap()).unwrap();
+        let platform = |aud: &str, file: &std::path::Path| {
+            format!(
+                "[tenants.platform]\nissuer = \"https://idp\"\naudience = \"{aud}\"\npublic_key_files = [\"{}\"]",
+                file.display()
+            )
+        };
+        let metrics = Metrics::new().unwrap();
+        let first = TenantSet::build(config(&platform("a", &pem)), None, &metrics).unwrap();
+        assert!(first.platform.contains_key("acme"));
+        assert!(!first.platform.contains_key("globex"));
+        // Unchanged: kept (with its fetched keys); changed: rebuilt.
+        let same = TenantSet::build(config(&platform("a", &pem)), Some(&first), &metrics).unwrap();
+        assert!(Arc::ptr_eq(&first.platform["acme"], &same.platform["acme"]));
+        let other = TenantSet::build(config(&platform("b", &pem)), Some(&first), &metrics).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.platform["acme"],
+            &other.platform["acme"]
+        ));
+        // Removed: gone.
+        let none = TenantSet::build(config(""), Some(&first), &metrics).unwrap();
+        assert!(none.platform.is_empty());
+        // A key file that is not a public key refuses the set, naming it.
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let e = TenantSet::build(config(&platform("a", &bad)), Some(&first), &metrics)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("tenants[0].platform.public_key_files"), "{e}");
+    }
+}
