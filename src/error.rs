@@ -127,6 +127,12 @@ impl Rejection {
         Self::new(StatusCode::UNAUTHORIZED, "poa_invalid", reason)
     }
 
+    /// An `X-ATB-Platform-Token` that does not verify against the tenant's
+    /// platform issuer, or one sent for a tenant without one.
+    pub fn platform_token_invalid(reason: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "platform_token_invalid", reason)
+    }
+
     pub fn poa_expired(reason: impl Into<Cow<'static, str>>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "poa_expired", reason)
     }

@@ -43,10 +43,20 @@ pub struct TenantConfig {
     pub burst: u32,
     #[serde(default)]
     pub poa: TenantPoaConfig,
+    /// The tenant's platform identity provider (`[tenants.platform]`):
+    /// an `X-ATB-Platform-Token` is verified against it and its subject
+    /// fills the policy input `platform.sub`. None: such a token is refused.
+    #[serde(default)]
+    pub platform: Option<PlatformConfig>,
     /// The tenant's policy data (`data.tenants.<id>` in Rego): `time_policy`,
     /// `rate_limits`, `platform_binding`, `catalog.tiers` overrides.
     #[serde(default)]
     pub policy_data: Option<serde_json::Value>,
+    /// The tenant's own Rego modules (embedded engine), each confined to
+    /// `package atb.tenants.<id>`: they can only add denials through its
+    /// `deny` set (README "Per-tenant policy extensions").
+    #[serde(default)]
+    pub policy_files: Vec<std::path::PathBuf>,
     /// Connector used when a mandate names none (`con.connector`); with a
     /// single connector that one is the default.
     #[serde(default)]
@@ -81,6 +91,42 @@ impl TenantConfig {
             .filter(|o| agent.is_under(o.agent.trim_end_matches('/')))
             .flat_map(|o| o.owners.iter().cloned())
             .collect()
+    }
+}
+
+/// A tenant's platform OIDC issuer (SPEC §3 `platform.sub`): tokens are
+/// JWTs signed with RS256, ES256 or EdDSA (never `none` or HMAC), keys from
+/// the issuer's JWKS (fetched on demand, single flight) and/or PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlatformConfig {
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` (string or list member).
+    pub audience: String,
+    /// The issuer's JWKS (`https://`, or `http://` to loopback).
+    pub jwks_url: Option<String>,
+    /// Static public keys (SubjectPublicKeyInfo PEM); `kid` is the file stem.
+    pub public_key_files: Vec<std::path::PathBuf>,
+    /// Accepted `alg` values, among RS256, ES256 and EdDSA.
+    pub algorithms: Vec<String>,
+    /// Clock leeway for `exp`/`nbf`/`iat`, in seconds (at most 300).
+    pub leeway_seconds: u64,
+    /// Claim whose string value is `platform.sub`.
+    pub subject_claim: String,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: None,
+            public_key_files: Vec::new(),
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            leeway_seconds: 30,
+            subject_claim: "sub".into(),
+        }
     }
 }
 

@@ -398,3 +398,48 @@ fn approver_tokens_token_headers_and_forwarded_for_never_panic() {
         let _ = atb::agentauth::client_addr::parse_cidr(&text);
     }
 }
+
+#[test]
+fn platform_tokens_never_panic() {
+    use atb::broker::platform::PlatformVerifier;
+    use atb::tenant::PlatformConfig;
+    let key = SigningKey::from_bytes(&[11; 32]);
+    let dir = tempfile::tempdir().unwrap();
+    let pem = openssl::pkey::PKey::public_key_from_raw_bytes(
+        key.verifying_key().as_bytes(),
+        openssl::pkey::Id::ED25519,
+    )
+    .unwrap()
+    .public_key_to_pem()
+    .unwrap();
+    let path = dir.path().join("idp-1.pem");
+    std::fs::write(&path, pem).unwrap();
+    let config = PlatformConfig {
+        issuer: "https://idp.example".into(),
+        audience: "atb".into(),
+        public_key_files: vec![path],
+        ..PlatformConfig::default()
+    };
+    let tls = atb::runtime::tls::outbound(&Default::default()).unwrap();
+    let verifier = PlatformVerifier::new("acme", &config, tls).unwrap();
+    let claims = json!({"iss": "https://idp.example", "aud": "atb", "sub": AGENT,
+                        "iat": 1_800_000_000, "exp": 1_800_000_300});
+    let jwt = token::sign(&claims, &key, "idp-1");
+    let mut rng = Rng(0x5eed_0007);
+    let inputs = inputs(&mut rng, &[jwt.clone().into_bytes()], 3_000);
+    actix_web::rt::System::new().block_on(async {
+        let now = 1_800_000_100;
+        assert_eq!(verifier.verify(&jwt, now).await.unwrap(), AGENT);
+        let mut verified = 0;
+        for bytes in inputs {
+            let Ok(text) = std::str::from_utf8(&bytes) else {
+                continue;
+            };
+            if verifier.verify(text, now).await.is_ok() {
+                assert_eq!(text, jwt, "a changed platform token verified");
+                verified += 1;
+            }
+        }
+        assert!(verified > 0);
+    });
+}

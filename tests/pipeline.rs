@@ -1729,11 +1729,12 @@ path = "/api/contacts/{{id}}"
 }
 
 /// The pipeline's steps, in order (`broker::gateway::pipeline`).
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "maintenance",
     "identify",
     "admit",
     "authenticate",
+    "platform",
     "known_action",
     "egress",
     "bind_route",
@@ -1791,7 +1792,7 @@ fn a_panic_in_any_step_is_refused_and_audited_exactly_once() {
             &m,
             r#"atb_rejections_total{code="internal_error",tenant="acme"}"#
         ),
-        Some(11.0),
+        Some(12.0),
         "{m}"
     );
 }
@@ -2397,4 +2398,365 @@ fn one_tenants_mandate_key_is_worthless_for_another_tenant() {
     );
     let crossed = s.globex_key.mint(ACME, "crm.contact.read", &con);
     expect(&s.acme("/api/x", &crossed), 401, "poa_invalid");
+}
+
+/// Signs `claims` as an EdDSA JWT (no `kid`) with the Ed25519 PEM key at
+/// `private` (an OIDC platform token in these tests).
+fn platform_token(private: &std::path::Path, claims: &Value) -> String {
+    platform_token_kid(private, None, claims)
+}
+
+fn platform_token_kid(private: &std::path::Path, kid: Option<&str>, claims: &Value) -> String {
+    let pem = std::fs::read(private).unwrap();
+    let key = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+    let mut header = json!({"alg": "EdDSA", "typ": "JWT"});
+    if let Some(k) = kid {
+        header["kid"] = k.into();
+    }
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signer = openssl::sign::Signer::new_without_digest(&key).unwrap();
+    let sig = signer.sign_oneshot_to_vec(input.as_bytes()).unwrap();
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[test]
+fn a_verified_platform_token_fills_platform_sub_for_the_binding() {
+    let idp_dir = tempfile::tempdir().unwrap();
+    let idp = SigningKey::new(idp_dir.path(), "idp");
+    let forger = SigningKey::new(idp_dir.path(), "forger");
+    let now = unix_now();
+    let claims = |sub: &str| {
+        json!({"iss": "https://idp.example", "aud": ["x", "atb-broker"], "sub": sub,
+               "iat": now, "exp": now + 300})
+    };
+    // (mode, matching sub, mismatching sub)
+    for (mode, good, bad) in [
+        ("exact", ACME, "spiffe://acme.example/agent/other"),
+        ("prefix", "demo", "dem"),
+    ] {
+        let platform = format!(
+            r#"
+[tenants.platform]
+issuer = "https://idp.example"
+audience = "atb-broker"
+public_key_files = ["{}"]
+[tenants.policy_data.platform_binding]
+mode = "{mode}"
+"#,
+            idp.public.display()
+        );
+        let s = setup_with("", &platform, &[]);
+        let with = |token: &str| {
+            let header = format!("X-ATB-Platform-Token: {token}");
+            s.call(
+                "acme-agent",
+                "/api/contacts/1",
+                &s.mint("crm.contact.read", &[]),
+                &["-H", &header],
+            )
+        };
+        // A valid token whose subject binds to the agent: allowed, and the
+        // token is not forwarded.
+        let a = with(&platform_token(&idp.private, &claims(good)));
+        assert_eq!(a.status, 200, "{mode}: {a:?}");
+        let h = &a.json()["headers"];
+        assert!(h.get("x-atb-platform-token").is_none(), "{h}");
+        // A verified subject that does not bind: the policy denies.
+        let a = with(&platform_token(&idp.private, &claims(bad)));
+        expect(&a, 403, "policy_denied");
+        assert_eq!(
+            a.json()["reason"],
+            "platform_spiffe_binding_mismatch",
+            "{mode}"
+        );
+        // No token: denied as before.
+        let a = s.acme("/api/contacts/1", &s.mint("crm.contact.read", &[]));
+        expect(&a, 403, "policy_denied");
+        assert_eq!(a.json()["reason"], "platform_spiffe_binding_mismatch");
+        // Forged, expired, wrong audience, wrong issuer, garbage: 401.
+        let mut expired = claims(good);
+        expired["exp"] = (now - 3600).into();
+        let mut wrong_aud = claims(good);
+        wrong_aud["aud"] = "someone-else".into();
+        let mut wrong_iss = claims(good);
+        wrong_iss["iss"] = "https://evil.example".into();
+        for (what, token) in [
+            ("forged", platform_token(&forger.private, &claims(good))),
+            ("expired", platform_token(&idp.private, &expired)),
+            ("audience", platform_token(&idp.private, &wrong_aud)),
+            ("issuer", platform_token(&idp.private, &wrong_iss)),
+            ("garbage", "not.a.jwt".to_owned()),
+        ] {
+            let a = with(&token);
+            assert_eq!(
+                (a.status, a.error().as_str()),
+                (401, "platform_token_invalid"),
+                "{mode} {what}: {a:?}"
+            );
+        }
+        // A token sent for a tenant without a platform issuer is refused.
+        let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+        let header = format!(
+            "X-ATB-Platform-Token: {}",
+            platform_token(&idp.private, &claims(GLOBEX))
+        );
+        let a = s.call("globex-agent", "/api/contacts/1", &t, &["-H", &header]);
+        expect(&a, 401, "platform_token_invalid");
+        // Without one, globex is unaffected.
+        let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+        assert_eq!(
+            s.call("globex-agent", "/api/contacts/1", &t, &[]).status,
+            200
+        );
+    }
+}
+
+#[test]
+fn a_platform_issuer_is_validated_at_start_with_its_key_named() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    for (platform, want) in [
+        (
+            "[tenants.platform]\naudience = \"a\"\npublic_key_files = [\"/nonexistent\"]",
+            "tenants[0].platform.issuer",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"",
+            "tenants[0].platform",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\npublic_key_files = [\"/x\"]\nalgorithms = [\"HS256\"]",
+            "tenants[0].platform.algorithms",
+        ),
+        (
+            "[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\npublic_key_files = [\"/nonexistent.pem\"]",
+            "tenants[0].platform.public_key_files",
+        ),
+    ] {
+        let toml = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{}",
+            pki.path("server.crt").display(),
+            pki.path("server.key").display(),
+            pki.ca().display(),
+            tenants((&key, &key), free_port(), "", platform)
+        );
+        let file = pki.path("platform.toml");
+        std::fs::write(&file, toml).unwrap();
+        // (A configuration accepted by mistake would start a broker: the
+        // timeout ends it and the assertion below fails.)
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(ATB)
+            .args(["broker", "--config"])
+            .arg(&file)
+            .env_remove("ATB_CONFIG")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{platform}: {text}");
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}
+
+/// A tenant module denying acme's reads under /api/secret.
+const ACME_MODULE: &str = r#"package atb.tenants.acme
+
+import rego.v1
+
+deny contains "contacts under /api/secret are off limits" if {
+	input.request.action == "crm.contact.read"
+	startswith(input.request.path, "/api/secret")
+}
+"#;
+
+#[test]
+fn a_tenants_rego_module_adds_denials_for_that_tenant_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("acme.rego");
+    std::fs::write(&module, ACME_MODULE).unwrap();
+    let extra = format!("policy_files = [\"{}\"]", module.display());
+    let s = setup_acme("", &extra, "", &[]);
+    let a = s.acme("/api/secret/1", &s.mint("crm.contact.read", &[]));
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "tenant_policy_denied", "{a:?}");
+    assert_eq!(
+        a.json()["details"]["reasons"],
+        json!(["contacts under /api/secret are off limits"])
+    );
+    // Elsewhere acme is unaffected, and so is globex on the same path.
+    assert_eq!(
+        s.acme("/api/contacts/1", &s.mint("crm.contact.read", &[]))
+            .status,
+        200
+    );
+    let t = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+    assert_eq!(s.call("globex-agent", "/api/secret/1", &t, &[]).status, 200);
+
+    // A module overriding the shared policy's package is refused at start,
+    // naming its key.
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let evil = dir.path().join("evil.rego");
+    std::fs::write(
+        &evil,
+        "package atb.poa\n\nimport rego.v1\n\ndecision := {\"allow\": true}\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other.rego");
+    std::fs::write(
+        &other,
+        ACME_MODULE.replace("atb.tenants.acme", "atb.tenants.globex"),
+    )
+    .unwrap();
+    for (file, want) in [(&evil, "package atb.poa"), (&other, "atb.tenants.globex")] {
+        let toml = format!(
+            "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n{}",
+            pki.path("server.crt").display(),
+            pki.path("server.key").display(),
+            pki.ca().display(),
+            tenants(
+                (&key, &key),
+                free_port(),
+                &format!("policy_files = [\"{}\"]", file.display()),
+                ""
+            )
+        );
+        let path = pki.path("tenant-module.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(ATB)
+            .args(["broker", "--config"])
+            .arg(&path)
+            .env_remove("ATB_CONFIG")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("tenants[0].policy_files[0]") && err.contains(want),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_tenant_module_in_the_wrong_package_is_refused_at_reload() {
+    const TOKEN: &str = "reload-admin-token-0123456789";
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("acme.rego");
+    std::fs::write(&good, ACME_MODULE).unwrap();
+    let evil = dir.path().join("evil.rego");
+    std::fs::write(
+        &evil,
+        "package atb.poa\n\nimport rego.v1\n\ndecision := {\"allow\": true}\n",
+    )
+    .unwrap();
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let upstream = start_upstream();
+    let with = |f: &std::path::Path| {
+        tenants(
+            (&key, &key),
+            upstream,
+            &format!("policy_files = [\"{}\"]", f.display()),
+            "",
+        )
+    };
+    let broker = Broker::start(
+        &pki,
+        &with(&good),
+        &[
+            ("ATB_ADMIN_TOKEN", TOKEN),
+            ("ATB_CONFIG_WATCH_SECONDS", "0"),
+        ],
+    );
+    let original = std::fs::read_to_string(&broker.config_path).unwrap();
+    let good_path = good.display().to_string();
+    assert!(original.contains(&good_path));
+    std::fs::write(
+        &broker.config_path,
+        original.replace(&good_path, &evil.display().to_string()),
+    )
+    .unwrap();
+    let r = admin(&broker, "POST", "/admin/config/reload", &[&auth], None);
+    assert_eq!(r.status, 422, "{r:?}");
+    let reason = r.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("tenants[0].policy_files[0]") && reason.contains("package atb.poa"),
+        "{reason}"
+    );
+    // The running policy (with acme's module) stays.
+    let call = |path: &str| {
+        let con = r#"{"connector":"crm"}"#;
+        let t = key.mint(ACME, "crm.contact.read", &["--leg", LEG, "--con", con]);
+        let h = format!("Authorization: Bearer {t}");
+        agent_get(&broker, &pki, Some("acme-agent"), path, &["-H", &h])
+    };
+    let a = call("/api/secret/1");
+    expect(&a, 403, "policy_denied");
+    assert_eq!(a.json()["reason"], "tenant_policy_denied");
+    assert_eq!(call("/api/contacts/1").status, 200);
+}
+
+#[test]
+fn platform_keys_come_from_the_issuers_jwks_on_demand() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let idp_dir = tempfile::tempdir().unwrap();
+    let idp = SigningKey::new(idp_dir.path(), "idp");
+    let jwks_file = idp_dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, json!({"keys": [jwk(&idp, "p1")]}).to_string()).unwrap();
+    let jwks_port = free_port();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    serve_jwks(jwks_port, jwks_file, hits.clone());
+    let platform = format!(
+        r#"
+[tenants.platform]
+issuer = "https://idp.example"
+audience = "atb-broker"
+jwks_url = "http://127.0.0.1:{jwks_port}/jwks.json"
+[tenants.policy_data.platform_binding]
+mode = "exact"
+"#
+    );
+    let s = setup_with("", &platform, &[]);
+    // Readiness does not wait for platform keys (fetched on demand).
+    assert_eq!(admin(&s.broker, "GET", "/ready", &[], None).status, 200);
+    let now = unix_now();
+    let claims = json!({"iss": "https://idp.example", "aud": "atb-broker", "sub": ACME,
+                        "iat": now, "exp": now + 300});
+    let with = |kid: &str| {
+        let header = format!(
+            "X-ATB-Platform-Token: {}",
+            platform_token_kid(&idp.private, Some(kid), &claims)
+        );
+        s.call(
+            "acme-agent",
+            "/api/contacts/1",
+            &s.mint("crm.contact.read", &[]),
+            &["-H", &header],
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(with("p1").status, 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "fetched once, then cached");
+    // Unknown kids are refused without a fetch each (cooldown).
+    for i in 0..10 {
+        expect(&with(&format!("bogus-{i}")), 401, "platform_token_invalid");
+    }
+    assert!(hits.load(Ordering::SeqCst) <= 2, "{hits:?}");
 }

@@ -1108,7 +1108,40 @@ denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 	count(violations) > 0
 }
 
-default decision := {"allow": false, "reason": "deny_by_default", "risk_tier": "unknown"}
+# ---------------------------------------------------------------------------
+# Per-tenant extensions (SPEC §4). A tenant's own modules (`policy_files` in
+# its config) are confined to `package atb.tenants.<id>` (checked at load)
+# and can only ADD denials: a decision the shared policy allows is denied
+# (`tenant_policy_denied`, the reasons in details) when the tenant's
+# `deny` set has a member. A shared denial keeps its own reason; other
+# tenants' modules are never evaluated. A `deny` that is neither a set nor an
+# array denies too (fail closed).
+# ---------------------------------------------------------------------------
+
+decision := {"allow": false, "reason": "tenant_policy_denied", "details": {"reasons": reasons}, "risk_tier": base_decision.risk_tier} if {
+	base_decision.allow == true
+	reasons := tenant_denials
+	count(reasons) > 0
+} else := base_decision
+
+# `data.atb.tenant_policy.deny` is the input tenant's `deny`, through a
+# module the broker generates when tenants have modules (one static
+# reference per tenant, so no other tenant's rules are evaluated).
+tenant_deny_doc := d if {
+	d := data.atb.tenant_policy.deny
+} else := set()
+
+tenant_denials := sort([tenant_reason(r) | some r in tenant_deny_doc]) if {
+	is_set(tenant_deny_doc)
+} else := sort([tenant_reason(r) | some r in tenant_deny_doc]) if {
+	is_array(tenant_deny_doc)
+} else := ["tenant policy: deny must be a set of reasons"]
+
+tenant_reason(r) := r if is_string(r)
+
+tenant_reason(r) := "tenant policy: a reason that is not a string" if not is_string(r)
+
+default base_decision := {"allow": false, "reason": "deny_by_default", "risk_tier": "unknown"}
 
 no_poa_allowed if low_risk_request
 
@@ -1126,7 +1159,7 @@ no_poa_allowed if safe_path_request
 # decisions are the chain's. Inline, because on the embedded engine every
 # rule reference and every call (builtins too) costs more than the
 # expressions it saves.
-decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
+base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	tier := common_case_tier
 	l := input.poa.leg
 	approved(tier, l, {canon(input.agent.spiffe_id)})

@@ -970,3 +970,46 @@ test_fast_path_answers_like_the_chain_with_a_global_time_policy if {
 		d == c
 	}
 }
+
+# Per-tenant extensions: a tenant's deny set turns its allowed calls into
+# tenant_policy_denied; earlier denials keep their reason. (The broker's
+# generated data.atb.tenant_policy picks the input tenant's deny set.)
+tenant_read := mk("crm.contact.read", {}, {}, good_leg)
+
+test_tenant_policy_denies_an_allowed_call if {
+	d := poa.decision with input as tenant_read with data.atb.tenant_policy.deny as {"no reads", "audit freeze"}
+	d.allow == false
+	d.reason == "tenant_policy_denied"
+	d.details.reasons == ["audit freeze", "no reads"]
+	d.risk_tier == "low"
+}
+
+test_tenant_policy_with_an_empty_deny_set_allows if {
+	d := poa.decision with input as tenant_read with data.atb.tenant_policy.deny as set()
+	d.allow == true
+}
+
+test_no_tenant_policy_allows if {
+	d := poa.decision with input as tenant_read
+	d.allow == true
+	d.reason == "allow"
+}
+
+test_tenant_policy_does_not_mask_a_shared_denial if {
+	inp := json.patch(tenant_read, [{"op": "replace", "path": "/poa/sub", "value": "spiffe://evil/x"}])
+	d := poa.decision with input as inp with data.atb.tenant_policy.deny as {"no reads"}
+	d.allow == false
+	d.reason == "sub_mismatch"
+}
+
+test_tenant_policy_deny_of_the_wrong_type_denies if {
+	d := poa.decision with input as tenant_read with data.atb.tenant_policy.deny as true
+	d.allow == false
+	d.details.reasons == ["tenant policy: deny must be a set of reasons"]
+}
+
+test_tenant_policy_reasons_that_are_not_strings if {
+	d := poa.decision with input as tenant_read with data.atb.tenant_policy.deny as [7]
+	d.reason == "tenant_policy_denied"
+	d.details.reasons == ["tenant policy: a reason that is not a string"]
+}

@@ -222,8 +222,32 @@ impl ApproverKeys {
         config: &ApproverAuthConfig,
         tls: openssl::ssl::SslConnector,
     ) -> Result<Self, KeyError> {
+        Self::from_sources(
+            "approvers",
+            config.jwks_url.as_deref(),
+            &config.public_key_files,
+            JwksTimings {
+                refresh: Duration::from_secs(config.jwks_refresh_seconds),
+                cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
+                negative_ttl: Duration::from_secs(config.jwks_cooldown_seconds.max(60)),
+                stale_after: APPROVER_KEYS_STALE,
+                timeout: Duration::from_secs(5),
+            },
+            tls,
+        )
+    }
+
+    /// Keys from PEM files (`kid` = file stem) and/or a JWKS fetched on
+    /// demand through the shared cache; `name` labels the cache's logs.
+    pub fn from_sources(
+        name: &str,
+        jwks_url: Option<&str>,
+        public_key_files: &[std::path::PathBuf],
+        timings: JwksTimings,
+        tls: openssl::ssl::SslConnector,
+    ) -> Result<Self, KeyError> {
         let mut static_keys = HashMap::new();
-        for path in &config.public_key_files {
+        for path in public_key_files {
             let file = |reason: String| KeyError::File {
                 path: path.clone(),
                 reason,
@@ -238,20 +262,7 @@ impl ApproverKeys {
                 .unwrap_or_default();
             static_keys.insert(kid, key);
         }
-        let jwks = config.jwks_url.as_ref().map(|url| {
-            JwksCache::new(
-                "approvers".into(),
-                url.clone(),
-                JwksTimings {
-                    refresh: Duration::from_secs(config.jwks_refresh_seconds),
-                    cooldown: Duration::from_secs(config.jwks_cooldown_seconds),
-                    negative_ttl: Duration::from_secs(config.jwks_cooldown_seconds.max(60)),
-                    stale_after: APPROVER_KEYS_STALE,
-                    timeout: Duration::from_secs(5),
-                },
-                None,
-            )
-        });
+        let jwks = jwks_url.map(|url| JwksCache::new(name.into(), url.to_owned(), timings, None));
         Ok(Self {
             static_keys,
             jwks,
@@ -327,16 +338,25 @@ impl ApproverAuth {
 
     /// Authenticates `token` at `now` (Unix seconds).
     pub async fn authenticate(&self, token: &str, now: i64) -> Result<Approver, AuthError> {
-        let parsed = parse(token, &self.config.algorithms)?;
+        let claims = self.keys.verify(token, &self.config.algorithms).await?;
+        claims_to_approver(&claims, &self.config, now)
+    }
+}
+
+impl ApproverKeys {
+    /// Checks a compact JWS's form, alg (one of `allowed`, never `none` or
+    /// HMAC) and signature against these keys; returns its claims, whose
+    /// registered claims the caller still checks ([`check_registered`]).
+    pub async fn verify(&self, token: &str, allowed: &[String]) -> Result<Value, AuthError> {
+        let parsed = parse(token, allowed)?;
         let key = self
-            .keys
             .key(parsed.kid.as_deref(), parsed.alg)
             .await
             .ok_or_else(|| fail("no key fits the token's kid and alg"))?;
         if !key.verify(parsed.input.as_bytes(), &parsed.signature) {
             return Err(fail("signature does not verify"));
         }
-        claims_to_approver(&parsed.claims, &self.config, now)
+        Ok(parsed.claims)
     }
 }
 
@@ -389,23 +409,27 @@ fn parse<'a>(token: &'a str, allowed: &[String]) -> Result<Parsed<'a>, AuthError
     })
 }
 
-/// Checks the registered claims and reads identity and roles.
-pub fn claims_to_approver(
+/// Checks the registered claims: `iss` and `aud` (string or list member)
+/// as configured, `exp` required, `nbf`/`iat` when present, each with
+/// `leeway_seconds` of clock skew.
+pub fn check_registered(
     claims: &Value,
-    config: &ApproverAuthConfig,
+    issuer: &str,
+    audience: &str,
+    leeway_seconds: u64,
     now: i64,
-) -> Result<Approver, AuthError> {
+) -> Result<(), AuthError> {
     if !claims.is_object() {
         return Err(fail("claims are not a JSON object"));
     }
-    let leeway = config.leeway_seconds as i64;
+    let leeway = leeway_seconds as i64;
     let num = |k: &str| claims.get(k).and_then(Value::as_i64);
-    if claims.get("iss").and_then(Value::as_str) != Some(config.issuer.as_str()) {
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err(fail("wrong or missing iss"));
     }
     let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => *a == config.audience,
-        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&config.audience)),
+        Some(Value::String(a)) => a == audience,
+        Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(audience)),
         _ => false,
     };
     if !aud_ok {
@@ -427,6 +451,22 @@ pub fn claims_to_approver(
             return Err(fail("token was issued in the future"));
         }
     }
+    Ok(())
+}
+
+/// Checks the registered claims and reads identity and roles.
+pub fn claims_to_approver(
+    claims: &Value,
+    config: &ApproverAuthConfig,
+    now: i64,
+) -> Result<Approver, AuthError> {
+    check_registered(
+        claims,
+        &config.issuer,
+        &config.audience,
+        config.leeway_seconds,
+        now,
+    )?;
     let text = |k: &str| {
         claims
             .get(k)

@@ -68,6 +68,8 @@ pub struct RequestCtx<'a> {
     pub routed: Routed,
     /// Uses of the action this hour (the policy's `rate_limit_state`).
     pub usage: u64,
+    /// The verified subject of the platform token (`platform.sub`).
+    pub platform_sub: Option<String>,
     /// `request.params`, and a JSON body already read for the policy.
     pub params: Map<String, Value>,
     pub buffered: Option<web::Bytes>,
@@ -118,6 +120,7 @@ impl<'a> RequestCtx<'a> {
             path: String::new(),
             routed: Routed::default(),
             usage: 0,
+            platform_sub: None,
             params: Map::new(),
             buffered: None,
             response: None,

@@ -20,6 +20,7 @@ use crate::audit::guard::Ending;
 use crate::broker::admission::{Admission, ShardRequest};
 use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
+use crate::broker::platform::PLATFORM_TOKEN_HEADER;
 use crate::broker::replay::{ReplayError, Verdict};
 use crate::broker::state::BrokerState;
 use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
@@ -145,6 +146,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
         identify,        // 401 spiffe_id_required, 403 unknown_tenant, 429 connection_limit
         admit,           // 429 rate_limited (tenant)
         authenticate,    // 401 poa_required / poa_invalid / poa_expired / poa_revoked, 403 poa_subject_mismatch / action_mismatch
+        platform,        // 401 platform_token_invalid
         known_action,    // 403 policy_denied (unknown_action)
         egress,          // 403 egress_denied
         bind_route,      // 403 action_route_mismatch
@@ -265,6 +267,39 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
         return Err(refusal(ctx, r));
     }
     ctx.credential = Some(Credential::Jwt(claims));
+    Ok(())
+}
+
+/// The platform token, if one is sent: verified against the tenant's
+/// platform issuer; its subject becomes `platform.sub`. Present but
+/// invalid (or sent twice, or for a tenant without a platform issuer) is
+/// refused, never ignored.
+async fn platform(ctx: &mut RequestCtx<'_>) -> Step {
+    let mut values = ctx.req.headers().get_all(PLATFORM_TOKEN_HEADER);
+    let Some(value) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_some() {
+        return Err(Rejection::platform_token_invalid(
+            "more than one X-ATB-Platform-Token",
+        ));
+    }
+    let token = value
+        .to_str()
+        .map_err(|_| Rejection::platform_token_invalid("the platform token is not ASCII"))?
+        .trim();
+    let tenant = ctx.tenant()?.clone();
+    let tenants = ctx.tenants.clone();
+    let Some(verifier) = tenants.platform.get(&tenant.id) else {
+        return Err(Rejection::platform_token_invalid(
+            "the tenant has no platform issuer configured",
+        ));
+    };
+    let sub = verifier
+        .verify(token, unix_now())
+        .await
+        .map_err(|e| Rejection::platform_token_invalid(format!("platform token: {e}")))?;
+    ctx.platform_sub = Some(sub);
     Ok(())
 }
 
@@ -479,6 +514,7 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
         "current_time_ns": now_ns(),
         "rate_limit_state": {ctx.routed.action.as_str(): ctx.usage},
         "tenant": {"id": tenant.id},
+        "platform": ctx.platform_sub.as_ref().map_or_else(|| json!({}), |sub| json!({"sub": sub})),
     });
     let started = Instant::now();
     let decided = state.policy.decide(ctx.client, &tenant.id, input).await;

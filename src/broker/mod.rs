@@ -8,6 +8,7 @@ pub mod connection;
 pub mod context;
 pub mod gateway;
 pub mod params;
+pub mod platform;
 pub mod policy_client;
 pub mod replay;
 pub mod state;

@@ -268,6 +268,16 @@ impl BrokerState {
         if statics != running {
             tracing::warn!("settings outside [[tenants]] changed; they apply at the next restart");
         }
+        // The tenants' policy (their data and modules) must compile before
+        // they are swapped in: a refused bundle refuses the whole reload.
+        let bundle = match self.policy {
+            PolicyClient::Embedded(_) => Some(
+                PolicyBundle::from_config(&next)
+                    .and_then(|b| b.engine().map(|_| b))
+                    .map_err(|e| crate::config::error::invalid("tenants", e.to_string()))?,
+            ),
+            _ => None,
+        };
         let built = TenantSet::build(Arc::new(next), Some(&current), &self.metrics)?;
         let changed = crate::broker::tenants::changes(&current, &built);
         let count = built.config.tenants.len();
@@ -300,8 +310,9 @@ impl BrokerState {
             pending.extend(starts);
         }
         // The policy sees the new tenants' data.
-        if matches!(self.policy, PolicyClient::Embedded(_)) {
-            let _ = self.reload_policy();
+        // (The bundle checked above: the files are not read twice.)
+        if let Some(bundle) = bundle {
+            let _ = self.install_policy(Ok(bundle));
         }
         Ok(ReloadOutcome::Changed {
             tenants: count,
@@ -365,11 +376,19 @@ impl BrokerState {
     /// compiles; on any failure the running policy stays. `Ok(true)`: the
     /// policy changed. Blocking: call off the I/O threads.
     pub fn reload_policy(&self) -> Result<bool, PolicyReloadError> {
+        let config = self.tenants.load().config.clone();
+        self.install_policy(PolicyBundle::from_config(&config))
+    }
+
+    /// Swaps in `bundle` if it is one and compiles (counted and logged).
+    fn install_policy(
+        &self,
+        bundle: Result<PolicyBundle, crate::policy::embedded::BundleError>,
+    ) -> Result<bool, PolicyReloadError> {
         let PolicyClient::Embedded(pool) = &self.policy else {
             return Err(PolicyReloadError::Opa);
         };
-        let config = self.tenants.load().config.clone();
-        let outcome = PolicyBundle::from_config(&config)
+        let outcome = bundle
             .and_then(|b| pool.replace(b))
             .map_err(PolicyReloadError::Refused);
         let result = match &outcome {

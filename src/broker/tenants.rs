@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::broker::platform::PlatformVerifier;
 use crate::broker::validator::TenantAuth;
 use crate::config::error::{invalid, ConfigError};
 use crate::config::Config;
@@ -107,6 +108,48 @@ pub fn issuer_files(config: &Config) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Each tenant's platform issuer: PEM keys loaded now (a bad one refuses
+/// the whole set, naming its key); a tenant whose `[tenants.platform]` is
+/// unchanged from `previous` keeps its verifier (and its fetched keys).
+fn build_platform(
+    config: &Config,
+    previous: Option<&TenantSet>,
+) -> Result<HashMap<String, Arc<PlatformVerifier>>, ConfigError> {
+    let mut out = HashMap::new();
+    let mut tls = None;
+    for (i, t) in config.tenants.iter().enumerate() {
+        let Some(p) = &t.platform else { continue };
+        let kept = previous.and_then(|prev| {
+            let old = prev.config.tenants.iter().find(|o| o.id == t.id)?;
+            (old.platform.as_ref() == Some(p))
+                .then(|| prev.platform.get(&t.id).cloned())
+                .flatten()
+        });
+        let verifier = match kept {
+            Some(v) => v,
+            None => {
+                let connector = match &tls {
+                    Some(c) => c,
+                    None => tls.insert(
+                        crate::runtime::tls::outbound(&config.tls)
+                            .map_err(|e| invalid("tls.outbound_ca_file", e.to_string()))?,
+                    ),
+                };
+                Arc::new(
+                    PlatformVerifier::new(&t.id, p, connector.clone()).map_err(|e| {
+                        invalid(
+                            format!("tenants[{i}].platform.public_key_files"),
+                            e.to_string(),
+                        )
+                    })?,
+                )
+            }
+        };
+        out.insert(t.id.clone(), verifier);
+    }
+    Ok(out)
+}
+
 /// Everything the pipeline reads about tenants, from one configuration.
 pub struct TenantSet {
     /// The configuration the set was built from (the policy reads its
@@ -120,6 +163,8 @@ pub struct TenantSet {
     pub catalogues: Catalogues,
     /// Interned tenant ids handed to shards without allocating per request.
     pub keys: HashMap<String, Arc<str>>,
+    /// Each tenant's platform issuer (`[tenants.platform]`), if it has one.
+    pub platform: HashMap<String, Arc<PlatformVerifier>>,
 }
 
 impl TenantSet {
@@ -146,6 +191,7 @@ impl TenantSet {
             };
             auth.insert(t.id.clone(), a);
         }
+        let platform = build_platform(&config, previous)?;
         let (bindings, catalogues) = compile_bindings(&config, metrics)?;
         let issuers = crate::tenant::load_issuers(&config, previous.map(|p| p.directory.as_ref()))?;
         let directory = Arc::new(TenantDirectory::new(&config.tenants).with_issuers(issuers));
@@ -160,6 +206,7 @@ impl TenantSet {
             bindings,
             catalogues,
             keys,
+            platform,
         })
     }
 
@@ -308,5 +355,77 @@ mod tests {
         std::fs::remove_file(dir.path().join("a.pem")).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("tenants[0].client_ca_file"), "{e}");
+    }
+
+    /// Two tenants on one client CA (written to `dir`), acme with
+    /// `platform` settings.
+    fn platform_config(dir: &std::path::Path, platform: &str) -> Arc<Config> {
+        let global = dir.join("global.pem");
+        if !global.exists() {
+            std::fs::write(&global, pem(&[&ca("global", None)])).unwrap();
+        }
+        let mut c = Config::from_toml(&format!(
+            "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n{platform}\n[[tenants]]\nid = \"globex\"\ntrust_domain = \"globex.example\"\n"
+        ))
+        .unwrap();
+        c.tls.client_ca_file = global;
+        Arc::new(c)
+    }
+
+    #[test]
+    fn platform_verifiers_are_part_of_the_set_and_follow_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("idp.pem");
+        let key = openssl::pkey::PKey::generate_ed25519().unwrap();
+        std::fs::write(&pem, key.public_key_to_pem().unwrap()).unwrap();
+        let platform = |aud: &str, file: &std::path::Path| {
+            format!(
+                "[tenants.platform]\nissuer = \"https://idp\"\naudience = \"{aud}\"\npublic_key_files = [\"{}\"]",
+                file.display()
+            )
+        };
+        let metrics = Metrics::new().unwrap();
+        let first = TenantSet::build(
+            platform_config(dir.path(), &platform("a", &pem)),
+            None,
+            &metrics,
+        )
+        .unwrap();
+        assert!(first.platform.contains_key("acme"));
+        assert!(!first.platform.contains_key("globex"));
+        // Unchanged: kept (with its fetched keys); changed: rebuilt.
+        let same = TenantSet::build(
+            platform_config(dir.path(), &platform("a", &pem)),
+            Some(&first),
+            &metrics,
+        )
+        .unwrap();
+        assert!(Arc::ptr_eq(&first.platform["acme"], &same.platform["acme"]));
+        let other = TenantSet::build(
+            platform_config(dir.path(), &platform("b", &pem)),
+            Some(&first),
+            &metrics,
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.platform["acme"],
+            &other.platform["acme"]
+        ));
+        // Removed: gone.
+        let none =
+            TenantSet::build(platform_config(dir.path(), ""), Some(&first), &metrics).unwrap();
+        assert!(none.platform.is_empty());
+        // A key file that is not a public key refuses the set, naming it.
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a key").unwrap();
+        let e = TenantSet::build(
+            platform_config(dir.path(), &platform("a", &bad)),
+            Some(&first),
+            &metrics,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("tenants[0].platform.public_key_files"), "{e}");
     }
 }

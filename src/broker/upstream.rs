@@ -372,6 +372,7 @@ mod tests {
         for stripped in [
             "authorization",
             "x-poa-token",
+            "x-atb-platform-token",
             "x-atb-agent",
             "x-atb-tenant",
             "connection",

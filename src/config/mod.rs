@@ -492,6 +492,26 @@ impl Config {
             if let Some(url) = &t.poa.jwks_url {
                 validate_upstream_url(url).map_err(|m| invalid(key("poa.jwks_url"), m))?;
             }
+            if let Some(p) = &t.platform {
+                validate_platform(p, &key)?;
+            }
+            if !t.policy_files.is_empty() {
+                if self.policy.engine != crate::policy::config::PolicyEngine::Embedded {
+                    return Err(invalid(
+                        key("policy_files"),
+                        "needs policy.engine = \"embedded\" (a remote OPA loads its own modules)",
+                    ));
+                }
+                if !crate::policy::embedded::is_rego_identifier(&t.id) {
+                    return Err(invalid(
+                        key("policy_files"),
+                        format!(
+                            "the tenant id {:?} must be a Rego identifier (a-z, 0-9, _; not starting with a digit) to name its package atb.tenants.<id>",
+                            t.id
+                        ),
+                    ));
+                }
+            }
             let catalogue = crate::catalog::TenantCatalogue::new(t.policy_data.as_ref())
                 .map_err(|e| invalid(key("policy_data"), e.to_string()))?;
             let mut connector_ids = HashSet::new();
@@ -630,6 +650,53 @@ pub fn valid_id(id: &str) -> bool {
         && bytes.iter().all(|&b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
         })
+}
+
+/// A tenant's `[tenants.platform]`: issuer, audience, a key source and
+/// only asymmetric algorithms.
+fn validate_platform(
+    p: &crate::tenant::PlatformConfig,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    if p.issuer.trim().is_empty() {
+        return Err(invalid(key("platform.issuer"), "is required"));
+    }
+    if p.audience.trim().is_empty() {
+        return Err(invalid(key("platform.audience"), "is required"));
+    }
+    if p.jwks_url.is_none() && p.public_key_files.is_empty() {
+        return Err(invalid(
+            key("platform"),
+            "set jwks_url and/or public_key_files",
+        ));
+    }
+    if let Some(url) = &p.jwks_url {
+        validate_upstream_url(url).map_err(|m| invalid(key("platform.jwks_url"), m))?;
+    }
+    if p.algorithms.is_empty() {
+        return Err(invalid(
+            key("platform.algorithms"),
+            "must name at least one",
+        ));
+    }
+    for a in &p.algorithms {
+        if !crate::agentauth::config::APPROVER_ALGORITHMS.contains(&a.as_str()) {
+            return Err(invalid(
+                key("platform.algorithms"),
+                format!("{a:?} is not accepted (RS256, ES256 or EdDSA; never none or HMAC)"),
+            ));
+        }
+    }
+    if p.leeway_seconds > 300 {
+        return Err(invalid(
+            key("platform.leeway_seconds"),
+            "must be at most 300",
+        ));
+    }
+    if p.subject_claim.trim().is_empty() {
+        return Err(invalid(key("platform.subject_claim"), "is required"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -902,5 +969,63 @@ mod tests {
         assert!(!valid_id("-acme"));
         assert!(!valid_id(""));
         assert!(!valid_id(&"a".repeat(64)));
+    }
+}
+
+#[cfg(test)]
+mod platform_and_tenant_policy_tests {
+    use super::*;
+
+    const TENANT: &str = "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n";
+
+    fn check(toml: &str) -> String {
+        let tls =
+            "[tls]\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.crt\"\n";
+        match Config::from_toml(&format!("{tls}{toml}")) {
+            Err(e) => e.to_string(),
+            Ok(c) => c
+                .validate()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn error(extra: &str) -> String {
+        check(&format!("{TENANT}{extra}"))
+    }
+
+    #[test]
+    fn platform_issuers_are_validated_with_their_keys_named() {
+        let ok = "[tenants.platform]\nissuer = \"https://idp\"\naudience = \"atb\"\njwks_url = \"https://idp/keys\"\n";
+        assert_eq!(error(ok), "");
+        for (toml, key) in [
+            ("[tenants.platform]\naudience = \"a\"\njwks_url = \"https://idp/k\"\n", "tenants[0].platform.issuer"),
+            ("[tenants.platform]\nissuer = \"i\"\njwks_url = \"https://idp/k\"\n", "tenants[0].platform.audience"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\n", "tenants[0].platform"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"ftp://x\"\n", "tenants[0].platform.jwks_url"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = [\"none\"]\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = [\"HS256\"]\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nalgorithms = []\n", "tenants[0].platform.algorithms"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nleeway_seconds = 301\n", "tenants[0].platform.leeway_seconds"),
+            ("[tenants.platform]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"https://idp/k\"\nsubject_claim = \"\"\n", "tenants[0].platform.subject_claim"),
+        ] {
+            let e = error(toml);
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn tenant_modules_need_the_embedded_engine_and_an_identifier_id() {
+        assert_eq!(error("policy_files = [\"/x.rego\"]\n"), "");
+        let e = error("policy_files = [\"/x.rego\"]\n[policy]\nengine = \"opa\"\n");
+        assert!(e.contains("tenants[0].policy_files"), "{e}");
+        let e = check(
+            "[[tenants]]\nid = \"acme-eu\"\ntrust_domain = \"acme.example\"\npolicy_files = [\"/x.rego\"]\n",
+        );
+        assert!(
+            e.contains("tenants[0].policy_files") && e.contains("Rego identifier"),
+            "{e}"
+        );
     }
 }

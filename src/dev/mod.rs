@@ -114,6 +114,8 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
             )),
             ..TenantPoaConfig::default()
         },
+        platform: None,
+        policy_files: Vec::new(),
         policy_data: None,
         default_connector: None,
         connectors: vec![connector("crm")],

@@ -110,6 +110,35 @@ impl PolicyBundle {
                 serde_json::from_str(&text).map_err(|e| source(what)(e.to_string()))?;
             super::merge_data(&mut data, doc);
         }
+        let mut dispatch = Vec::new();
+        for (i, t) in tenants.iter().enumerate() {
+            for (j, path) in t.policy_files.iter().enumerate() {
+                let what = format!("tenants[{i}].policy_files[{j}] {}", path.display());
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| source(what.clone())(e.to_string()))?;
+                confined_to_tenant(&t.id, path, &text).map_err(compile(what))?;
+                modules.push((format!("tenant:{}:{}", t.id, path.display()), text));
+            }
+            if !t.policy_files.is_empty() {
+                // The id is a Rego identifier (checked above).
+                dispatch.push(format!(
+                    "deny := data.atb.tenants.{id}.deny if input.tenant.id == \"{id}\"\n",
+                    id = t.id
+                ));
+            }
+        }
+        if !dispatch.is_empty() {
+            // `data.atb.tenant_policy.deny`: the input tenant's deny set, by
+            // one static reference per tenant (a dynamic
+            // `data.atb.tenants[id]` would evaluate every tenant's rules).
+            modules.push((
+                "generated:atb.tenant_policy".to_string(),
+                format!(
+                    "package atb.tenant_policy\n\nimport rego.v1\n\n{}",
+                    dispatch.concat()
+                ),
+            ));
+        }
         for t in tenants {
             if let Some(d) = &t.policy_data {
                 super::merge_data(
@@ -164,6 +193,36 @@ impl PolicyBundle {
             .map_err(|e| compile(DECISION_RULE)(e.to_string()))?;
         Ok(engine)
     }
+}
+
+/// Whether `id` can name a Rego package segment as is.
+pub fn is_rego_identifier(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// A tenant's module must declare exactly `package atb.tenants.<id>`: it
+/// can then define rules only under that tenant's document, and the shared
+/// policy reads no more of it than its `deny` set.
+fn confined_to_tenant(id: &str, path: &std::path::Path, text: &str) -> Result<(), String> {
+    if !is_rego_identifier(id) {
+        return Err(format!("the tenant id {id:?} is not a Rego identifier"));
+    }
+    let mut scratch = regorus::Engine::new();
+    let package = scratch
+        .add_policy(path.display().to_string(), text.to_owned())
+        .map_err(|e| e.to_string())?;
+    let want = format!("data.atb.tenants.{id}");
+    if package != want {
+        return Err(format!(
+            "declares package {}; a tenant's modules must declare package atb.tenants.{id}",
+            package.strip_prefix("data.").unwrap_or(&package)
+        ));
+    }
+    Ok(())
 }
 
 fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
@@ -429,6 +488,73 @@ mod tests {
             (d.allow, d.reason.as_str()),
             (false, "poa_required_for_action")
         );
+    }
+
+    #[test]
+    fn tenant_modules_are_confined_and_read_only_for_their_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, src: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, src).unwrap();
+            p
+        };
+        let acme = write(
+            "acme.rego",
+            "package atb.tenants.acme\nimport rego.v1\ndeny contains \"no reads\" if input.request.action == \"crm.contact.read\"\n",
+        );
+        // Globex's module fails at evaluation (strict builtin errors).
+        let globex = write(
+            "globex.rego",
+            "package atb.tenants.globex\nimport rego.v1\ndeny contains x if x := 1 / 0\n",
+        );
+        let mut c = crate::config::Config::from_toml(
+            "[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n[[tenants]]\nid = \"globex\"\ntrust_domain = \"globex.example\"\n[[tenants]]\nid = \"initech\"\ntrust_domain = \"initech.example\"\n",
+        )
+        .unwrap();
+        c.tenants[0].policy_files = vec![acme.clone()];
+        c.tenants[1].policy_files = vec![globex];
+        let mut e = PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500))
+            .unwrap()
+            .engine()
+            .unwrap();
+        let input = |tenant: &str| {
+            let agent = format!("spiffe://{tenant}.example/agent/a");
+            json!({
+                "agent": {"spiffe_id": agent},
+                "poa": {"sub": agent, "act": "crm.contact.read", "con": {}, "iat": 100, "exp": 160, "jti": "j",
+                        "leg": {"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "o"}}},
+                "request": {"method": "GET", "path": "/x", "action": "crm.contact.read", "params": {}},
+                "policy": {"max_ttl_seconds": 300},
+                "tenant": {"id": tenant},
+            })
+        };
+        let d = evaluate(&mut e, &input("acme")).unwrap();
+        assert_eq!(
+            (d.allow, d.reason.as_str()),
+            (false, "tenant_policy_denied")
+        );
+        assert_eq!(d.details, Some(json!({"reasons": ["no reads"]})));
+        // Another tenant's module is not evaluated for initech; globex's
+        // own failure fails closed (an error, never an allow).
+        assert!(evaluate(&mut e, &input("initech")).unwrap().allow);
+        assert!(evaluate(&mut e, &input("globex")).is_err());
+        // Any package but the tenant's own is refused, naming the key.
+        for (i, bad) in [
+            "package atb.poa\nimport rego.v1\ndecision := {\"allow\": true}\n",
+            "package atb.tenants.globex\nimport rego.v1\ndeny contains \"x\"\n",
+            "package atb.tenants\nimport rego.v1\nacme := {}\n",
+            "package atb.tenants.acme.sub\nimport rego.v1\nx := 1\n",
+            "package atb.tenants.acme\nthis is not rego\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            c.tenants[0].policy_files = vec![acme.clone(), write(&format!("bad{i}.rego"), bad)];
+            let e = PolicyBundle::load(None, None, &c.tenants, Duration::from_millis(500))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("tenants[0].policy_files[1]"), "{bad}: {e}");
+        }
     }
 
     #[test]
