@@ -1118,7 +1118,12 @@ denial := {"reason": "missing_required_fields", "details": missing_fields} if {
 # array denies too (fail closed).
 # ---------------------------------------------------------------------------
 
-decision := {"allow": false, "reason": "tenant_policy_denied", "details": {"reasons": reasons}, "risk_tier": base_decision.risk_tier} if {
+# Without a tenant deny document (the common case) the shared decision is
+# the decision, in one rule body: the tenant check below costs about 11 µs
+# per decision on the embedded engine.
+decision := base_decision if {
+	[1 | _ = data.atb.tenant_policy.deny] == []
+} else := {"allow": false, "reason": "tenant_policy_denied", "details": {"reasons": reasons}, "risk_tier": base_decision.risk_tier} if {
 	base_decision.allow == true
 	reasons := tenant_denials
 	count(reasons) > 0
