@@ -123,7 +123,7 @@ impl Default for PlatformConfig {
             audience: String::new(),
             jwks_url: None,
             public_key_files: Vec::new(),
-            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            algorithms: crate::agentauth::config::default_oidc_algorithms(),
             leeway_seconds: 30,
             subject_claim: "sub".into(),
         }

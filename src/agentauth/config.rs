@@ -122,6 +122,12 @@ pub struct ApproverAuthConfig {
     pub jwks_cooldown_seconds: u64,
 }
 
+/// The signature algorithms accepted by default for OIDC tokens (approver
+/// and platform tokens alike): never `none` or HMAC.
+pub fn default_oidc_algorithms() -> Vec<String> {
+    ["RS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+
 impl Default for ApproverAuthConfig {
     fn default() -> Self {
         Self {
@@ -129,7 +135,7 @@ impl Default for ApproverAuthConfig {
             audience: String::new(),
             jwks_url: None,
             public_key_files: Vec::new(),
-            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            algorithms: default_oidc_algorithms(),
             identity_claim: "sub".into(),
             role_claim: "roles".into(),
             tenant_claim: "tenant".into(),
