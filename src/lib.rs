@@ -18,6 +18,7 @@ pub mod policy;
 pub mod routes;
 pub mod runtime;
 pub mod spiffe;
+pub mod store;
 pub mod tenant;
 
 /// At most the first `chars` characters of `s`: how much of a

@@ -38,6 +38,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub tenants: Vec<TenantConfig>,
     pub agentauth: crate::agentauth::config::AgentAuthConfig,
+    /// Shared state for several replicas; absent = in memory.
+    pub redis: Option<crate::store::config::RedisConfig>,
 }
 
 impl Config {
@@ -178,6 +180,7 @@ impl Config {
             self.debug.fault_injection = v;
         }
         self.agentauth.apply_env(env)?;
+        crate::store::config::RedisConfig::apply_env(&mut self.redis, env)?;
         Ok(())
     }
 
@@ -334,6 +337,9 @@ impl Config {
             ));
         }
         self.agentauth.validate()?;
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
         self.validate_tenants()?;
         self.validate_operators()
     }
