@@ -3,3 +3,5 @@
 //! Cluster) with its fail-closed time limits and metrics, and key names.
 
 pub mod config;
+pub mod keys;
+pub mod redis;
