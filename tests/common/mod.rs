@@ -3,6 +3,8 @@
 //! `curl` as the independent client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
