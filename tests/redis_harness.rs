@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer, SentinelSet};
+use common::redis_procs::{RedisCluster, RedisServer, SentinelSet};
 
 #[test]
 fn server_answers_crashes_and_restarts_on_the_same_port() {
@@ -35,9 +35,9 @@ fn server_answers_crashes_and_restarts_on_the_same_port() {
 fn password_server_requires_auth() {
     let server = RedisServer::start_with_password("s3cret");
     assert_eq!(server.cli(&["set", "k", "v"]), "OK");
-    let anonymous = common::redis::redis_cli(server.port(), None, &["get", "k"]);
+    let anonymous = common::redis_procs::redis_cli(server.port(), None, &["get", "k"]);
     assert!(anonymous.starts_with("NOAUTH"), "{anonymous}");
-    let wrong = common::redis::redis_cli(server.port(), Some("nope"), &["get", "k"]);
+    let wrong = common::redis_procs::redis_cli(server.port(), Some("nope"), &["get", "k"]);
     // redis-cli reports the failed AUTH on stderr, then the command is refused.
     assert!(wrong.starts_with("NOAUTH"), "{wrong}");
 }
@@ -77,7 +77,7 @@ fn cluster_serves_keys_across_nodes() {
     }
     for node in cluster.nodes() {
         let p = node.port().to_string();
-        let out = common::redis::redis_cli(node.port(), None, &["-c", "set", "{x}a", &p]);
+        let out = common::redis_procs::redis_cli(node.port(), None, &["-c", "set", "{x}a", &p]);
         assert_eq!(out, "OK");
     }
     assert_eq!(

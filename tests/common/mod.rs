@@ -3,7 +3,7 @@
 //! `curl` as the independent client.
 #![allow(dead_code)]
 
-pub mod redis;
+pub mod redis_procs;
 
 use std::fs;
 use std::io::Read;
