@@ -285,10 +285,12 @@ struct Revocations {
 }
 
 /// Revokes signing keys (`kids`) and mandates (`jtis`) of a tenant at once:
-/// the next request presenting them gets 401 `poa_revoked`. Per replica and
-/// not persisted: for a lasting revocation also set `poa.revoked_kids` /
-/// `revoked_jtis`, or publish the kid in the issuer's JWKS `revoked_kids`
-/// (`atb keys rotate --emergency`).
+/// the next request presenting them gets 401 `poa_revoked`. With `[redis]`
+/// the revocation is stored there and every replica applies it within a
+/// second (503 `state_unavailable` if Redis cannot take it); without, it is
+/// per replica and not persisted: for a lasting revocation also set
+/// `poa.revoked_kids` / `revoked_jtis`, or publish the kid in the issuer's
+/// JWKS `revoked_kids` (`atb keys rotate --emergency`).
 async fn add_revocations(
     req: HttpRequest,
     state: web::Data<BrokerState>,
@@ -316,6 +318,32 @@ async fn add_revocations(
             "each kid and jti must be 1 to 256 characters",
         )
         .to_response("");
+    }
+    // With shared state the revocation goes to Redis first: every replica
+    // (this one included) merges it within a second; it is applied here at
+    // once as well.
+    if let Some(shared) = &state.shared {
+        use crate::broker::shared_revocations::AddError;
+        match shared.revocations.add(id.as_str(), &add.kids, &add.jtis).await {
+            Ok(()) => {}
+            Err(AddError::TooMany) => {
+                return Rejection::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "too_many_revocations",
+                    AddError::TooMany.to_string(),
+                )
+                .to_response("")
+            }
+            Err(AddError::Store(e)) => {
+                return Rejection::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "state_unavailable",
+                    format!("the revocation was not stored for the other replicas: {e}"),
+                )
+                .retry_after(1)
+                .to_response("")
+            }
+        }
     }
     if let Err(e) = auth.revoke(&add.kids, &add.jtis) {
         return Rejection::new(

@@ -66,6 +66,8 @@ pub struct RequestCtx<'a> {
     /// The canonical request path (`routes::path`).
     pub path: String,
     pub routed: Routed,
+    /// Whether the shared admission script already counted this request.
+    pub usage_counted: bool,
     /// Uses of the action this hour (the policy's `rate_limit_state`).
     pub usage: u64,
     /// The verified subject of the platform token (`platform.sub`).
@@ -120,6 +122,7 @@ impl<'a> RequestCtx<'a> {
             path: String::new(),
             routed: Routed::default(),
             usage: 0,
+            usage_counted: false,
             platform_sub: None,
             params: Map::new(),
             buffered: None,

@@ -22,6 +22,7 @@ use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::platform::PLATFORM_TOKEN_HEADER;
 use crate::broker::replay::{ReplayError, Verdict};
+use crate::broker::shared_admission::{Admit, SharedAdmission, SharedVerdict};
 use crate::broker::state::BrokerState;
 use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
 use crate::broker::validator::{self, Refusal};
@@ -380,8 +381,12 @@ async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
 }
 
 /// The connector's rate limit; the shard's answer carries this hour's
-/// count of the action for the policy.
+/// count of the action for the policy. With shared state the limit and the
+/// count come from the one admission script (see `spend`).
 async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
+    if ctx.state.shared.is_some() {
+        return Ok(());
+    }
     let tenant = ctx.tenant()?.clone();
     let connector = ctx.connector_in(&tenant)?;
     let request = ShardRequest::Dispatch {
@@ -445,6 +450,9 @@ async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
 /// Single use: the mandate's `jti` is marked only now that every check a
 /// caller could retry has passed, so a refused mandate is not spent.
 async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
+    if let Some(shared) = &ctx.state.shared {
+        return spend_shared(ctx, shared.admission.clone()).await;
+    }
     let (Some(credential), Some(replay)) = (&ctx.credential, &ctx.state.replay) else {
         if ctx.credential.is_some() {
             ctx.count_validation("valid");
@@ -490,6 +498,63 @@ async fn spend(ctx: &mut RequestCtx<'_>) -> Step {
                 ReplayError::Full => "full",
                 ReplayError::Unavailable(_) => "unavailable",
             });
+            Err(Rejection::replay_store_unavailable(e.to_string()))
+        }
+    }
+}
+
+/// Shared state: the tenant's and the connector's rate limits, single use
+/// and the action's hourly count in one Redis round trip (refused in that
+/// order; a limited request does not spend its mandate). Redis failing or
+/// slow is a refusal, never a pass.
+async fn spend_shared(ctx: &mut RequestCtx<'_>, shared: Arc<SharedAdmission>) -> Step {
+    let tenant = ctx.tenant()?.clone();
+    let connector = ctx.connector_in(&tenant)?;
+    let single_use = match &ctx.credential {
+        Some(c) if ctx.state.config.poa.single_use => Some((
+            c.single_use_id(),
+            c.expires() + ctx.state.config.poa.leeway_seconds as i64,
+        )),
+        _ => None,
+    };
+    let verdict = shared
+        .admit(Admit {
+            tenant: &tenant.id,
+            tenant_rate: (tenant.requests_per_second, tenant.burst),
+            connector: &connector.id,
+            connector_rate: connector
+                .rate_limit
+                .map(|r| (r.requests_per_second, r.burst)),
+            single_use,
+            action: &ctx.routed.action,
+        })
+        .await;
+    let replay_metric = |cause: &str| {
+        ctx.state
+            .metrics
+            .replay_rejections
+            .with_label_values(&[tenant.id.as_str(), cause])
+            .inc()
+    };
+    match verdict {
+        Ok(SharedVerdict::Admitted { usage }) => {
+            ctx.usage = usage;
+            ctx.usage_counted = true;
+            if ctx.credential.is_some() {
+                ctx.count_validation("valid");
+            }
+            Ok(())
+        }
+        Ok(SharedVerdict::TenantLimited(wait)) => Err(Rejection::rate_limited(wait)),
+        Ok(SharedVerdict::ConnectorLimited(wait)) => Err(Rejection::connector_rate_limited(wait)),
+        Ok(SharedVerdict::Replayed) => {
+            replay_metric("replay");
+            ctx.count_validation("replay");
+            Err(Rejection::poa_replay())
+        }
+        Err(e) => {
+            replay_metric("unavailable");
+            tracing::warn!(error = %e, request_id = ctx.request_id(), "shared state unavailable; refusing");
             Err(Rejection::replay_store_unavailable(e.to_string()))
         }
     }
@@ -548,6 +613,11 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
             decision.tier_label(),
         ])
         .inc();
+    if !decision.allow && ctx.usage_counted {
+        if let Some(shared) = &state.shared {
+            shared.admission.uncount(&tenant.id, &ctx.routed.action);
+        }
+    }
     match (decision.allow, &ctx.credential) {
         (false, Some(_)) => Err(Rejection::policy_denied(decision.reason, decision.details)),
         (false, None) => Err(Rejection::poa_required_by_policy(decision.reason)),
@@ -560,8 +630,12 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
     }
 }
 
-/// Counts the allowed action for the policy's hourly limits.
+/// Counts the allowed action for the policy's hourly limits (already
+/// counted by the admission script with shared state).
 async fn count_usage(ctx: &mut RequestCtx<'_>) -> Step {
+    if ctx.usage_counted {
+        return Ok(());
+    }
     let request = ShardRequest::Record {
         tenant: ctx.tenant_key()?.clone(),
         action: ctx.routed.action.clone(),

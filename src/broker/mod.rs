@@ -11,11 +11,14 @@ pub mod params;
 pub mod platform;
 pub mod policy_client;
 pub mod replay;
+pub mod shared_admission;
+pub mod shared_revocations;
 pub mod state;
 pub mod tenants;
 pub mod upstream;
 pub mod validator;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
@@ -135,6 +138,10 @@ pub async fn run(
         "broker started"
     );
 
+    if let Some(shared) = &state.shared {
+        start_revocation_sync(&state, shared.revocations.clone());
+    }
+
     if config.policy.reload_seconds > 0 && config.policy.engine == PolicyEngine::Embedded {
         let reloading = state.clone();
         let every = Duration::from_secs(config.policy.reload_seconds);
@@ -250,6 +257,64 @@ fn watch_config(state: std::sync::Arc<BrokerState>, path: Option<std::path::Path
                 let _ = reload_config(state).await;
             }
             every
+        }
+    });
+}
+
+/// Merges the revocations every replica stored in Redis into this
+/// replica's sets (`shared_revocations` says when a read is due), so a
+/// revocation made anywhere refuses its mandates here within a second.
+fn start_revocation_sync(
+    state: &Arc<BrokerState>,
+    revocations: Arc<crate::broker::shared_revocations::SharedRevocations>,
+) {
+    use crate::broker::shared_revocations::{SyncState, SYNC_EVERY};
+    let syncing = state.clone();
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(SyncState::default()));
+    state.start_periodic("revocation_sync", Duration::ZERO, move || {
+        let (state, revocations, seen) = (syncing.clone(), revocations.clone(), seen.clone());
+        async move {
+            let tenants = state.tenants.load_full();
+            let identity = Arc::as_ptr(&tenants) as usize;
+            let version = match revocations.version().await {
+                Ok(v) => v,
+                Err(_) => {
+                    seen.borrow_mut().failed();
+                    return SYNC_EVERY;
+                }
+            };
+            if !seen.borrow_mut().must_read(version, identity, SYNC_EVERY) {
+                return SYNC_EVERY;
+            }
+            let ids: Vec<String> = tenants.config.tenants.iter().map(|t| t.id.clone()).collect();
+            match revocations.read(&ids).await {
+                Ok(sets) => {
+                    for (id, (kids, jtis)) in ids.iter().zip(sets) {
+                        let Some(auth) = tenants.auth.get(id) else {
+                            continue;
+                        };
+                        let kids: Vec<String> =
+                            kids.into_iter().filter(|k| !auth.kid_listed(k)).collect();
+                        let jtis: Vec<String> =
+                            jtis.into_iter().filter(|j| !auth.jti_revoked(j)).collect();
+                        if kids.is_empty() && jtis.is_empty() {
+                            continue;
+                        }
+                        match auth.revoke(&kids, &jtis) {
+                            Ok(()) => tracing::info!(
+                                tenant = %id,
+                                kids = kids.len(),
+                                jtis = jtis.len(),
+                                "revocations from other replicas applied"
+                            ),
+                            Err(e) => tracing::warn!(tenant = %id, error = %e, "shared revocations not applied"),
+                        }
+                    }
+                    seen.borrow_mut().read_done(version, identity);
+                }
+                Err(_) => seen.borrow_mut().failed(),
+            }
+            SYNC_EVERY
         }
     });
 }

@@ -14,6 +14,9 @@ use crate::broker::admission::TenantShardState;
 use crate::broker::connection::ConnectionRegistry;
 use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::MemoryReplay;
+use crate::broker::shared_admission::SharedAdmission;
+use crate::broker::shared_revocations::SharedRevocations;
+use crate::store::redis::RedisStore;
 use crate::broker::tenants::{CurrentTenants, TenantSet};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -53,6 +56,13 @@ pub enum ReloadOutcome {
 /// Actor name of the tenant shards in metrics.
 pub const TENANT_SHARD: &str = "tenant_shard";
 
+/// The broker's state on Redis.
+pub struct SharedState {
+    /// Rate limits, single use and action counts (one script per request).
+    pub admission: Arc<SharedAdmission>,
+    pub revocations: Arc<SharedRevocations>,
+}
+
 pub struct BrokerState {
     /// The configuration at start: listeners, TLS, pools and every other
     /// setting a reload does not change.
@@ -68,8 +78,11 @@ pub struct BrokerState {
     pub connections: Arc<ConnectionRegistry>,
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
-    /// `None` when single use is off.
+    /// In-memory single use; `None` when single use is off or shared.
     pub replay: Option<Arc<dyn crate::broker::replay::ReplayStore>>,
+    /// State shared with the other replicas (`[redis]`); `None` = each
+    /// replica keeps its own (in memory).
+    pub shared: Option<SharedState>,
     pub policy: PolicyClient,
     /// Outbound TLS for the workers' HTTP clients (JWKS, connectors, OPA).
     pub outbound_tls: openssl::ssl::SslConnector,
@@ -126,7 +139,22 @@ impl BrokerState {
             })
             .collect();
         let policy = PolicyClient::start(&config, &metrics).starting("policy")?;
-        let replay = config.poa.single_use.then(|| {
+        let shared = match &config.redis {
+            Some(redis) => {
+                let store = RedisStore::start(
+                    redis,
+                    config.tls.outbound_ca_file.as_deref(),
+                    &metrics.registry,
+                )
+                .starting("redis")?;
+                Some(SharedState {
+                    admission: Arc::new(SharedAdmission::new(store.clone())),
+                    revocations: Arc::new(SharedRevocations::new(store)),
+                })
+            }
+            None => None,
+        };
+        let replay = (config.poa.single_use && shared.is_none()).then(|| {
             let cache = Arc::new(MemoryReplay::new(config.poa.replay_capacity));
             periodic.push(crate::broker::replay::start_sweep(
                 cache.clone(),
@@ -159,6 +187,7 @@ impl BrokerState {
             periodic: std::sync::Mutex::new(periodic),
             pending_jwks: std::sync::Mutex::new(Vec::new()),
             replay,
+            shared,
             policy,
             outbound_tls,
             audit,
@@ -413,6 +442,11 @@ impl BrokerState {
     /// traffic).
     pub async fn ready_for_traffic(&self, client: &awc::Client) -> Result<(), &'static str> {
         self.ready()?;
+        if let Some(shared) = &self.shared {
+            if !shared.admission.store().up() {
+                return Err("redis (shared state) is not reachable");
+            }
+        }
         if let PolicyClient::Opa {
             health_url,
             timeout,

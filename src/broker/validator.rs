@@ -97,6 +97,12 @@ impl TenantAuth {
             || self.jwks.as_ref().is_some_and(|j| j.is_revoked(kid))
     }
 
+    /// Whether `kid` is in the revoked set (configuration, admin API or
+    /// shared revocations; not the JWKS's own list).
+    pub fn kid_listed(&self, kid: &str) -> bool {
+        self.revoked_kids.load().contains(kid)
+    }
+
     /// Whether the mandate `jti` is revoked (configuration or admin API).
     pub fn jti_revoked(&self, jti: &str) -> bool {
         self.revoked_jtis.load().contains(jti)

@@ -8,9 +8,11 @@
 //!   which they talk to.
 //! - **Pooled with bb8.** Connections are multiplexed; the pool keeps up to
 //!   `pool_size` of them and never pings on checkout (that would double the
-//!   round trips). A connection that failed with a connection error, a
-//!   timeout or `READONLY` (a demoted master after failover) is flagged and
-//!   the pool discards it when it comes back.
+//!   round trips). A checkout only picks a connection: it goes back to the
+//!   pool before the command runs, so concurrent requests share it. A
+//!   connection that failed with a connection error, a timeout or
+//!   `READONLY` (a demoted master after failover) is flagged; the next
+//!   checkout that meets it drops it and the pool discards it.
 //! - **Fail closed within the command timeout.** [`RedisStore::run`] bounds
 //!   getting a connection plus the command by `command_timeout_ms`; any
 //!   failure is a [`StoreError`], which callers turn into a refusal (503),
@@ -484,19 +486,24 @@ impl RedisStore {
     {
         let started = Instant::now();
         let attempt = async {
-            let pooled = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| (StoreError::Redis(pool_error(e)), true))?;
-            let result = f(pooled.conn.clone()).await;
-            if let Err(e) = &result {
-                if discards_connection(e) {
-                    pooled.broken.store(true, Ordering::Release);
+            // Multiplexed connections carry many requests at once: the
+            // checkout only picks one (skipping a flagged one, which the
+            // pool then discards) and is returned before the command runs.
+            let (conn, broken) = loop {
+                let pooled = self
+                    .pool
+                    .get()
+                    .await
+                    .map_err(|e| (StoreError::Redis(pool_error(e)), true))?;
+                if !pooled.broken.load(Ordering::Acquire) {
+                    break (pooled.conn.clone(), pooled.broken.clone());
                 }
-            }
-            result.map_err(|e| {
+            };
+            f(conn).await.map_err(|e| {
                 let down = discards_connection(&e);
+                if down {
+                    broken.store(true, Ordering::Release);
+                }
                 (StoreError::Redis(e.to_string()), down)
             })
         };
