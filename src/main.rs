@@ -66,6 +66,11 @@ enum Command {
         agentauth: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:8081")]
         agentauth_admin: SocketAddr,
+        /// Keep both services' shared state (replay cache, challenges) in
+        /// this Redis (`[redis] url`, e.g. redis://127.0.0.1:6379) instead
+        /// of in memory, so that more replicas can join.
+        #[arg(long, env = "ATB_DEV_REDIS", value_name = "URL")]
+        redis: Option<String>,
     },
     /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
     Mint {
@@ -257,6 +262,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             tenant_rps,
             agentauth,
             agentauth_admin,
+            redis,
         } => {
             let opts = DevOptions {
                 dir,
@@ -266,6 +272,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 tenant_rps,
                 agentauth_addr: agentauth,
                 agentauth_admin_addr: agentauth_admin,
+                redis,
             };
             let pki = dev::prepare(&opts.dir)?;
             let mut config = dev::config(&pki, &opts);
@@ -273,6 +280,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .apply_env(&config::env::process_env)
                 .map_err(|e| e.to_string())?;
             config.validate().map_err(|e| e.to_string())?;
+            // What runs, as files: more replicas start from them.
+            dev::write_config_files(&config, &opts.dir)?;
             atb::runtime::logging::init(&config.logging)?;
             actix_web::rt::System::new().block_on(async move {
                 let demo = atb::dev::demo_upstream::start(opts.upstream_addr).map_err(|e| {

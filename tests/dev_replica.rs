@@ -1,0 +1,318 @@
+//! The configuration files `atb dev` writes (`broker.toml`,
+//! `agentauth.toml`) start identical replicas: a real `atb dev`, then a
+//! second `atb broker` and a second `atb agentauth` from those files with
+//! only their listen addresses overridden, run from another directory,
+//! serving mandates from `atb mint` (the dev key) and from AgentAuth.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use common::{curl, free_port, Answer, ATB};
+use serde_json::json;
+
+const AGENT: &str = "spiffe://acme.example/agent/demo";
+
+/// A running `atb` process, killed on drop.
+struct Proc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, logs: &Path, name: &str) -> Self {
+        let stderr = logs.join(format!("{name}.stderr"));
+        cmd.env_remove("ATB_CONFIG")
+            .env_remove("ATB_DEV_REDIS")
+            .env("LOG_FORMAT", "json")
+            .env("ATB_WORKERS", "1")
+            .stdout(File::create(logs.join(format!("{name}.stdout"))).unwrap())
+            .stderr(File::create(&stderr).unwrap());
+        Self {
+            child: cmd.spawn().unwrap(),
+            stderr,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Waits until every `ready` URL answers 200 (the broker says
+    /// `"ready": true`, AgentAuth `"status": "ready"`); `false` if the
+    /// process exited because a port was taken.
+    fn wait_ready(&mut self, started: &[&str], ready: &[String]) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                let err = self.stderr();
+                if err.contains("Address already in use") {
+                    return false;
+                }
+                panic!("atb exited ({status}): {err}");
+            }
+            let err = self.stderr();
+            if started.iter().all(|s| err.contains(s))
+                && ready.iter().all(|u| {
+                    let a = curl(&[u]);
+                    a.status == 200
+                        && (a.json()["ready"] == json!(true)
+                            || a.json()["status"] == json!("ready"))
+                })
+            {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "not ready: {err}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `atb dev` started in `cwd` with the relative directory `d`, on free
+/// ports.
+struct Dev {
+    _proc: Proc,
+    dir: PathBuf,
+    broker: u16,
+    aa: u16,
+}
+
+fn start_dev(cwd: &Path, extra: &[&str]) -> Dev {
+    for _ in 0..3 {
+        let (broker, admin, upstream, aa, aa_admin) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let mut cmd = Command::new(ATB);
+        cmd.current_dir(cwd)
+            .args(["dev", "--dir", "d"])
+            .args(["--listen", &format!("127.0.0.1:{broker}")])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+            .args(["--agentauth", &format!("127.0.0.1:{aa}")])
+            .args(["--agentauth-admin", &format!("127.0.0.1:{aa_admin}")])
+            .args(extra);
+        let mut proc = Proc::spawn(cmd, cwd, "dev");
+        let ready = [
+            format!("http://127.0.0.1:{admin}/ready"),
+            format!("http://127.0.0.1:{aa_admin}/ready"),
+        ];
+        if proc.wait_ready(&["broker started", "agentauth started"], &ready) {
+            return Dev {
+                _proc: proc,
+                dir: cwd.join("d"),
+                broker,
+                aa,
+            };
+        }
+    }
+    panic!("atb dev could not bind its ports three times");
+}
+
+impl Dev {
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// `GET /api/hello` as acme's demo agent with `token` on the broker
+    /// listening on `port`.
+    fn hello(&self, port: u16, token: &str) -> Answer {
+        let (ca, crt, key) = (
+            self.path("ca.crt"),
+            self.path("acme-agent.crt"),
+            self.path("acme-agent.key"),
+        );
+        let auth = format!("Authorization: Bearer {token}");
+        let url = format!("https://localhost:{port}/api/hello");
+        curl(&[
+            "--cacert", &ca, "--cert", &crt, "--key", &key, "-H", &auth, &url,
+        ])
+    }
+
+    /// `POST path` with a JSON body to the AgentAuth on `port`, as acme's
+    /// demo agent (mTLS).
+    fn agentauth(&self, port: u16, path: &str, body: &serde_json::Value) -> Answer {
+        let (ca, crt, key) = (
+            self.path("ca.crt"),
+            self.path("acme-agent.crt"),
+            self.path("acme-agent.key"),
+        );
+        let url = format!("https://localhost:{port}{path}");
+        let body = body.to_string();
+        curl(&[
+            "--cacert",
+            &ca,
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+            &url,
+        ])
+    }
+
+    /// A low-risk mandate from the AgentAuth on `port` (no approval).
+    fn agentauth_mandate(&self, port: u16) -> String {
+        let leg =
+            json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "dev-owner"}});
+        let c = self.agentauth(
+            port,
+            "/v1/challenge",
+            &json!({"act": "crm.contact.read", "con": {}, "leg": leg}),
+        );
+        assert_eq!(c.status, 200, "{}", c.body);
+        let id = c.json()["challenge_id"].as_str().unwrap().to_owned();
+        let m = self.agentauth(port, "/v1/mandate", &json!({"challenge_id": id}));
+        assert_eq!(m.status, 200, "{}", m.body);
+        m.json()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// A mandate from `atb mint` with the dev signing key (README).
+    fn mint(&self) -> String {
+        let out = Command::new(ATB)
+            .args(["mint", "--key", &self.path("poa-signing.key")])
+            .args(["--sub", AGENT, "--act", "crm.contact.read"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+/// Starts `atb <service> --config <file>` from `cwd` with `env`, retrying
+/// on fresh ports (`ports` makes the environment for two free ports).
+fn start_replica(
+    cwd: &Path,
+    service: &str,
+    file: &str,
+    started: &str,
+    ports: impl Fn(u16, u16) -> [(&'static str, String); 2],
+) -> (Proc, u16, u16) {
+    for attempt in 0..3 {
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = Command::new(ATB);
+        cmd.current_dir(cwd)
+            .args([service, "--config", file])
+            .envs(ports(port, admin));
+        let mut proc = Proc::spawn(cmd, cwd, &format!("{service}-{attempt}"));
+        if proc.wait_ready(&[started], &[format!("http://127.0.0.1:{admin}/ready")]) {
+            return (proc, port, admin);
+        }
+    }
+    panic!("atb {service} could not bind its ports three times");
+}
+
+#[test]
+fn dev_config_files_start_identical_replicas() {
+    let work = tempfile::tempdir().unwrap();
+    let dev = start_dev(work.path(), &[]);
+    let broker_toml = dev.dir.join("broker.toml");
+    let agentauth_toml = dev.dir.join("agentauth.toml");
+    for f in [&broker_toml, &agentauth_toml] {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.starts_with("# Generated by `atb dev`"), "{text}");
+        assert!(
+            !text.contains("\n[redis]\n"),
+            "no --redis, no [redis]: {text}"
+        );
+    }
+
+    // Run from elsewhere: every path in the files is absolute.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let broker_file = broker_toml.display().to_string();
+    let (_replica, port, admin) = start_replica(
+        elsewhere.path(),
+        "broker",
+        &broker_file,
+        "broker started",
+        |p, a| {
+            [
+                ("LISTEN_ADDR", format!("127.0.0.1:{p}")),
+                ("HTTP_LISTEN_ADDR", format!("127.0.0.1:{a}")),
+            ]
+        },
+    );
+    assert_ne!(port, dev.broker);
+    let ready = curl(&[&format!("http://127.0.0.1:{admin}/ready")]);
+    assert_eq!(ready.json()["ready"], json!(true), "{}", ready.body);
+
+    // The dev key's mandate: same tenants, keys, PKI and routes.
+    let t = dev.mint();
+    let a = dev.hello(port, &t);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["path"], json!("/api/hello"), "{}", a.body);
+    let again = dev.hello(port, &t);
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert_eq!(again.error(), "poa_replay");
+    // Without [redis] each replica has its own replay cache: the first
+    // broker has not seen this mandate (README: "Two replicas on one
+    // Redis" is what closes this).
+    let first = dev.hello(dev.broker, &t);
+    assert_eq!(first.status, 200, "{}", first.body);
+
+    // A second AgentAuth from agentauth.toml: same signing keys, so its
+    // mandates pass the replica broker (which fetches the first
+    // AgentAuth's JWKS).
+    let aa_file = agentauth_toml.display().to_string();
+    let (_aa2, aa_port, _aa_admin) = start_replica(
+        elsewhere.path(),
+        "agentauth",
+        &aa_file,
+        "agentauth started",
+        |p, a| {
+            [
+                ("AGENTAUTH_LISTEN_ADDR", format!("127.0.0.1:{p}")),
+                ("AGENTAUTH_ADMIN_ADDR", format!("127.0.0.1:{a}")),
+            ]
+        },
+    );
+    assert_ne!(aa_port, dev.aa);
+    let t = dev.agentauth_mandate(aa_port);
+    let a = dev.hello(port, &t);
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[test]
+fn dev_redis_flag_is_written_to_both_files() {
+    let work = tempfile::tempdir().unwrap();
+    // Nothing listens on this port; the files are written before the
+    // services start, whatever they then make of the missing Redis.
+    let url = format!("redis://127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(ATB);
+    cmd.current_dir(work.path())
+        .args(["dev", "--dir", "d", "--redis", &url])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .args(["--upstream", &format!("127.0.0.1:{}", free_port())])
+        .args(["--agentauth", &format!("127.0.0.1:{}", free_port())])
+        .args(["--agentauth-admin", &format!("127.0.0.1:{}", free_port())]);
+    let proc = Proc::spawn(cmd, work.path(), "dev");
+    let files = ["broker.toml", "agentauth.toml"].map(|f| work.path().join("d").join(f));
+    assert!(
+        common::eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
+        "no configuration files: {}",
+        proc.stderr()
+    );
+    for f in &files {
+        let c = atb::config::Config::from_file(f).unwrap();
+        c.validate().unwrap();
+        let redis = c.redis.expect("[redis]");
+        assert_eq!(redis.url.as_deref(), Some(url.as_str()), "{f:?}");
+    }
+}
