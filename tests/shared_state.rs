@@ -156,7 +156,10 @@ fn a_mandate_is_accepted_once_across_two_brokers() {
     assert!(ttl > 0, "the mark expires ({ttl})");
     let m = r.brokers[1].metrics();
     assert!(metric(&m, "atb_redis_up").is_some_and(|v| v == 1.0), "{m}");
-    assert!(m.contains("atb_redis_command_seconds_bucket{op=\"admit\""), "{m}");
+    assert!(
+        m.contains("atb_redis_command_seconds_bucket{op=\"admit\""),
+        "{m}"
+    );
 }
 
 fn jti_of(token: &str) -> String {
@@ -199,7 +202,13 @@ fn a_revocation_on_one_broker_refuses_the_mandate_on_the_other_within_a_second()
     );
     expect(&r.call(0, &t), 401, "poa_revoked");
     // The other replica lists it too.
-    let listed = admin(&r.brokers[1], "GET", "/admin/tenants/acme/revocations", &[&auth], None);
+    let listed = admin(
+        &r.brokers[1],
+        "GET",
+        "/admin/tenants/acme/revocations",
+        &[&auth],
+        None,
+    );
     assert!(listed.body.contains(&jti_of(&t)), "{listed:?}");
     // With Redis away the revocation cannot reach the others: refused, not
     // silently applied to one replica only.
@@ -276,7 +285,11 @@ fn the_password_comes_from_its_file_and_a_wrong_one_fails_closed() {
     std::fs::write(&good, "pw-0123456789\n").unwrap();
     std::fs::write(&bad, "wrong\n").unwrap();
     let with = |file: &std::path::Path| {
-        format!("{}password_file = \"{}\"\n", single(&redis.url()), file.display())
+        format!(
+            "{}password_file = \"{}\"\n",
+            single(&redis.url()),
+            file.display()
+        )
     };
     let r = Replicas::start(1, &with(&good), "");
     assert_eq!(r.call(0, &r.mint()).status, 200);

@@ -324,7 +324,11 @@ async fn add_revocations(
     // once as well.
     if let Some(shared) = &state.shared {
         use crate::broker::shared_revocations::AddError;
-        match shared.revocations.add(id.as_str(), &add.kids, &add.jtis).await {
+        match shared
+            .revocations
+            .add(id.as_str(), &add.kids, &add.jtis)
+            .await
+        {
             Ok(()) => {}
             Err(AddError::TooMany) => {
                 return Rejection::new(

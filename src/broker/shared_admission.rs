@@ -33,7 +33,9 @@ const USAGE_WINDOW_MS: u64 = 3_600_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SharedVerdict {
     /// Admitted; the action's uses this hour before this one.
-    Admitted { usage: u64 },
+    Admitted {
+        usage: u64,
+    },
     TenantLimited(Duration),
     ConnectorLimited(Duration),
     /// The `jti` was already used.

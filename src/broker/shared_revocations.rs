@@ -72,7 +72,12 @@ impl SharedRevocations {
     }
 
     /// Adds revocations of `tenant` for every replica.
-    pub async fn add(&self, tenant: &str, kids: &[String], jtis: &[String]) -> Result<(), AddError> {
+    pub async fn add(
+        &self,
+        tenant: &str,
+        kids: &[String],
+        jtis: &[String],
+    ) -> Result<(), AddError> {
         let mut invocation = self.add.prepare_invoke();
         invocation
             .key(tenant_key(tenant, "revoked", "kid"))

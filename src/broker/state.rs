@@ -16,13 +16,13 @@ use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::MemoryReplay;
 use crate::broker::shared_admission::SharedAdmission;
 use crate::broker::shared_revocations::SharedRevocations;
-use crate::store::redis::RedisStore;
 use crate::broker::tenants::{CurrentTenants, TenantSet};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::poa::jwks::JwksCache;
 use crate::policy::embedded::PolicyBundle;
 use crate::runtime::{StartError, Starting};
+use crate::store::redis::RedisStore;
 
 /// Why a policy reload was refused (the running policy stays).
 #[derive(Debug, thiserror::Error)]
