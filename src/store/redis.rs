@@ -151,16 +151,18 @@ pub struct Pooled {
     broken: Arc<AtomicBool>,
 }
 
+/// Builds a client for a master address the sentinels name.
+type MasterClient = Box<dyn Fn(&str, u16) -> Result<Client, RedisError> + Send + Sync>;
+
 /// How new connections are made.
 enum Connector {
     Single(Client),
     Sentinel {
         sentinels: Vec<Client>,
         master_name: String,
-        /// Builds a client for the master address the sentinels name.
-        master: Box<dyn Fn(&str, u16) -> Result<Client, RedisError> + Send + Sync>,
+        master: MasterClient,
     },
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 struct Manager {
@@ -220,7 +222,7 @@ async fn connect(
         } => {
             let mut last = RedisError::from((ErrorKind::Io, "no sentinel answered"));
             for sentinel in sentinels {
-                match master_through(sentinel, master_name, master.as_ref(), &config, limit).await {
+                match master_through(sentinel, master_name, master, &config, limit).await {
                     Ok(conn) => return Ok(Connection::Single(conn)),
                     Err(e) => last = e,
                 }
@@ -236,7 +238,7 @@ async fn connect(
 async fn master_through(
     sentinel: &Client,
     name: &str,
-    master: &(dyn Fn(&str, u16) -> Result<Client, RedisError> + Send + Sync),
+    master: &MasterClient,
     config: &AsyncConnectionConfig,
     limit: Duration,
 ) -> Result<MultiplexedConnection, RedisError> {
@@ -409,7 +411,7 @@ impl RedisStore {
                 if let Some(p) = &password {
                     builder = builder.password(p);
                 }
-                Connector::Cluster(builder.build()?)
+                Connector::Cluster(Box::new(builder.build()?))
             }
         };
         let io = start_io_thread()?;
