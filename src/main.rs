@@ -72,6 +72,24 @@ enum Command {
         #[arg(long, env = "ATB_DEV_REDIS", value_name = "URL")]
         redis: Option<String>,
     },
+    /// Revoke mandates (jti) and signing keys (kid) of a tenant for every
+    /// broker replica: written to the shared Redis of the configuration's
+    /// `[redis]` section; each broker applies it within a second. (Without
+    /// Redis, use each broker's `POST /admin/tenants/T/revocations`.)
+    Revoke {
+        /// TOML configuration file with a `[redis]` section (or REDIS_*).
+        #[arg(long, short, env = "ATB_CONFIG")]
+        config: Option<PathBuf>,
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// A mandate id to revoke (repeatable).
+        #[arg(long = "jti")]
+        jtis: Vec<String>,
+        /// A signing key id to revoke (repeatable).
+        #[arg(long = "kid")]
+        kids: Vec<String>,
+    },
     /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
     Mint {
         /// Ed25519 private key, PKCS#8 PEM.
@@ -209,6 +227,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             atb::runtime::logging::init(&config.logging)?;
             Ok(actix_web::rt::System::new().block_on(atb::agentauth::run(config))?)
+        }
+        Command::Revoke {
+            config,
+            tenant,
+            jtis,
+            kids,
+        } => {
+            let config = Config::load(config.as_deref(), &config::env::process_env)
+                .map_err(|e| e.to_string())?;
+            Ok(atb::broker::shared_revocations::revoke_command(
+                &config, &tenant, &kids, &jtis,
+            )?)
         }
         Command::Keys {
             command: KeysCommand::Rotate { dir, emergency },

@@ -210,6 +210,28 @@ fn a_revocation_on_one_broker_refuses_the_mandate_on_the_other_within_a_second()
         None,
     );
     assert!(listed.body.contains(&jti_of(&t)), "{listed:?}");
+    // `atb revoke` writes to the same store: both replicas refuse.
+    let u = r.mint();
+    let out = Command::new(ATB)
+        .args(["revoke", "--config"])
+        .arg(&r.brokers[0].config_path)
+        .args(["--tenant", "acme", "--jti", &jti_of(&u)])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for b in 0..2 {
+        assert!(eventually(Duration::from_secs(2), || {
+            let a = r.call(b, &u);
+            a.status == 401 && a.error() == "poa_revoked"
+        }));
+    }
+    let unknown = Command::new(ATB)
+        .args(["revoke", "--config"])
+        .arg(&r.brokers[0].config_path)
+        .args(["--tenant", "initech", "--jti", "x"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
     // With Redis away the revocation cannot reach the others: refused, not
     // silently applied to one replica only.
     drop(redis);
@@ -229,7 +251,46 @@ fn redis_down_refuses_with_503_and_recovers_without_a_restart() {
     let mut redis = RedisServer::start();
     let r = Replicas::start(1, &single(&redis.url()), "");
     assert_eq!(r.call(0, &r.mint()).status, 200);
+    // Under load: a client keeps sending fresh mandates while Redis dies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (stop, log) = (stop.clone(), log.clone());
+        let (pki, key_dir, port) = (r.pki.path(""), r.key.private.clone(), r.brokers[0].port);
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let t = SigningKey {
+                    private: key_dir.clone(),
+                    public: key_dir.clone(),
+                }
+                .mint(
+                    ACME,
+                    "crm.contact.read",
+                    &["--leg", LEG, "--con", r#"{"connector":"crm"}"#],
+                );
+                let started = std::time::Instant::now();
+                let a = curl(&[
+                    "--cacert",
+                    &pki.join("ca.crt").display().to_string(),
+                    "--cert",
+                    &pki.join("acme-agent.crt").display().to_string(),
+                    "--key",
+                    &pki.join("acme-agent.key").display().to_string(),
+                    "-H",
+                    &format!("Authorization: Bearer {t}"),
+                    &format!("https://localhost:{port}/api/x"),
+                ]);
+                log.lock()
+                    .unwrap()
+                    .push((started, std::time::Instant::now(), a.status));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
     redis.kill();
+    let killed = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(700));
+    let restarting = std::time::Instant::now();
     // Every request needs the replay mark: none passes without it.
     for _ in 0..5 {
         let a = r.call(0, &r.mint());
@@ -244,6 +305,23 @@ fn redis_down_refuses_with_503_and_recovers_without_a_restart() {
         "{m}"
     );
     redis.restart();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    let log = log.lock().unwrap();
+    let during: Vec<u16> = log
+        .iter()
+        .filter(|(start, end, _)| *start > killed && *end < restarting)
+        .map(|(_, _, status)| *status)
+        .collect();
+    assert!(!during.is_empty(), "the load ran while Redis was down");
+    assert!(
+        during.iter().all(|s| *s == 503),
+        "only 503 while Redis is down: {during:?}"
+    );
+    assert!(
+        log.iter().any(|(_, _, s)| *s == 200),
+        "the load succeeded before"
+    );
     assert!(eventually(Duration::from_secs(5), || {
         r.call(0, &r.mint()).status == 200
     }));

@@ -151,6 +151,62 @@ impl SharedRevocations {
     }
 }
 
+/// Why `atb revoke` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RevokeCommandError {
+    #[error("no [redis] configured: revocations reach every replica only through Redis; without it, use each broker's POST /admin/tenants/{{id}}/revocations")]
+    NoRedis,
+    #[error("unknown tenant {0:?}")]
+    UnknownTenant(String),
+    #[error("give at least one --jti or --kid (1 to 256 characters each)")]
+    Nothing,
+    #[error(transparent)]
+    Start(#[from] crate::store::redis::StoreStartError),
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error(transparent)]
+    Add(#[from] AddError),
+}
+
+/// `atb revoke`: adds revocations of `tenant` to the shared store.
+pub fn revoke_command(
+    config: &crate::config::Config,
+    tenant: &str,
+    kids: &[String],
+    jtis: &[String],
+) -> Result<(), RevokeCommandError> {
+    let redis = config.redis.as_ref().ok_or(RevokeCommandError::NoRedis)?;
+    if !config.tenants.iter().any(|t| t.id == tenant) {
+        return Err(RevokeCommandError::UnknownTenant(tenant.to_owned()));
+    }
+    let bad = kids
+        .iter()
+        .chain(jtis)
+        .any(|v| v.is_empty() || v.len() > 256);
+    if bad || (kids.is_empty() && jtis.is_empty()) {
+        return Err(RevokeCommandError::Nothing);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(RevokeCommandError::Runtime)?;
+    runtime.block_on(async {
+        let store = RedisStore::start(
+            redis,
+            config.tls.outbound_ca_file.as_deref(),
+            &prometheus::Registry::new(),
+        )?;
+        SharedRevocations::new(store)
+            .add(tenant, kids, jtis)
+            .await?;
+        println!(
+            "{}",
+            serde_json::json!({"tenant": tenant, "revoked": {"kids": kids, "jtis": jtis}})
+        );
+        Ok(())
+    })
+}
+
 /// What a sync tick must do, given what it saw last.
 #[derive(Debug, Default)]
 pub struct SyncState {
