@@ -20,8 +20,9 @@ fn start_upstream() -> u16 {
 }
 
 /// One tenant (acme) with a `crm` connector; `redis` is the `[redis]`
-/// section; `connector_rate` an optional connector rate limit.
-fn config(key: &SigningKey, upstream: u16, redis: &str, connector_rate: &str) -> String {
+/// section; `connector_extra` is TOML added to the connector (a rate
+/// limit) or after it (policy data).
+fn config(key: &SigningKey, upstream: u16, redis: &str, connector_extra: &str) -> String {
     format!(
         r#"
 {redis}
@@ -37,7 +38,7 @@ public_key_files = ["{pubkey}"]
 id = "crm"
 upstream_url = "http://127.0.0.1:{upstream}"
 egress_allowlist = ["/api/"]
-{connector_rate}
+{connector_extra}
 [[tenants.connectors.routes]]
 action = "crm.contact.read"
 methods = ["GET"]
@@ -425,4 +426,23 @@ fn a_redis_cluster_runs_the_replay_race() {
         r.call(0, &r.mint()).status == 200
     }));
     exactly_one_winner(&r);
+}
+
+#[test]
+fn hourly_action_counts_are_shared_and_denials_are_not_counted() {
+    let redis = RedisServer::start();
+    let limits = "[tenants.policy_data.rate_limits.per_action]\n\"crm.contact.read\" = 3\n";
+    let r = Replicas::start(2, &single(&redis.url()), limits);
+    for i in 0..3 {
+        assert_eq!(r.call(i % 2, &r.mint()).status, 200, "call {i}");
+    }
+    for b in 0..2 {
+        let a = r.call(b, &r.mint());
+        expect(&a, 403, "policy_denied");
+        assert!(a.body.contains("rate_limit_exceeded:3/3"), "{a:?}");
+    }
+    // The denied calls were taken back off the request path.
+    assert!(eventually(Duration::from_secs(2), || {
+        redis.cli(&["get", "atb:{acme}:use:crm.contact.read"]) == "3"
+    }));
 }

@@ -210,6 +210,51 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses_and_names_every_key() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/atb.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let start = text.find("# [redis]\n").unwrap();
+        let end = text.find("# (end of [redis])").unwrap();
+        let block: String = text[start..end]
+            .lines()
+            .skip(1)
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            // One topology at a time: the example lists all three.
+            .filter(|l| !l.starts_with("sentinels") && !l.starts_with("cluster_nodes"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c: RedisConfig = toml::from_str(&block).unwrap();
+        c.validate().unwrap();
+        let names = [
+            "url",
+            "sentinels",
+            "master_name",
+            "cluster_nodes",
+            "password_file",
+            "pool_size",
+            "connect_timeout_ms",
+            "command_timeout_ms",
+            "health_interval_ms",
+        ];
+        for n in names {
+            assert!(
+                text[start..end].contains(&format!("# {n} = ")),
+                "{n} undocumented"
+            );
+        }
+        let defaults = RedisConfig::default();
+        assert_eq!(
+            (c.pool_size, c.connect_timeout_ms, c.command_timeout_ms),
+            (
+                defaults.pool_size,
+                defaults.connect_timeout_ms,
+                defaults.command_timeout_ms
+            ),
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
     fn exactly_one_topology() {
         let mut c = RedisConfig::default();
         assert!(c.validate().is_err(), "nothing named");

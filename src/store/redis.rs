@@ -444,8 +444,12 @@ impl RedisStore {
         let probe = Arc::downgrade(&store);
         let every = Duration::from_millis(config.health_interval_ms);
         store._io.handle.spawn(async move {
+            let mut policy_checked = false;
             loop {
                 let Some(store) = probe.upgrade() else { return };
+                if !policy_checked {
+                    policy_checked = store.check_eviction_policy().await;
+                }
                 let _ = store
                     .run("ping", |mut c| async move {
                         redis::cmd("PING").query_async::<()>(&mut c).await
@@ -456,6 +460,38 @@ impl RedisStore {
             }
         });
         Ok(store)
+    }
+
+    /// Warns when Redis may evict keys: an evicted replay mark lets its
+    /// mandate be used again. True once the policy was read (or cannot be:
+    /// managed services may refuse `CONFIG`).
+    async fn check_eviction_policy(&self) -> bool {
+        let read = self
+            .run("config", |mut c| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async::<Vec<String>>(&mut c)
+                    .await
+            })
+            .await;
+        match read {
+            Ok(v) => {
+                let policy = v.get(1).map(String::as_str).unwrap_or("unknown");
+                if policy != "noeviction" {
+                    tracing::warn!(
+                        policy,
+                        "redis maxmemory-policy is not noeviction: evicted replay marks would let mandates be used twice; set maxmemory-policy noeviction"
+                    );
+                }
+                true
+            }
+            Err(StoreError::Redis(e)) if !self.up() => {
+                tracing::debug!(error = %e, "eviction policy not read yet");
+                false
+            }
+            Err(_) => self.up(),
+        }
     }
 
     /// Whether the last operation (or probe) succeeded.
