@@ -289,30 +289,34 @@ fn dev_config_files_start_identical_replicas() {
 }
 
 #[test]
-fn dev_redis_flag_is_written_to_both_files() {
+fn dev_on_redis_makes_a_mandate_single_use_across_replicas() {
+    let redis = common::redis_procs::RedisServer::start();
     let work = tempfile::tempdir().unwrap();
-    // Nothing listens on this port; the files are written before the
-    // services start, whatever they then make of the missing Redis.
-    let url = format!("redis://127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(ATB);
-    cmd.current_dir(work.path())
-        .args(["dev", "--dir", "d", "--redis", &url])
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .args(["--upstream", &format!("127.0.0.1:{}", free_port())])
-        .args(["--agentauth", &format!("127.0.0.1:{}", free_port())])
-        .args(["--agentauth-admin", &format!("127.0.0.1:{}", free_port())]);
-    let proc = Proc::spawn(cmd, work.path(), "dev");
-    let files = ["broker.toml", "agentauth.toml"].map(|f| work.path().join("d").join(f));
-    assert!(
-        common::eventually(Duration::from_secs(30), || files.iter().all(|f| f.exists())),
-        "no configuration files: {}",
-        proc.stderr()
-    );
-    for f in &files {
-        let c = atb::config::Config::from_file(f).unwrap();
+    let dev = start_dev(work.path(), &["--redis", &redis.url()]);
+    for f in ["broker.toml", "agentauth.toml"] {
+        let c = atb::config::Config::from_file(&dev.dir.join(f)).unwrap();
         c.validate().unwrap();
-        let redis = c.redis.expect("[redis]");
-        assert_eq!(redis.url.as_deref(), Some(url.as_str()), "{f:?}");
+        let written = c.redis.expect("[redis]");
+        assert_eq!(written.url.as_deref(), Some(redis.url().as_str()), "{f}");
     }
+    let broker_file = dev.dir.join("broker.toml").display().to_string();
+    let (_replica, port, _admin) = start_replica(
+        work.path(),
+        "broker",
+        &broker_file,
+        "broker started",
+        |p, a| {
+            [
+                ("LISTEN_ADDR", format!("127.0.0.1:{p}")),
+                ("HTTP_LISTEN_ADDR", format!("127.0.0.1:{a}")),
+            ]
+        },
+    );
+    // The README walk-through: 200 on one replica, poa_replay on the other.
+    let t = dev.mint();
+    let a = dev.hello(dev.broker, &t);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let again = dev.hello(port, &t);
+    assert_eq!(again.status, 403, "{}", again.body);
+    assert_eq!(again.error(), "poa_replay");
 }
