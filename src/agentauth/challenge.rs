@@ -684,6 +684,33 @@ impl Challenge {
     }
 }
 
+/// A challenge id: `chal_<tenant>.<22 random base64url characters>`. The
+/// tenant is part of the id so that a shared store finds the challenge
+/// from the id alone, in the tenant's own key space (one Redis Cluster
+/// slot), without a second lookup.
+pub fn challenge_id(tenant: &str) -> Result<String, openssl::error::ErrorStack> {
+    random_id(&format!("{CHALLENGE_ID_PREFIX}{tenant}."))
+}
+
+pub const CHALLENGE_ID_PREFIX: &str = "chal_";
+/// Length of the random part of an id.
+const RANDOM_ID_LEN: usize = 22;
+/// The longest challenge id (`chal_`, a 63-byte tenant id, `.`, random).
+pub const MAX_CHALLENGE_ID_LEN: usize = CHALLENGE_ID_PREFIX.len() + 63 + 1 + RANDOM_ID_LEN;
+
+/// The tenant a challenge id names, if it is well formed (the tenant part
+/// a valid tenant id, so it is safe inside a key's hash tag).
+pub fn tenant_of_challenge_id(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix(CHALLENGE_ID_PREFIX)?;
+    let cut = rest.len().checked_sub(RANDOM_ID_LEN + 1)?;
+    let (tenant, random) = (rest.get(..cut)?, rest.get(cut..)?);
+    let random = random.strip_prefix('.')?;
+    let ok = random
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    (ok && crate::config::valid_id(tenant)).then_some(tenant)
+}
+
 /// A random id: `prefix` + 22 base64url characters (16 random bytes).
 pub fn random_id(prefix: &str) -> Result<String, openssl::error::ErrorStack> {
     use base64::Engine;
@@ -1027,5 +1054,27 @@ mod tests {
         );
         assert!(random_id("chal_").unwrap().starts_with("chal_"));
         assert_eq!(random_id("poa_").unwrap().len(), 26);
+        let id = challenge_id("acme.eu-1").unwrap();
+        assert!(id.starts_with("chal_acme.eu-1."), "{id}");
+        assert_eq!(tenant_of_challenge_id(&id), Some("acme.eu-1"));
+        let longest = challenge_id(&"t".repeat(63)).unwrap();
+        assert_eq!(longest.len(), MAX_CHALLENGE_ID_LEN);
+        assert_eq!(
+            tenant_of_challenge_id(&longest),
+            Some("t".repeat(63).as_str())
+        );
+        for bad in [
+            "chal_nope",
+            "chal_",
+            "poa_acme.AAAAAAAAAAAAAAAAAAAAAA",
+            "chal_ACME.AAAAAAAAAAAAAAAAAAAAAA",
+            "chal_{a}.AAAAAAAAAAAAAAAAAAAAAA",
+            "chal_acme:AAAAAAAAAAAAAAAAAAAAAA",
+            "chal_acme.AAAAAAAAAAAAAAAAAAAAA}",
+            "chal_.AAAAAAAAAAAAAAAAAAAAAA",
+            "chal_acmé.AAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(tenant_of_challenge_id(bad), None, "{bad}");
+        }
     }
 }

@@ -439,7 +439,7 @@ async fn create_challenge_inner(
         })?;
     // Escape switches need an approval to vouch for them.
     challenge::check_escapes(&request.con, tier).map_err(|e| e.to_rejection())?;
-    let id = challenge::random_id("chal_").map_err(internal)?;
+    let id = challenge::challenge_id(&tenant.id).map_err(internal)?;
     let now = unix_now();
     let c = Challenge::new(
         id,
@@ -699,7 +699,7 @@ async fn mint_inner(
     let id = body
         .get("challenge_id")
         .and_then(Value::as_str)
-        .filter(|s| !s.is_empty() && s.len() <= 64)
+        .filter(|s| !s.is_empty() && s.len() <= challenge::MAX_CHALLENGE_ID_LEN)
         .ok_or_else(|| Rejection::bad_request("challenge_id is required"))?
         .to_owned();
     match body.get("format").and_then(Value::as_str) {

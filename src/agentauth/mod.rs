@@ -4,6 +4,7 @@
 //! * `client_addr` — the request's source address (trusted proxies only);
 //! * `challenge` — the challenge model and its transitions (plain logic);
 //! * `store` — state behind traits (in-memory here), atomic transitions;
+//! * `redis_store` — the same traits on Redis, shared by replicas;
 //! * `approver` — OIDC approver tokens (RS256/ES256/EdDSA, JWKS or PEM);
 //! * `keyring` — signing keys from a directory, rotation;
 //! * `state`, `http` — the service wiring and its HTTP API;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod keyring;
 pub mod observe;
+pub mod redis_store;
 pub mod state;
 pub mod store;
 
@@ -34,7 +36,7 @@ pub use state::AgentAuthState;
 
 /// Seconds an expired challenge stays readable (status `expired`) before
 /// it is swept.
-const EXPIRED_GRACE_SECONDS: i64 = 300;
+pub(crate) const EXPIRED_GRACE_SECONDS: i64 = 300;
 
 /// Runs AgentAuth until SIGTERM/SIGINT, then drains and returns. Must be
 /// called inside an actix `System`.
@@ -305,7 +307,10 @@ fn spawn_background(state: Arc<AgentAuthState>) {
             let Ok(swept) = s.challenges.sweep(now, EXPIRED_GRACE_SECONDS).await else {
                 return sweep_every;
             };
-            s.metrics.challenges_open.sub(swept.removed as i64);
+            match swept.held {
+                Some(held) => s.metrics.challenges_open.set(held as i64),
+                None => s.metrics.challenges_open.sub(swept.removed as i64),
+            }
             for c in swept.expired {
                 s.audit(AgentAuthEvent {
                     event: "challenge.expired",

@@ -124,6 +124,12 @@ impl AgentAuthMetrics {
         })
     }
 
+    /// The registry AgentAuth's `/metrics` renders (the shared-state
+    /// store registers its `atb_redis_*` series here).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(8 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

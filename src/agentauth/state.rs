@@ -14,6 +14,7 @@ use super::client_addr::TrustedProxies;
 use super::config::AgentAuthConfig;
 use super::keyring::{KeyRing, KeyringError};
 use super::observe::{AgentAuthEvent, AgentAuthMetrics};
+use super::redis_store::{RedisChallenges, RedisRateLimiter};
 use super::store::{ChallengeStore, MemoryChallenges, MemoryRateLimiter, RateLimiter};
 use crate::audit::AuditSink;
 use crate::config::Config;
@@ -81,6 +82,9 @@ pub struct AgentAuthState {
     pub catalogues: HashMap<String, crate::catalog::TenantCatalogue>,
     pub challenges: Arc<dyn ChallengeStore>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// The shared-state Redis, when `[redis]` is configured (`/ready` is
+    /// false while it does not answer).
+    pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     pub keys: ArcSwapOption<KeyRing>,
     pub approvers: ApproverAuth,
     pub tiers: Arc<TierPolicy>,
@@ -124,12 +128,41 @@ impl AgentAuthState {
             })
             .collect::<Result<HashMap<_, _>, String>>()
             .starting("tenants")?;
+        // Shared state when `[redis]` is set (replicas agree on challenges
+        // and budgets); in this process otherwise.
+        let redis = match &config.redis {
+            Some(r) => Some(
+                crate::store::redis::RedisStore::start(
+                    r,
+                    config.tls.outbound_ca_file.as_deref(),
+                    metrics.registry(),
+                )
+                .starting("redis")?,
+            ),
+            None => None,
+        };
+        let (challenges, limiter): (Arc<dyn ChallengeStore>, Arc<dyn RateLimiter>) = match &redis {
+            Some(store) => (
+                Arc::new(RedisChallenges::new(
+                    store.clone(),
+                    config.tenants.iter().map(|t| t.id.clone()).collect(),
+                    a.max_challenges,
+                    super::EXPIRED_GRACE_SECONDS,
+                )),
+                Arc::new(RedisRateLimiter::new(store.clone())),
+            ),
+            None => (
+                Arc::new(MemoryChallenges::new(a.max_challenges)),
+                Arc::new(MemoryRateLimiter::new(100_000)),
+            ),
+        };
         let state = Arc::new(Self {
             tenants: TenantDirectory::new(&config.tenants)
                 .with_issuers(crate::tenant::load_issuers(config, None).starting("tenants")?),
             catalogues,
-            challenges: Arc::new(MemoryChallenges::new(a.max_challenges)),
-            limiter: Arc::new(MemoryRateLimiter::new(100_000)),
+            challenges,
+            limiter,
+            redis,
             keys: ArcSwapOption::from_pointee(None),
             approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls.clone())
                 .starting("agentauth.approvers")?,
@@ -191,7 +224,9 @@ impl AgentAuthState {
     }
 
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Acquire) && self.keys.load().is_some()
+        !self.draining.load(Ordering::Acquire)
+            && self.keys.load().is_some()
+            && self.redis.as_ref().is_none_or(|r| r.up())
     }
 
     pub fn start_draining(&self) {

@@ -49,6 +49,9 @@ pub struct Swept {
     pub expired: Vec<Challenge>,
     /// How many challenges were removed.
     pub removed: usize,
+    /// How many challenges are held after the sweep, when the store counts
+    /// them itself (a shared store: every replica's challenges).
+    pub held: Option<usize>,
 }
 
 /// Challenges in this process.
