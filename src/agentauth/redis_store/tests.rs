@@ -87,6 +87,111 @@ impl TestRedis {
     }
 }
 
+/// Three cluster-enabled masters on loopback, joined into one Redis
+/// Cluster (no replicas), killed on drop.
+struct TestCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            nodes.push(
+                Command::new("redis-server")
+                    .args(["--port", &port.to_string()])
+                    .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                    .arg(format!("nodes-{port}.conf"))
+                    .arg("--dir")
+                    .arg(dir.path())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed"),
+            );
+            ports.push(port);
+        }
+        let cluster = Self {
+            nodes,
+            ports,
+            _dir: dir,
+        };
+        let cli = |port: u16, args: &[&str]| -> String {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli is installed");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster
+            .ports
+            .iter()
+            .all(|p| cli(*p, &["PING"]).contains("PONG"))
+        {
+            assert!(Instant::now() < deadline, "cluster nodes did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "{out:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .ports
+            .iter()
+            .all(|p| cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn store(&self) -> Arc<RedisStore> {
+        let config = RedisConfig {
+            cluster_nodes: self
+                .ports
+                .iter()
+                .map(|p| format!("redis://127.0.0.1:{p}"))
+                .collect(),
+            command_timeout_ms: 1000,
+            connect_timeout_ms: 500,
+            health_interval_ms: 200,
+            ..RedisConfig::default()
+        };
+        RedisStore::start(&config, None, &Registry::new()).unwrap()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
+
 impl Drop for TestRedis {
     fn drop(&mut self) {
         self.stop();
@@ -443,4 +548,109 @@ async fn rate_limits_are_shared_and_redis_down_refuses() {
     ra.insert(challenge("acme", Tier::Low, now()))
         .await
         .unwrap();
+}
+
+#[test]
+fn on_a_redis_cluster_every_script_stays_on_its_tenants_slot() {
+    let cluster = TestCluster::start();
+    let replicas = [cluster.store(), cluster.store()];
+    // Tenants whose hash tags land on different masters.
+    let tenants = ["acme", "globex", "initech", "umbrella", "hooli", "wonka"];
+    let masters: std::collections::HashSet<i64> = tenants
+        .iter()
+        .map(|t| {
+            let key = index_key(t);
+            let slot: i64 = block_on(replicas[0].run("test", |mut c| async move {
+                redis::cmd("CLUSTER")
+                    .arg("KEYSLOT")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+            }))
+            .unwrap();
+            // redis-cli splits the 16384 slots evenly over three masters.
+            slot / 5462
+        })
+        .collect();
+    assert!(masters.len() >= 2, "the tenants share one master");
+    let store = |i: usize| {
+        RedisChallenges::new(
+            replicas[i].clone(),
+            tenants.iter().map(|t| (*t).to_owned()).collect(),
+            100,
+            5,
+        )
+    };
+    block_on(async {
+        let (ra, rb) = (store(0), store(1));
+        let t = now();
+        let mut ids = Vec::new();
+        for (i, tenant) in tenants.iter().enumerate() {
+            let c = challenge(tenant, Tier::High, t - 61 + i as i64 % 2);
+            ra.insert(c.clone()).await.unwrap();
+            assert_eq!(rb.get(&c.id).await.unwrap(), c);
+            ids.push(c.id);
+        }
+        assert_eq!(
+            rb.list(None, None, t, 100).await.unwrap().len(),
+            tenants.len()
+        );
+        assert_eq!(
+            rb.list(Some("globex"), None, t, 100).await.unwrap()[0].id,
+            ids[1]
+        );
+        let c = rb
+            .update(
+                &ids[2],
+                Box::new(|c| c.approve(&person("p1".into()), &[], t - 60)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.approvals.len(), 1);
+        let (sa, sb) = futures_util::future::join(ra.sweep(t, 5), rb.sweep(t, 5)).await;
+        let (sa, sb) = (sa.unwrap(), sb.unwrap());
+        assert_eq!(sa.expired.len() + sb.expired.len(), tenants.len());
+        let limiter = RedisRateLimiter::new(replicas[0].clone());
+        assert_eq!(limiter.hit("agent:spiffe://x/y", 1, 0).await, Ok(None));
+        assert!(limiter
+            .hit("agent:spiffe://x/y", 1, 0)
+            .await
+            .unwrap()
+            .is_some());
+    });
+    // The racing mint, across the cluster's two clients.
+    let c = challenge("umbrella", Tier::Low, now());
+    let id = c.id.clone();
+    block_on(store(0).insert(c)).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let s = store(t % 2);
+            let id = id.clone();
+            std::thread::spawn(move || {
+                block_on(async move {
+                    let tries = (0..4).map(|i| {
+                        let (s, id) = (&s, &id);
+                        let jti = format!("poa_{t}_{i}");
+                        async move {
+                            s.update(
+                                id,
+                                Box::new(move |c| c.mint("spiffe://t/agent", &jti, 0, now())),
+                            )
+                            .await
+                        }
+                    });
+                    futures_util::future::join_all(tries).await
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
 }
