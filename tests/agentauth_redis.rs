@@ -1,7 +1,8 @@
-//! Two AgentAuth replicas on one Redis: two real `atb dev` processes (each
-//! a broker + AgentAuth) sharing one dev directory (PKI, signing keys,
-//! approver identity provider) and one `redis-server` (`REDIS_URL`), curl
-//! as the agent and the approvers. A challenge made on one replica is
+//! Two AgentAuth replicas on one Redis: a real `atb dev --redis` (broker +
+//! AgentAuth) and a second `atb agentauth` process started from the
+//! `agentauth.toml` it wrote (same PKI, signing keys, approver identity
+//! provider and `[redis]`), one `redis-server`, curl as the agent and the
+//! approvers. A challenge made on one replica is
 //! approved, minted and refused on either; racing approvals across the
 //! replicas land exactly as many times as the tier needs; Redis down means
 //! 503 `state_unavailable`, and its return means service again without a
@@ -81,27 +82,36 @@ impl Drop for Redis {
     }
 }
 
-/// One `atb dev` process (one AgentAuth replica and a broker) on `dir`.
+/// One AgentAuth replica: `atb dev --redis` (AgentAuth and a broker) on
+/// `dir`, or `atb agentauth` from the `agentauth.toml` that dev wrote.
 struct Replica {
     child: Child,
     dir: PathBuf,
-    broker: u16,
+    /// The broker of an `atb dev` replica.
+    broker: Option<u16>,
     aa: u16,
     aa_admin: u16,
     stderr: PathBuf,
 }
 
+enum Kind<'a> {
+    /// `atb dev --dir <dir>/d --redis <url>`.
+    Dev(&'a str),
+    /// `atb agentauth --config <dir>/d/agentauth.toml`.
+    AgentAuth,
+}
+
 impl Replica {
-    fn start(dir: &Path, redis: &str) -> Self {
+    fn start(dir: &Path, kind: Kind<'_>) -> Self {
         for _ in 0..3 {
-            if let Some(r) = Self::try_start(dir, redis) {
+            if let Some(r) = Self::try_start(dir, &kind) {
                 return r;
             }
         }
-        panic!("atb dev could not bind its ports three times");
+        panic!("the replica could not bind its ports three times");
     }
 
-    fn try_start(dir: &Path, redis: &str) -> Option<Self> {
+    fn try_start(dir: &Path, kind: &Kind<'_>) -> Option<Self> {
         let (broker, admin, upstream, aa, aa_admin) = (
             free_port(),
             free_port(),
@@ -113,27 +123,40 @@ impl Replica {
         std::fs::create_dir_all(&logs).unwrap();
         let stderr = logs.join("stderr.log");
         let mut cmd = Command::new(ATB);
-        cmd.arg("dev")
-            .arg("--dir")
-            .arg(dir.join("d"))
-            .args(["--listen", &format!("127.0.0.1:{broker}")])
-            .args(["--admin", &format!("127.0.0.1:{admin}")])
-            .args(["--upstream", &format!("127.0.0.1:{upstream}")])
-            .args(["--agentauth", &format!("127.0.0.1:{aa}")])
-            .args(["--agentauth-admin", &format!("127.0.0.1:{aa_admin}")])
-            .env_remove("ATB_CONFIG")
+        match kind {
+            Kind::Dev(redis) => {
+                cmd.arg("dev")
+                    .arg("--dir")
+                    .arg(dir.join("d"))
+                    .args(["--listen", &format!("127.0.0.1:{broker}")])
+                    .args(["--admin", &format!("127.0.0.1:{admin}")])
+                    .args(["--upstream", &format!("127.0.0.1:{upstream}")])
+                    .args(["--agentauth", &format!("127.0.0.1:{aa}")])
+                    .args(["--agentauth-admin", &format!("127.0.0.1:{aa_admin}")])
+                    .args(["--redis", redis])
+                    // Generous for a loaded test machine (production keeps
+                    // 100 ms); written to agentauth.toml with the rest.
+                    .env("REDIS_COMMAND_TIMEOUT_MS", "1000")
+                    .env("REDIS_CONNECT_TIMEOUT_MS", "500");
+            }
+            Kind::AgentAuth => {
+                cmd.arg("agentauth")
+                    .arg("--config")
+                    .arg(dir.join("d").join("agentauth.toml"))
+                    .env("AGENTAUTH_LISTEN_ADDR", format!("127.0.0.1:{aa}"))
+                    .env("AGENTAUTH_ADMIN_ADDR", format!("127.0.0.1:{aa_admin}"));
+            }
+        }
+        cmd.env_remove("ATB_CONFIG")
+            .env_remove("REDIS_URL")
             .env("LOG_FORMAT", "json")
             .env("ATB_WORKERS", "2")
-            .env("REDIS_URL", redis)
-            // Generous for a loaded test machine; production keeps 100 ms.
-            .env("REDIS_COMMAND_TIMEOUT_MS", "1000")
-            .env("REDIS_CONNECT_TIMEOUT_MS", "500")
             .stdout(std::fs::File::create(logs.join("stdout.log")).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap());
         let mut r = Self {
             child: cmd.spawn().unwrap(),
             dir: dir.join("d"),
-            broker,
+            broker: matches!(kind, Kind::Dev(_)).then_some(broker),
             aa,
             aa_admin,
             stderr,
@@ -145,14 +168,13 @@ impl Replica {
                 if err.contains("Address already in use") {
                     return None;
                 }
-                panic!("atb dev exited ({status}): {err}");
+                panic!("the replica exited ({status}): {err}");
             }
             let err = r.stderr();
-            if err.contains("agentauth started")
-                && err.contains("broker started")
-                && r.ready() == 200
-                && curl(&[&format!("http://127.0.0.1:{admin}/ready")]).status == 200
-            {
+            let broker_ready = r.broker.is_none()
+                || (err.contains("broker started")
+                    && curl(&[&format!("http://127.0.0.1:{admin}/ready")]).status == 200);
+            if err.contains("agentauth started") && broker_ready && r.ready() == 200 {
                 return Some(r);
             }
             assert!(Instant::now() < deadline, "not ready: {}", r.stderr());
@@ -237,7 +259,10 @@ impl Replica {
 
     /// The mandate at this replica's broker, on the vendor route.
     fn use_mandate(&self, token: &str) -> Answer {
-        let url = format!("https://localhost:{}/api/vendors", self.broker);
+        let url = format!(
+            "https://localhost:{}/api/vendors",
+            self.broker.expect("a dev replica")
+        );
         let (ca, crt, key) = (
             self.path("ca.crt"),
             self.path("acme-agent.crt"),
@@ -270,9 +295,12 @@ fn state_unavailable(a: &Answer) -> bool {
 fn two_agentauth_replicas_share_challenges_on_redis() {
     let mut redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
-    // One after the other: the first prepares the shared dev directory.
-    let one = Replica::start(dir.path(), &redis.url());
-    let two = Replica::start(dir.path(), &redis.url());
+    // `atb dev --redis` first (it prepares the directory and writes
+    // agentauth.toml, [redis] included), then a second AgentAuth process
+    // from that file.
+    let url = redis.url();
+    let one = Replica::start(dir.path(), Kind::Dev(&url));
+    let two = Replica::start(dir.path(), Kind::AgentAuth);
     let replicas = [&one, &two];
 
     // Dual control: created on one, approved once on each by two different
