@@ -446,3 +446,55 @@ fn hourly_action_counts_are_shared_and_denials_are_not_counted() {
         redis.cli(&["get", "atb:{acme}:use:crm.contact.read"]) == "3"
     }));
 }
+
+#[test]
+fn rediss_is_verified_with_the_outbound_ca() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "poa");
+    let (crt, server_key) = pki.openssl_cert(
+        "redis",
+        "ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--tls-cert-file")
+        .arg(&crt)
+        .arg("--tls-key-file")
+        .arg(&server_key)
+        .arg("--tls-ca-cert-file")
+        .arg(pki.ca())
+        .args(["--tls-auth-clients", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let toml = config(
+        &key,
+        start_upstream(),
+        &single(&format!("rediss://localhost:{port}")),
+        "",
+    );
+    let ca = pki.ca().display().to_string();
+    // Trusted through tls.outbound_ca_file: single use works over TLS;
+    // without that CA the server is not trusted: refused, never a pass.
+    let brokers = vec![
+        Broker::start(&pki, &toml, &[("TLS_OUTBOUND_CA_FILE", &ca)]),
+        Broker::start(&pki, &toml, &[]),
+    ];
+    let r = Replicas { pki, key, brokers };
+    let t = r.mint();
+    assert_eq!(r.call(0, &t).status, 200);
+    expect(&r.call(0, &t), 403, "poa_replay");
+    expect(&r.call(1, &r.mint()), 503, "replay_store_unavailable");
+    let _ = server.kill();
+    let _ = server.wait();
+}
