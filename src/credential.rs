@@ -1,9 +1,9 @@
 //! What a request presents as its authority, once verified: the seam where
 //! the pipeline stops caring which format carried it.
 //!
-//! - Today a PoA JWT ([`Credential::Jwt`]); a Biscuit capability becomes a
-//!   second variant, verified by its own module, read through the same
-//!   accessors.
+//! - A PoA JWT ([`Credential::Jwt`]) or a Biscuit capability
+//!   ([`Credential::Biscuit`], verified by `crate::biscuit`), read through
+//!   the same accessors.
 //! - The pipeline reads only what every format has: the action, the id that
 //!   makes it single use, its expiry, its constraints (`con`) and the
 //!   document the policy sees as `poa`.
@@ -11,6 +11,7 @@
 
 use serde_json::Value;
 
+use crate::biscuit::verify::Capability;
 use crate::poa::claims::PoaClaims;
 
 /// A verified credential.
@@ -18,6 +19,8 @@ use crate::poa::claims::PoaClaims;
 pub enum Credential {
     /// An EdDSA PoA mandate (`sub act con leg iat exp jti`).
     Jwt(PoaClaims),
+    /// A Biscuit capability, verified under the tenant's root key.
+    Biscuit(Box<Capability>),
 }
 
 impl Credential {
@@ -25,6 +28,7 @@ impl Credential {
     pub fn act(&self) -> &str {
         match self {
             Credential::Jwt(c) => &c.act,
+            Credential::Biscuit(c) => &c.act,
         }
     }
 
@@ -32,6 +36,7 @@ impl Credential {
     pub fn single_use_id(&self) -> &str {
         match self {
             Credential::Jwt(c) => &c.jti,
+            Credential::Biscuit(c) => c.single_use_id(),
         }
     }
 
@@ -39,6 +44,7 @@ impl Credential {
     pub fn expires(&self) -> i64 {
         match self {
             Credential::Jwt(c) => c.exp,
+            Credential::Biscuit(c) => c.expires,
         }
     }
 
@@ -46,6 +52,15 @@ impl Credential {
     pub fn con(&self) -> Option<&Value> {
         match self {
             Credential::Jwt(c) => c.raw.get("con"),
+            Credential::Biscuit(c) => Some(&c.con),
+        }
+    }
+
+    /// `jwt` or `biscuit` (metrics and audit).
+    pub fn format(&self) -> &'static str {
+        match self {
+            Credential::Jwt(_) => "jwt",
+            Credential::Biscuit(_) => "biscuit",
         }
     }
 
@@ -53,6 +68,7 @@ impl Credential {
     pub fn policy_view(&self) -> Value {
         match self {
             Credential::Jwt(c) => Value::Object(c.raw.clone()),
+            Credential::Biscuit(c) => c.policy_view(),
         }
     }
 }

@@ -133,6 +133,82 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
+    /// Biscuit capabilities: root keys, minting, offline attenuation,
+    /// inspection (README "Biscuit capabilities").
+    Biscuit {
+        #[command(subcommand)]
+        command: BiscuitCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BiscuitCommand {
+    /// A new Ed25519 root key pair. With --out PREFIX: PREFIX.key (private,
+    /// 0600) and PREFIX.pub; else both printed (private first).
+    Keygen {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Mint a capability for an agent, signed by the tenant's root key.
+    Mint {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The agent's SPIFFE ID.
+        #[arg(long)]
+        agent: String,
+        /// An action it grants (repeatable).
+        #[arg(long = "action", required = true)]
+        actions: Vec<String>,
+        /// Lifetime in seconds (at most 900).
+        #[arg(long, default_value_t = 300)]
+        ttl: i64,
+        /// Constraints (JSON object).
+        #[arg(long, default_value = "{}")]
+        con: String,
+        /// Legal basis and approval evidence (JSON object).
+        #[arg(long, default_value = "{}")]
+        leg: String,
+        /// The root private key file (`ed25519-private/<hex>`); default
+        /// `atb-dev/<tenant>-biscuit-root.key`.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The root key id the broker selects the public key by.
+        #[arg(long, default_value_t = 1)]
+        root_key_id: u32,
+        /// Unique id (default random).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Narrow a capability offline (no key needed): each option adds a check.
+    Attenuate {
+        /// The token, or `-` to read it from stdin.
+        token: String,
+        /// Only these actions (repeatable).
+        #[arg(long = "action")]
+        actions: Vec<String>,
+        /// Expires this many seconds from now.
+        #[arg(long)]
+        ttl: Option<i64>,
+        /// The `amount` parameter at most this.
+        #[arg(long)]
+        max_amount: Option<i64>,
+        /// Only through this connector.
+        #[arg(long)]
+        connector: Option<String>,
+        /// Only this call: METHOD PATH (a route template if PATH has `{`).
+        #[arg(long, num_args = 2, value_names = ["METHOD", "PATH"])]
+        route: Option<Vec<String>>,
+        /// A raw Datalog check, e.g. 'check if method("GET")' (repeatable).
+        #[arg(long = "check")]
+        checks: Vec<String>,
+    },
+    /// Print a capability's blocks, revocation ids, root key id and expiry
+    /// as JSON (not verified).
+    Inspect {
+        /// The token, or `-` to read it from stdin.
+        token: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -228,6 +304,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             atb::runtime::logging::init(&config.logging)?;
             Ok(actix_web::rt::System::new().block_on(atb::agentauth::run(config))?)
         }
+        Command::Biscuit { command } => biscuit_command(command),
         Command::Revoke {
             config,
             tenant,
@@ -401,6 +478,116 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             for s in &specs {
                 println!("  {}.crt / {}.key  {}", s.name, s.name, s.spiffe_id);
             }
+            Ok(())
+        }
+    }
+}
+
+/// A token argument, or stdin for `-`.
+fn token_arg(token: String) -> Result<String, Box<dyn std::error::Error>> {
+    if token == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s.trim().to_owned())
+    } else {
+        Ok(token.trim().to_owned())
+    }
+}
+
+fn biscuit_command(command: BiscuitCommand) -> Result<(), Box<dyn std::error::Error>> {
+    use atb::biscuit::tools;
+    match command {
+        BiscuitCommand::Keygen { out } => {
+            let (private, public) = tools::keygen();
+            match out {
+                Some(prefix) => {
+                    let with = |ext: &str| {
+                        let mut p = prefix.clone().into_os_string();
+                        p.push(ext);
+                        PathBuf::from(p)
+                    };
+                    atb::runtime::files::write_file(
+                        &with(".key"),
+                        format!("{private}\n").as_bytes(),
+                        true,
+                    )?;
+                    std::fs::write(with(".pub"), format!("{public}\n"))?;
+                    println!("{public}");
+                }
+                None => println!("{private}\n{public}"),
+            }
+            Ok(())
+        }
+        BiscuitCommand::Mint {
+            tenant,
+            agent,
+            actions,
+            ttl,
+            con,
+            leg,
+            key,
+            root_key_id,
+            id,
+        } => {
+            let key =
+                key.unwrap_or_else(|| PathBuf::from(format!("atb-dev/{tenant}-biscuit-root.key")));
+            let private = std::fs::read_to_string(&key)
+                .map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+            let json = |name: &str, text: &str| -> Result<serde_json::Value, String> {
+                match serde_json::from_str(text) {
+                    Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+                    _ => Err(format!("--{name} must be a JSON object")),
+                }
+            };
+            let token = tools::mint(
+                &private,
+                &tools::Mint {
+                    tenant: &tenant,
+                    agent: &agent,
+                    actions: &actions,
+                    issued: atb::runtime::clock::unix_now(),
+                    ttl,
+                    con: &json("con", &con)?,
+                    leg: &json("leg", &leg)?,
+                    id: id.as_deref(),
+                    root_key_id,
+                },
+            )?;
+            println!("{token}");
+            Ok(())
+        }
+        BiscuitCommand::Attenuate {
+            token,
+            actions,
+            ttl,
+            max_amount,
+            connector,
+            route,
+            checks,
+        } => {
+            let token = token_arg(token)?;
+            let route = route.and_then(|r| match r.as_slice() {
+                [m, p] => Some((m.clone(), p.clone())),
+                _ => None,
+            });
+            let narrowed = tools::attenuate(
+                &token,
+                &tools::Attenuation {
+                    actions,
+                    ttl,
+                    max_amount,
+                    connector,
+                    route,
+                    checks,
+                    now: atb::runtime::clock::unix_now(),
+                },
+            )?;
+            println!("{narrowed}");
+            Ok(())
+        }
+        BiscuitCommand::Inspect { token } => {
+            let shown = tools::inspect(&token_arg(token)?)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
             Ok(())
         }
     }

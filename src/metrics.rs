@@ -127,8 +127,8 @@ impl Metrics {
             };
         let poa_validations = counter(
             "atb_poa_validations_total",
-            "PoA mandate checks, by tenant and result",
-            &["tenant", "result"],
+            "Credential checks (PoA JWT or Biscuit), by tenant, result and format",
+            &["tenant", "result", "format"],
         )?;
         let policy_seconds = histogram(
             "atb_policy_evaluation_seconds",

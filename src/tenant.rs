@@ -68,6 +68,10 @@ pub struct TenantConfig {
     /// (403 `self_approval`), whatever the agent wrote in `leg`.
     #[serde(default)]
     pub agent_owners: Vec<AgentOwners>,
+    /// The tenant's Biscuit root keys (`[tenants.biscuit]`); none: its
+    /// agents' Biscuits are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub biscuit: Option<crate::biscuit::config::TenantBiscuitConfig>,
 }
 
 /// The people accountable for an agent, as the tenant knows them.

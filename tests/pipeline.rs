@@ -293,7 +293,7 @@ fn an_allowed_call_reaches_the_upstream_with_broker_headers_and_no_credentials()
     assert_eq!(
         metric(
             &m,
-            r#"atb_poa_validations_total{result="valid",tenant="acme"}"#
+            r#"atb_poa_validations_total{format="jwt",result="valid",tenant="acme"}"#
         ),
         Some(2.0)
     );
@@ -447,7 +447,7 @@ fn unmandated_low_risk_calls_only_where_the_tenant_allows_them() {
     assert_eq!(
         metric(
             &m,
-            r#"atb_poa_validations_total{result="absent",tenant="acme"}"#
+            r#"atb_poa_validations_total{format="none",result="absent",tenant="acme"}"#
         ),
         Some(15.0),
         "{m}"
@@ -581,14 +581,14 @@ fn expired_and_overlong_mandates_are_refused() {
     assert_eq!(
         metric(
             &m,
-            r#"atb_poa_validations_total{result="expired",tenant="acme"}"#
+            r#"atb_poa_validations_total{format="jwt",result="expired",tenant="acme"}"#
         ),
         Some(1.0)
     );
     assert_eq!(
         metric(
             &m,
-            r#"atb_poa_validations_total{result="invalid",tenant="acme"}"#
+            r#"atb_poa_validations_total{format="jwt",result="invalid",tenant="acme"}"#
         ),
         Some(2.0)
     );

@@ -34,6 +34,9 @@ pub struct AuditEvent {
     pub path: String,
     pub action: String,
     pub jti: String,
+    /// The credential's format (`jwt`, `biscuit`; empty without one).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub format: &'static str,
     /// `allow`, `deny` or `error`.
     pub decision: &'static str,
     /// The HTTP status answered.
@@ -560,6 +563,7 @@ mod tests {
             path: String::new(),
             action: String::new(),
             jti: String::new(),
+            format: "",
             decision: "allow",
             status: 200,
             code: "",

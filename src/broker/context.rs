@@ -109,6 +109,7 @@ impl<'a> RequestCtx<'a> {
                 agent: String::new(),
                 action: String::new(),
                 jti: String::new(),
+                format: "",
                 risk_tier: String::new(),
                 connector: String::new(),
                 route: String::new(),
@@ -166,10 +167,14 @@ impl<'a> RequestCtx<'a> {
     /// Counts a mandate check by result.
     pub fn count_validation(&self, result: &str) {
         if let Some(t) = &self.tenant {
+            let format = match self.log.format {
+                "" => "none",
+                f => f,
+            };
             self.state
                 .metrics
                 .poa_validations
-                .with_label_values(&[&t.id, result])
+                .with_label_values(&[&t.id, result, format])
                 .inc();
         }
     }
@@ -201,6 +206,8 @@ pub struct BrokerLog<'a> {
     pub agent: String,
     pub action: String,
     pub jti: String,
+    /// The credential's format: `jwt`, `biscuit`, or `""` without one.
+    pub format: &'static str,
     pub risk_tier: String,
     pub connector: String,
     pub route: String,
@@ -260,6 +267,7 @@ impl RequestRecord for BrokerLog<'_> {
             path: std::mem::take(&mut self.path),
             action: std::mem::take(&mut self.action),
             jti: std::mem::take(&mut self.jti),
+            format: self.format,
             decision: decision_for(status),
             status,
             code,

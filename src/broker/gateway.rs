@@ -17,6 +17,7 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::{json, Map, Value};
 
 use crate::audit::guard::Ending;
+use crate::biscuit::verify::BiscuitRefusal;
 use crate::broker::admission::{Admission, ShardRequest};
 use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
@@ -28,7 +29,7 @@ use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
 use crate::broker::validator::{self, Refusal};
 use crate::credential::Credential;
 use crate::error::Rejection;
-use crate::poa::presented::presented_token;
+use crate::poa::presented::{presented_credential, Presented};
 use crate::poa::{is_action_name, MAX_ACTION_LEN};
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
@@ -153,6 +154,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
         bind_route,      // 403 action_route_mismatch
         connector_limit, // 429 rate_limited (connector)
         read_body,       // 413 body_too_large, 400 bad_request
+        capability,      // 403 policy_denied (biscuit_check_failed), 401 poa_invalid (Biscuit only)
         spend,           // 403 poa_replay, 503 replay_store_unavailable
         decide,          // 403 policy_denied (401 poa_required without a mandate), 503 policy_unavailable
         count_usage,     // (the action's hourly count)
@@ -243,13 +245,14 @@ async fn admit(ctx: &mut RequestCtx<'_>) -> Step {
 /// none (the policy then allows only low-risk calls).
 async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
     let tenant = ctx.tenant()?.clone();
-    let Some(token) = presented_token(ctx.req.headers())? else {
+    let Some(presented) = presented_credential(ctx.req.headers())? else {
         if tenant.poa.allow_unmandated_low_risk {
             ctx.count_validation("absent");
             return Ok(());
         }
         return Err(Rejection::poa_required());
     };
+    ctx.log.format = presented.format();
     let tenants = ctx.tenants.clone();
     let Some(auth) = tenants.auth.get(&tenant.id) else {
         return Err(refusal(
@@ -257,17 +260,37 @@ async fn authenticate(ctx: &mut RequestCtx<'_>) -> Step {
             Refusal::Invalid("no verification keys for this tenant".into()),
         ));
     };
-    let claims = match validator::verify_jwt(auth, ctx.client, token, unix_now()).await {
-        Ok(claims) => claims,
-        Err(r) => return Err(refusal(ctx, r)),
-    };
-    ctx.log.jti.clone_from(&claims.jti);
-    ctx.log.action.clone_from(&claims.act);
     let action_header = ctx.req.headers().get(X_ATB_ACTION).map(|h| h.as_bytes());
-    if let Err(r) = validator::bind(auth, &claims, &ctx.log.agent, action_header) {
-        return Err(refusal(ctx, r));
-    }
-    ctx.credential = Some(Credential::Jwt(claims));
+    let credential = match presented {
+        Presented::Jwt(token) => {
+            let claims = match validator::verify_jwt(auth, ctx.client, token, unix_now()).await {
+                Ok(claims) => claims,
+                Err(r) => return Err(refusal(ctx, r)),
+            };
+            ctx.log.jti.clone_from(&claims.jti);
+            ctx.log.action.clone_from(&claims.act);
+            if let Err(r) = validator::bind(auth, &claims, &ctx.log.agent, action_header) {
+                return Err(refusal(ctx, r));
+            }
+            Credential::Jwt(claims)
+        }
+        Presented::Biscuit(token) => {
+            let limits = &ctx.state.config.biscuit;
+            let mut capability = match validator::verify_biscuit(auth, limits, token, unix_now()) {
+                Ok(c) => c,
+                Err(r) => return Err(refusal(ctx, r)),
+            };
+            ctx.log.jti = capability.single_use_id().to_owned();
+            if let Err(r) =
+                validator::bind_biscuit(&mut capability, &tenant.id, &ctx.log.agent, action_header)
+            {
+                return Err(refusal(ctx, r));
+            }
+            ctx.log.action.clone_from(&capability.act);
+            Credential::Biscuit(Box::new(capability))
+        }
+    };
+    ctx.credential = Some(credential);
     Ok(())
 }
 
@@ -445,6 +468,38 @@ async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
     ctx.params = params;
     ctx.buffered = buffered;
     Ok(())
+}
+
+/// A Biscuit's own checks (every block's, against the request's facts) and
+/// the broker's rule that the action is one the authority grants; before
+/// single use, so a capability refused here is not spent.
+async fn capability(ctx: &mut RequestCtx<'_>) -> Step {
+    let Some(Credential::Biscuit(cap)) = &ctx.credential else {
+        return Ok(());
+    };
+    let tenant = ctx.tenant()?;
+    let connector = ctx.connector_in(tenant)?;
+    let request = crate::biscuit::verify::Request {
+        agent: &ctx.log.agent,
+        tenant: &tenant.id,
+        action: &ctx.routed.action,
+        method: ctx.req.method().as_str(),
+        path: &ctx.path,
+        route: ctx.routed.template.as_deref(),
+        connector: &connector.id,
+        params: &ctx.params,
+        now: unix_now(),
+    };
+    match crate::biscuit::verify::authorize(cap, &request, &ctx.state.config.biscuit) {
+        Ok(()) => Ok(()),
+        Err(BiscuitRefusal::Denied(why)) => Err(Rejection::policy_denied(
+            "biscuit_check_failed".into(),
+            Some(json!({"why": why})),
+        )),
+        Err(BiscuitRefusal::Invalid(m)) | Err(BiscuitRefusal::Expired(m)) => {
+            Err(refusal(ctx, Refusal::Invalid(m.into())))
+        }
+    }
 }
 
 /// Single use: the mandate's `jti` is marked only now that every check a

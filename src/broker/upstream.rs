@@ -373,6 +373,7 @@ mod tests {
             "authorization",
             "x-poa-token",
             "x-atb-platform-token",
+            "x-atb-biscuit",
             "x-atb-agent",
             "x-atb-tenant",
             "connection",

@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::biscuit::config::BiscuitConfig;
+use crate::biscuit::verify::{BiscuitRefusal, Capability, RootKeys};
 use crate::config::error::{invalid, ConfigError};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -36,6 +38,8 @@ pub struct TenantAuth {
     pub jwks: Option<Arc<JwksCache>>,
     /// Live replay-cache entries this tenant may hold.
     pub replay_quota: usize,
+    /// Root keys of the tenant's Biscuit capabilities (empty: none).
+    pub biscuit_roots: RootKeys,
 }
 
 /// Most revocations a tenant holds (configured plus added at runtime).
@@ -74,7 +78,20 @@ impl TenantAuth {
             })?;
             set.insert(keys::thumbprint(&key), key);
         }
+        let mut roots = Vec::new();
+        for (i, k) in t
+            .biscuit
+            .iter()
+            .flat_map(|b| b.root_keys.iter())
+            .enumerate()
+        {
+            let key = || format!("tenants.{}.biscuit.root_keys[{i}]", t.id);
+            roots.push((k.id, k.text().map_err(|e| invalid(key(), e))?));
+        }
+        let biscuit_roots = RootKeys::parse(&roots)
+            .map_err(|e| invalid(format!("tenants.{}.biscuit.root_keys", t.id), e))?;
         Ok(Self {
+            biscuit_roots,
             keys: set,
             rules: ClaimRules {
                 max_ttl_seconds: t.poa.max_ttl_seconds as i64,
@@ -177,7 +194,7 @@ pub enum Refusal {
     #[error("the mandate's subject is not the calling agent")]
     SubjectMismatch,
     /// 403 `action_mismatch`.
-    #[error("X-ATB-Action differs from the mandate's act")]
+    #[error("X-ATB-Action differs from the mandate's act (or names no right of the capability; a capability with several rights needs it)")]
     ActionMismatch,
 }
 
@@ -228,6 +245,71 @@ pub async fn verify_jwt(
         return Err(Refusal::Revoked("the signing key has been revoked"));
     }
     Ok(claims::validate(&payload, &auth.rules, now)?)
+}
+
+/// Verifies a Biscuit under the tenant's root keys (chosen by its
+/// `root_key_id`) and reads its grant; refused if any of its revocation ids
+/// (a parent's included) is revoked.
+pub fn verify_biscuit(
+    auth: &TenantAuth,
+    limits: &BiscuitConfig,
+    token: &str,
+    now: i64,
+) -> Result<Capability, Refusal> {
+    let capability = crate::biscuit::verify::verify(
+        token,
+        &auth.biscuit_roots,
+        limits,
+        now,
+        auth.rules.leeway_seconds,
+        auth.rules.max_ttl_seconds,
+    )
+    .map_err(|e| match e {
+        BiscuitRefusal::Expired(m) => Refusal::Expired(m.into()),
+        BiscuitRefusal::Invalid(m) | BiscuitRefusal::Denied(m) => Refusal::Invalid(m.into()),
+    })?;
+    if capability
+        .revocation_ids
+        .iter()
+        .any(|id| auth.jti_revoked(id))
+    {
+        return Err(Refusal::Revoked(
+            "this capability (or one it derives from) has been revoked",
+        ));
+    }
+    Ok(capability)
+}
+
+/// A verified Biscuit bound to this call: its agent is the calling agent,
+/// its tenant the caller's tenant, and the action of the call is one it
+/// grants — named by `X-ATB-Action`, or its only right.
+pub fn bind_biscuit(
+    capability: &mut Capability,
+    tenant: &str,
+    agent: &str,
+    action_header: Option<&[u8]>,
+) -> Result<(), Refusal> {
+    if capability.agent != agent {
+        return Err(Refusal::SubjectMismatch);
+    }
+    if capability.tenant != tenant {
+        return Err(Refusal::Invalid(
+            "the capability names another tenant".into(),
+        ));
+    }
+    let act = match action_header {
+        Some(h) => std::str::from_utf8(h)
+            .ok()
+            .filter(|a| capability.rights.iter().any(|r| r == a))
+            .ok_or(Refusal::ActionMismatch)?
+            .to_owned(),
+        None => match capability.rights.as_slice() {
+            [only] => only.clone(),
+            _ => return Err(Refusal::ActionMismatch),
+        },
+    };
+    capability.act = act;
+    Ok(())
 }
 
 /// A verified mandate bound to this call: its subject is the calling agent,

@@ -40,6 +40,8 @@ pub struct Config {
     pub agentauth: crate::agentauth::config::AgentAuthConfig,
     /// Shared state for several replicas; absent = in memory.
     pub redis: Option<crate::store::config::RedisConfig>,
+    /// Limits on every Biscuit the broker reads.
+    pub biscuit: crate::biscuit::config::BiscuitConfig,
 }
 
 impl Config {
@@ -340,6 +342,7 @@ impl Config {
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }
+        self.biscuit.validate()?;
         self.validate_tenants()?;
         self.validate_operators()
     }

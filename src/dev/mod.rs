@@ -135,6 +135,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         default_connector: None,
         connectors: vec![connector("crm")],
         agent_owners: Vec::new(),
+        biscuit: None,
     };
     let mut c = Config::default();
     c.broker.listen_addr = opts.listen_addr;

@@ -42,6 +42,68 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     }
 }
 
+/// Header carrying a Biscuit capability.
+pub const X_ATB_BISCUIT: &str = "x-atb-biscuit";
+
+/// A credential as presented, its format told apart unambiguously: a PoA
+/// JWT is a compact JWS (three dot-separated parts); a Biscuit is one
+/// base64url string (no dot), in `X-ATB-Biscuit` or as a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    Jwt(&'a str),
+    Biscuit(&'a str),
+}
+
+impl<'a> Presented<'a> {
+    /// The `format` label of metrics and audit events.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Self::Jwt(_) => "jwt",
+            Self::Biscuit(_) => "biscuit",
+        }
+    }
+}
+
+/// The credential presented with a request, if any. Every header that
+/// carries one must carry the same token, and `X-ATB-Biscuit` only a
+/// Biscuit.
+pub fn presented_credential(headers: &HeaderMap) -> Result<Option<Presented<'_>>, Rejection> {
+    let token = presented_token(headers)?;
+    let mut biscuits = headers.get_all(X_ATB_BISCUIT);
+    let biscuit = match (biscuits.next(), biscuits.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => {
+            return Err(Rejection::poa_invalid(
+                "X-ATB-Biscuit is sent more than once",
+            ))
+        }
+        (Some(v), None) => {
+            let v = v
+                .to_str()
+                .map_err(|_| Rejection::poa_invalid("X-ATB-Biscuit header is not ASCII"))?
+                .trim();
+            if v.is_empty() {
+                return Err(Rejection::poa_invalid("empty X-ATB-Biscuit"));
+            }
+            if v.contains('.') {
+                return Err(Rejection::poa_invalid(
+                    "X-ATB-Biscuit carries a JWS, not a Biscuit",
+                ));
+            }
+            Some(v)
+        }
+    };
+    match (token, biscuit) {
+        (Some(t), Some(b)) if t != b => Err(Rejection::poa_invalid(
+            "X-ATB-Biscuit and the bearer token carry different credentials",
+        )),
+        (_, Some(b)) => Ok(Some(Presented::Biscuit(b))),
+        (Some(t), None) if t.contains('.') => Ok(Some(Presented::Jwt(t))),
+        (Some(t), None) => Ok(Some(Presented::Biscuit(t))),
+        (None, None) => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +122,48 @@ mod tests {
 
     fn code(h: &HeaderMap) -> &'static str {
         presented_token(h).unwrap_err().code
+    }
+
+    #[test]
+    fn tells_jwts_and_biscuits_apart() {
+        let found = |pairs: &[(&str, &str)]| {
+            presented_credential(&headers(pairs))
+                .map(|p| p.map(|p| format!("{p:?}")))
+                .map_err(|e| e.code)
+        };
+        assert_eq!(found(&[]), Ok(None));
+        assert_eq!(
+            found(&[("authorization", "Bearer a.b.c")]),
+            Ok(Some("Jwt(\"a.b.c\")".to_string()))
+        );
+        assert_eq!(
+            found(&[("authorization", "Bearer EnQKCg")]),
+            Ok(Some("Biscuit(\"EnQKCg\")".to_string()))
+        );
+        assert_eq!(
+            found(&[("x-atb-biscuit", "EnQKCg")]),
+            Ok(Some("Biscuit(\"EnQKCg\")".to_string()))
+        );
+        assert_eq!(
+            found(&[
+                ("x-atb-biscuit", "EnQKCg"),
+                ("authorization", "Bearer EnQKCg")
+            ]),
+            Ok(Some("Biscuit(\"EnQKCg\")".to_string()))
+        );
+        assert_eq!(found(&[("x-atb-biscuit", "a.b.c")]), Err("poa_invalid"));
+        assert_eq!(
+            found(&[
+                ("x-atb-biscuit", "EnQKCg"),
+                ("authorization", "Bearer a.b.c")
+            ]),
+            Err("poa_invalid")
+        );
+        assert_eq!(
+            found(&[("x-atb-biscuit", "EnQKCg"), ("x-atb-biscuit", "EnQKCg")]),
+            Err("poa_invalid")
+        );
+        assert_eq!(found(&[("x-atb-biscuit", " ")]), Err("poa_invalid"));
     }
 
     #[test]
