@@ -23,27 +23,37 @@ pub const REVOCATIONS_VERSION: &str = "atb:revocations:version";
 /// The token bucket as a Lua function, shared by the scripts that limit
 /// rates (broker and AgentAuth). `take(key, rate, burst, now_ms)` returns
 /// 0 when a token was taken, else the milliseconds until one is available.
-/// Buckets expire once they would be full again, so idle keys vanish.
+/// A bucket is one string `"<milli-tokens>:<ms>"` (integers: no float
+/// parsing or formatting in Redis), written with an expiry at which it
+/// would be full again, so idle keys vanish.
 pub const LUA_TAKE: &str = r#"
 local function take(key, rate, burst, now)
-  local b = redis.call('HMGET', key, 't', 'ts')
-  local tokens = tonumber(b[1])
-  local ts = tonumber(b[2])
-  if tokens == nil or ts == nil then
-    tokens = burst
-    ts = now
+  local full = burst * 1000
+  local tokens = full
+  local ts = now
+  local v = redis.call('GET', key)
+  if v then
+    local sep = string.find(v, ':', 1, true)
+    if sep then
+      tokens = tonumber(string.sub(v, 1, sep - 1)) or full
+      ts = tonumber(string.sub(v, sep + 1)) or now
+    end
   end
   if now > ts then
-    tokens = math.min(burst, tokens + (now - ts) * rate / 1000)
-    ts = now
+    -- Whole milli-tokens only; until one is earned the start stays put,
+    -- so slow rates still accrue.
+    local gained = math.floor((now - ts) * rate)
+    if gained > 0 or tokens >= full then
+      tokens = math.min(full, tokens + gained)
+      ts = now
+    end
   end
-  if tokens >= 1 then
-    tokens = tokens - 1
-    redis.call('HSET', key, 't', tostring(tokens), 'ts', ts)
-    redis.call('PEXPIRE', key, math.ceil(burst * 1000 / rate) + 1000)
+  if tokens >= 1000 then
+    tokens = tokens - 1000
+    redis.call('SET', key, string.format('%d:%d', tokens, ts), 'PX', math.ceil((full - tokens) / rate) + 1000)
     return 0
   end
-  return math.max(1, math.ceil((1 - tokens) * 1000 / rate))
+  return math.max(1, math.ceil((1000 - tokens) / rate))
 end
 local function now_ms()
   local t = redis.call('TIME')
