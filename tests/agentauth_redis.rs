@@ -11,76 +11,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{curl, eventually, free_port, Answer, ATB};
 use serde_json::{json, Value};
-
-/// A throwaway `redis-server` on a loopback port, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Self {
-        for _ in 0..5 {
-            if let Some(r) = Self::on(free_port()) {
-                return r;
-            }
-        }
-        panic!("redis-server did not start");
-    }
-
-    /// Starts on `port`; `None` if it exited at once (port taken).
-    fn on(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed");
-        let mut r = Self { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = r.child.try_wait() {
-                return None;
-            }
-            if r.ping() {
-                return Some(r);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server on {port} did not answer");
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// One AgentAuth replica: `atb dev --redis` (AgentAuth and a broker) on
 /// `dir`, or `atb agentauth` from the `agentauth.toml` that dev wrote.
@@ -293,7 +228,7 @@ fn state_unavailable(a: &Answer) -> bool {
 
 #[test]
 fn two_agentauth_replicas_share_challenges_on_redis() {
-    let mut redis = Redis::start();
+    let mut redis = common::redis_procs::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     // `atb dev --redis` first (it prepares the directory and writes
     // agentauth.toml, [redis] included), then a second AgentAuth process
@@ -412,7 +347,7 @@ fn two_agentauth_replicas_share_challenges_on_redis() {
         assert!(r.metrics().contains("atb_redis_up 0"));
     }
     // Back on the same address (empty): service again, no restart.
-    let _back = Redis::on(redis.port).expect("the Redis port is free again");
+    redis.restart();
     for r in replicas {
         assert!(
             eventually(Duration::from_secs(10), || r.ready() == 200),
