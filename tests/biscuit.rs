@@ -882,3 +882,60 @@ fn metrics_and_audit_name_the_biscuit_format() {
         .iter()
         .any(|e| e["format"] == "biscuit" && e["code"] == "poa_replay"));
 }
+
+/// Rotation through a configuration reload: id 1 removed from acme's root
+/// keys refuses its tokens while id 2 goes on; a root key file rewritten
+/// with a new key (globex) replaces the old key.
+#[test]
+fn root_keys_rotate_on_reload() {
+    let s = setup("");
+    let read = "/api/contacts/1";
+    let reload = || {
+        let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+        let r = admin(&s.broker, "POST", "/admin/config/reload", &[&auth], None);
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+    let old = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| s.acme.mint("acme", ACME, &["crm.contact.read"], &[]))
+            .collect()
+    };
+    let old_tokens = old(2);
+    let next = || {
+        s.acme_next
+            .mint("acme", ACME, &["crm.contact.read"], &["--root-key-id", "2"])
+    };
+    expect_ok(&s.acme("GET", read, &old_tokens[0]));
+    expect_ok(&s.acme("GET", read, &next()));
+    let globex_old = s.globex.mint("globex", GLOBEX, &["crm.contact.read"], &[]);
+    let globex_old2 = s.globex.mint("globex", GLOBEX, &["crm.contact.read"], &[]);
+    expect_ok(&s.call("globex-agent", "GET", read, &globex_old, &[]));
+    // A revocation made through the admin API before the rotation.
+    let revoked = next();
+    s.revoke(&[inspect(&revoked)["revocation_ids"][0].as_str().unwrap()]);
+
+    // Remove acme's id 1 (only [tenants.biscuit] changes).
+    let config = std::fs::read_to_string(&s.broker.config_path).unwrap();
+    let id1 = format!(
+        r#"{{ id = 1, public_key_file = "{}" }}, "#,
+        s.acme.public.display()
+    );
+    assert!(config.contains(&id1));
+    std::fs::write(&s.broker.config_path, config.replace(&id1, "")).unwrap();
+    // Globex's key file now holds a new key.
+    let globex_new = RootKey::new(s.pki.dir.path(), "globex-root-new");
+    std::fs::copy(&globex_new.public, &s.globex.public).unwrap();
+    reload();
+
+    expect(&s.acme("GET", read, &old_tokens[1]), 401, "poa_invalid");
+    expect_ok(&s.acme("GET", read, &next()));
+    // The rotation keeps the tenant's runtime revocations.
+    expect(&s.acme("GET", read, &revoked), 401, "poa_revoked");
+    expect(
+        &s.call("globex-agent", "GET", read, &globex_old2, &[]),
+        401,
+        "poa_invalid",
+    );
+    let globex_fresh = globex_new.mint("globex", GLOBEX, &["crm.contact.read"], &[]);
+    expect_ok(&s.call("globex-agent", "GET", read, &globex_fresh, &[]));
+}
