@@ -377,6 +377,16 @@ fn cli_attenuation_only_narrows_actions_routes_and_connectors() {
     let one = attenuate(&parent, &["--route", "GET", "/api/contacts/7"]);
     let read = ["-H", "X-ATB-Action: crm.contact.read"];
     biscuit_check_failed(&s.call("acme-agent", "GET", "/api/contacts/8", &one, &read));
+    // `--route` twice is refused, not dropped (the token would otherwise
+    // carry only the other checks).
+    let twice = Command::new(ATB)
+        .args(["biscuit", "attenuate", &parent, "--ttl", "60"])
+        .args(["--route", "GET", "/api/contacts/7"])
+        .args(["--route", "GET", "/api/contacts/8"])
+        .output()
+        .unwrap();
+    assert!(!twice.status.success(), "{twice:?}");
+    assert!(twice.stdout.is_empty(), "{twice:?}");
     // Another connector than the call's.
     let erp_only = attenuate(&parent, &["--connector", "erp"]);
     biscuit_check_failed(&s.call("acme-agent", "GET", "/api/contacts/7", &erp_only, &read));
