@@ -573,7 +573,10 @@ fn biscuit_command(command: BiscuitCommand) -> Result<(), Box<dyn std::error::Er
                 None => None,
                 Some([m, p]) => Some((m.clone(), p.clone())),
                 Some(_) => {
-                    return Err("give --route once (METHOD PATH); attenuate again to add another block".into())
+                    return Err(
+                        "give --route once (METHOD PATH); attenuate again to add another block"
+                            .into(),
+                    )
                 }
             };
             let narrowed = tools::attenuate(
