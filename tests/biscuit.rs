@@ -797,6 +797,15 @@ fn a_pathological_rule_set_is_refused_quickly() {
             &format!("{facts} check if n($x), n($y), n($z), $x + $y + $z == -1"),
         ],
     );
+    // Four predicates: 13 million rows, seconds of work inside one
+    // iteration; only the static bound stops it before it runs.
+    let join4 = attenuate(
+        &parent,
+        &[
+            "--check",
+            &format!("{facts} check if n($a), n($b), n($c), n($d), $a + $b + $c + $d == -1"),
+        ],
+    );
     // A rule deriving their product.
     let product = py_attenuate(
         &parent,
@@ -816,7 +825,7 @@ fn a_pathological_rule_set_is_refused_quickly() {
             ),
         ],
     );
-    for t in [&join, &product, &counting] {
+    for t in [&join, &join4, &product, &counting] {
         let started = Instant::now();
         let a = s.acme("GET", read, t);
         expect(&a, 401, "poa_invalid");
