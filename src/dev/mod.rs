@@ -172,6 +172,11 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         outbound_ca_file: Some(pki.ca_cert()),
     };
     c.logging.format = LogFormat::Text;
+    // The authorizer's time limit is wall-clock: 5 ms (the default) suits a
+    // release build on a host with headroom, not `cargo run -- dev` (a
+    // debug build) on a busy laptop. Runaway tokens are still stopped by
+    // the static work bound, facts and iterations.
+    c.biscuit.max_time_ms = 50;
     c.admin.token_file = Some(dir.join("admin.token"));
     let a = &mut c.agentauth;
     a.listen_addr = opts.agentauth_addr;
