@@ -958,3 +958,36 @@ fn root_keys_rotate_on_reload() {
     let globex_fresh = globex_new.mint("globex", GLOBEX, &["crm.contact.read"], &[]);
     expect_ok(&s.call("globex-agent", "GET", read, &globex_fresh, &[]));
 }
+
+/// With shared state on Redis, two brokers spend a capability once between
+/// them: the parent on one replica, its attenuated child on the other.
+#[test]
+fn single_use_is_shared_between_replicas_on_redis() {
+    let redis = common::redis_procs::RedisServer::start();
+    let redis_toml = format!(
+        "[redis]\nurl = \"{}\"\ncommand_timeout_ms = 500\n",
+        redis.url()
+    );
+    let s = setup(&redis_toml);
+    let config = std::fs::read_to_string(&s.broker.config_path).unwrap();
+    let tenants = &config[config.find("[biscuit]").unwrap()..];
+    let second = Broker::start(&s.pki, tenants, &[]);
+    let read = "/api/contacts/1";
+    let on = |broker: &Broker, token: &str| {
+        let header = format!("X-ATB-Biscuit: {token}");
+        agent_get(broker, &s.pki, Some("acme-agent"), read, &["-H", &header])
+    };
+    let parent = s.acme.mint("acme", ACME, &["crm.contact.read"], &[]);
+    let child = attenuate(&parent, &["--ttl", "60"]);
+    let py_child = py_attenuate(&parent, &s.acme, "check if method(\"GET\")", &json!({}));
+    expect_ok(&on(&s.broker, &parent));
+    expect(&on(&second, &child), 403, "poa_replay");
+    expect(&on(&second, &py_child), 403, "poa_replay");
+    // A fresh one passes on the second replica (control).
+    let other = attenuate(
+        &s.acme.mint("acme", ACME, &["crm.contact.read"], &[]),
+        &["--ttl", "60"],
+    );
+    expect_ok(&on(&second, &other));
+    expect(&on(&s.broker, &other), 403, "poa_replay");
+}
