@@ -196,7 +196,8 @@ enum BiscuitCommand {
         /// Only through this connector.
         #[arg(long)]
         connector: Option<String>,
-        /// Only this call: METHOD PATH (a route template if PATH has `{`).
+        /// Only this call: METHOD PATH (a route template if PATH has `{`);
+        /// at most once.
         #[arg(long, num_args = 2, value_names = ["METHOD", "PATH"])]
         route: Option<Vec<String>>,
         /// A raw Datalog check, e.g. 'check if method("GET")' (repeatable).
@@ -566,10 +567,18 @@ fn biscuit_command(command: BiscuitCommand) -> Result<(), Box<dyn std::error::Er
             checks,
         } => {
             let token = token_arg(token)?;
-            let route = route.and_then(|r| match r.as_slice() {
-                [m, p] => Some((m.clone(), p.clone())),
-                _ => None,
-            });
+            // `--route` given twice collects four values: refused, never
+            // dropped (dropping it would silently widen the attenuation).
+            let route = match route.as_deref() {
+                None => None,
+                Some([m, p]) => Some((m.clone(), p.clone())),
+                Some(_) => {
+                    return Err(
+                        "give --route once (METHOD PATH); attenuate again to add another block"
+                            .into(),
+                    )
+                }
+            };
             let narrowed = tools::attenuate(
                 &token,
                 &tools::Attenuation {

@@ -443,3 +443,153 @@ fn platform_tokens_never_panic() {
         assert!(verified > 0);
     });
 }
+
+#[test]
+fn biscuits_never_panic() {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use atb::biscuit::config::BiscuitConfig;
+    use atb::biscuit::tools::{self, Attenuation, Mint};
+    use atb::biscuit::verify::{authorize, verify, Request, RootKeys};
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE;
+    let mut rng = Rng(0x5eed_0008);
+    let now = 1_800_000_000;
+    let (private, public) = tools::keygen();
+    let keys = RootKeys::parse(&[(1, public)]).unwrap();
+    let limits = BiscuitConfig::default();
+    let actions = vec!["sap.payment.execute".to_owned()];
+    let minted = tools::mint(
+        &private,
+        &Mint {
+            tenant: "acme",
+            agent: AGENT,
+            actions: &actions,
+            issued: now,
+            ttl: 300,
+            con: &json!({"connector": "erp"}),
+            leg: &valid_claims()["leg"],
+            id: Some("0123456789abcdef"),
+            root_key_id: 1,
+        },
+    )
+    .unwrap();
+    let token = tools::attenuate(
+        &minted,
+        &Attenuation {
+            max_amount: Some(5000),
+            route: Some(("POST".into(), "/api/pay".into())),
+            checks: vec!["n(1); n(2); p($x, $y) <- n($x), n($y); check if p(1, 2)".into()],
+            now,
+            ..Attenuation::default()
+        },
+    )
+    .unwrap();
+    let params = json!({"amount": 100, "to": "x", "urgent": true, "f": 1.5});
+    let params = params.as_object().unwrap();
+    let request = Request {
+        agent: AGENT,
+        tenant: "acme",
+        action: "sap.payment.execute",
+        method: "POST",
+        path: "/api/pay",
+        route: Some("/api/pay"),
+        connector: "erp",
+        params,
+        now,
+    };
+    let original = verify(&token, &keys, &limits, now, 10, 300).unwrap();
+    authorize(&original, &request, &limits).unwrap();
+    // The whole check, on mutations of the text and of the decoded bytes.
+    let bytes = b64.decode(&token).unwrap();
+    let mut texts: Vec<String> = inputs(&mut rng, &[token.clone().into_bytes()], 1_500)
+        .into_iter()
+        .filter_map(|b| String::from_utf8(b).ok())
+        .collect();
+    texts.extend(
+        inputs(&mut rng, &[bytes], 1_500)
+            .into_iter()
+            .map(|b| b64.encode(b)),
+    );
+    let mut verified = 0;
+    for text in &texts {
+        if let Ok(cap) = verify(text, &keys, &limits, now, 10, 300) {
+            // Whatever verifies grants what the original grants.
+            assert_eq!(cap.agent, original.agent);
+            assert_eq!(cap.rights, original.rights);
+            assert_eq!(cap.revocation_ids[0], original.revocation_ids[0]);
+            let _ = authorize(&cap, &request, &limits);
+            verified += 1;
+        }
+    }
+    assert!(verified > 0);
+    // The offline tools read untrusted tokens too.
+    for text in texts.iter().take(1_000) {
+        let _ = tools::inspect(text);
+        let _ = tools::attenuate(
+            text,
+            &Attenuation {
+                ttl: Some(60),
+                now,
+                ..Attenuation::default()
+            },
+        );
+    }
+    // Huge and odd tokens are refused, not parsed at length.
+    for odd in [
+        "A".repeat(1 << 20),
+        "=".repeat(9000),
+        String::new(),
+        "\u{0}".into(),
+        token[..token.len() / 2].to_owned(),
+        format!("{token}{token}"),
+        token.replace('-', "+").replace('_', "/"),
+    ] {
+        assert!(verify(&odd, &keys, &limits, now, 10, 300).is_err());
+        let _ = tools::inspect(&odd);
+    }
+    // Datalog an attenuation may carry: parsed, never a panic.
+    let checks = [
+        b"check if param(\"amount\", $v), $v <= 5000".to_vec(),
+        b"e(0, 1); e(1, 2); r($x, $y) <- e($x, $y); r($x, $z) <- e($x, $y), r($y, $z); check if r(0, 2)".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &checks, 1_000) {
+        let check = String::from_utf8_lossy(&bytes).into_owned();
+        if let Ok(t) = tools::attenuate(
+            &minted,
+            &Attenuation {
+                checks: vec![check],
+                now,
+                ..Attenuation::default()
+            },
+        ) {
+            if let Ok(cap) = verify(&t, &keys, &limits, now, 10, 300) {
+                let _ = authorize(&cap, &request, &limits);
+            }
+        }
+    }
+    // X-ATB-Biscuit (alone, twice, beside a bearer token).
+    let seeds = [
+        token.clone().into_bytes(),
+        b"EnQKCg".to_vec(),
+        b"a.b.c".to_vec(),
+    ];
+    for bytes in inputs(&mut rng, &seeds, 5_000) {
+        let Ok(value) = HeaderValue::from_bytes(&bytes) else {
+            continue;
+        };
+        let biscuit = HeaderName::from_static("x-atb-biscuit");
+        let mut headers = HeaderMap::new();
+        headers.insert(biscuit.clone(), value.clone());
+        let _ = atb::poa::presented::presented_credential(&headers);
+        headers.append(biscuit, value.clone());
+        let _ = atb::poa::presented::presented_credential(&headers);
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("x-atb-biscuit"), value.clone());
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(value.as_bytes());
+        if let Ok(bearer) = HeaderValue::from_bytes(&bearer) {
+            headers.insert(HeaderName::from_static("authorization"), bearer);
+        }
+        let _ = atb::poa::presented::presented_credential(&headers);
+    }
+}

@@ -356,6 +356,38 @@ mod tests {
         assert_eq!(shown["revocation_ids"].as_array().unwrap().len(), 2);
     }
 
+    /// Expired is expired within the leeway too (the authority's own check
+    /// would refuse it as a failed check otherwise), and a check that
+    /// cannot be evaluated on the request (a string amount) denies the
+    /// request rather than calling the token invalid.
+    #[test]
+    fn expiry_has_no_leeway_and_type_errors_deny() {
+        let (token, keys, now) = minted(&["sap.payment.execute"]);
+        let limits = BiscuitConfig::default();
+        assert!(verify(&token, &keys, &limits, now + 300, 10, 900).is_ok());
+        assert!(matches!(
+            verify(&token, &keys, &limits, now + 305, 10, 900),
+            Err(BiscuitRefusal::Expired(_))
+        ));
+        let capped = attenuate(
+            &token,
+            &Attenuation {
+                max_amount: Some(1000),
+                now,
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+        let cap = verify(&capped, &keys, &limits, now, 10, 900).unwrap();
+        let text: serde_json::Map<String, Value> =
+            serde_json::from_value(json!({"amount": "500"})).unwrap();
+        let outcome = authorize(&cap, &request("sap.payment.execute", &text, now), &limits);
+        assert!(
+            matches!(outcome, Err(BiscuitRefusal::Denied(_))),
+            "{outcome:?}"
+        );
+    }
+
     #[test]
     fn a_pathological_rule_set_stops_at_the_limits() {
         let (token, keys, now) = minted(&["crm.contact.read"]);

@@ -135,7 +135,8 @@ fn unix(t: SystemTime) -> i64 {
 }
 
 /// Verifies `token` under `keys` and reads its authority facts. `now` is
-/// Unix seconds, `leeway` the clock leeway, `max_ttl` the tenant's mandate
+/// Unix seconds, `leeway` the clock leeway (for `issued`; none for
+/// `expires`, which the token's own check enforces), `max_ttl` the tenant's mandate
 /// lifetime limit (`expires - issued`).
 pub fn verify(
     token: &str,
@@ -242,7 +243,11 @@ pub fn verify(
     if id.is_empty() || id.len() > 256 {
         return Err(invalid("the id fact must be 1 to 256 characters".into()));
     }
-    if expires + leeway < now {
+    // No leeway on expiry: the authority block's own check
+    // (`time($t), $t <= expires`) refuses the token at `expires` whatever
+    // the broker's leeway, and an expired capability must be answered as
+    // expired, not as a failed check.
+    if expires < now {
         return Err(BiscuitRefusal::Expired("the Biscuit has expired".into()));
     }
     if issued > now + leeway {
@@ -398,6 +403,12 @@ pub fn authorize(
         Err(biscuit_auth::error::Token::FailedLogic(logic)) => Err(denied(format!(
             "the Biscuit does not allow this request: {}",
             crate::clip(&format!("{logic:?}"), 300)
+        ))),
+        // A check or rule that cannot be evaluated on this request (e.g.
+        // `$v <= 1000` where the request's amount is a string): the
+        // capability does not allow the request.
+        Err(biscuit_auth::error::Token::Execution(e)) => Err(denied(format!(
+            "the Biscuit's checks cannot be evaluated on this request: {e}"
         ))),
         Err(biscuit_auth::error::Token::RunLimit(limit)) => Err(BiscuitRefusal::Invalid(format!(
             "the Biscuit exceeds the authorizer's limits: {limit}"

@@ -6,7 +6,8 @@
 //!   built whole from a validated configuration and swapped in atomically;
 //!   a request reads one set from start to end.
 //! - A tenant whose mandate settings did not change keeps its
-//!   [`TenantAuth`] across a reload (fetched keys, runtime revocations).
+//!   [`TenantAuth`] across a reload (fetched keys, runtime revocations),
+//!   with its Biscuit root keys as configured now.
 //! - Plain data; the JWKS loops and connections are managed by the state.
 
 use std::collections::{HashMap, HashSet};
@@ -177,6 +178,7 @@ impl TenantSet {
     ) -> Result<Self, ConfigError> {
         let quotas = config.replay_quotas();
         let mut auth = HashMap::with_capacity(config.tenants.len());
+        let mut rotated = Vec::new();
         for t in &config.tenants {
             let quota = quotas.get(&t.id).copied().unwrap_or(1);
             let kept = previous.and_then(|p| {
@@ -186,7 +188,13 @@ impl TenantSet {
                 same.then(|| p.auth.get(&t.id).cloned()).flatten()
             });
             let a = match kept {
-                Some(a) => a,
+                Some(a) => {
+                    // A kept TenantAuth takes the Biscuit root keys as they
+                    // are now (a rotation, or a key file rewritten under the
+                    // same name), once the whole set has been built.
+                    rotated.push((a.clone(), crate::broker::validator::biscuit_roots(t)?));
+                    a
+                }
                 None => Arc::new(TenantAuth::load(t, &config, metrics, quota)?),
             };
             auth.insert(t.id.clone(), a);
@@ -199,6 +207,9 @@ impl TenantSet {
             .ids()
             .map(|id| (id.to_owned(), Arc::from(id)))
             .collect();
+        for (a, roots) in rotated {
+            a.biscuit_roots.store(Arc::new(roots));
+        }
         Ok(Self {
             config,
             directory,

@@ -39,7 +39,8 @@ pub struct TenantAuth {
     /// Live replay-cache entries this tenant may hold.
     pub replay_quota: usize,
     /// Root keys of the tenant's Biscuit capabilities (empty: none).
-    pub biscuit_roots: RootKeys,
+    /// Replaced on reload when the tenant keeps its `TenantAuth`.
+    pub biscuit_roots: ArcSwap<RootKeys>,
 }
 
 /// Most revocations a tenant holds (configured plus added at runtime).
@@ -78,18 +79,7 @@ impl TenantAuth {
             })?;
             set.insert(keys::thumbprint(&key), key);
         }
-        let mut roots = Vec::new();
-        for (i, k) in t
-            .biscuit
-            .iter()
-            .flat_map(|b| b.root_keys.iter())
-            .enumerate()
-        {
-            let key = || format!("tenants.{}.biscuit.root_keys[{i}]", t.id);
-            roots.push((k.id, k.text().map_err(|e| invalid(key(), e))?));
-        }
-        let biscuit_roots = RootKeys::parse(&roots)
-            .map_err(|e| invalid(format!("tenants.{}.biscuit.root_keys", t.id), e))?;
+        let biscuit_roots = ArcSwap::from_pointee(biscuit_roots(t)?);
         Ok(Self {
             biscuit_roots,
             keys: set,
@@ -247,6 +237,21 @@ pub async fn verify_jwt(
     Ok(claims::validate(&payload, &auth.rules, now)?)
 }
 
+/// The tenant's Biscuit root keys as configured now (key files read).
+pub fn biscuit_roots(t: &TenantConfig) -> Result<RootKeys, ConfigError> {
+    let mut roots = Vec::new();
+    for (i, k) in t
+        .biscuit
+        .iter()
+        .flat_map(|b| b.root_keys.iter())
+        .enumerate()
+    {
+        let key = || format!("tenants.{}.biscuit.root_keys[{i}]", t.id);
+        roots.push((k.id, k.text().map_err(|e| invalid(key(), e))?));
+    }
+    RootKeys::parse(&roots).map_err(|e| invalid(format!("tenants.{}.biscuit.root_keys", t.id), e))
+}
+
 /// Verifies a Biscuit under the tenant's root keys (chosen by its
 /// `root_key_id`) and reads its grant; refused if any of its revocation ids
 /// (a parent's included) is revoked.
@@ -258,7 +263,7 @@ pub fn verify_biscuit(
 ) -> Result<Capability, Refusal> {
     let capability = crate::biscuit::verify::verify(
         token,
-        &auth.biscuit_roots,
+        &auth.biscuit_roots.load(),
         limits,
         now,
         auth.rules.leeway_seconds,

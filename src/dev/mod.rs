@@ -19,6 +19,22 @@ use pki::DevPki;
 pub const SIGNING_KEY: &str = "poa-signing.key";
 pub const SIGNING_PUB: &str = "poa-signing.pub.pem";
 
+/// The demo tenants (their ids).
+pub const DEMO_TENANTS: [&str; 2] = ["acme", "globex"];
+
+/// A demo tenant's Biscuit root key pair in the dev directory: the private
+/// key (`ed25519-private/<hex>`, owner-only; `atb biscuit mint --tenant T`
+/// reads it by default from `atb-dev/`) and the public key
+/// (`ed25519/<hex>`), configured as the tenant's root key id 1.
+pub fn biscuit_root_key(dir: &Path, tenant: &str) -> PathBuf {
+    dir.join(format!("{tenant}-biscuit-root.key"))
+}
+
+/// See [`biscuit_root_key`].
+pub fn biscuit_root_pub(dir: &Path, tenant: &str) -> PathBuf {
+    dir.join(format!("{tenant}-biscuit-root.pub"))
+}
+
 /// Options of `atb dev`.
 #[derive(Debug, Clone)]
 pub struct DevOptions {
@@ -135,7 +151,15 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         default_connector: None,
         connectors: vec![connector("crm")],
         agent_owners: Vec::new(),
-        biscuit: None,
+        // Capabilities the tenant mints with `atb biscuit mint` (its dev
+        // root key, id 1).
+        biscuit: Some(crate::biscuit::config::TenantBiscuitConfig {
+            root_keys: vec![crate::biscuit::config::RootKeyConfig {
+                id: 1,
+                public_key: None,
+                public_key_file: Some(biscuit_root_pub(&dir, id)),
+            }],
+        }),
     };
     let mut c = Config::default();
     c.broker.listen_addr = opts.listen_addr;
@@ -148,6 +172,11 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         outbound_ca_file: Some(pki.ca_cert()),
     };
     c.logging.format = LogFormat::Text;
+    // The authorizer's time limit is wall-clock: 5 ms (the default) suits a
+    // release build on a host with headroom, not `cargo run -- dev` (a
+    // debug build) on a busy laptop. Runaway tokens are still stopped by
+    // the static work bound, facts and iterations.
+    c.biscuit.max_time_ms = 50;
     c.admin.token_file = Some(dir.join("admin.token"));
     let a = &mut c.agentauth;
     a.listen_addr = opts.agentauth_addr;
@@ -174,6 +203,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         acme,
         tenant("globex", None, Some("spiffe://saas.example/tenants/globex")),
     ];
+    debug_assert!(c.tenants.iter().map(|t| t.id.as_str()).eq(DEMO_TENANTS));
     c.redis = opts
         .redis
         .as_ref()
@@ -317,6 +347,22 @@ pub fn prepare(dir: &Path) -> Result<DevPki, DevError> {
     if !dir.join(DEV_IDP_KEY).exists() {
         crate::poa::keys::generate_signing_key(&dir.join(DEV_IDP_KEY), &dir.join(DEV_IDP_PUB))?;
     }
+    for tenant in DEMO_TENANTS {
+        let (key, public) = (biscuit_root_key(dir, tenant), biscuit_root_pub(dir, tenant));
+        if !(key.exists() && public.exists()) {
+            let (private_text, public_text) = crate::biscuit::tools::keygen();
+            crate::runtime::files::write_file_atomic(
+                &public,
+                format!("{public_text}\n").as_bytes(),
+                false,
+            )?;
+            crate::runtime::files::write_file_atomic(
+                &key,
+                format!("{private_text}\n").as_bytes(),
+                true,
+            )?;
+        }
+    }
     write_approver_tokens(dir, 12 * 3600)?;
     let token_file = dir.join("admin.token");
     if !token_file.exists() {
@@ -390,6 +436,15 @@ Try it:
        https://localhost:{port}/api/hello                                             # 403 unknown_tenant
   curl -s http://localhost:{admin}/metrics | grep atb_actor_
 
+Biscuit capabilities (each demo tenant's root key, id 1: {d}/<tenant>-biscuit-root.key, .pub):
+  B=$({exe} biscuit mint --tenant acme --key {d}/acme-biscuit-root.key \
+       --agent spiffe://acme.example/agent/demo --action crm.contact.read \
+       --leg '{{"jurisdiction":"EU","accountable_party":{{"type":"user","id":"dev-owner"}}}}')
+  B2=$({exe} biscuit attenuate "$B" --ttl 60 --route GET /api/hello)                  # offline, no key
+  {exe} biscuit inspect "$B2"                                                        # blocks, revocation ids
+  curl --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key \
+       -H "X-ATB-Biscuit: $B2" https://localhost:{port}/api/hello                      # 200, then 403 poa_replay
+
 AgentAuth (mTLS for agents, OIDC bearer tokens for approvers):
   AA="curl -s --cacert {d}/ca.crt --cert {d}/acme-agent.crt --key {d}/acme-agent.key"
   $AA -d '{{"act":"sap.vendor.create","con":{{}},"leg":{{"jurisdiction":"EU","accountable_party":{{"type":"user","id":"dev-owner"}}}}}}' \
@@ -450,8 +505,38 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "the admin token is a secret");
         }
-        // A second run reuses the PKI instead of failing.
+        // Each demo tenant has a Biscuit root key pair, configured as its
+        // root key id 1.
+        let mut first = Vec::new();
+        for tenant in DEMO_TENANTS {
+            let key = biscuit_root_key(dir.path(), tenant);
+            let public = std::fs::read_to_string(biscuit_root_pub(dir.path(), tenant)).unwrap();
+            let private = std::fs::read_to_string(&key).unwrap();
+            assert!(public.starts_with("ed25519/"), "{public}");
+            assert!(private.starts_with("ed25519-private/"));
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "a Biscuit root key is a secret");
+            }
+            let t = c.tenants.iter().find(|t| t.id == tenant).unwrap();
+            let roots = &t.biscuit.as_ref().unwrap().root_keys;
+            assert_eq!(roots.len(), 1);
+            assert_eq!(roots[0].id, 1);
+            assert_eq!(roots[0].text().unwrap(), public.trim());
+            crate::biscuit::verify::RootKeys::parse(&[(1, roots[0].text().unwrap())]).unwrap();
+            first.push((private, public));
+        }
+        // A second run reuses the PKI and the keys instead of failing.
         prepare(dir.path()).unwrap();
+        for (tenant, keys) in DEMO_TENANTS.iter().zip(&first) {
+            let again = (
+                std::fs::read_to_string(biscuit_root_key(dir.path(), tenant)).unwrap(),
+                std::fs::read_to_string(biscuit_root_pub(dir.path(), tenant)).unwrap(),
+            );
+            assert_eq!(&again, keys, "{tenant}'s Biscuit root key is kept");
+        }
     }
 
     /// The written files parse back into what `atb dev` runs: same TOML
