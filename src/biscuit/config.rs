@@ -30,7 +30,7 @@ impl Default for BiscuitConfig {
             max_blocks: 8,
             max_facts: 1000,
             max_iterations: 100,
-            max_time_ms: 5,
+            max_time_ms: 20,
             max_work: 100_000,
         }
     }
