@@ -146,17 +146,19 @@ fn start_service(
 }
 
 /// `file` (written by `atb dev`) with acme's `[tenants.biscuit]` set to
-/// `biscuit`, written to `out`.
+/// `biscuit` and every other tenant's removed (whatever `atb dev` wrote),
+/// written to `out`.
 fn with_biscuit(file: &Path, out: &Path, biscuit: &toml::Value) {
     let mut config: toml::Value = toml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     let tenants = config["tenants"].as_array_mut().unwrap();
-    let acme = tenants
-        .iter_mut()
-        .find(|t| t["id"].as_str() == Some("acme"))
-        .unwrap();
-    acme.as_table_mut()
-        .unwrap()
-        .insert("biscuit".into(), biscuit.clone());
+    for t in tenants.iter_mut() {
+        let acme = t["id"].as_str() == Some("acme");
+        let t = t.as_table_mut().unwrap();
+        t.remove("biscuit");
+        if acme {
+            t.insert("biscuit".into(), biscuit.clone());
+        }
+    }
     std::fs::write(out, toml::to_string(&config).unwrap()).unwrap();
 }
 
