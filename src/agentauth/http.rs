@@ -688,7 +688,7 @@ async fn mint_inner(
     call: &mut Call<'_>,
 ) -> Result<HttpResponse, Rejection> {
     let body = read_body(payload, state).await;
-    let (agent, _) = agent_with_budget(req, state, call).await?;
+    let (agent, tenant) = agent_with_budget(req, state, call).await?;
     let body = json_body(&body?, false)?;
     if let Some(k) = body.as_object().and_then(|o| {
         o.keys()
@@ -702,14 +702,17 @@ async fn mint_inner(
         .filter(|s| !s.is_empty() && s.len() <= challenge::MAX_CHALLENGE_ID_LEN)
         .ok_or_else(|| Rejection::bad_request("challenge_id is required"))?
         .to_owned();
-    match body.get("format").and_then(Value::as_str) {
-        None | Some("jwt") => {}
+    let format = match body.get("format") {
+        None | Some(Value::Null) => MandateFormat::Jwt,
+        Some(Value::String(f)) if f == "jwt" => MandateFormat::Jwt,
+        Some(Value::String(f)) if f == "biscuit" => MandateFormat::Biscuit,
         Some(_) => {
             return Err(Rejection::bad_request(
-                "format must be \"jwt\" (Biscuit output is not available yet)",
+                "format must be \"jwt\" (the default) or \"biscuit\"",
             ))
         }
-    }
+    };
+    call.event.format = format.as_str().to_owned();
     let cfg = &state.config;
     let ttl = match body.get("ttl_seconds") {
         None => cfg.mandate_ttl_seconds,
@@ -723,14 +726,30 @@ async fn mint_inner(
                 ))
             })?,
     };
-    let ring = state.keys.load_full().ok_or_else(|| {
-        Rejection::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "keys_unavailable",
-            "no signing keys are loaded",
-        )
-        .retry_after(5)
-    })?;
+    // The signing key, before the challenge is consumed: a mandate that
+    // cannot be signed must not spend the approvals.
+    let signer = match format {
+        MandateFormat::Jwt => Signer::Jwt(state.keys.load_full().ok_or_else(|| {
+            Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keys_unavailable",
+                "no signing keys are loaded",
+            )
+            .retry_after(5)
+        })?),
+        MandateFormat::Biscuit => Signer::Biscuit(
+            state.biscuit_keys.get(&tenant.id).ok_or_else(|| {
+                Rejection::new(
+                    StatusCode::CONFLICT,
+                    "biscuit_not_configured",
+                    format!(
+                        "tenant {:?} has no AgentAuth Biscuit key ([tenants.biscuit] agentauth_key_file); ask for \"format\": \"jwt\"",
+                        tenant.id
+                    ),
+                )
+            })?,
+        ),
+    };
     let jti = challenge::random_id("poa_").map_err(internal)?;
     let now = unix_now();
     let exp = now + ttl as i64;
@@ -754,20 +773,56 @@ async fn mint_inner(
         }
     };
     call.describe(&c, now);
-    let claims = c.claims(&cfg.issuer, &cfg.audience, &jti, now, exp);
-    let token = ring.sign(&claims);
     call.event.jti.clone_from(&jti);
-    call.event.kid.clone_from(&ring.active.kid);
-    Ok(HttpResponse::Ok().json(json!({
-        "token": token,
-        "token_type": "jwt",
+    let mut answer = json!({
+        "format": format.as_str(),
+        "token_type": format.as_str(),
         "jti": jti,
-        "kid": ring.active.kid,
         "expires_at": crate::audit::rfc3339(exp),
         "risk_tier": c.tier.as_str(),
         "approvals": c.approvals.len(),
         "dual_control_used": c.approvals_needed >= 2,
-    })))
+    });
+    match signer {
+        Signer::Jwt(ring) => {
+            let claims = c.claims(&cfg.issuer, &cfg.audience, &jti, now, exp);
+            answer["token"] = ring.sign(&claims).into();
+            answer["kid"] = ring.active.kid.clone().into();
+            call.event.kid.clone_from(&ring.active.kid);
+        }
+        Signer::Biscuit(key) => {
+            // Same content as the JWT: agent, tenant, the action, iat/exp,
+            // con, leg with the evidence, the recorded jti as its id.
+            let token = super::biscuits::mint(&c, key, &jti, now, exp).map_err(internal)?;
+            answer["revocation_id"] = super::biscuits::authority_revocation_id(&token).into();
+            answer["root_key_id"] = key.root_key_id.into();
+            answer["token"] = token.into();
+        }
+    }
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+/// What `POST /v1/mandate` signs: a PoA JWT (default) or a Biscuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MandateFormat {
+    Jwt,
+    Biscuit,
+}
+
+impl MandateFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "jwt",
+            Self::Biscuit => "biscuit",
+        }
+    }
+}
+
+/// The key a mandate is signed with, chosen before the challenge is
+/// consumed.
+enum Signer<'a> {
+    Jwt(std::sync::Arc<super::keyring::KeyRing>),
+    Biscuit(&'a crate::biscuit::config::AgentAuthBiscuitKey),
 }
 
 fn internal(e: impl std::fmt::Display) -> Rejection {

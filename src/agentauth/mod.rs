@@ -7,10 +7,12 @@
 //! * `redis_store` — the same traits on Redis, shared by replicas;
 //! * `approver` — OIDC approver tokens (RS256/ES256/EdDSA, JWKS or PEM);
 //! * `keyring` — signing keys from a directory, rotation;
+//! * `biscuits` — mandates as Biscuits under the tenant's AgentAuth key;
 //! * `state`, `http` — the service wiring and its HTTP API;
 //! * `observe` — metrics and audit events.
 
 pub mod approver;
+pub mod biscuits;
 pub mod challenge;
 pub mod client_addr;
 pub mod config;

@@ -169,6 +169,9 @@ pub struct AgentAuthEvent {
     pub jti: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub kid: String,
+    /// The mandate's format (`jwt`, `biscuit`) on `mandate.minted`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub format: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub code: String,
     #[serde(skip_serializing_if = "String::is_empty")]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 
 use super::approver::ApproverAuth;
+use super::biscuits::BiscuitSigners;
 use super::challenge::Tier;
 use super::client_addr::TrustedProxies;
 use super::config::AgentAuthConfig;
@@ -86,6 +87,9 @@ pub struct AgentAuthState {
     /// false while it does not answer).
     pub redis: Option<Arc<crate::store::redis::RedisStore>>,
     pub keys: ArcSwapOption<KeyRing>,
+    /// Each tenant's key for Biscuit mandates (`[tenants.biscuit]
+    /// agentauth_key_file`), read once at start.
+    pub biscuit_keys: BiscuitSigners,
     pub approvers: ApproverAuth,
     pub tiers: Arc<TierPolicy>,
     pub proxies: TrustedProxies,
@@ -108,6 +112,7 @@ impl AgentAuthState {
         let a = &config.agentauth;
         let metrics = AgentAuthMetrics::new().starting("metrics")?;
         let keys = KeyRing::load(&a.keys_dir).starting("agentauth.keys_dir")?;
+        let biscuit_keys = BiscuitSigners::load(&config.tenants).starting("tenants.biscuit")?;
         let bundle = PolicyBundle::from_config(config).starting("policy")?;
         let outbound_tls = crate::runtime::tls::outbound(&config.tls).starting("tls")?;
         let audit = AuditSink::start(
@@ -164,6 +169,7 @@ impl AgentAuthState {
             limiter,
             redis,
             keys: ArcSwapOption::from_pointee(None),
+            biscuit_keys,
             approvers: ApproverAuth::new(a.approvers.clone(), outbound_tls.clone())
                 .starting("agentauth.approvers")?,
             tiers: Arc::new(

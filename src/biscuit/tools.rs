@@ -28,6 +28,12 @@ pub fn keygen() -> (String, String) {
     )
 }
 
+/// The public key (`ed25519/<hex>`) of a private key
+/// (`ed25519-private/<hex>`).
+pub fn public_key_of(private: &str) -> Result<String, ToolError> {
+    Ok(key_pair(private)?.public().to_string())
+}
+
 fn key_pair(private: &str) -> Result<KeyPair, ToolError> {
     let key: PrivateKey = private
         .trim()

@@ -504,6 +504,12 @@ impl Config {
             if let Some(p) = &t.platform {
                 validate_platform(p, &key)?;
             }
+            if let Some(b) = &t.biscuit {
+                // AgentAuth's Biscuit key: readable, and (when the broker's
+                // root keys are in this configuration too) one they list.
+                b.agentauth_key()
+                    .map_err(|(field, e)| invalid(key(&format!("biscuit.{field}")), e))?;
+            }
             if !t.policy_files.is_empty() {
                 if self.policy.engine != crate::policy::config::PolicyEngine::Embedded {
                     return Err(invalid(
