@@ -152,13 +152,16 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         connectors: vec![connector("crm")],
         agent_owners: Vec::new(),
         // Capabilities the tenant mints with `atb biscuit mint` (its dev
-        // root key, id 1).
+        // root key, id 1); AgentAuth mints `format: "biscuit"` mandates
+        // with the same key.
         biscuit: Some(crate::biscuit::config::TenantBiscuitConfig {
             root_keys: vec![crate::biscuit::config::RootKeyConfig {
                 id: 1,
                 public_key: None,
                 public_key_file: Some(biscuit_root_pub(&dir, id)),
             }],
+            agentauth_key_file: Some(biscuit_root_key(&dir, id)),
+            agentauth_root_key_id: Some(1),
         }),
     };
     let mut c = Config::default();
