@@ -454,7 +454,7 @@ AgentAuth (mTLS for agents, OIDC bearer tokens for approvers):
        https://localhost:{aa}/v1/challenge                                           # risk_tier high, approvals_needed 2
   curl -s --cacert {d}/ca.crt -X POST -H "Authorization: Bearer $(cat {d}/approver-alice.jwt)" \
        https://localhost:{aa}/v1/challenge/$ID/approve                               # then approver-bob.jwt
-  $AA -d '{{"challenge_id":"'$ID'"}}' https://localhost:{aa}/v1/mandate              # the mandate, once
+  $AA -d '{{"challenge_id":"'$ID'"}}' https://localhost:{aa}/v1/mandate              # the mandate, once ("format":"biscuit" for a Biscuit)
   dev approvers (tokens valid 12 h): {d}/approver-{{alice,bob}}.jwt (manager),
     {d}/approver-carol.jwt (ceo), {d}/approver-dave.jwt (cfo)
   curl -X POST -H "Authorization: Bearer $(cat {d}/admin.token)" \

@@ -238,6 +238,41 @@ fn now() -> i64 {
     crate::runtime::clock::unix_now()
 }
 
+/// `threads` threads, spread over `replicas`, each trying 4 concurrent
+/// mints of `id`; every outcome.
+fn race_mints(
+    replicas: &[Arc<RedisChallenges>],
+    id: &str,
+    threads: usize,
+) -> Vec<Result<Challenge, Refusal>> {
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = replicas[t % replicas.len()].clone();
+            let id = id.to_owned();
+            std::thread::spawn(move || {
+                block_on(async move {
+                    let tries = (0..4).map(|i| {
+                        let (s, id) = (&store, &id);
+                        let jti = format!("poa_{t}_{i}");
+                        async move {
+                            s.update(
+                                id,
+                                Box::new(move |c| c.mint("spiffe://t/agent", &jti, 0, now())),
+                            )
+                            .await
+                        }
+                    });
+                    futures_util::future::join_all(tries).await
+                })
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     actix_web::rt::System::new().block_on(f)
 }
@@ -462,33 +497,14 @@ fn a_racing_mint_succeeds_once_across_replicas() {
     let c = challenge("acme", Tier::Low, now());
     let id = c.id.clone();
     block_on(challenges(&replicas[0], 10).insert(c)).unwrap();
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let store = replicas[t % 2].clone();
-            let id = id.clone();
-            std::thread::spawn(move || {
-                block_on(async move {
-                    let s = challenges(&store, 10);
-                    let tries = (0..4).map(|i| {
-                        let (s, id) = (&s, &id);
-                        let jti = format!("poa_{t}_{i}");
-                        async move {
-                            s.update(
-                                id,
-                                Box::new(move |c| c.mint("spiffe://t/agent", &jti, 0, now())),
-                            )
-                            .await
-                        }
-                    });
-                    futures_util::future::join_all(tries).await
-                })
-            })
-        })
-        .collect();
-    let results: Vec<_> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let results = race_mints(
+        &[
+            Arc::new(challenges(&replicas[0], 10)),
+            Arc::new(challenges(&replicas[1], 10)),
+        ],
+        &id,
+        8,
+    );
     let minted: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(minted.len(), 1, "{results:?}");
     assert!(results
@@ -622,32 +638,7 @@ fn on_a_redis_cluster_every_script_stays_on_its_tenants_slot() {
     let c = challenge("umbrella", Tier::Low, now());
     let id = c.id.clone();
     block_on(store(0).insert(c)).unwrap();
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let s = store(t % 2);
-            let id = id.clone();
-            std::thread::spawn(move || {
-                block_on(async move {
-                    let tries = (0..4).map(|i| {
-                        let (s, id) = (&s, &id);
-                        let jti = format!("poa_{t}_{i}");
-                        async move {
-                            s.update(
-                                id,
-                                Box::new(move |c| c.mint("spiffe://t/agent", &jti, 0, now())),
-                            )
-                            .await
-                        }
-                    });
-                    futures_util::future::join_all(tries).await
-                })
-            })
-        })
-        .collect();
-    let results: Vec<_> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+    let results = race_mints(&[Arc::new(store(0)), Arc::new(store(1))], &id, 4);
     assert_eq!(
         results.iter().filter(|r| r.is_ok()).count(),
         1,
