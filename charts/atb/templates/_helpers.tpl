@@ -207,7 +207,7 @@ reload_seconds = {{ int .Values.policy.reloadSeconds }}
 
 {{/* Volumes both services mount. */}}
 {{- define "atb.commonVolumes" -}}
-{{- if .Values.spire.enabled }}
+{{- if and .Values.spire.enabled .Values.spire.helper.enabled }}
 - name: tls
   emptyDir:
     medium: Memory
@@ -231,7 +231,7 @@ reload_seconds = {{ int .Values.policy.reloadSeconds }}
   secret:
     secretName: {{ .Values.redis.enabled | ternary .Values.redis.auth.existingSecret .Values.externalRedis.existingSecret }}
 {{- end }}
-{{- if .Values.spire.enabled }}
+{{- if and .Values.spire.enabled .Values.spire.helper.enabled }}
 - name: spire-agent-socket
   csi:
     driver: {{ .Values.spire.csiDriver }}
@@ -257,7 +257,7 @@ reload_seconds = {{ int .Values.policy.reloadSeconds }}
 
 {{/* With SPIRE: spiffe-helper keeps the pod's X.509 SVID in /etc/atb/tls as tls.crt, tls.key, ca.crt. */}}
 {{- define "atb.spiffeHelper" -}}
-{{- if .Values.spire.enabled }}
+{{- if and .Values.spire.enabled .Values.spire.helper.enabled }}
 - name: spiffe-helper
   image: "{{ .Values.spire.helper.image.repository }}:{{ .Values.spire.helper.image.tag }}"
   imagePullPolicy: IfNotPresent
