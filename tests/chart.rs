@@ -19,7 +19,14 @@ fn helm_chart_renders_validates_and_matches_the_binaries() {
     let python = std::env::var("ATB_TEST_PYTHON")
         .unwrap_or_else(|_| format!("{}/.venv/bin/python", root.display()));
     let out = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/chart"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/chart",
+        ])
         .current_dir(root)
         .env("ATB_BIN", env!("CARGO_BIN_EXE_atb"))
         .output()
