@@ -271,3 +271,39 @@ def test_dashboards_are_configmaps_with_grafana_json():
     for want in ("Request rate by tenant and status", "Error rate", "Latency p50 / p99", "PoA validation results",
                  "Policy evaluation p99", "Mailbox depth per actor", "Actor restarts (1h)", "Requests per tenant"):
         assert want in titles
+
+
+def test_redis_scripts_are_valid_shell():
+    """The Redis / Sentinel start scripts (run by `sh` in the redis image)."""
+    import subprocess
+
+    _, docs = render(PROFILES["prod"])
+    scripts = docs[("ConfigMap", "atb-redis-scripts")]["data"]
+    assert set(scripts) == {"master.sh", "redis.sh", "sentinel.sh"}
+    for name, text in scripts.items():
+        r = subprocess.run(["sh", "-n"], input=text, capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}: {r.stderr}"
+    assert "requirepass $REDIS_PASSWORD" in scripts["sentinel.sh"]
+    assert "sentinel monitor atb-master $master 6379 2" in scripts["sentinel.sh"]
+
+
+def test_replicas_need_shared_state_and_agentauth_redis_values():
+    import helm_python
+
+    for extra in ({"broker": {"replicaCount": 2}}, {"agentauth": {"replicaCount": 2}}):
+        with pytest.raises(helm_python.HelmError, match="needs"):
+            render([], extra)
+    # the guide's "AgentAuth HA" snippet: AgentAuth's own Redis URL
+    _, docs = render(PROFILES["prod"], {"agentauth": {"redis": {"enabled": True, "url": "redis://atb-redis:6379"}}})
+    aa = tomllib.loads(docs[("ConfigMap", "atb-agentauth-config")]["data"]["agentauth.toml"])
+    br = tomllib.loads(docs[("ConfigMap", "atb-broker-config")]["data"]["broker.toml"])
+    assert aa["redis"]["url"] == "redis://atb-redis:6379" and "sentinels" not in aa["redis"]
+    assert br["redis"]["sentinels"] == ["redis://atb-redis-sentinel:26379"]
+    # staging: one Redis, no Sentinel
+    _, docs = render(PROFILES["staging"])
+    br = tomllib.loads(docs[("ConfigMap", "atb-broker-config")]["data"]["broker.toml"])
+    assert br["redis"]["url"] == "redis://atb-redis-0.atb-redis-headless:6379"
+    assert docs[("StatefulSet", "atb-redis")]["spec"]["replicas"] == 1
+    # AgentAuth without Redis (one replica)
+    _, docs = render(PROFILES["staging"], {"agentauth": {"replicaCount": 1, "redis": {"enabled": False}}})
+    assert "redis" not in tomllib.loads(docs[("ConfigMap", "atb-agentauth-config")]["data"]["agentauth.toml"])

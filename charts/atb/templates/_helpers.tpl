@@ -82,18 +82,19 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.policy.engine -}}{{ .Values.policy.engine }}{{- else if .Values.opa.sidecar.enabled -}}opa{{- else -}}embedded{{- end -}}
 {{- end -}}
 
-{{/* Shared state: [redis] for both services; "" when off. */}}
+{{/* Shared state: [redis] of one service ("" when off). Args: root, url (an explicit URL for this service). */}}
 {{- define "atb.redisToml" -}}
-{{- $r := .Values.redis -}}
+{{- $ := .root -}}
+{{- $r := $.Values.redis -}}
 {{- if $r.enabled }}
 [redis]
-{{- if .Values.agentauth.redis.url }}
-url = {{ .Values.agentauth.redis.url | toJson }}
+{{- if .url }}
+url = {{ .url | toJson }}
 {{- else if and (eq $r.architecture "replication") $r.sentinel.enabled }}
-sentinels = [{{ printf "redis://%s-sentinel:%d" (include "atb.redis" .) (int $r.sentinel.port) | toJson }}]
+sentinels = [{{ printf "redis://%s-sentinel:%d" (include "atb.redis" $) (int $r.sentinel.port) | toJson }}]
 master_name = {{ $r.sentinel.masterSet | toJson }}
 {{- else }}
-url = {{ printf "redis://%s-0.%s-headless:%d" (include "atb.redis" .) (include "atb.redis" .) (int $r.port) | toJson }}
+url = {{ printf "redis://%s-0.%s-headless:%d" (include "atb.redis" $) (include "atb.redis" $) (int $r.port) | toJson }}
 {{- end }}
 {{- if $r.auth.enabled }}
 password_file = "/run/secrets/atb-redis/{{ $r.auth.existingSecretPasswordKey }}"
@@ -101,13 +102,24 @@ password_file = "/run/secrets/atb-redis/{{ $r.auth.existingSecretPasswordKey }}"
 pool_size = {{ int $r.client.poolSize }}
 connect_timeout_ms = {{ int $r.client.connectTimeoutMs }}
 command_timeout_ms = {{ int $r.client.commandTimeoutMs }}
-{{- else if .Values.externalRedis.url }}
+{{- else if $.Values.externalRedis.url }}
 [redis]
-url = {{ .Values.externalRedis.url | toJson }}
-{{- if .Values.externalRedis.existingSecret }}
-password_file = "/run/secrets/atb-redis/{{ .Values.externalRedis.existingSecretPasswordKey }}"
+url = {{ default $.Values.externalRedis.url .url | toJson }}
+{{- if $.Values.externalRedis.existingSecret }}
+password_file = "/run/secrets/atb-redis/{{ $.Values.externalRedis.existingSecretPasswordKey }}"
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* Several replicas without shared state would each accept a mandate once. */}}
+{{- define "atb.checkSharedState" -}}
+{{- $shared := or .Values.redis.enabled .Values.externalRedis.url -}}
+{{- if and (not $shared) (or (gt (int .Values.broker.replicaCount) 1) .Values.broker.autoscaling.enabled) -}}
+{{- fail "broker.replicaCount > 1 (or autoscaling) needs shared state: redis.enabled or externalRedis.url (replay marks, rate limits, revocations)" -}}
+{{- end -}}
+{{- if and .Values.agentauth.enabled (gt (int .Values.agentauth.replicaCount) 1) (not (and $shared .Values.agentauth.redis.enabled)) -}}
+{{- fail "agentauth.replicaCount > 1 needs agentauth.redis.enabled with redis.enabled or externalRedis.url (challenges, approvals)" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Sections both services read, besides their own. A change here needs a restart. */}}
@@ -128,7 +140,6 @@ sink = {{ .Values.audit.sink | toJson }}
 http_url = {{ .Values.audit.httpUrl | toJson }}
 {{- end }}
 queue_capacity = {{ int .Values.audit.queueCapacity }}
-{{ include "atb.redisToml" . }}
 {{- end -}}
 
 {{- define "atb.brokerStaticToml" -}}
@@ -164,6 +175,7 @@ opa_decision_url = "http://localhost:{{ int .Values.opa.port }}/v1/data/atb/poa/
 opa_health_url = "http://localhost:{{ int .Values.opa.port }}/health"
 
 {{ include "atb.commonToml" . }}
+{{ include "atb.redisToml" (dict "root" . "url" "") }}
 {{- end -}}
 
 {{- define "atb.agentauthToml" -}}
@@ -202,6 +214,9 @@ dir = "/etc/atb/policy/..data"
 reload_seconds = {{ int .Values.policy.reloadSeconds }}
 
 {{ include "atb.commonToml" . }}
+{{- if .Values.agentauth.redis.enabled }}
+{{ include "atb.redisToml" (dict "root" . "url" .Values.agentauth.redis.url) }}
+{{- end }}
 {{ include "atb.tenantsToml" . }}
 {{- end -}}
 
