@@ -53,6 +53,20 @@ def lay_out_volume(target: Path, files: dict):
         (target / k).symlink_to(f"..data/{k}")
 
 
+def update_volume(target: Path, files: dict):
+    """The kubelet's update of a ConfigMap volume: a new timestamped
+    directory, then `..data` swapped to it in one rename."""
+    ts = target / f"..{time.time_ns()}"
+    ts.mkdir()
+    for k, v in files.items():
+        (ts / k).write_text(v)
+        if not (target / k).is_symlink():
+            (target / k).symlink_to(f"..data/{k}")
+    tmp = target / "..data_tmp"
+    tmp.symlink_to(ts.name)
+    os.replace(tmp, target / "..data")
+
+
 class Upstream(BaseHTTPRequestHandler):
     seen = []
 
@@ -75,6 +89,8 @@ def opa_sidecar(policy_dir: Path):
 
     engine = OpaEngine()
     for p in sorted(policy_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
         if p.suffix == ".rego":
             engine.add_policy(p.name, p.read_text())
         elif p.suffix == ".json":
@@ -110,8 +126,8 @@ def opa_sidecar(policy_dir: Path):
     return Opa
 
 
-def serve(handler):
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+def serve(handler, port=0):
+    srv = ThreadingHTTPServer(("127.0.0.1", port), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
@@ -173,36 +189,13 @@ def cluster():
             "connectors": [{"id": "crm", "upstream_url": f"http://127.0.0.1:{up_port}", "egress_allowlist": ["/api/v1/"],
                             "routes": [{"action": "crm.contact.read", "methods": ["GET"], "path": "/api/v1/contacts/{id}"}]}],
         }]
-        _, docs = render(PROFILES["guide"], {"tenants": tenants})
+        # Fast reloads for the test; everything else as the guide renders it.
+        fast = {"tenants": tenants, "broker": {"configWatchSeconds": 1}, "policy": {"reloadSeconds": 1}}
+        _, docs = render(PROFILES["guide"], fast)
 
         # Ports: the containers' ports and the Services' names on loopback.
         ports = {("broker", 8443): free_port(), ("broker", 8080): free_port(),
-                 ("agentauth", 8444): free_port(), ("agentauth", 8081): free_port(), ("opa", 8181): None}
-        configmaps = {n: d["data"] for (k, n), d in docs.items() if k == "ConfigMap"}
-        started = {}
-        for comp in ("broker", "agentauth"):
-            dep = docs[("Deployment", f"atb-{comp}")]["spec"]["template"]["spec"]
-            c = next(c for c in dep["containers"] if c["name"] == comp)
-            root = work / comp
-            volumes = {v["name"]: v for v in dep["volumes"]}
-            mounts = sorted(c["volumeMounts"], key=lambda m: -len(m["mountPath"]))
-            for m in mounts:
-                v = volumes[m["name"]]
-                target = root / m["mountPath"].lstrip("/")
-                if "configMap" in v:
-                    lay_out_volume(target, configmaps[v["configMap"]["name"]])
-                elif "secret" in v:
-                    lay_out_volume(target, secret_data[v["secret"]["secretName"]])
-                else:
-                    target.mkdir(parents=True, exist_ok=True)
-            if comp == "broker":
-                opa = next(x for x in dep["containers"] if x["name"] == "opa")
-                assert opa["args"][-1] == "/etc/atb/policy/..data"
-                srv = serve(opa_sidecar(root / opa["args"][-1].lstrip("/")))
-                servers.append(srv)
-                ports[("opa", 8181)] = srv.server_address[1]
-            started[comp] = (c, root, mounts)
-
+                 ("agentauth", 8444): free_port(), ("agentauth", 8081): free_port(), ("opa", 8181): free_port()}
         dns = {
             "0.0.0.0:8443": f"127.0.0.1:{ports[('broker', 8443)]}",
             "0.0.0.0:8080": f"127.0.0.1:{ports[('broker', 8080)]}",
@@ -213,19 +206,52 @@ def cluster():
             "atb-redis-sentinel:26379": f"127.0.0.1:{s_port}",
             "localhost:8181": f"127.0.0.1:{ports[('opa', 8181)]}",
         }
-        for comp, (c, root, mounts) in started.items():
-            # The rendered file, its absolute paths under this pod's root,
-            # Service names and listen addresses on loopback.
-            args = list(c["args"])
-            conf_path = root / args[args.index("--config") + 1].lstrip("/")
-            text = conf_path.read_text()
+        configmaps = {n: d["data"] for (k, n), d in docs.items() if k == "ConfigMap"}
+        pods = {}
+        for comp in ("broker", "agentauth"):
+            dep = docs[("Deployment", f"atb-{comp}")]["spec"]["template"]["spec"]
+            c = next(c for c in dep["containers"] if c["name"] == comp)
+            root = work / comp
+            volumes = {v["name"]: v for v in dep["volumes"]}
+            mounts = sorted(c["volumeMounts"], key=lambda m: -len(m["mountPath"]))
             alt = "|".join(re.escape(m["mountPath"]) for m in mounts)  # longest first
-            text = re.sub(f'"({alt})', lambda mo: f'"{root}{mo.group(1)}', text)
-            for a, b in dns.items():
-                text = text.replace(a, b)
-            local = root / "run.toml"
-            local.write_text(text)
-            args[args.index("--config") + 1] = str(local)
+
+            def localize(files, root=root, alt=alt):
+                """A config file's absolute paths under this pod's root,
+                Service names and listen addresses on loopback."""
+                out = {}
+                for k, text in files.items():
+                    if k.endswith(".toml"):
+                        text = re.sub(f'"({alt})', lambda mo: f'"{root}{mo.group(1)}', text)
+                        for a, b in dns.items():
+                            text = text.replace(a, b)
+                    out[k] = text
+                return out
+
+            for m in mounts:
+                v = volumes[m["name"]]
+                target = root / m["mountPath"].lstrip("/")
+                if "configMap" in v:
+                    lay_out_volume(target, localize(configmaps[v["configMap"]["name"]]))
+                elif "secret" in v:
+                    lay_out_volume(target, secret_data[v["secret"]["secretName"]])
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+            pods[comp] = {"root": root, "localize": localize, "container": c}
+            if comp == "broker":
+                opa = next(x for x in dep["containers"] if x["name"] == "opa")
+                # `opa run ... --ignore=.* /etc/atb/policy`: the volume's
+                # top-level entries (the symlinks), not ..data / ..<timestamp>
+                assert opa["args"][-1] == "/etc/atb/policy" and "--ignore=.*" in opa["args"]
+                srv = serve(opa_sidecar(root / opa["args"][-1].lstrip("/")), ports[("opa", 8181)])
+                servers.append(srv)
+
+        for comp, pod in pods.items():
+            c, root = pod["container"], pod["root"]
+            # The rendered args: --config names the file in the mounted ConfigMap.
+            args = list(c["args"])
+            i = args.index("--config") + 1
+            args[i] = str(root / args[i].lstrip("/"))
             env = {k: v for k, v in os.environ.items() if not k.startswith(("ATB_", "REDIS_", "POLICY_", "LOG_"))}
             for e in c["env"]:
                 if "value" in e:
@@ -236,8 +262,11 @@ def cluster():
             env["ATB_WORKERS"] = "1"  # 2 shared cores here
             env["SSL_CERT_FILE"] = str(pki / "ca.crt")
             with open(work / f"{comp}.stderr", "w") as err:
-                procs.append(subprocess.Popen([atb, *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=err))
-        yield {"docs": docs, "ports": ports, "pki": pki, "work": work, "procs": procs}
+                proc = subprocess.Popen([atb, *args], cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=err)
+            procs.append(proc)
+            pod["proc"] = proc
+        yield {"docs": docs, "ports": ports, "pki": pki, "work": work, "procs": procs, "pods": pods,
+               "tenants": tenants, "fast": fast}
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -292,3 +321,56 @@ def test_a_mandate_end_to_end(cluster):
     # the policy ran on the sidecar's engine, shared state on Sentinel's master
     code, metrics = curl([f"http://127.0.0.1:{ports[('broker', 8080)]}/metrics"])
     assert 'engine="opa"' in metrics and "atb_redis_up 1" in metrics, metrics[-2000:]
+
+
+def metric(text, name, labels=""):
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{" + labels) or (not labels and line.startswith(name + " ")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_config_and_policy_changes_apply_without_restart(cluster):
+    """What the chart leaves out of the checksum annotation really reloads
+    in place: a new tenant in ConfigMap atb-broker-config (the broker's file
+    watch) and a new file in ConfigMap atb-policy (policy reload), each
+    delivered as the kubelet delivers a ConfigMap update (no process restarts)."""
+    test_rendered_probes_answer(cluster)
+    pods, ports = cluster["pods"], cluster["ports"]
+    broker = pods["broker"]
+    admin = f"http://127.0.0.1:{ports[('broker', 8080)]}/metrics"
+    more = cluster["tenants"] + [{"id": "globex", "spiffe_prefix": "spiffe://saas.example/tenants/globex"}]
+    _, docs = render(PROFILES["guide"], {**cluster["fast"], "tenants": more})
+    before = cluster["docs"][("Deployment", "atb-broker")]["spec"]["template"]["metadata"]["annotations"]
+    after = docs[("Deployment", "atb-broker")]["spec"]["template"]["metadata"]["annotations"]
+    assert before == after, "a tenant change must not roll the broker"
+    update_volume(broker["root"] / "etc/atb/config", broker["localize"](docs[("ConfigMap", "atb-broker-config")]["data"]))
+    end = time.time() + 30
+    while True:
+        _, text = curl([admin])
+        if metric(text, "atb_config_reloads_total", 'result="changed"') >= 1:
+            break
+        assert time.time() < end, f"no config reload\n{logs(cluster)}"
+        time.sleep(0.3)
+    assert 'tenant="globex"' in text
+    assert metric(text, "atb_config_reloads_total", 'result="error"') == 0
+
+    # The policy bundle: in production the broker's decisions are the OPA
+    # sidecar's (`opa run --watch` reloads it; not emulated here), and
+    # AgentAuth's embedded engine re-reads its copy for the risk tiers
+    # through the same `..data` path the embedded broker engine uses.
+    aa_admin = f"http://127.0.0.1:{ports[('agentauth', 8081)]}/metrics"
+    target = pods["agentauth"]["root"] / "etc/atb/policy"
+    files = {p.name: p.read_text() for p in target.iterdir() if not p.name.startswith(".")}
+    files["chart_test.json"] = json.dumps({"chart_test": {"reloaded": True}})
+    update_volume(target, files)
+    end = time.time() + 30
+    while True:
+        _, text = curl([aa_admin])
+        if metric(text, "atb_agentauth_events_total", 'event="policy.reloaded"') >= 1:
+            break
+        assert time.time() < end, f"no policy reload: {[l for l in text.splitlines() if 'reload' in l]}\n{logs(cluster)}"
+        time.sleep(0.3)
+    for p in cluster["procs"]:
+        assert p.poll() is None
