@@ -20,6 +20,7 @@ PROFILES = {
     "prod": [CHART / "values-prod.yaml"],
     # The guide's step 4: values-prod.yaml, then the guide's own file.
     "guide": [CHART / "values-prod.yaml", HERE / "values-production.yaml"],
+    "all-options": [CHART / "values-prod.yaml", HERE / "values-production.yaml", HERE / "values-all-options.yaml"],
 }
 
 # Kinds from CRDs (no schema in kubernetes-validate); checked by their own tests.

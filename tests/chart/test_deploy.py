@@ -374,3 +374,45 @@ def test_config_and_policy_changes_apply_without_restart(cluster):
         time.sleep(0.3)
     for p in cluster["procs"]:
         assert p.poll() is None
+
+
+@pytest.mark.parametrize("profile", ["default", "staging", "all-options"])
+def test_rendered_configs_pass_the_binaries_check(profile, tmp_path):
+    """`atb broker --check` / `atb agentauth --check` (config, TLS files,
+    keys) on each profile's rendered files, laid out as in the pods."""
+    atb = atb_binary()
+    pki, keys = tmp_path / "pki", tmp_path / "keys"
+    subprocess.run([atb, "pki", "dev", "--out", str(pki)], check=True, capture_output=True)
+    subprocess.run([atb, "keys", "rotate", "--dir", str(keys)], check=True, capture_output=True)
+    tls = {"tls.crt": (pki / "server.crt").read_text(), "tls.key": (pki / "server.key").read_text(), "ca.crt": (pki / "ca.crt").read_text()}
+    secret_data = {"atb-internal-tls": tls, "atb-redis-password": {"redis-password": "x"},
+                   "atb-agentauth-signing-key": {p.name: p.read_text() for p in keys.iterdir() if p.is_file()}}
+    _, docs = render(PROFILES[profile])
+    configmaps = {n: d["data"] for (k, n), d in docs.items() if k == "ConfigMap"}
+    for comp in ("broker", "agentauth"):
+        dep = docs[("Deployment", f"atb-{comp}")]["spec"]["template"]["spec"]
+        c = next(c for c in dep["containers"] if c["name"] == comp)
+        root = tmp_path / comp
+        volumes = {v["name"]: v for v in dep["volumes"]}
+        mounts = sorted(c["volumeMounts"], key=lambda m: -len(m["mountPath"]))
+        alt = "|".join(re.escape(m["mountPath"]) for m in mounts)
+        for m in mounts:
+            v = volumes[m["name"]]
+            target = root / m["mountPath"].lstrip("/")
+            if "configMap" in v:
+                files = {k: re.sub(f'"({alt})', lambda mo: f'"{root}{mo.group(1)}', t) if k.endswith(".toml") else t
+                         for k, t in configmaps[v["configMap"]["name"]].items()}
+                lay_out_volume(target, files)
+            elif "secret" in v:
+                lay_out_volume(target, secret_data[v["secret"]["secretName"]])
+            elif m["name"] == "tls":  # spiffe-helper's emptyDir: the SVID files it writes
+                lay_out_volume(target, tls)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+        args = list(c["args"])
+        i = args.index("--config") + 1
+        args[i] = str(root / args[i].lstrip("/"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ATB_", "REDIS_", "POLICY_", "LOG_"))}
+        env.update({e["name"]: e["value"] for e in c["env"] if "value" in e})
+        r = subprocess.run([atb, *args, "--check"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"{profile} {comp}: {r.stdout}{r.stderr}"

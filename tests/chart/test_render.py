@@ -307,3 +307,19 @@ def test_replicas_need_shared_state_and_agentauth_redis_values():
     # AgentAuth without Redis (one replica)
     _, docs = render(PROFILES["staging"], {"agentauth": {"replicaCount": 1, "redis": {"enabled": False}}})
     assert "redis" not in tomllib.loads(docs[("ConfigMap", "atb-agentauth-config")]["data"]["agentauth.toml"])
+
+
+def test_all_options_render_spire_helper_as_native_sidecar(rendered):
+    _, docs = rendered["all-options"]
+    spec = docs[("Deployment", "atb-broker")]["spec"]["template"]["spec"]
+    helper = spec["initContainers"][0]
+    assert helper["name"] == "spiffe-helper" and helper["restartPolicy"] == "Always"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["spire-agent-socket"]["csi"]["driver"] == "csi.spiffe.io"
+    assert "emptyDir" in vols["tls"]
+    conf = docs[("ConfigMap", "atb-spiffe-helper")]["data"]["helper.conf"]
+    assert 'svid_file_name = "tls.crt"' in conf and 'agent_address = "/run/spire/sockets/agent.sock"' in conf
+    broker = tomllib.loads(docs[("ConfigMap", "atb-broker-config")]["data"]["broker.toml"])
+    assert broker["policy"]["engine"] == "embedded" and broker["audit"]["sink"] == "http"
+    assert broker["shards"]["dedicated"] == ["acme"]
+    assert "tenants.json" in docs[("ConfigMap", "atb-policy")]["data"]
