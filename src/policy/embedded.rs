@@ -225,9 +225,17 @@ fn confined_to_tenant(id: &str, path: &std::path::Path, text: &str) -> Result<()
     Ok(())
 }
 
+/// The `.rego` and `.json` files under `dir`. Entries whose name starts
+/// with a dot are skipped: a Kubernetes ConfigMap volume holds every file
+/// twice more under `..data` and `..<timestamp>` (the top-level names are
+/// links into them), and editors leave hidden swap files.
 fn collect(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
         if path.is_dir() {
             collect(&path, out)?;
         } else if path.extension().is_some_and(|e| e == "rego" || e == "json") {
@@ -616,6 +624,29 @@ mod tests {
             e.contains("atb.catalog.tiers.\"crm.contact.read\"") && e.contains("not a risk tier"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_configmap_volume_loads_each_module_once() {
+        // The layout kubelet writes: files in a timestamped directory,
+        // `..data` linking to it, top-level names linking through `..data`.
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("..2026_12_03_01_02_03.123");
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(
+            real.join("extra.rego"),
+            "package atb.extra\nimport rego.v1\nx := 1\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("..data/extra.rego"),
+            dir.path().join("extra.rego"),
+        )
+        .unwrap();
+        let mut files = Vec::new();
+        collect(dir.path(), &mut files).unwrap();
+        assert_eq!(files, vec![dir.path().join("extra.rego")]);
     }
 
     #[test]

@@ -359,7 +359,7 @@ def test_config_and_policy_changes_apply_without_restart(cluster):
     # The policy bundle: in production the broker's decisions are the OPA
     # sidecar's (`opa run --watch` reloads it; not emulated here), and
     # AgentAuth's embedded engine re-reads its copy for the risk tiers
-    # through the same `..data` path the embedded broker engine uses.
+    # from the mount root (the loader skips the kubelet's dot entries).
     aa_admin = f"http://127.0.0.1:{ports[('agentauth', 8081)]}/metrics"
     target = pods["agentauth"]["root"] / "etc/atb/policy"
     files = {p.name: p.read_text() for p in target.iterdir() if not p.name.startswith(".")}

@@ -167,7 +167,7 @@ jwks_refresh_seconds = {{ int .Values.poa.jwksRefreshSeconds }}
 [policy]
 engine = {{ include "atb.policyEngine" . | toJson }}
 {{- if ne .Values.policy.bundle "builtin" }}
-dir = "/etc/atb/policy/..data"
+dir = "/etc/atb/policy"
 {{- end }}
 reload_seconds = {{ int .Values.policy.reloadSeconds }}
 eval_timeout_ms = {{ int .Values.policy.evalTimeoutMs }}
@@ -209,7 +209,7 @@ cross_tenant_roles = {{ include "atb.tomlValue" .Values.agentauth.approvers.cros
 [policy]
 engine = "embedded"
 {{- if ne .Values.policy.bundle "builtin" }}
-dir = "/etc/atb/policy/..data"
+dir = "/etc/atb/policy"
 {{- end }}
 reload_seconds = {{ int .Values.policy.reloadSeconds }}
 
