@@ -173,7 +173,7 @@ pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, KeyringError> {
     let mut revoked = read_revoked(&dir.join(REVOKED))?;
     let fresh = || -> Result<NamedKey, KeyringError> {
         let mut seed = [0u8; 32];
-        openssl::rand::rand_bytes(&mut seed).map_err(KeyError::Random)?;
+        openssl::rand::rand_bytes(&mut seed).map_err(KeyError::Openssl)?;
         Ok(NamedKey::new(SigningKey::from_bytes(&seed)))
     };
     let mut newly_revoked = Vec::new();
@@ -217,11 +217,7 @@ pub fn rotate(dir: &Path, emergency: bool) -> Result<Rotation, KeyringError> {
 }
 
 fn write_key(path: &Path, key: &NamedKey) -> Result<(), KeyringError> {
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    let pem = key
-        .key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| KeyError::Encode(e.to_string()))?;
+    let pem = crate::poa::keys::signing_key_pem(&key.key)?;
     write_atomic(path, pem.as_bytes())
 }
 

@@ -78,7 +78,7 @@ pub enum KeyError {
         reason: String,
     },
     #[error("openssl: {0}")]
-    Random(#[from] openssl::error::ErrorStack),
+    Openssl(#[from] openssl::error::ErrorStack),
     #[error("cannot encode key: {0}")]
     Encode(String),
     #[error(transparent)]
@@ -114,16 +114,26 @@ pub fn load_signing_pem(path: &Path) -> Result<ed25519_dalek::SigningKey, KeyErr
     })
 }
 
+/// An Ed25519 private key as PKCS#8 v1 PEM, exactly as `openssl genpkey
+/// -algorithm ed25519` writes it. (PKCS#8 v2, with the public key inside,
+/// is what ed25519-dalek writes; OpenSSL 3.0 and Python `cryptography`
+/// refuse it.) Both forms are read.
+pub fn signing_key_pem(key: &ed25519_dalek::SigningKey) -> Result<String, KeyError> {
+    let pkey = openssl::pkey::PKey::private_key_from_raw_bytes(
+        key.as_bytes(),
+        openssl::pkey::Id::ED25519,
+    )?;
+    String::from_utf8(pkey.private_key_to_pem_pkcs8()?).map_err(|e| KeyError::Encode(e.to_string()))
+}
+
 /// Creates a new Ed25519 key pair: private PKCS#8 PEM (mode 0600) and
 /// public SubjectPublicKeyInfo PEM.
 pub fn generate_signing_key(private: &Path, public: &Path) -> Result<(), KeyError> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey};
+    use ed25519_dalek::pkcs8::EncodePublicKey;
     let mut seed = [0u8; 32];
     openssl::rand::rand_bytes(&mut seed)?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let private_pem = key
-        .to_pkcs8_pem(Default::default())
-        .map_err(|e| KeyError::Encode(e.to_string()))?;
+    let private_pem = signing_key_pem(&key)?;
     let public_pem = key
         .verifying_key()
         .to_public_key_pem(Default::default())

@@ -54,7 +54,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn run(cmd: &mut Command) -> String {
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("spawn");
     assert!(
         out.status.success(),
