@@ -299,6 +299,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if check {
                 atb::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())?;
                 atb::agentauth::keyring::KeyRing::load(&config.agentauth.keys_dir)?;
+                atb::agentauth::biscuits::BiscuitSigners::load(&config.tenants)?;
                 println!("configuration is valid");
                 return Ok(());
             }

@@ -263,16 +263,16 @@ mod tests {
         std::fs::write(&pub_file, &public).unwrap();
         let e = config(&pub_file, 1, &[]).agentauth_key().unwrap_err().1;
         assert!(e.contains("ed25519-private/<hex>"), "{e}");
-        // Through the whole configuration: the error names the key.
+        // Through the whole configuration: the configuration is valid for a
+        // broker (it never reads AgentAuth's private key); AgentAuth's start
+        // (and `atb agentauth --check`) refuses it, naming the key.
         let toml = format!(
             "[tls]\ncert_file = \"s.crt\"\nkey_file = \"s.key\"\nclient_ca_file = \"ca.crt\"\n[[tenants]]\nid = \"acme\"\ntrust_domain = \"acme.example\"\n[tenants.biscuit]\nroot_keys = [{{ id = 1, public_key = \"{stranger}\" }}]\nagentauth_key_file = \"{}\"\nagentauth_root_key_id = 1\n",
             path.display()
         );
-        let e = crate::config::Config::from_toml(&toml)
-            .unwrap()
-            .validate()
-            .unwrap_err()
-            .to_string();
+        let mismatched = crate::config::Config::from_toml(&toml).unwrap();
+        mismatched.validate().unwrap();
+        let e = BiscuitSigners::load(&mismatched.tenants).unwrap_err();
         assert!(e.contains("tenants[0].biscuit.agentauth_key_file"), "{e}");
         let ok = toml.replace(&stranger, &public);
         let c = crate::config::Config::from_toml(&ok).unwrap();

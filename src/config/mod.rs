@@ -505,10 +505,25 @@ impl Config {
                 validate_platform(p, &key)?;
             }
             if let Some(b) = &t.biscuit {
-                // AgentAuth's Biscuit key: readable, and (when the broker's
-                // root keys are in this configuration too) one they list.
-                b.agentauth_key()
-                    .map_err(|(field, e)| invalid(key(&format!("biscuit.{field}")), e))?;
+                // AgentAuth's Biscuit key comes as a pair. The file itself is
+                // read (and matched against root_keys) by AgentAuth at start
+                // and by `atb agentauth --check`: a broker sharing this file
+                // needs no access to AgentAuth's private key.
+                match (&b.agentauth_key_file, b.agentauth_root_key_id) {
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            key("biscuit.agentauth_root_key_id"),
+                            "is required with agentauth_key_file",
+                        ))
+                    }
+                    (None, Some(_)) => {
+                        return Err(invalid(
+                            key("biscuit.agentauth_key_file"),
+                            "is required with agentauth_root_key_id",
+                        ))
+                    }
+                    _ => {}
+                }
             }
             if !t.policy_files.is_empty() {
                 if self.policy.engine != crate::policy::config::PolicyEngine::Embedded {
