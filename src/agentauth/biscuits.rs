@@ -19,6 +19,14 @@ use crate::biscuit::config::AgentAuthBiscuitKey;
 use crate::biscuit::tools::{self, Mint, ToolError};
 use crate::tenant::TenantConfig;
 
+/// A tenant's AgentAuth Biscuit key that cannot be used, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SignerError {
+    pub key: String,
+    pub message: String,
+}
+
 /// AgentAuth's Biscuit keys by tenant (only tenants that configure one).
 #[derive(Debug, Default)]
 pub struct BiscuitSigners {
@@ -28,7 +36,7 @@ pub struct BiscuitSigners {
 impl BiscuitSigners {
     /// Reads every tenant's `agentauth_key_file` (checked against its
     /// `root_keys` when listed). The error names the config key.
-    pub fn load(tenants: &[TenantConfig]) -> Result<Self, String> {
+    pub fn load(tenants: &[TenantConfig]) -> Result<Self, SignerError> {
         let mut keys = HashMap::new();
         for (i, t) in tenants.iter().enumerate() {
             let Some(b) = &t.biscuit else { continue };
@@ -37,7 +45,12 @@ impl BiscuitSigners {
                     keys.insert(t.id.clone(), k);
                 }
                 Ok(None) => {}
-                Err((field, e)) => return Err(format!("tenants[{i}].biscuit.{field}: {e}")),
+                Err((field, message)) => {
+                    return Err(SignerError {
+                        key: format!("tenants[{i}].biscuit.{field}"),
+                        message,
+                    })
+                }
             }
         }
         Ok(Self { keys })
@@ -272,7 +285,9 @@ mod tests {
         );
         let mismatched = crate::config::Config::from_toml(&toml).unwrap();
         mismatched.validate().unwrap();
-        let e = BiscuitSigners::load(&mismatched.tenants).unwrap_err();
+        let e = BiscuitSigners::load(&mismatched.tenants)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tenants[0].biscuit.agentauth_key_file"), "{e}");
         let ok = toml.replace(&stranger, &public);
         let c = crate::config::Config::from_toml(&ok).unwrap();
