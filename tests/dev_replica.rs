@@ -6,77 +6,14 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::process::Proc;
 use common::{curl, free_port, Answer, ATB};
 use serde_json::json;
 
 const AGENT: &str = "spiffe://acme.example/agent/demo";
-
-/// A running `atb` process, killed on drop.
-struct Proc {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, logs: &Path, name: &str) -> Self {
-        let stderr = logs.join(format!("{name}.stderr"));
-        cmd.env_remove("ATB_CONFIG")
-            .env_remove("ATB_DEV_REDIS")
-            .env("LOG_FORMAT", "json")
-            .env("ATB_WORKERS", "1")
-            .stdout(File::create(logs.join(format!("{name}.stdout"))).unwrap())
-            .stderr(File::create(&stderr).unwrap());
-        Self {
-            child: cmd.spawn().unwrap(),
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until every `ready` URL answers 200 (the broker says
-    /// `"ready": true`, AgentAuth `"status": "ready"`); `false` if the
-    /// process exited because a port was taken.
-    fn wait_ready(&mut self, started: &[&str], ready: &[String]) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let err = self.stderr();
-                if err.contains("Address already in use") {
-                    return false;
-                }
-                panic!("atb exited ({status}): {err}");
-            }
-            let err = self.stderr();
-            if started.iter().all(|s| err.contains(s))
-                && ready.iter().all(|u| {
-                    let a = curl(&[u]);
-                    a.status == 200
-                        && (a.json()["ready"] == json!(true)
-                            || a.json()["status"] == json!("ready"))
-                })
-            {
-                return true;
-            }
-            assert!(Instant::now() < deadline, "not ready: {err}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `atb dev` started in `cwd` with the relative directory `d`, on free
 /// ports.
