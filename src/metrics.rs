@@ -21,6 +21,10 @@ pub struct Metrics {
     pub rejections: IntCounterVec,
     pub tenant_connections: IntGaugeVec,
     pub connections_refused: IntCounterVec,
+    /// Requests of a tenant inside the broker now (`max_in_flight` bounds it).
+    pub tenant_in_flight: IntGaugeVec,
+    /// Requests refused because the tenant had `max_in_flight` inside.
+    pub tenant_in_flight_refused: IntCounterVec,
     /// Connections whose certificate claims a tenant's SPIFFE ID but does
     /// not chain to that tenant's client CA bundle.
     pub wrong_issuer: IntCounterVec,
@@ -73,6 +77,20 @@ impl Metrics {
                 "Requests refused, by tenant and error code",
             ),
             &["tenant", "code"],
+        )?;
+        let tenant_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "atb_tenant_in_flight",
+                "Requests of a tenant inside the broker now (bounded by its max_in_flight)",
+            ),
+            &["tenant"],
+        )?;
+        let tenant_in_flight_refused = IntCounterVec::new(
+            Opts::new(
+                "atb_tenant_in_flight_refused_total",
+                "Requests refused with 503 overloaded: the tenant had max_in_flight requests inside",
+            ),
+            &["tenant"],
         )?;
         let tenant_connections = IntGaugeVec::new(
             Opts::new("atb_tenant_connections", "Live mTLS connections per tenant"),
@@ -194,6 +212,8 @@ impl Metrics {
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
         registry.register(Box::new(tenant_connections.clone()))?;
+        registry.register(Box::new(tenant_in_flight.clone()))?;
+        registry.register(Box::new(tenant_in_flight_refused.clone()))?;
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(wrong_issuer.clone()))?;
         registry.register(Box::new(tenant_suspended.clone()))?;
@@ -203,6 +223,8 @@ impl Metrics {
             request_duration,
             rejections,
             tenant_connections,
+            tenant_in_flight,
+            tenant_in_flight_refused,
             connections_refused,
             wrong_issuer,
             tenant_suspended,

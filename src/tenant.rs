@@ -35,6 +35,11 @@ pub struct TenantConfig {
     /// Live mTLS connections the tenant's agents may hold at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Requests of the tenant inside the broker at once (verifying,
+    /// deciding, forwarding); past it 503 `overloaded` + `Retry-After`,
+    /// before any costly step (`broker::tenant_in_flight`).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Sustained requests per second for the whole tenant (token bucket).
     #[serde(default = "default_tenant_rps")]
     pub requests_per_second: f64,
@@ -171,6 +176,9 @@ fn default_connector_timeout() -> u64 {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_in_flight() -> usize {
+    256
 }
 fn default_tenant_rps() -> f64 {
     1000.0

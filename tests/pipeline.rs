@@ -871,12 +871,12 @@ fn concurrent_replays_from_32_connections_have_exactly_one_winner() {
         .into_iter()
         .map(|c| String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap())
         .collect();
-    assert_eq!(codes.iter().filter(|c| *c == "200").count(), 1, "{codes:?}");
-    assert_eq!(
-        codes.iter().filter(|c| *c == "403").count(),
-        31,
-        "{codes:?}"
-    );
+    // Exactly one winner was forwarded: normally a 200; on a host so
+    // loaded that the echo upstream misses the connector's 1 s timeout, a
+    // 504 (forwarded, then timed out). Everyone else is refused.
+    let winners: Vec<&String> = codes.iter().filter(|c| *c != "403").collect();
+    assert_eq!(winners.len(), 1, "{codes:?}");
+    assert!(winners[0] == "200" || winners[0] == "504", "{codes:?}");
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub struct RequestCtx<'a> {
     pub params: Map<String, Value>,
     pub buffered: Option<web::Bytes>,
     pub response: Option<HttpResponse>,
+    /// The tenant's in-flight slot, held until the context is dropped.
+    pub in_flight: Option<crate::broker::tenant_in_flight::InFlightSlot>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -128,6 +130,7 @@ impl<'a> RequestCtx<'a> {
             params: Map::new(),
             buffered: None,
             response: None,
+            in_flight: None,
         }
     }
 

@@ -146,7 +146,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
     steps!(ctx:
         maintenance,     // 503 maintenance
         identify,        // 401 spiffe_id_required, 403 unknown_tenant, 429 connection_limit
-        admit,           // 429 rate_limited (tenant)
+        admit,           // 503 overloaded (tenant's max_in_flight), 429 rate_limited (tenant)
         authenticate,    // 401 poa_required / poa_invalid / poa_expired / poa_revoked, 403 poa_subject_mismatch / action_mismatch
         platform,        // 401 platform_token_invalid
         known_action,    // 403 policy_denied (unknown_action)
@@ -226,7 +226,16 @@ async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
 }
 
 /// The tenant's shard admits the request under its rate limit.
+/// The tenant's share of the broker: a slot among its `max_in_flight`
+/// (held until the request ends), then its token bucket.
 async fn admit(ctx: &mut RequestCtx<'_>) -> Step {
+    let tenant = ctx.tenant()?;
+    let slot = ctx
+        .state
+        .tenant_in_flight
+        .enter(&tenant.id, tenant.max_in_flight)
+        .ok_or_else(|| Rejection::overloaded(1))?;
+    ctx.in_flight = Some(slot);
     let tenant = ctx.tenant()?;
     let request = ShardRequest::Admit {
         tenant: ctx.tenant_key()?.clone(),

@@ -14,6 +14,7 @@ pub mod replay;
 pub mod shared_admission;
 pub mod shared_revocations;
 pub mod state;
+pub mod tenant_in_flight;
 pub mod tenants;
 pub mod upstream;
 pub mod validator;

@@ -76,6 +76,8 @@ pub struct BrokerState {
     /// Serialises reloads.
     reloading: std::sync::Mutex<()>,
     pub connections: Arc<ConnectionRegistry>,
+    /// Each tenant's requests inside the broker (`max_in_flight`).
+    pub tenant_in_flight: crate::broker::tenant_in_flight::TenantInFlight,
     pub shards: ShardPool<TenantShardState>,
     pub metrics: Metrics,
     /// In-memory single use; `None` when single use is off or shared.
@@ -174,6 +176,10 @@ impl BrokerState {
         .starting("audit")?;
         Ok(Arc::new(Self {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            tenant_in_flight: crate::broker::tenant_in_flight::TenantInFlight::new(
+                metrics.tenant_in_flight.clone(),
+                metrics.tenant_in_flight_refused.clone(),
+            ),
             maintenance: AtomicBool::new(config.broker.maintenance_mode),
             draining: AtomicBool::new(false),
             keys_loaded: AtomicBool::new(false),

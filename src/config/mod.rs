@@ -467,6 +467,9 @@ impl Config {
             if t.max_connections == 0 {
                 return Err(invalid(key("max_connections"), "must be at least 1"));
             }
+            if t.max_in_flight == 0 {
+                return Err(invalid(key("max_in_flight"), "must be at least 1"));
+            }
             check_rate(&key("requests_per_second"), t.requests_per_second)?;
             if t.burst == 0 {
                 return Err(invalid(key("burst"), "must be at least 1"));

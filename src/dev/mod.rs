@@ -133,6 +133,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         spiffe_prefix: prefix.map(Into::into),
         client_ca_file: None,
         max_connections: 64,
+        max_in_flight: 256,
         requests_per_second: opts.tenant_rps,
         burst: (opts.tenant_rps * 2.0) as u32,
         poa: TenantPoaConfig {

@@ -3,6 +3,7 @@
 //! `curl` as the independent client.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod process;
 pub mod redis_procs;
 
@@ -171,6 +172,17 @@ impl Broker {
     /// Starts `atb broker` with `extra_toml` (tenants, shards, …) appended
     /// to a config that points at `pki`, and `env` set.
     pub fn start(pki: &Pki, extra_toml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(pki, "", extra_toml, env)
+    }
+
+    /// As [`Broker::start`], with `broker_keys` added to its `[broker]`
+    /// table (e.g. `client_request_timeout_seconds = 1`).
+    pub fn start_with(
+        pki: &Pki,
+        broker_keys: &str,
+        extra_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let admin_port = free_port();
@@ -181,6 +193,7 @@ listen_addr = "127.0.0.1:{port}"
 admin_addr = "127.0.0.1:{admin_port}"
 workers = 1
 drain_delay_seconds = 0
+{broker_keys}
 
 [tls]
 cert_file = "{cert}"
