@@ -162,6 +162,10 @@ pub struct JwksCache<S: KeyDocument = KeySet> {
 pub struct JwksMetrics {
     pub refreshes: prometheus::IntCounterVec,
     pub keys: prometheus::IntGaugeVec,
+    /// `atb_dependency_up{dependency="jwks", tenant}`: the last fetch.
+    pub up: prometheus::IntGaugeVec,
+    /// Unix time of the last good fetch, by tenant.
+    pub last_success: prometheus::IntGaugeVec,
 }
 
 /// Largest JWKS document read.
@@ -259,11 +263,19 @@ impl<S: KeyDocument> JwksCache<S> {
         let label = if result.is_ok() { "ok" } else { "error" };
         if let Some(m) = &self.metrics {
             m.refreshes.with_label_values(&[&self.name, label]).inc();
+            m.up.with_label_values(&["jwks", &self.name])
+                .set(i64::from(result.is_ok()));
         }
         match &result {
             Ok(n) => {
                 if let Some(m) = &self.metrics {
                     m.keys.with_label_values(&[&self.name]).set(*n as i64);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    m.last_success
+                        .with_label_values(&[&self.name])
+                        .set(i64::try_from(now).unwrap_or(i64::MAX));
                 }
                 if let Ok(mut s) = self.state.lock() {
                     s.fetched();
