@@ -403,6 +403,14 @@ impl JwksCase {
 fn jwks_outage(mode: Mode, name: &str) {
     let case = JwksCase::start();
     let loaded = Instant::now();
+    let last_success = || {
+        metric(
+            &case.broker.metrics(),
+            r#"atb_jwks_last_success_timestamp_seconds{tenant="acme"}"#,
+        )
+        .expect("the first fetch's time")
+    };
+    let first_fetch = last_success();
     let load = case.load(false);
     let at = Instant::now();
     case.jwks.set(mode);
@@ -451,6 +459,7 @@ fn jwks_outage(mode: Mode, name: &str) {
     let during = load.between(at, Instant::now());
     let r = ready(&case.broker);
     assert!(failing(&r.1).contains(&"jwks:acme".to_string()));
+    assert_eq!(last_success(), first_fetch, "{name}: no good fetch since");
 
     let back = Instant::now();
     case.jwks.set(Mode::Up);
@@ -465,6 +474,10 @@ fn jwks_outage(mode: Mode, name: &str) {
         "jwks",
         "acme"
     ) == Some(1.0)));
+    assert!(
+        last_success() > first_fetch,
+        "{name}: the good fetch is dated"
+    );
     drop(load.stop());
     let mut broker = case.broker;
     assert!(broker.alive());
