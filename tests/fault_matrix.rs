@@ -413,7 +413,9 @@ fn jwks_outage(mode: Mode, name: &str) {
     let first_fetch = last_success();
     let load = case.load(false);
     let at = Instant::now();
+    let reads = mode != Mode::Down;
     case.jwks.set(mode);
+    let seen_before = case.jwks.seen();
     // The next periodic refresh (30 s after the first fetch) fails.
     assert!(
         eventually(Duration::from_secs(40), || gauge(
@@ -460,6 +462,12 @@ fn jwks_outage(mode: Mode, name: &str) {
     let r = ready(&case.broker);
     assert!(failing(&r.1).contains(&"jwks:acme".to_string()));
     assert_eq!(last_success(), first_fetch, "{name}: no good fetch since");
+    if reads {
+        // The failed refresh (30 s) is retried with backoff (31, 33, 37 s),
+        // not only a whole refresh interval later.
+        let fetches = case.jwks.seen() - seen_before;
+        assert!(fetches >= 3, "{name}: {fetches} fetches during the outage");
+    }
 
     let back = Instant::now();
     case.jwks.set(Mode::Up);

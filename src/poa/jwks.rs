@@ -8,9 +8,10 @@
 //! * Keys from the last good fetch stay usable for a bounded stale window
 //!   while refreshes fail; past it, verification fails closed.
 //! * [`start_refresh`] runs one periodic loop per source: it fetches at
-//!   start (retrying with backoff while the source has no keys, so a JWKS
-//!   outage at start-up is survived) and then periodically; a panic in a
-//!   fetch is contained and the loop goes on.
+//!   start and then periodically, retrying a failed fetch with backoff (so
+//!   a JWKS outage at start-up is survived, and a JWKS that returns is read
+//!   soon after, not a whole refresh interval later); a panic in a fetch is
+//!   contained and the loop goes on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -329,9 +330,12 @@ impl JwksCache<KeySet> {
 
 /// Refreshes one JWKS source forever as its own periodic loop
 /// (`atb_actors::periodic`, actor `jwks_refresh`, keyed by the cache's
-/// name): at start, then every `timings.refresh`; while the source has no
-/// usable keys, sooner, backing off from 1 s up to the refresh interval. One
-/// loop per tenant, so a slow or dead JWKS delays nobody else's.
+/// name): at start, then every `timings.refresh`; after a failed fetch,
+/// sooner, backing off from 1 s up to the refresh interval — whether or not
+/// the keys are still within their stale window, so a JWKS that comes back
+/// is read within about as long as it was away (at most one refresh
+/// interval) rather than a full interval later. One loop per tenant, so a
+/// slow or dead JWKS delays nobody else's.
 pub fn start_refresh<S: KeyDocument + 'static>(
     cache: Arc<JwksCache<S>>,
     tls: openssl::ssl::SslConnector,
@@ -355,7 +359,7 @@ pub fn start_refresh<S: KeyDocument + 'static>(
                 cache.fetch(&client).await.is_ok()
             };
             let refresh = cache.timings.refresh;
-            if ok || cache.has_usable_keys(Instant::now()) {
+            if ok {
                 backoff.set(Duration::from_secs(1));
                 refresh
             } else {

@@ -85,6 +85,8 @@ struct Shared {
     next_conn: AtomicUsize,
     /// Requests the handler answered.
     answered: AtomicUsize,
+    /// Requests read, whatever the mode.
+    seen: AtomicUsize,
 }
 
 /// A stand-in dependency on a fixed loopback port; stops when dropped.
@@ -105,6 +107,7 @@ impl FaultServer {
             conns: Mutex::new(std::collections::HashMap::new()),
             next_conn: AtomicUsize::new(0),
             answered: AtomicUsize::new(0),
+            seen: AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (s, st) = (shared.clone(), stop.clone());
@@ -140,6 +143,11 @@ impl FaultServer {
     /// Requests the handler answered so far.
     pub fn answered(&self) -> usize {
         self.shared.answered.load(Ordering::SeqCst)
+    }
+
+    /// Requests read so far, whatever the mode (`Down` reads none).
+    pub fn seen(&self) -> usize {
+        self.shared.seen.load(Ordering::SeqCst)
     }
 
     fn wait_bound(&self, bound: bool) {
@@ -222,6 +230,7 @@ fn serve(conn: TcpStream, shared: &Shared) {
     };
     let mut reader = BufReader::new(conn);
     while let Some(request) = read_request(&mut reader) {
+        shared.seen.fetch_add(1, Ordering::SeqCst);
         let response = match mode() {
             Mode::Up => (shared.handler)(&request),
             Mode::Slow(d) => {
