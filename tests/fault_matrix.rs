@@ -449,8 +449,11 @@ fn jwks_outage(mode: Mode, name: &str) {
             .any(|o| o.status == 401)),
         "{name}: mandates are refused once the stale window is over"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    // A few requests certainly past the window (the keys were fetched
+    // before `loaded`).
     let stale_end = loaded + JWKS_STALE;
+    let settle = (stale_end + Duration::from_secs(3)).max(Instant::now() + Duration::from_secs(2));
+    std::thread::sleep(settle.saturating_duration_since(Instant::now()));
     let after: Vec<Outcome> = load.between(stale_end + Duration::from_secs(1), Instant::now());
     assert_all(
         &after,
