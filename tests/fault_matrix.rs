@@ -816,9 +816,10 @@ fn upstream_down_hanging_or_resetting_answers_502_or_504_in_time_and_recovers() 
 
 /// Redis (shared replay state) is killed: only 503
 /// replay_store_unavailable, never a 200 without a replay mark; restarted,
-/// 200s again without restarting the broker.
+/// 200s again without restarting the broker. Then it hangs (SIGSTOP): 503
+/// within the command timeout, and resumes.
 #[test]
-fn redis_killed_refuses_every_mandate_and_restarted_serves_again() {
+fn redis_killed_or_hanging_refuses_every_mandate_and_serves_again_without_a_broker_restart() {
     let mut redis = RedisServer::start();
     let pki = Pki::new(&[]);
     let key = SigningKey::new(pki.dir.path(), "poa");
@@ -863,6 +864,35 @@ fn redis_killed_refuses_every_mandate_and_restarted_serves_again() {
         &r,
         recovery,
     );
+
+    // Redis hangs (SIGSTOP): each command times out (200 ms): 503 again,
+    // answered at once, never a hang; resumed (SIGCONT), 200s again.
+    let pid = redis.pid().expect("redis running").to_string();
+    let frozen = Instant::now();
+    run(std::process::Command::new("kill").args(["-STOP", &pid]));
+    std::thread::sleep(FAULT);
+    let hung = load.between(frozen, Instant::now());
+    assert_all(&hung, 503, "replay_store_unavailable", "redis hanging");
+    let slowest = hung.iter().map(Outcome::took).max().unwrap();
+    assert!(
+        slowest < Duration::from_secs(3),
+        "never a hang: {slowest:?}"
+    );
+    let r = ready(&broker);
+    assert_eq!((r.0, failing(&r.1)), (503, vec!["redis".to_string()]));
+    let thawed = Instant::now();
+    run(std::process::Command::new("kill").args(["-CONT", &pid]));
+    let recovery = load
+        .recovery(thawed, RECOVERY_BOUND, |o| o.status == 200)
+        .expect("200s again within the bound once Redis resumes");
+    figure(
+        "Redis",
+        "hanging (SIGSTOP), then resumed",
+        &hung,
+        &r,
+        recovery,
+    );
+
     std::thread::sleep(Duration::from_secs(1));
     let outcomes = load.stop();
     // Every 200 since the restart left its mark in Redis (the earlier
