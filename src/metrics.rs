@@ -47,8 +47,10 @@ pub struct Metrics {
     pub audit_writer: crate::audit::AuditWriterMetrics,
     pub jwks: crate::poa::jwks::JwksMetrics,
     /// `atb_dependency_up{dependency, tenant}` (registered with the audit
-    /// writer's series): `opa` and `audit_sink` set by their calls, `redis`
-    /// and `jwks` (per tenant) as well as at every scrape and `/ready`.
+    /// writer's series): `opa` (decisions, failing `/ready` probes),
+    /// `audit_sink` (the writer), `jwks` per tenant (fetches),
+    /// `upstream:<connector>` per tenant (forwards), `redis` (read from the
+    /// store at every scrape and `/ready`).
     pub dependency_up: prometheus::IntGaugeVec,
     pub actors: ActorMetrics,
 }

@@ -94,7 +94,7 @@ pub struct AuditWriterMetrics {
     /// `atb_dependency_up{dependency, tenant}`: 1 while a dependency's
     /// last call succeeded, 0 after a failed one. Registered here, with
     /// the writer (every process has one), and shared with the broker's
-    /// other dependencies (OPA, Redis, JWKS).
+    /// other dependencies (OPA, Redis, JWKS, upstreams).
     pub dependency_up: prometheus::IntGaugeVec,
     /// `atb_dependency_up{dependency="audit_sink"}`: the writer's last
     /// write or flush (1 at start).
@@ -119,7 +119,7 @@ impl AuditWriterMetrics {
             prometheus::Opts::new(
                 "atb_dependency_up",
                 "1 while the dependency's last call succeeded, 0 after a failed one \
-                 (opa, audit_sink, redis; jwks per tenant)",
+                 (opa, audit_sink, redis; jwks and upstream:<connector> per tenant)",
             ),
             &["dependency", "tenant"],
         )?;

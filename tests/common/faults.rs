@@ -83,8 +83,6 @@ struct Shared {
     /// thread removes its own when it ends, so the socket really closes.
     conns: Mutex<std::collections::HashMap<usize, TcpStream>>,
     next_conn: AtomicUsize,
-    /// Requests the handler answered.
-    answered: AtomicUsize,
     /// Requests read, whatever the mode.
     seen: AtomicUsize,
 }
@@ -106,7 +104,6 @@ impl FaultServer {
             handler: Box::new(handler),
             conns: Mutex::new(std::collections::HashMap::new()),
             next_conn: AtomicUsize::new(0),
-            answered: AtomicUsize::new(0),
             seen: AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -138,11 +135,6 @@ impl FaultServer {
 
     pub fn mode(&self) -> Mode {
         self.shared.mode.lock().unwrap().clone()
-    }
-
-    /// Requests the handler answered so far.
-    pub fn answered(&self) -> usize {
-        self.shared.answered.load(Ordering::SeqCst)
     }
 
     /// Requests read so far, whatever the mode (`Down` reads none).
@@ -255,9 +247,6 @@ fn serve(conn: TcpStream, shared: &Shared) {
             }
             Mode::Down | Mode::Reset => return,
         };
-        if matches!(mode(), Mode::Up | Mode::Slow(_)) {
-            shared.answered.fetch_add(1, Ordering::SeqCst);
-        }
         let head = format!(
             "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n\r\n",
             response.status,
