@@ -36,6 +36,9 @@ pub struct Metrics {
     pub poa_validations: IntCounterVec,
     pub policy_seconds: HistogramVec,
     pub policy_decisions: IntCounterVec,
+    /// Requests that got no decision, by engine and cause (`unreachable`,
+    /// `timeout`, `engine`, `bad_decision`, `overloaded`).
+    pub policy_errors: IntCounterVec,
     /// Policy reloads by `result` (`changed`, `unchanged`, `error`).
     pub policy_reloads: IntCounterVec,
     /// Configuration reloads by `result` (`changed`, `unchanged`, `error`).
@@ -47,6 +50,12 @@ pub struct Metrics {
     pub audit_events: IntCounterVec,
     pub audit_writer: crate::audit::AuditWriterMetrics,
     pub jwks: crate::poa::jwks::JwksMetrics,
+    /// `atb_dependency_up{dependency, tenant}` (registered with the audit
+    /// writer's series): `opa` (decisions, failing `/ready` probes),
+    /// `audit_sink` (the writer), `jwks` per tenant (fetches),
+    /// `upstream:<connector>` per tenant (forwards), `redis` (read from the
+    /// store at every scrape and `/ready`).
+    pub dependency_up: prometheus::IntGaugeVec,
     pub actors: ActorMetrics,
 }
 
@@ -158,6 +167,11 @@ impl Metrics {
             "Policy decisions, by tenant, decision and risk tier",
             &["tenant", "decision", "risk_tier"],
         )?;
+        let policy_errors = counter(
+            "atb_policy_errors_total",
+            "Requests refused with policy_unavailable, by engine and cause",
+            &["engine", "cause"],
+        )?;
         let policy_reloads = counter(
             "atb_policy_reloads_total",
             "Policy reloads (changed, unchanged, error: the running policy stays)",
@@ -207,7 +221,21 @@ impl Metrics {
                 &["tenant", "result"],
             )?,
             keys: jwks_keys,
+            up: audit_writer.dependency_up.clone(),
+            last_success: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "atb_jwks_last_success_timestamp_seconds",
+                        "Unix time of a tenant's last good JWKS fetch (its keys serve until \
+                         poa.jwks_stale_seconds after it)",
+                    ),
+                    &["tenant"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
         };
+        let dependency_up = audit_writer.dependency_up.clone();
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(rejections.clone()))?;
@@ -232,6 +260,7 @@ impl Metrics {
             poa_validations,
             policy_seconds,
             policy_decisions,
+            policy_errors,
             policy_reloads,
             config_reloads,
             replay_rejections,
@@ -241,8 +270,38 @@ impl Metrics {
             audit_events,
             audit_writer,
             jwks,
+            dependency_up,
             actors,
         })
+    }
+
+    /// The dependencies whose last call failed, as `dependency` or
+    /// `dependency:tenant` (for `/ready`).
+    pub fn failing_dependencies(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let mut down = Vec::new();
+        for family in self.dependency_up.collect() {
+            for m in family.get_metric() {
+                if m.get_gauge().get_value() != 0.0 {
+                    continue;
+                }
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let (dep, tenant) = (label("dependency"), label("tenant"));
+                down.push(if tenant.is_empty() {
+                    dep
+                } else {
+                    format!("{dep}:{tenant}")
+                });
+            }
+        }
+        down.sort();
+        down
     }
 
     /// Prometheus text exposition of every series.

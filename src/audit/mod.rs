@@ -91,6 +91,14 @@ pub struct AuditWriterMetrics {
     /// `atb_actor_restarts_total{actor="audit_writer"}`: events whose
     /// handling panicked (the writer goes on with the next one).
     pub panics: prometheus::IntCounter,
+    /// `atb_dependency_up{dependency, tenant}`: 1 while a dependency's
+    /// last call succeeded, 0 after a failed one. Registered here, with
+    /// the writer (every process has one), and shared with the broker's
+    /// other dependencies (OPA, Redis, JWKS, upstreams).
+    pub dependency_up: prometheus::IntGaugeVec,
+    /// `atb_dependency_up{dependency="audit_sink"}`: the writer's last
+    /// write or flush (1 at start).
+    pub sink_up: prometheus::IntGauge,
 }
 
 impl AuditWriterMetrics {
@@ -107,12 +115,25 @@ impl AuditWriterMetrics {
             "atb_audit_write_failures_total",
             "Failed audit writes or flushes (each is retried until it succeeds)",
         )?;
+        let dependency_up = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "atb_dependency_up",
+                "1 while the dependency's last call succeeded, 0 after a failed one \
+                 (opa, audit_sink, redis; jwks and upstream:<connector> per tenant)",
+            ),
+            &["dependency", "tenant"],
+        )?;
         registry.register(Box::new(queue_depth.clone()))?;
         registry.register(Box::new(write_failures.clone()))?;
+        registry.register(Box::new(dependency_up.clone()))?;
+        let sink_up = dependency_up.with_label_values(&["audit_sink", ""]);
+        sink_up.set(1);
         Ok(Self {
             queue_depth,
             write_failures,
             panics: actors.restarts.with_label_values(&["audit_writer", "-"]),
+            dependency_up,
+            sink_up,
         })
     }
 }
@@ -228,12 +249,42 @@ impl<E: AuditRecord> AuditSink<E> {
     }
 
     /// Records `event`, waiting for room in its tenant's share and in the
-    /// queue if needed.
+    /// queue if needed. Cancellation-safe: the event is held by a guard
+    /// until it is in the queue, so a caller dropped while waiting (a
+    /// request whose client went away, a worker stopped at the end of the
+    /// shutdown grace) hands it to [`Self::record_now`] instead of losing it.
     pub async fn record(&self, event: E) {
-        self.events.with_label_values(&[event.metric_label()]).inc();
-        let permit = self.shares.of(event.share_key()).acquire_owned().await.ok();
-        if self.tx.send(Message::Event(event, permit)).await.is_err() {
-            tracing::error!("audit writer is gone; event could not be written");
+        /// The event until it is queued; dropped holding it, it goes
+        /// through `record_now`.
+        struct Pending<'s, E: AuditRecord> {
+            sink: &'s AuditSink<E>,
+            event: Option<E>,
+        }
+        impl<E: AuditRecord> Drop for Pending<'_, E> {
+            fn drop(&mut self) {
+                if let Some(event) = self.event.take() {
+                    self.sink.record_now(event);
+                }
+            }
+        }
+        let share = self.shares.of(event.share_key());
+        let mut pending = Pending {
+            sink: self,
+            event: Some(event),
+        };
+        let permit = share.acquire_owned().await.ok();
+        // Room first, then the event: waiting for room never holds it.
+        match self.tx.reserve().await {
+            Ok(room) => {
+                if let Some(event) = pending.event.take() {
+                    self.events.with_label_values(&[event.metric_label()]).inc();
+                    room.send(Message::Event(event, permit));
+                }
+            }
+            Err(_) => {
+                pending.event = None;
+                tracing::error!("audit writer is gone; event could not be written");
+            }
         }
         let waiting = self.tx.max_capacity() - self.tx.capacity();
         self.writer.queue_depth.set(waiting as i64);
@@ -420,17 +471,20 @@ impl HttpBatch {
 
 /// Runs `op` until it succeeds, logging and backing off (up to 5 s) in
 /// between: the queue fills meanwhile and requests wait for room.
-fn retry(
-    what: &str,
-    failures: &prometheus::IntCounter,
-    mut op: impl FnMut() -> std::io::Result<()>,
-) {
+fn retry(what: &str, metrics: &AuditWriterMetrics, mut op: impl FnMut() -> std::io::Result<()>) {
     let mut backoff = std::time::Duration::from_millis(100);
+    let mut failed = false;
     while let Err(e) = op() {
-        failures.inc();
+        failed = true;
+        metrics.write_failures.inc();
+        metrics.sink_up.set(0);
         tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "audit {what} failed; retrying (requests wait)");
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+    }
+    if failed {
+        metrics.sink_up.set(1);
+        tracing::info!("audit {what} succeeded again");
     }
 }
 
@@ -444,7 +498,6 @@ fn write_loop<E: Serialize>(
     mut out: Output,
     metrics: &AuditWriterMetrics,
 ) {
-    let failures = &metrics.write_failures;
     while let Some(message) = rx.blocking_recv() {
         metrics.queue_depth.set(rx.len() as i64);
         let more_waiting = !rx.is_empty();
@@ -457,7 +510,7 @@ fn write_loop<E: Serialize>(
                 // frees as the writer takes its event.
                 Message::Event(event, _permit) => event,
                 Message::Flush(done) => {
-                    retry("flush", failures, || out.settle());
+                    retry("flush", metrics, || out.settle());
                     let _ = done.send(());
                     return;
                 }
@@ -470,9 +523,9 @@ fn write_loop<E: Serialize>(
                 }
             };
             line.push('\n');
-            retry("write", failures, || out.write_line(line.as_bytes()));
+            retry("write", metrics, || out.write_line(line.as_bytes()));
             if !more_waiting || out.full() {
-                retry("flush", failures, || out.settle());
+                retry("flush", metrics, || out.settle());
             }
         }));
         if handled.is_err() {
@@ -599,6 +652,109 @@ mod tests {
         }
         // A dropped request's event never waits, even over its share.
         sink.record_now(event("acme"));
+    }
+
+    impl AuditRecord for serde_json::Value {
+        fn metric_label(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    /// A collector on `port` from now on: answers every POST 200 and
+    /// keeps the bodies.
+    fn collector(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+        use std::io::{BufRead, BufReader, Read};
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let store = got.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    let mut reader = BufReader::new(conn);
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some((k, v)) = line.split_once(':') {
+                                if k.eq_ignore_ascii_case("content-length") {
+                                    length = v.trim().parse().unwrap();
+                                }
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        store.lock().unwrap().extend_from_slice(&body);
+                        out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        got
+    }
+
+    #[actix_web::test]
+    async fn an_event_whose_caller_is_cancelled_while_waiting_for_room_is_still_written() {
+        // The collector is down: the writer holds the first event, the
+        // queue (one slot) holds the second, the third waits for room.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = AuditConfig {
+            sink: AuditSinkKind::Http,
+            http_url: format!("http://127.0.0.1:{port}/ingest"),
+            queue_capacity: 1,
+            ..Default::default()
+        };
+        let sink: AuditSink<serde_json::Value> = test_sink(&config);
+        let quick = std::time::Duration::from_millis(300);
+        sink.record(serde_json::json!({"n": 0})).await;
+        while sink.writer.write_failures.get() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(sink.writer.sink_up.get(), 0);
+        tokio::time::timeout(quick, sink.record(serde_json::json!({"n": 1})))
+            .await
+            .unwrap();
+        // Its caller gives up while it waits (a client that went away).
+        assert!(
+            tokio::time::timeout(quick, sink.record(serde_json::json!({"n": 2})))
+                .await
+                .is_err(),
+            "the queue is full: the call waits"
+        );
+        // The collector comes back: all three arrive, in one chain.
+        let got = collector(port);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let lines = loop {
+            let body = got.lock().unwrap().clone();
+            let text = String::from_utf8(body).unwrap();
+            if text.lines().count() >= 3 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let ns: Vec<u64> = lines
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ns, vec![0, 1, 2], "{lines}");
+        assert_eq!(chain::verify(lines.as_bytes(), false).unwrap().broken, None);
+        assert_eq!(sink.writer.sink_up.get(), 1);
     }
 
     /// An event whose serialisation panics.

@@ -45,17 +45,24 @@ async fn ready(
     outbound: web::Data<crate::broker::gateway::Outbound>,
 ) -> HttpResponse {
     let maintenance = state.maintenance();
-    match state.ready_for_traffic(&outbound.client).await {
-        Ok(()) => {
-            HttpResponse::Ok().json(serde_json::json!({"ready": true, "maintenance": maintenance}))
-        }
-        Err(reason) => HttpResponse::ServiceUnavailable().json(
-            serde_json::json!({"ready": false, "reason": reason, "maintenance": maintenance}),
-        ),
+    let ready = state.ready_for_traffic(&outbound.client).await;
+    state.refresh_dependency_gauges();
+    // Which dependencies failed their last call, ready or not (a JWKS
+    // serving stale keys, a collector the audit writer retries, OPA
+    // answering junk leave the replica ready but are named here).
+    let failing = state.metrics.failing_dependencies();
+    match ready {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({
+            "ready": true, "maintenance": maintenance, "failing": failing,
+        })),
+        Err(reason) => HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "ready": false, "reason": reason, "maintenance": maintenance, "failing": failing,
+        })),
     }
 }
 
 async fn metrics(state: web::Data<BrokerState>) -> HttpResponse {
+    state.refresh_dependency_gauges();
     HttpResponse::Ok()
         .content_type(ContentType(
             "text/plain; version=0.0.4; charset=utf-8"

@@ -22,6 +22,7 @@ use crate::broker::admission::{Admission, ShardRequest};
 use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::platform::PLATFORM_TOKEN_HEADER;
+use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::{ReplayError, Verdict};
 use crate::broker::shared_admission::{Admit, SharedAdmission, SharedVerdict};
 use crate::broker::state::BrokerState;
@@ -652,6 +653,14 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
         .policy_seconds
         .with_label_values(&[state.policy.engine_label()])
         .observe(started.elapsed().as_secs_f64());
+    if let PolicyClient::Opa { .. } = &state.policy {
+        // An answer that is no decision counts as OPA failing too.
+        state
+            .metrics
+            .dependency_up
+            .with_label_values(&["opa", ""])
+            .set(i64::from(decided.is_ok()));
+    }
     let decision = match decided {
         Ok(d) => d,
         Err(e) => {
@@ -659,6 +668,11 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
                 .metrics
                 .policy_decisions
                 .with_label_values(&[&tenant.id, "error", "unknown"])
+                .inc();
+            state
+                .metrics
+                .policy_errors
+                .with_label_values(&[state.policy.engine_label(), e.cause()])
                 .inc();
             tracing::warn!(error = %e, request_id = ctx.request_id(), "policy unavailable; refusing");
             return Err(Rejection::policy_unavailable(matches!(
@@ -760,6 +774,18 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
     m.upstream_requests
         .with_label_values(&[&tenant.id, &connector.id, outcome])
         .inc();
+    // Reachable is up (its own 5xx included); no answer in time is down.
+    // A body over the limit or late is the agent's doing, not the upstream's.
+    let reached = match &forwarded {
+        Ok(_) => Some(true),
+        Err(UpstreamError::Timeout | UpstreamError::Failed(_)) => Some(false),
+        Err(UpstreamError::BodyTooLarge(_) | UpstreamError::BodyTimeout) => None,
+    };
+    if let Some(up) = reached {
+        m.dependency_up
+            .with_label_values(&[&format!("upstream:{}", connector.id), &tenant.id])
+            .set(i64::from(up));
+    }
     ctx.response = Some(match forwarded {
         Ok(response) => response,
         Err(UpstreamError::Timeout) => return Err(Rejection::upstream_timeout()),

@@ -467,10 +467,27 @@ impl BrokerState {
                 .await
                 .is_ok_and(|r| r.status().is_success());
             if !healthy {
+                // A failing probe is OPA failing; a passing one is left to
+                // the next decision (a healthy OPA may still answer junk).
+                self.metrics
+                    .dependency_up
+                    .with_label_values(&["opa", ""])
+                    .set(0);
                 return Err("policy engine (OPA) is not reachable");
             }
         }
         Ok(())
+    }
+
+    /// Sets the gauges of dependencies whose state is read rather than
+    /// observed on a call (`atb_dependency_up{dependency="redis"}`).
+    pub fn refresh_dependency_gauges(&self) {
+        if let Some(shared) = &self.shared {
+            self.metrics
+                .dependency_up
+                .with_label_values(&["redis", ""])
+                .set(i64::from(shared.admission.store().up()));
+        }
     }
 
     /// Constant-time check of an admin bearer token; `None` when the admin

@@ -8,9 +8,10 @@
 //! * Keys from the last good fetch stay usable for a bounded stale window
 //!   while refreshes fail; past it, verification fails closed.
 //! * [`start_refresh`] runs one periodic loop per source: it fetches at
-//!   start (retrying with backoff while the source has no keys, so a JWKS
-//!   outage at start-up is survived) and then periodically; a panic in a
-//!   fetch is contained and the loop goes on.
+//!   start and then periodically, retrying a failed fetch with backoff (so
+//!   a JWKS outage at start-up is survived, and a JWKS that returns is read
+//!   soon after, not a whole refresh interval later); a panic in a fetch is
+//!   contained and the loop goes on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,10 @@ pub struct JwksCache<S: KeyDocument = KeySet> {
 pub struct JwksMetrics {
     pub refreshes: prometheus::IntCounterVec,
     pub keys: prometheus::IntGaugeVec,
+    /// `atb_dependency_up{dependency="jwks", tenant}`: the last fetch.
+    pub up: prometheus::IntGaugeVec,
+    /// Unix time of the last good fetch, by tenant.
+    pub last_success: prometheus::IntGaugeVec,
 }
 
 /// Largest JWKS document read.
@@ -259,11 +264,19 @@ impl<S: KeyDocument> JwksCache<S> {
         let label = if result.is_ok() { "ok" } else { "error" };
         if let Some(m) = &self.metrics {
             m.refreshes.with_label_values(&[&self.name, label]).inc();
+            m.up.with_label_values(&["jwks", &self.name])
+                .set(i64::from(result.is_ok()));
         }
         match &result {
             Ok(n) => {
                 if let Some(m) = &self.metrics {
                     m.keys.with_label_values(&[&self.name]).set(*n as i64);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    m.last_success
+                        .with_label_values(&[&self.name])
+                        .set(i64::try_from(now).unwrap_or(i64::MAX));
                 }
                 if let Ok(mut s) = self.state.lock() {
                     s.fetched();
@@ -317,9 +330,12 @@ impl JwksCache<KeySet> {
 
 /// Refreshes one JWKS source forever as its own periodic loop
 /// (`atb_actors::periodic`, actor `jwks_refresh`, keyed by the cache's
-/// name): at start, then every `timings.refresh`; while the source has no
-/// usable keys, sooner, backing off from 1 s up to the refresh interval. One
-/// loop per tenant, so a slow or dead JWKS delays nobody else's.
+/// name): at start, then every `timings.refresh`; after a failed fetch,
+/// sooner, backing off from 1 s up to the refresh interval — whether or not
+/// the keys are still within their stale window, so a JWKS that comes back
+/// is read within about as long as it was away (at most one refresh
+/// interval) rather than a full interval later. One loop per tenant, so a
+/// slow or dead JWKS delays nobody else's.
 pub fn start_refresh<S: KeyDocument + 'static>(
     cache: Arc<JwksCache<S>>,
     tls: openssl::ssl::SslConnector,
@@ -343,7 +359,7 @@ pub fn start_refresh<S: KeyDocument + 'static>(
                 cache.fetch(&client).await.is_ok()
             };
             let refresh = cache.timings.refresh;
-            if ok || cache.has_usable_keys(Instant::now()) {
+            if ok {
                 backoff.set(Duration::from_secs(1));
                 refresh
             } else {

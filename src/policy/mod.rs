@@ -75,8 +75,24 @@ pub enum PolicyError {
     Overloaded,
     #[error("policy service unreachable: {0}")]
     Unreachable(String),
+    /// The remote engine did not answer within its time limit.
+    #[error("policy service did not answer within {0} ms")]
+    Timeout(u128),
     #[error("policy returned an unusable decision: {0}")]
     BadDecision(String),
+}
+
+impl PolicyError {
+    /// A bounded label for `atb_policy_errors_total{cause}`.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            PolicyError::Engine(_) => "engine",
+            PolicyError::Overloaded => "overloaded",
+            PolicyError::Unreachable(_) => "unreachable",
+            PolicyError::Timeout(_) => "timeout",
+            PolicyError::BadDecision(_) => "bad_decision",
+        }
+    }
 }
 
 impl Decision {

@@ -1,5 +1,8 @@
 //! The remote OPA option: `POST {OPA_DECISION_URL}` with `{"input": …}`,
-//! bounded by a timeout; every failure is a [`PolicyError`] (fail closed).
+//! bounded by a timeout; every failure is a [`PolicyError`] (fail closed):
+//! refused or broken connections `Unreachable`, no answer in time
+//! `Timeout`, a non-2xx status `Engine`, a body that is no decision
+//! `BadDecision`.
 
 use std::time::Duration;
 
@@ -22,7 +25,10 @@ pub async fn decide(
         .timeout(timeout)
         .send_json(&serde_json::json!({ "input": input }))
         .await
-        .map_err(|e| PolicyError::Unreachable(e.to_string()))?;
+        .map_err(|e| match e {
+            awc::error::SendRequestError::Timeout => PolicyError::Timeout(timeout.as_millis()),
+            e => PolicyError::Unreachable(e.to_string()),
+        })?;
     let status = response.status();
     let body = response
         .body()

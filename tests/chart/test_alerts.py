@@ -65,6 +65,12 @@ CASES = {
         {**A, "pod": "atb-agentauth-0", "severity": "critical"},
         [series("atb_redis_up", {**A, "pod": "atb-agentauth-0"}, "1 0 1 1 1 1")],  # a blip under 1m
     ),
+    "ATBDependencyFailing": (
+        [series("atb_dependency_up", {**B, "pod": "atb-broker-0", "dependency": "jwks", "tenant": "acme"}, "1 0 0 0 0 0")], "4m",
+        {**B, "pod": "atb-broker-0", "dependency": "jwks", "tenant": "acme", "severity": "warning"},
+        [series("atb_dependency_up", {**B, "pod": "atb-broker-0", "dependency": "jwks", "tenant": "acme"}, "1 0 1 1 1 1"),  # a blip under 2m
+         series("atb_dependency_up", {**B, "pod": "atb-broker-0", "dependency": "redis"}, "1 0 0 0 0 0")],  # ATBRedisDown's
+    ),
     "ATBPodRestarts": (  # one restart a minute
         [series("kube_pod_container_status_restarts_total", {"namespace": "atb", "pod": "atb-broker-x", "container": "broker"}, "0+1x60")], "60m",
         {"namespace": "atb", "pod": "atb-broker-x", "severity": "warning"},
@@ -91,7 +97,7 @@ def test_promtool_check_rules(rules_dir):
     d, _ = rules_dir
     r = promtool("check", "rules", "rules.yml", cwd=d)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 8 rules found" in r.stdout, r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout, r.stdout
 
 
 def test_every_alert_has_a_unit_test(rules_dir):

@@ -3,6 +3,7 @@
 //! `curl` as the independent client.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod load;
 pub mod process;
 pub mod redis_procs;
