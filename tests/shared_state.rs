@@ -480,7 +480,11 @@ fn rediss_is_verified_with_the_outbound_ca() {
     let toml = config(
         &key,
         start_upstream(),
-        &single(&format!("rediss://localhost:{port}")),
+        // Generous timeouts: this test is about trust, and a TLS connect
+        // on a loaded host can take longer than the 100 ms of `single`.
+        &format!(
+            "[redis]\nurl = \"rediss://localhost:{port}\"\ncommand_timeout_ms = 2000\nconnect_timeout_ms = 2000\n"
+        ),
         "",
     );
     let ca = pki.ca().display().to_string();
