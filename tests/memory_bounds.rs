@@ -1,5 +1,6 @@
 //! Memory bounds at the HTTP level (README "Memory bounds"): the broker's
-//! total connection bound, filled with held mTLS connections. The other
+//! total connection bound, filled with held mTLS connections, and the
+//! JWKS document bound (what a tenant's key cache may take in). The other
 //! tables are filled by unit tests beside their code, and the per-tenant
 //! connection and replay bounds by `front_door` and `pipeline`.
 
@@ -9,6 +10,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
+use actix_web::{web, App, HttpResponse};
 use common::process::Proc;
 use common::*;
 
@@ -130,4 +132,86 @@ fn the_total_connection_bound_holds_new_connections_until_one_closes() {
     ) == 200));
     second.kill().unwrap();
     second.wait().unwrap();
+}
+
+/// Serves the file `jwks` (re-read on every request) at `/jwks.json`.
+fn serve_file(jwks: std::path::PathBuf) -> u16 {
+    serve_app!(move || {
+        let jwks = jwks.clone();
+        App::new().route(
+            "/jwks.json",
+            web::get().to(move || {
+                let body = std::fs::read(&jwks).unwrap_or_default();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(body)
+                }
+            }),
+        )
+    })
+}
+
+#[test]
+fn a_jwks_document_over_256_kib_is_not_taken_in() {
+    let pki = Pki::new(&[]);
+    let key = SigningKey::new(pki.dir.path(), "jwks-key");
+    let raw = {
+        let pem = std::fs::read(&key.public).unwrap();
+        let der = openssl::pkey::PKey::public_key_from_pem(&pem)
+            .unwrap()
+            .raw_public_key()
+            .unwrap();
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, der)
+    };
+    let jwk =
+        |kid: String| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": raw});
+    // 3,000 keys: about 330 KiB, over the 256 KiB a fetch reads.
+    let big: Vec<_> = (0..3_000).map(|i| jwk(format!("key-{i:05}"))).collect();
+    let file = pki.path("jwks.json");
+    let doc = serde_json::json!({ "keys": big }).to_string();
+    assert!(doc.len() > 256 * 1024, "{}", doc.len());
+    std::fs::write(&file, doc).unwrap();
+    let jwks = serve_file(file.clone());
+    let config = format!(
+        r#"
+[[tenants]]
+id = "acme"
+trust_domain = "acme.example"
+[tenants.poa]
+jwks_url = "http://127.0.0.1:{jwks}/jwks.json"
+"#
+    );
+    let broker = Broker::start(&pki, &config, &[]);
+    let errors = r#"atb_jwks_refreshes_total{result="error",tenant="acme"}"#;
+    assert!(
+        eventually(Duration::from_secs(20), || metric(
+            &broker.metrics(),
+            errors
+        )
+        .is_some_and(|n| n >= 1.0)),
+        "{}",
+        broker.metrics()
+    );
+    // Not taken in: no keys, not ready.
+    let r = admin(&broker, "GET", "/ready", &[], None);
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json()["reason"], "verification keys not loaded");
+    assert!(broker.stderr().contains("JWKS refresh failed"));
+    // The same keys within the bound are (the broker's retries pick them up).
+    let small: Vec<_> = (0..100).map(|i| jwk(format!("key-{i:05}"))).collect();
+    std::fs::write(&file, serde_json::json!({ "keys": small }).to_string()).unwrap();
+    assert!(eventually(Duration::from_secs(30), || admin(
+        &broker,
+        "GET",
+        "/ready",
+        &[],
+        None
+    )
+    .status
+        == 200));
+    assert_eq!(
+        metric(&broker.metrics(), r#"atb_jwks_keys{tenant="acme"}"#),
+        Some(100.0)
+    );
 }
