@@ -273,10 +273,9 @@ fn a_killed_broker_loses_no_required_record_and_its_restart_continues_the_chain(
         out.contains("chain broker:") && out.contains("1 start(s)"),
         "{out}"
     );
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("audit.jsonl.torn")).unwrap(),
-        format!("{torn}\n")
-    );
+    // (A kill mid-write would have left its own torn bytes before ours.)
+    let aside = std::fs::read_to_string(dir.path().join("audit.jsonl.torn")).unwrap();
+    assert!(aside.ends_with(&format!("{torn}\n")), "{aside}");
     assert!(broker.stderr().contains("torn line"), "{}", broker.stderr());
 }
 

@@ -372,8 +372,10 @@ const TAIL_BYTES: u64 = 1 << 20;
 /// `<path>.torn` and cut off, so the chain continues from the last complete
 /// line; an intact line that only lacks its newline is kept and ended; an
 /// altered one is kept and the chain restarts after it. No intact line of the
-/// chain in the tail means a new start. A file that is not a regular file
-/// (a FIFO, a device) is only appended to.
+/// chain in the tail means a new start. Only the file's first writer (the
+/// holder of its exclusive lock) repairs the tail; a second writer of the
+/// same file only reads where its chain stands. A file that is not a
+/// regular file (a FIFO, a device) is only appended to.
 fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, chain::Tail)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::OpenOptions::new()
@@ -385,11 +387,36 @@ fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, chain:
     if !meta.is_file() {
         return Ok((file, chain::Tail::default()));
     }
+    // The first writer of a file holds an exclusive lock on it while it
+    // runs (released by the kernel when the process dies, even by kill -9).
+    // Only that writer repairs the tail: a later writer of the same file
+    // (AgentAuth beside the broker in `atb dev`) must not cut or end a
+    // line the first one is writing.
+    let first_writer = match rustix::fs::flock(
+        &file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => true,
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => false,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot lock the audit file; its tail is left as it is");
+            false
+        }
+    };
     let from = meta.len().saturating_sub(TAIL_BYTES);
     file.seek(SeekFrom::Start(from))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
     let last_newline = tail.iter().rposition(|&b| b == b'\n');
+    if !first_writer {
+        let complete = &tail[..last_newline.map_or(0, |nl| nl + 1)];
+        let lines = match (from, complete.iter().position(|&b| b == b'\n')) {
+            (0, _) => complete,
+            (_, Some(nl)) => &complete[nl + 1..],
+            (_, None) => &[][..],
+        };
+        return Ok((file, chain::tail_of(lines, chain)?));
+    }
     let unterminated = &tail[last_newline.map_or(0, |nl| nl + 1)..];
     // Not torn but altered (a hash suffix that fails): kept, ended, and
     // the chain restarts linked to its last intact line, so verify shows it.
@@ -852,7 +879,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!((v.lines, v.broken, v.torn_tail), (3, None, None));
-        // A torn line cut inside a multi-byte character, as the only line.
+        drop(out); // the writer is gone, and its lock on the file
+                   // A torn line cut inside a multi-byte character, as the only line.
         std::fs::write(&path, &"{\"chain\":\"é".as_bytes()[..11]).unwrap();
         let (_, tail) = open_file(&path, "broker").unwrap();
         assert_eq!(tail, chain::Tail::default());
@@ -924,6 +952,35 @@ mod tests {
         // A durable record queued behind the retried one times out.
         let r = sink.record_durable(serde_json::json!({"i": 1})).await;
         assert!(matches!(r, Err(DurableError::Timeout(2_000))), "{r:?}");
+    }
+
+    #[test]
+    fn only_the_first_writer_of_a_file_repairs_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::new("broker", ChainHead::default());
+        let first = chain.seal(&serde_json::json!({"i": 0})).unwrap();
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        let (mut held, _) = open_file(&path, "broker").unwrap();
+        // The first writer is mid-line when a second one opens the file.
+        held.write_all(b"{\"chain\":\"broker\",\"se").unwrap();
+        let (_, tail) = open_file(&path, "agentauth").unwrap();
+        assert_eq!(tail, chain::Tail::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("\"se"),
+            "the line in progress was touched: {text}"
+        );
+        assert!(!torn_path(&path).exists());
+        // Once the first writer is gone (its lock with it), the next
+        // first writer cuts the torn line.
+        drop(held);
+        let (_, tail) = open_file(&path, "broker").unwrap();
+        assert_eq!(tail.head.unwrap().seq, 1);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n")
+        );
     }
 
     #[test]
