@@ -3,8 +3,11 @@
 //! with the same signature. A step passes or ends the request with its own
 //! rejection; nothing after a failed step runs. A panicking step is caught
 //! and answered 500 `internal_error` (fail closed). Every request ends in
-//! exactly one audit event, emitted by the context's record when the
-//! request ends — answered, panicked or dropped (`broker::context`).
+//! exactly one `decision` audit event, emitted by the context's record
+//! when the request ends — answered, panicked or dropped
+//! (`broker::context`). A tenant with `audit_required` also gets a durable
+//! `forward` event before its request goes upstream (`durable_record`): no
+//! durable record, no forward (503 `audit_unavailable`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
