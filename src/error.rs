@@ -174,6 +174,17 @@ impl Rejection {
         .retry_after(1)
     }
 
+    /// An `audit_required` tenant's pre-forward record could not be made
+    /// durable: the request is not forwarded (the cause is logged).
+    pub fn audit_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit record could not be made durable; the request was not forwarded",
+        )
+        .retry_after(1)
+    }
+
     pub fn policy_denied(reason: String, details: Option<serde_json::Value>) -> Self {
         let mut r = Self::new(StatusCode::FORBIDDEN, "policy_denied", reason);
         r.details = details;

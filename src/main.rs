@@ -233,9 +233,12 @@ enum KeysCommand {
 enum AuditCommand {
     /// Check the hash chains of an audit log (a file, or `-` for stdin):
     /// every line's own hash, its sequence number and its link to the
-    /// previous line of its chain. Exits 1 at the first break; a chain that
-    /// starts again inside the file is a break too, unless
-    /// `--accept-linked-restarts` and it links to the chain's last line.
+    /// previous line of its chain. Exits 0 when every line verifies, 1 at
+    /// the first break (a chain that starts again inside the file is a
+    /// break too, unless `--accept-linked-restarts` and it links to the
+    /// chain's last line), 3 when every complete line verifies but the last
+    /// line is torn (no newline, not an intact line: the writer was killed
+    /// mid-write; the broker cuts it off at its next start).
     Verify {
         file: PathBuf,
         /// Accept restarts whose first line links to the chain's last
@@ -353,12 +356,20 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             if result.linked_restarts > 0 {
                 println!("linked restarts accepted: {}", result.linked_restarts);
             }
-            match result.broken {
-                None => {
+            match (result.broken, result.torn_tail) {
+                (None, None) => {
                     println!("intact: {} lines", result.lines);
                     Ok(())
                 }
-                Some((line, why)) => {
+                (None, Some((line, bytes))) => {
+                    println!("intact: {} complete lines", result.lines);
+                    eprintln!(
+                        "torn tail: line {line} ({bytes} bytes) has no newline and is not an \
+                         intact line (the writer stopped mid-write); every line before it verifies"
+                    );
+                    std::process::exit(3);
+                }
+                (Some((line, why)), _) => {
                     Err(format!("audit chain broken at line {line}: {why}").into())
                 }
             }

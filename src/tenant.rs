@@ -77,6 +77,12 @@ pub struct TenantConfig {
     /// agents' Biscuits are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub biscuit: Option<crate::biscuit::config::TenantBiscuitConfig>,
+    /// Every forwarded request first gets a durable `forward` audit record
+    /// (written and settled — fsynced for a file sink — before the request
+    /// goes upstream); a record that cannot be made durable refuses the
+    /// request (503 `audit_unavailable`). README "Crash durability".
+    #[serde(default)]
+    pub audit_required: bool,
 }
 
 /// The people accountable for an agent, as the tenant knows them.

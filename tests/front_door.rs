@@ -718,30 +718,39 @@ fn a_file_audit_sink_continues_its_chain_across_restarts() {
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["seq"], 3);
 
-    // A writer that died mid-line: the next run starts the chain again,
-    // linked to its last intact line. verify reports the restart unless
-    // told to accept linked ones.
-    let mut torn = text.clone();
-    torn.push_str("{\"chain\":\"broker\",\"seq\":4,\"pre");
-    std::fs::write(&file, torn).unwrap();
+    // A writer that died mid-line: verify reports the torn tail apart
+    // (exit 3); the next run cuts it off into FILE.torn and continues the
+    // chain from the last complete line.
+    let fragment = "{\"chain\":\"broker\",\"seq\":4,\"pre";
+    std::fs::write(&file, format!("{text}{fragment}")).unwrap();
+    let out = Command::new(ATB)
+        .args(["audit", "verify"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("torn tail: line 5"));
     let mut broker = Broker::start(&pki, TENANTS, &env);
     agent_get(&broker, &pki, Some("acme-agent"), "/api/x", &[]);
     sigterm(&broker);
     assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
     let text = std::fs::read_to_string(&file).unwrap();
-    let restart: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(restart["seq"], 0);
-    assert_eq!(restart["restart"]["after_seq"], 3);
-    assert_eq!(restart["restart"]["after_hash"], last["hash"]);
+    let next: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(next["seq"], 4);
+    assert_eq!(next["prev"], last["hash"]);
+    assert!(next.get("restart").is_none());
     let (ok, out) = audit_verify(&file);
-    assert!(!ok && out.contains("broken at line 5"), "{out}");
-    let (ok, out) = audit_verify_with(&file, &["--accept-linked-restarts"]);
     assert!(ok, "{out}");
-    assert!(out.contains("linked restarts accepted: 1"), "{out}");
-    // Lines cut out before a fresh start are not hidden by the flag.
+    assert!(out.contains("chain broker: 5 lines, 1 start"), "{out}");
+    let torn = dir.path().join("audit.jsonl.torn");
+    assert_eq!(
+        std::fs::read_to_string(torn).unwrap(),
+        format!("{fragment}\n")
+    );
+    // Lines cut out are still found.
     let mut lines: Vec<&str> = text.lines().collect();
     lines.remove(2);
-    std::fs::write(&file, lines.join("\n")).unwrap();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
     let (ok, _) = audit_verify_with(&file, &["--accept-linked-restarts"]);
     assert!(!ok);
 }

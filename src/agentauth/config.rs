@@ -28,8 +28,12 @@ pub struct AgentAuthConfig {
     pub max_mandate_ttl_seconds: u64,
     /// How long a challenge waits for approvals and minting.
     pub challenge_ttl_seconds: u64,
-    /// Most challenges held (pending or finished, until they expire).
+    /// Most challenges held (pending or finished, until they expire), in
+    /// all (in memory; with Redis the bound is per tenant only).
     pub max_challenges: usize,
+    /// Most challenges one tenant holds: past it that tenant's new
+    /// challenges get 503 `too_many_challenges`, other tenants' go on.
+    pub max_challenges_per_tenant: usize,
     /// Directory holding the signing keys (see `atb keys rotate`):
     /// `ed25519_privkey_pem` (active), optionally `ed25519_privkey_pem.next`,
     /// `ed25519_privkey_pem.previous` and `revoked_kids`.
@@ -69,6 +73,7 @@ impl Default for AgentAuthConfig {
             max_mandate_ttl_seconds: MAX_MANDATE_TTL,
             challenge_ttl_seconds: 300,
             max_challenges: 100_000,
+            max_challenges_per_tenant: 10_000,
             keys_dir: PathBuf::new(),
             key_reload_seconds: 10,
             agent_requests_per_minute: 120,
@@ -274,6 +279,12 @@ impl AgentAuthConfig {
         if !(1..=10_000_000).contains(&self.max_challenges) {
             return Err(invalid(
                 k("max_challenges"),
+                "must be between 1 and 10000000",
+            ));
+        }
+        if !(1..=10_000_000).contains(&self.max_challenges_per_tenant) {
+            return Err(invalid(
+                k("max_challenges_per_tenant"),
                 "must be between 1 and 10000000",
             ));
         }

@@ -151,13 +151,16 @@ impl AgentAuthState {
                 Arc::new(RedisChallenges::new(
                     store.clone(),
                     config.tenants.iter().map(|t| t.id.clone()).collect(),
-                    a.max_challenges,
+                    a.max_challenges_per_tenant,
                     super::EXPIRED_GRACE_SECONDS,
                 )),
                 Arc::new(RedisRateLimiter::new(store.clone())),
             ),
             None => (
-                Arc::new(MemoryChallenges::new(a.max_challenges)),
+                Arc::new(MemoryChallenges::new(
+                    a.max_challenges,
+                    a.max_challenges_per_tenant,
+                )),
                 Arc::new(MemoryRateLimiter::new(100_000)),
             ),
         };

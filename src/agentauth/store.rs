@@ -54,26 +54,43 @@ pub struct Swept {
     pub held: Option<usize>,
 }
 
-/// Challenges in this process.
+/// Challenges in this process: at most `capacity` in all and `per_tenant`
+/// of one tenant (held until they expire and are swept), so one tenant's
+/// agents flooding challenges get `Refusal::Full` while other tenants keep
+/// their room.
 pub struct MemoryChallenges {
     map: DashMap<String, Challenge>,
     capacity: usize,
+    per_tenant: usize,
     len: AtomicUsize,
+    /// Challenges held per tenant.
+    held: DashMap<String, usize>,
 }
 
 impl MemoryChallenges {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(capacity: usize, per_tenant: usize) -> Self {
         Self {
             map: DashMap::new(),
             capacity,
+            per_tenant: per_tenant.max(1),
             len: AtomicUsize::new(0),
+            held: DashMap::new(),
         }
+    }
+
+    /// Challenges `tenant` holds.
+    pub fn held(&self, tenant: &str) -> usize {
+        self.held.get(tenant).map_or(0, |h| *h)
     }
 }
 
 impl ChallengeStore for MemoryChallenges {
     fn insert(&self, challenge: Challenge) -> BoxFuture<'_, Result<(), Refusal>> {
-        let result = if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+        // The tenant's count is locked across the checks and the insert.
+        let mut held = self.held.entry(challenge.tenant.clone()).or_insert(0);
+        let result = if *held >= self.per_tenant {
+            Err(Refusal::Full)
+        } else if self.len.fetch_add(1, Ordering::AcqRel) >= self.capacity {
             self.len.fetch_sub(1, Ordering::AcqRel);
             Err(Refusal::Full)
         } else {
@@ -83,11 +100,13 @@ impl ChallengeStore for MemoryChallenges {
                     Err(Refusal::Store("challenge id collision".into()))
                 }
                 dashmap::Entry::Vacant(v) => {
+                    *held += 1;
                     v.insert(challenge);
                     Ok(())
                 }
             }
         };
+        drop(held);
         Box::pin(async move { result })
     }
 
@@ -136,6 +155,7 @@ impl ChallengeStore for MemoryChallenges {
 
     fn sweep(&self, now: i64, grace: i64) -> BoxFuture<'_, Result<Swept, Refusal>> {
         let mut swept = Swept::default();
+        let mut gone = Vec::new();
         self.map.retain(|_, c| {
             if c.expires_at <= now && !c.expiry_reported {
                 c.expiry_reported = true;
@@ -144,9 +164,19 @@ impl ChallengeStore for MemoryChallenges {
                 }
             }
             let keep = c.expires_at + grace > now;
-            swept.removed += usize::from(!keep);
+            if !keep {
+                swept.removed += 1;
+                gone.push(c.tenant.clone());
+            }
             keep
         });
+        // Counted down after the map's locks are released (insert takes
+        // the tenant's count first, then the map's).
+        for tenant in gone {
+            if let Some(mut held) = self.held.get_mut(&tenant) {
+                *held = held.saturating_sub(1);
+            }
+        }
         self.len.fetch_sub(swept.removed, Ordering::AcqRel);
         Box::pin(async move { Ok(swept) })
     }
@@ -257,7 +287,7 @@ mod tests {
 
     #[actix_web::test]
     async fn capacity_ids_and_sweep() {
-        let s = MemoryChallenges::new(2);
+        let s = MemoryChallenges::new(2, 10);
         s.insert(challenge("a", Tier::Low, 0)).await.unwrap();
         assert!(matches!(
             s.insert(challenge("a", Tier::Low, 0)).await,
@@ -302,7 +332,7 @@ mod tests {
 
     #[actix_web::test]
     async fn failed_transitions_change_nothing() {
-        let s = MemoryChallenges::new(10);
+        let s = MemoryChallenges::new(10, 10);
         s.insert(challenge("a", Tier::High, 0)).await.unwrap();
         let r = s
             .update(
@@ -319,7 +349,7 @@ mod tests {
 
     #[test]
     fn racing_approvals_are_all_counted_once() {
-        let store = Arc::new(MemoryChallenges::new(10));
+        let store = Arc::new(MemoryChallenges::new(10, 10));
         futures_executor_block_on(store.insert(challenge("a", Tier::High, 0))).unwrap();
         // 8 threads, each approving as 8 people, half of them shared:
         // exactly two approvals land, no more, no fewer.
@@ -356,6 +386,39 @@ mod tests {
 
     fn futures_executor_block_on<T>(f: BoxFuture<'_, T>) -> T {
         actix_web::rt::System::new().block_on(f)
+    }
+
+    fn challenge_of(tenant: &str, id: &str) -> Challenge {
+        let mut c = challenge(id, Tier::Low, 0);
+        c.tenant = tenant.into();
+        c
+    }
+
+    #[actix_web::test]
+    async fn a_tenant_that_fills_its_share_of_challenges_leaves_others_room() {
+        let s = MemoryChallenges::new(5, 2);
+        for id in ["a1", "a2"] {
+            s.insert(challenge_of("acme", id)).await.unwrap();
+        }
+        // acme is at its share; globex is not.
+        assert_eq!(
+            s.insert(challenge_of("acme", "a3")).await,
+            Err(Refusal::Full)
+        );
+        for id in ["g1", "g2"] {
+            s.insert(challenge_of("globex", id)).await.unwrap();
+        }
+        assert_eq!((s.held("acme"), s.held("globex")), (2, 2));
+        // The total bounds every tenant together.
+        s.insert(challenge_of("initech", "i1")).await.unwrap();
+        assert_eq!(
+            s.insert(challenge_of("initech", "i2")).await,
+            Err(Refusal::Full)
+        );
+        // Swept challenges give the share back.
+        assert_eq!(s.sweep(1_000, 0).await.unwrap().removed, 5);
+        assert_eq!((s.held("acme"), s.held("globex")), (0, 0));
+        s.insert(challenge_of("acme", "a3")).await.unwrap();
     }
 
     #[test]

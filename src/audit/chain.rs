@@ -16,6 +16,15 @@
 //! too); an unlinked restart is always a finding, so lines cut out of the
 //! middle cannot be hidden behind a fresh start. Anything else out of
 //! order is a break.
+//!
+//! A torn tail — a last line without its newline and without a hash
+//! suffix: a write cut short (the writer was killed mid-write) — is not a
+//! break: [`verify`]
+//! checks every complete line before it and reports the tail apart
+//! ([`Verification::torn_tail`]; `atb audit verify` exits 3). Only the very
+//! end of a stream can be torn this way: an unreadable line followed by a
+//! newline is a break. A file sink cuts such a tail off when it starts
+//! (`audit::open_file`), so a restarted file verifies whole.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -162,6 +171,8 @@ pub enum LineError {
     NotJson(String),
     #[error("no {0} field of the right type")]
     Field(&'static str),
+    #[error("not UTF-8")]
+    NotUtf8,
 }
 
 /// Checks one line's own hash and reads its links.
@@ -211,6 +222,16 @@ pub fn read_line(line: &str) -> Result<LineLink, LineError> {
     })
 }
 
+/// Whether `line` (the stream's last, without a newline) is a torn write:
+/// a prefix of a line cut before its hash suffix. A line that carries a
+/// hash suffix but fails its check was altered, not torn.
+pub fn is_torn(line: &[u8]) -> bool {
+    match std::str::from_utf8(line) {
+        Err(_) => true,
+        Ok(l) => matches!(read_line(l), Err(LineError::NoHash)),
+    }
+}
+
 /// The outcome of checking a stream of lines.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Verification {
@@ -221,23 +242,51 @@ pub struct Verification {
     pub linked_restarts: u64,
     /// The first problem, with its 1-based line number.
     pub broken: Option<(u64, String)>,
+    /// A torn tail: the last line's 1-based number and its length in
+    /// bytes; it ends without a newline and is not an intact line. Not
+    /// counted in `lines`, and not a break.
+    pub torn_tail: Option<(u64, usize)>,
 }
 
 /// Checks every line of `input`; stops at the first break. A restart of a
 /// chain already seen is a finding unless `accept_linked_restarts` and it
 /// links to that chain's last line (then one torn line right before it is
-/// accepted too: the writer died mid-line and restarted).
-pub fn verify(input: impl BufRead, accept_linked_restarts: bool) -> std::io::Result<Verification> {
+/// accepted too: the writer died mid-line and restarted). An unreadable
+/// last line without a newline is a torn tail, reported apart.
+pub fn verify(
+    mut input: impl BufRead,
+    accept_linked_restarts: bool,
+) -> std::io::Result<Verification> {
     let mut result = Verification::default();
     let mut heads: BTreeMap<String, ChainHead> = BTreeMap::new();
     // An unreadable line waiting to see whether a linked restart follows.
     let mut torn: Option<(u64, String)> = None;
-    for line in input.lines() {
-        let line = line?;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if input.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let terminated = line.last() == Some(&b'\n');
+        if terminated {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
         result.lines += 1;
         let n = result.lines;
-        let link = match read_line(&line) {
+        let read = std::str::from_utf8(&line)
+            .map_err(|_| LineError::NotUtf8)
+            .and_then(read_line);
+        let link = match read {
             Ok(l) => l,
+            // Only the end of the stream lacks a newline.
+            Err(_) if !terminated && torn.is_none() && is_torn(&line) => {
+                result.lines -= 1;
+                result.torn_tail = Some((n, line.len()));
+                break;
+            }
             Err(e) if accept_linked_restarts && torn.is_none() => {
                 torn = Some((n, e.to_string()));
                 continue;
@@ -325,8 +374,12 @@ pub struct Tail {
 /// Where `chain` stands at the end of an existing audit file.
 pub fn tail_of(input: impl BufRead, chain: &str) -> std::io::Result<Tail> {
     let mut tail = Tail::default();
-    for line in input.lines() {
-        match read_line(&line?) {
+    for line in input.split(b'\n') {
+        let line = line?;
+        let read = std::str::from_utf8(&line)
+            .map_err(|_| LineError::NotUtf8)
+            .and_then(|l| read_line(l.strip_suffix('\r').unwrap_or(l)));
+        match read {
             Ok(link) if link.chain == chain => {
                 tail.last_intact = Some(RestartLink {
                     after_seq: link.seq,
@@ -408,8 +461,14 @@ mod tests {
         let mut forged = l[..2].to_vec();
         forged.push(lines(&mut forged_chain, 1).remove(0));
         assert!(check(&forged).broken.unwrap().1.contains("prev"));
-        // Garbage and a missing hash.
-        assert_eq!(check(&[l[0].clone(), "{}".into()]).broken.unwrap().0, 2);
+        // Garbage and a missing hash (ended by a newline: not a torn tail).
+        let garbage = format!("{}\n{{}}\n", l[0]);
+        let r = verify(garbage.as_bytes(), false).unwrap();
+        assert_eq!(r.broken.unwrap().0, 2);
+        // An altered last line without its newline is a break, not a torn
+        // tail: a torn write never has the hash suffix.
+        let r = check(&edited[..2]);
+        assert_eq!((r.broken.unwrap().0, r.torn_tail), (2, None));
         assert!(read_line("").is_err());
         assert!(read_line("é").is_err());
     }
@@ -483,8 +542,22 @@ mod tests {
         let mut torn_only = l.clone();
         torn_only.insert(2, "{\"chain\"".into());
         assert_eq!(check_accepting(&torn_only).broken.unwrap().0, 3);
+        // A torn line that ends the stream (no newline, no hash suffix): a
+        // torn tail, the lines before it verified.
         torn_only.truncate(3);
-        assert_eq!(check_accepting(&torn_only).broken.unwrap().0, 3);
+        for r in [check_accepting(&torn_only), check(&torn_only)] {
+            assert_eq!((r.lines, r.broken, r.torn_tail), (2, None, Some((3, 8))));
+        }
+        // The same line ended by a newline is a break.
+        let ended = format!("{}\n", torn_only.join("\n"));
+        let r = verify(ended.as_bytes(), false).unwrap();
+        assert_eq!((r.broken.unwrap().0, r.torn_tail), (3, None));
+        // A break before a torn tail is still the break.
+        let mut both = l.clone();
+        both[1] = both[1].replace("\"i\":0", "\"i\":9");
+        both.push("{\"ch".into());
+        let r = check(&both);
+        assert_eq!(r.broken.unwrap().0, 2);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub struct AuditConfig {
     /// Most lines in one batch (a batch is also sent whenever the queue
     /// drains).
     pub http_batch_lines: usize,
+    /// How long a request of an `audit_required` tenant waits for its
+    /// pre-forward record to be durable (written and fsynced, or posted)
+    /// before it is refused with 503 `audit_unavailable`.
+    pub durable_timeout_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -48,6 +52,7 @@ impl Default for AuditConfig {
             http_url: String::new(),
             http_authorization: None,
             http_batch_lines: 500,
+            durable_timeout_ms: 2_000,
         }
     }
 }

@@ -4,6 +4,19 @@
 //! collector (NDJSON batches). The queue is
 //! bounded and a full queue makes the request wait for room — an event is
 //! never dropped.
+//!
+//! - Durable records ([`AuditSink::record_durable`]): the caller waits
+//!   until its line is written and settled (fsynced for a file, posted 2xx
+//!   for HTTP). Settles are shared: the writer writes every event waiting
+//!   in the queue and settles once for all of them (group commit), so
+//!   concurrent durable records cost one fsync per batch, not one each.
+//!   A failed write or settle answers every durable record waiting on it
+//!   with the error at once (the writer then retries as always, so the
+//!   chain shows no gap); a caller also stops waiting after
+//!   `audit.durable_timeout_ms`.
+//! - A file sink starts by cutting a torn last line (bytes after the last
+//!   newline: the writer died mid-line) into `<file>.torn` and continues the
+//!   chain from the last complete line, so the file verifies as one chain.
 
 pub mod chain;
 pub mod config;
@@ -54,6 +67,11 @@ pub struct AuditEvent {
     pub outcome: &'static str,
 }
 
+/// The `event` of the durable record an `audit_required` tenant's request
+/// gets before it is forwarded (its `status` is 0: not answered yet; the
+/// request's `decision` record follows when it is answered).
+pub const FORWARD_EVENT: &str = "forward";
+
 /// The `decision` of an answer: allow for 2xx/3xx, error for 5xx, else deny.
 pub fn decision_for(status: u16) -> &'static str {
     match status {
@@ -75,7 +93,10 @@ pub trait AuditRecord: Serialize + Send + 'static {
 
 impl AuditRecord for AuditEvent {
     fn metric_label(&self) -> &'static str {
-        self.decision
+        match self.event {
+            FORWARD_EVENT => FORWARD_EVENT,
+            _ => self.decision,
+        }
     }
     fn share_key(&self) -> &str {
         &self.tenant
@@ -144,6 +165,8 @@ pub struct AuditSink<E: AuditRecord = AuditEvent> {
     events: prometheus::IntCounterVec,
     writer: AuditWriterMetrics,
     shares: Shares,
+    /// How long [`Self::record_durable`] waits.
+    durable_timeout: std::time::Duration,
 }
 
 /// Each tenant's share of the queue: a semaphore of `per_key` permits per
@@ -163,10 +186,29 @@ impl Shares {
     }
 }
 
+/// Answers a durable record: `Ok` once its line is written and settled.
+type Ack = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// An event until it is queued; dropped still holding it (its caller
+/// was cancelled while waiting for room), it goes through
+/// [`AuditSink::record_now`], so it is never lost.
+struct Pending<'s, E: AuditRecord> {
+    sink: &'s AuditSink<E>,
+    event: Option<E>,
+}
+
+impl<E: AuditRecord> Drop for Pending<'_, E> {
+    fn drop(&mut self) {
+        if let Some(event) = self.event.take() {
+            self.sink.record_now(event);
+        }
+    }
+}
+
 enum Message<E> {
-    /// An event, and its place in its tenant's share (released once the
-    /// writer took it).
-    Event(E, Option<OwnedSemaphorePermit>),
+    /// An event, its place in its tenant's share (released once the
+    /// writer took it), and for a durable record who waits for it.
+    Event(E, Option<OwnedSemaphorePermit>, Option<Ack>),
     /// Settle everything queued before, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -178,6 +220,7 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
             events: self.events.clone(),
             writer: self.writer.clone(),
             shares: self.shares.clone(),
+            durable_timeout: self.durable_timeout,
         }
     }
 }
@@ -192,6 +235,18 @@ pub enum AuditStartError {
     },
     #[error("cannot start the audit writer: {0}")]
     Writer(std::io::Error),
+}
+
+/// A durable record could not be made durable (the request it stands for
+/// must not go ahead).
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("the audit write failed: {0}")]
+    Write(String),
+    #[error("the audit record was not durable within {0} ms")]
+    Timeout(u64),
+    #[error("the audit writer is gone")]
+    WriterGone,
 }
 
 impl<E: AuditRecord> AuditSink<E> {
@@ -223,6 +278,7 @@ impl<E: AuditRecord> AuditSink<E> {
             AuditSinkKind::Http => Some((config.clone(), tls.clone())),
             _ => None,
         };
+        let durable_timeout = std::time::Duration::from_millis(config.durable_timeout_ms);
         let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
         let metrics = writer.clone();
         std::thread::Builder::new()
@@ -245,6 +301,7 @@ impl<E: AuditRecord> AuditSink<E> {
             events,
             writer,
             shares,
+            durable_timeout,
         })
     }
 
@@ -254,40 +311,64 @@ impl<E: AuditRecord> AuditSink<E> {
     /// request whose client went away, a worker stopped at the end of the
     /// shutdown grace) hands it to [`Self::record_now`] instead of losing it.
     pub async fn record(&self, event: E) {
-        /// The event until it is queued; dropped holding it, it goes
-        /// through `record_now`.
-        struct Pending<'s, E: AuditRecord> {
-            sink: &'s AuditSink<E>,
-            event: Option<E>,
-        }
-        impl<E: AuditRecord> Drop for Pending<'_, E> {
-            fn drop(&mut self) {
-                if let Some(event) = self.event.take() {
-                    self.sink.record_now(event);
-                }
-            }
-        }
         let share = self.shares.of(event.share_key());
         let mut pending = Pending {
             sink: self,
             event: Some(event),
         };
         let permit = share.acquire_owned().await.ok();
-        // Room first, then the event: waiting for room never holds it.
-        match self.tx.reserve().await {
-            Ok(room) => {
-                if let Some(event) = pending.event.take() {
-                    self.events.with_label_values(&[event.metric_label()]).inc();
-                    room.send(Message::Event(event, permit));
-                }
-            }
-            Err(_) => {
-                pending.event = None;
-                tracing::error!("audit writer is gone; event could not be written");
-            }
+        if let Err(e) = self.enqueue(&mut pending, permit, None).await {
+            tracing::error!(error = %e, "audit event could not be written");
+        }
+    }
+
+    /// Room first, then the event: waiting for room never holds the event,
+    /// so a cancelled wait leaves it with `pending` (which writes it on
+    /// drop).
+    async fn enqueue(
+        &self,
+        pending: &mut Pending<'_, E>,
+        permit: Option<OwnedSemaphorePermit>,
+        ack: Option<Ack>,
+    ) -> Result<(), DurableError> {
+        let room = self.tx.reserve().await.map_err(|_| {
+            pending.event = None;
+            DurableError::WriterGone
+        })?;
+        if let Some(event) = pending.event.take() {
+            self.events.with_label_values(&[event.metric_label()]).inc();
+            room.send(Message::Event(event, permit, ack));
         }
         let waiting = self.tx.max_capacity() - self.tx.capacity();
         self.writer.queue_depth.set(waiting as i64);
+        Ok(())
+    }
+
+    /// Records `event` and waits until its line is written and settled
+    /// (fsynced, posted), at most `audit.durable_timeout_ms` in all
+    /// (waiting for queue room included). An error means the line may
+    /// not be durable: whatever it stands for must not go ahead (the
+    /// writer still retries it, so the chain keeps no gap; an event still
+    /// waiting for room when the time is up is written without waiting).
+    pub async fn record_durable(&self, event: E) -> Result<(), DurableError> {
+        let limit = self.durable_timeout;
+        let share = self.shares.of(event.share_key());
+        let mut pending = Pending {
+            sink: self,
+            event: Some(event),
+        };
+        let waited = tokio::time::timeout(limit, async {
+            let permit = share.acquire_owned().await.ok();
+            let (ack, settled) = tokio::sync::oneshot::channel();
+            self.enqueue(&mut pending, permit, Some(ack)).await?;
+            match settled.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(DurableError::Write(e)),
+                Err(_) => Err(DurableError::WriterGone),
+            }
+        })
+        .await;
+        waited.unwrap_or(Err(DurableError::Timeout(limit.as_millis() as u64)))
     }
 
     /// Records `event` without waiting (for `Drop`, which cannot): into
@@ -298,7 +379,7 @@ impl<E: AuditRecord> AuditSink<E> {
         // Never waits for the share either: an event that finds its
         // tenant's share full goes in without a permit rather than be lost.
         let permit = self.shares.of(event.share_key()).try_acquire_owned().ok();
-        match self.tx.try_send(Message::Event(event, permit)) {
+        match self.tx.try_send(Message::Event(event, permit, None)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
                 let tx = self.tx.clone();
@@ -345,9 +426,15 @@ const TAIL_BYTES: u64 = 1 << 20;
 
 /// Opens `path` for appending and finds where `chain` stands in it, from
 /// the file's last [`TAIL_BYTES`] only (start-up does not grow with the
-/// log): no intact line of the chain there, or a torn last line, means a
-/// new start. A torn last line (no newline) is ended first, so the next
-/// line starts clean.
+/// log). A torn last line (bytes after the last newline without a hash
+/// suffix: the writer died mid-line, [`chain::is_torn`]) is moved to
+/// `<path>.torn` and cut off, so the chain continues from the last complete
+/// line; an intact line that only lacks its newline is kept and ended; an
+/// altered one is kept and the chain restarts after it. No intact line of the
+/// chain in the tail means a new start. Only the file's first writer (the
+/// holder of its exclusive lock) repairs the tail; a second writer of the
+/// same file only reads where its chain stands. A file that is not a
+/// regular file (a FIFO, a device) is only appended to.
 fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, chain::Tail)> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::OpenOptions::new()
@@ -355,21 +442,99 @@ fn open_file(path: &Path, chain: &str) -> std::io::Result<(std::fs::File, chain:
         .append(true)
         .read(true)
         .open(path)?;
-    let from = file.metadata()?.len().saturating_sub(TAIL_BYTES);
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok((file, chain::Tail::default()));
+    }
+    // The first writer of a file holds an exclusive lock on it while it
+    // runs (released by the kernel when the process dies, even by kill -9).
+    // Only that writer repairs the tail: a later writer of the same file
+    // (AgentAuth beside the broker in `atb dev`) must not cut or end a
+    // line the first one is writing.
+    let first_writer = match rustix::fs::flock(
+        &file,
+        rustix::fs::FlockOperation::NonBlockingLockExclusive,
+    ) {
+        Ok(()) => true,
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => false,
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot lock the audit file; its tail is left as it is");
+            false
+        }
+    };
+    let from = meta.len().saturating_sub(TAIL_BYTES);
     file.seek(SeekFrom::Start(from))?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail)?;
+    let last_newline = tail.iter().rposition(|&b| b == b'\n');
+    if !first_writer {
+        let complete = &tail[..last_newline.map_or(0, |nl| nl + 1)];
+        let lines = match (from, complete.iter().position(|&b| b == b'\n')) {
+            (0, _) => complete,
+            (_, Some(nl)) => &complete[nl + 1..],
+            (_, None) => &[][..],
+        };
+        return Ok((file, chain::tail_of(lines, chain)?));
+    }
+    let unterminated = &tail[last_newline.map_or(0, |nl| nl + 1)..];
+    // Not torn but altered (a hash suffix that fails): kept, ended, and
+    // the chain restarts linked to its last intact line, so verify shows it.
+    let altered = !unterminated.is_empty()
+        && !chain::is_torn(unterminated)
+        && std::str::from_utf8(unterminated).map_or(true, |l| chain::read_line(l).is_err());
+    let torn = !unterminated.is_empty() && chain::is_torn(unterminated);
+    let mut kept = tail.len();
+    match (torn, last_newline) {
+        (false, _) if altered => {
+            file.write_all(b"\n")?;
+            tracing::warn!(file = %path.display(), "the audit file's last line fails its hash; the chain restarts after it");
+        }
+        (false, _) if !unterminated.is_empty() => file.write_all(b"\n")?,
+        (false, _) => {}
+        // The torn line starts inside the tail: cut it off.
+        (true, Some(nl)) => kept = nl + 1,
+        (true, None) if from == 0 => kept = 0,
+        // A torn line longer than the tail: end it and start a new run
+        // linked to nothing found (an edge no writer of ours produces).
+        (true, None) => {
+            file.write_all(b"\n")?;
+            return Ok((file, chain::Tail::default()));
+        }
+    }
+    if kept < tail.len() {
+        let cut = &tail[kept..];
+        let mut aside = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(torn_path(path))?;
+        aside.write_all(cut)?;
+        aside.write_all(b"\n")?;
+        aside.sync_data()?;
+        file.set_len(from + kept as u64)?;
+        file.sync_data()?;
+        tracing::warn!(
+            file = %path.display(),
+            bytes = cut.len(),
+            moved_to = %torn_path(path).display(),
+            "the audit file ended in a torn line (the writer stopped mid-line); it was cut off and the chain continues from the last complete line"
+        );
+    }
     // Reading from the middle of the file: skip the partial first line.
-    let lines = match (from, tail.iter().position(|&b| b == b'\n')) {
-        (0, _) => &tail[..],
-        (_, Some(nl)) => &tail[nl + 1..],
+    let lines = &tail[..kept];
+    let lines = match (from, lines.iter().position(|&b| b == b'\n')) {
+        (0, _) => lines,
+        (_, Some(nl)) => &lines[nl + 1..],
         (_, None) => &[][..],
     };
     let head = chain::tail_of(lines, chain)?;
-    if tail.last().is_some_and(|&b| b != b'\n') {
-        file.write_all(b"\n")?;
-    }
     Ok((file, head))
+}
+
+/// Where a torn last line cut off at start is kept.
+pub fn torn_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".torn");
+    name.into()
 }
 
 /// Where sealed lines go.
@@ -488,16 +653,50 @@ fn retry(what: &str, metrics: &AuditWriterMetrics, mut op: impl FnMut() -> std::
     }
 }
 
+/// Most durable records waiting for one settle: under a queue that never
+/// drains, the writer still settles at least this often.
+const MAX_GROUP_COMMIT: usize = 256;
+
+/// Durable records written and waiting for the next settle.
+#[derive(Default)]
+struct Waiting(Vec<Ack>);
+
+impl Waiting {
+    /// Tells everyone waiting how the settle went.
+    fn answer(&mut self, result: &Result<(), String>) {
+        for ack in self.0.drain(..) {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+/// Settles `out`; a first failure is reported to the durable records
+/// waiting at once (they must not wait out the retries), then the settle is
+/// retried until it succeeds.
+fn settle(out: &mut Output, waiting: &mut Waiting, metrics: &AuditWriterMetrics) {
+    let first = out.settle().map_err(|e| e.to_string());
+    if let Err(e) = &first {
+        metrics.write_failures.inc();
+        metrics.sink_up.set(0);
+        tracing::error!(error = %e, "audit flush failed; retrying (requests wait)");
+        waiting.answer(&Err(e.clone()));
+        retry("flush", metrics, || out.settle());
+        metrics.sink_up.set(1);
+    }
+    waiting.answer(&Ok(()));
+}
+
 /// Seals and writes events as they come, settling the output whenever the
-/// queue is drained (or an HTTP batch is full). Failed writes and settles
-/// are retried until they succeed, so nothing is dropped and the chain
-/// shows no gap.
+/// queue is drained (or an HTTP batch is full, or [`MAX_GROUP_COMMIT`]
+/// durable records wait). Failed writes and settles are retried until they
+/// succeed, so nothing is dropped and the chain shows no gap.
 fn write_loop<E: Serialize>(
     mut rx: mpsc::Receiver<Message<E>>,
     mut chain: Chain,
     mut out: Output,
     metrics: &AuditWriterMetrics,
 ) {
+    let mut waiting = Waiting::default();
     while let Some(message) = rx.blocking_recv() {
         metrics.queue_depth.set(rx.len() as i64);
         let more_waiting = !rx.is_empty();
@@ -505,12 +704,12 @@ fn write_loop<E: Serialize>(
         // serialisation) is caught and counted, and the writer goes on with
         // the chain as it stood (a line is sealed whole or not at all).
         let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let event = match message {
+            let (event, mut ack) = match message {
                 // The permit goes with the message: the tenant's share
                 // frees as the writer takes its event.
-                Message::Event(event, _permit) => event,
+                Message::Event(event, _permit, ack) => (event, ack),
                 Message::Flush(done) => {
-                    retry("flush", metrics, || out.settle());
+                    settle(&mut out, &mut waiting, metrics);
                     let _ = done.send(());
                     return;
                 }
@@ -519,13 +718,26 @@ fn write_loop<E: Serialize>(
                 Ok(line) => line,
                 Err(e) => {
                     tracing::error!(error = %e, "audit event could not be encoded");
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(format!("not encodable: {e}")));
+                    }
                     return;
                 }
             };
             line.push('\n');
-            retry("write", metrics, || out.write_line(line.as_bytes()));
-            if !more_waiting || out.full() {
-                retry("flush", metrics, || out.settle());
+            if let Err(e) = out.write_line(line.as_bytes()) {
+                metrics.write_failures.inc();
+                metrics.sink_up.set(0);
+                if let Some(ack) = ack.take() {
+                    let _ = ack.send(Err(e.to_string()));
+                }
+                tracing::error!(error = %e, "audit write failed; retrying (requests wait)");
+                retry("write", metrics, || out.write_line(line.as_bytes()));
+                metrics.sink_up.set(1);
+            }
+            waiting.0.extend(ack);
+            if !more_waiting || out.full() || waiting.0.len() >= MAX_GROUP_COMMIT {
+                settle(&mut out, &mut waiting, metrics);
             }
         }));
         if handled.is_err() {
@@ -533,6 +745,7 @@ fn write_loop<E: Serialize>(
             tracing::error!("the audit writer panicked on one event; it goes on with the next");
         }
     }
+    settle(&mut out, &mut waiting, metrics);
 }
 
 /// Now as RFC 3339 UTC with milliseconds.
@@ -714,6 +927,7 @@ mod tests {
             sink: AuditSinkKind::Http,
             http_url: format!("http://127.0.0.1:{port}/ingest"),
             queue_capacity: 1,
+            durable_timeout_ms: 300,
             ..Default::default()
         };
         let sink: AuditSink<serde_json::Value> = test_sink(&config);
@@ -733,13 +947,19 @@ mod tests {
                 .is_err(),
             "the queue is full: the call waits"
         );
-        // The collector comes back: all three arrive, in one chain.
+        // A durable record that times out waiting for room is refused
+        // (its request must not go ahead) but still written.
+        assert!(matches!(
+            sink.record_durable(serde_json::json!({"n": 3})).await,
+            Err(DurableError::Timeout(300))
+        ));
+        // The collector comes back: all four arrive, in one chain.
         let got = collector(port);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let lines = loop {
             let body = got.lock().unwrap().clone();
             let text = String::from_utf8(body).unwrap();
-            if text.lines().count() >= 3 || std::time::Instant::now() > deadline {
+            if text.lines().count() >= 4 || std::time::Instant::now() > deadline {
                 break text;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -752,7 +972,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert_eq!(ns, vec![0, 1, 2], "{lines}");
+        assert_eq!(ns, vec![0, 1, 2, 3], "{lines}");
         assert_eq!(chain::verify(lines.as_bytes(), false).unwrap().broken, None);
         assert_eq!(sink.writer.sink_up.get(), 1);
     }
@@ -779,7 +999,7 @@ mod tests {
             Err(Poison),
             Ok(serde_json::json!({"i": 1})),
         ] {
-            tx.try_send(Message::Event(e, None)).ok().unwrap();
+            tx.try_send(Message::Event(e, None, None)).ok().unwrap();
         }
         drop(tx);
         let chain = Chain::new("broker", ChainHead::default());
@@ -808,18 +1028,127 @@ mod tests {
         let head = tail.head.unwrap();
         assert_eq!(head.seq, 2);
         assert_eq!(head.prev, chain::read_line(&last).unwrap().hash);
-        // A torn last line: a new start, on a new line, linked to the last
-        // intact line.
-        std::fs::write(&path, format!("{last}\n{{\"chain\":\"broker\"")).unwrap();
+        // A torn last line: cut off into `.torn`, and the chain continues
+        // from the last complete line (the file verifies as one chain).
+        let torn = "{\"chain\":\"broker\",\"se";
+        std::fs::write(&path, format!("{first}\n{last}\n{torn}")).unwrap();
+        let (file, tail) = open_file(&path, "broker").unwrap();
+        assert_eq!(tail.head.clone().unwrap().seq, 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n{last}\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(torn_path(&path)).unwrap(),
+            format!("{torn}\n")
+        );
+        let mut out = Output::File(file);
+        let mut next = Chain::resume("broker", tail);
+        let line = next.seal(&serde_json::json!({"i": 2})).unwrap();
+        out.write_line(format!("{line}\n").as_bytes()).unwrap();
+        let v = chain::verify(
+            std::fs::File::open(&path)
+                .map(std::io::BufReader::new)
+                .unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!((v.lines, v.broken, v.torn_tail), (3, None, None));
+        drop(out); // the writer is gone, and its lock on the file
+                   // A torn line cut inside a multi-byte character, as the only line.
+        std::fs::write(&path, &"{\"chain\":\"é".as_bytes()[..11]).unwrap();
         let (_, tail) = open_file(&path, "broker").unwrap();
-        assert_eq!(tail.head, None);
-        assert_eq!(tail.last_intact.unwrap().after_seq, 1);
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with('\n'));
+        assert_eq!(tail, chain::Tail::default());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // An intact last line that only lacks its newline is kept.
+        std::fs::write(&path, format!("{first}\n{last}")).unwrap();
+        let (_, tail) = open_file(&path, "broker").unwrap();
+        assert_eq!(tail.head.unwrap().seq, 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n{last}\n")
+        );
         // An empty file.
         std::fs::write(&path, "").unwrap();
         assert_eq!(
             open_file(&path, "broker").unwrap().1,
             chain::Tail::default()
+        );
+    }
+
+    fn file_sink(path: &Path) -> AuditSink<serde_json::Value> {
+        test_sink(&AuditConfig {
+            sink: AuditSinkKind::File,
+            file: path.to_owned(),
+            durable_timeout_ms: 2_000,
+            ..Default::default()
+        })
+    }
+
+    #[actix_web::test]
+    async fn durable_records_are_on_disk_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let sink = file_sink(&path);
+        // Concurrent durable records share settles; each is acknowledged
+        // only once its line is in the file.
+        let waits = (0..64).map(|i| {
+            let sink = sink.clone();
+            let path = path.clone();
+            async move {
+                sink.record_durable(serde_json::json!({ "i": i }))
+                    .await
+                    .unwrap();
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert!(text.contains(&format!("\"i\":{i},\"hash\"")), "{i}");
+            }
+        });
+        futures_util::future::join_all(waits).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 64);
+        let v = chain::verify(text.as_bytes(), false).unwrap();
+        assert_eq!((v.lines, v.broken), (64, None));
+    }
+
+    #[actix_web::test]
+    async fn a_durable_record_that_cannot_be_written_is_an_error() {
+        // Every write to /dev/full fails (ENOSPC).
+        let sink = file_sink(Path::new("/dev/full"));
+        // Answered with the error at the first failure (not a timeout
+        // after the retries).
+        let r = sink.record_durable(serde_json::json!({"i": 0})).await;
+        assert!(matches!(r, Err(DurableError::Write(_))), "{r:?}");
+        // A durable record queued behind the retried one times out.
+        let r = sink.record_durable(serde_json::json!({"i": 1})).await;
+        assert!(matches!(r, Err(DurableError::Timeout(2_000))), "{r:?}");
+    }
+
+    #[test]
+    fn only_the_first_writer_of_a_file_repairs_its_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let mut chain = Chain::new("broker", ChainHead::default());
+        let first = chain.seal(&serde_json::json!({"i": 0})).unwrap();
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        let (mut held, _) = open_file(&path, "broker").unwrap();
+        // The first writer is mid-line when a second one opens the file.
+        held.write_all(b"{\"chain\":\"broker\",\"se").unwrap();
+        let (_, tail) = open_file(&path, "agentauth").unwrap();
+        assert_eq!(tail, chain::Tail::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.ends_with("\"se"),
+            "the line in progress was touched: {text}"
+        );
+        assert!(!torn_path(&path).exists());
+        // Once the first writer is gone (its lock with it), the next
+        // first writer cuts the torn line.
+        drop(held);
+        let (_, tail) = open_file(&path, "broker").unwrap();
+        assert_eq!(tail.head.unwrap().seq, 1);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{first}\n")
         );
     }
 

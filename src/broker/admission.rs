@@ -103,17 +103,32 @@ pub enum Admission {
 
 /// The window of per-action counts.
 pub const USAGE_WINDOW: Duration = Duration::from_secs(3600);
-/// Distinct (tenant, action) counters one shard keeps.
+/// Distinct (tenant, action) counters one shard keeps. Actions are
+/// catalogue actions (checked before counting), so the configuration bounds
+/// the pairs; this is the backstop. Full of live counters, a new pair reads
+/// [`USAGE_UNTRACKED`].
 pub const MAX_USAGE_ENTRIES: usize = 100_000;
 
 /// Per-action counts of one shard's tenants, `(tenant, action) → (window
 /// start, count)`. Held outside the shard actor's state, so a restarted
 /// shard keeps counting where it stood (counts restarting at zero would
 /// fail open against the policy's hourly limits).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct UsageLedger {
     counts: std::sync::Mutex<UsageCounts>,
+    max_entries: usize,
 }
+
+impl Default for UsageLedger {
+    fn default() -> Self {
+        Self::with_capacity(MAX_USAGE_ENTRIES)
+    }
+}
+
+/// The count reported for a `(tenant, action)` the full ledger cannot
+/// track: over any hourly limit, so the policy denies (fail closed) rather
+/// than see 0.
+pub const USAGE_UNTRACKED: u64 = u32::MAX as u64;
 
 /// `(tenant, action) → (window start, count)`.
 type UsageCounts = HashMap<(Arc<str>, String), (Instant, u64)>;
@@ -127,19 +142,39 @@ impl UsageLedger {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A ledger of at most `max_entries` counters.
+    pub fn with_capacity(max_entries: usize) -> Self {
+        Self {
+            counts: Default::default(),
+            max_entries: max_entries.max(1),
+        }
+    }
+
+    /// Uses of `action` this hour; [`USAGE_UNTRACKED`] for a pair not in
+    /// the ledger while it is full of live counters.
     fn usage(&self, tenant: &Arc<str>, action: &str, now: Instant) -> u64 {
-        match self.counts().get(&(tenant.clone(), action.to_owned())) {
+        let mut usage = self.counts();
+        match usage.get(&(tenant.clone(), action.to_owned())) {
             Some((start, n)) if now.saturating_duration_since(*start) < USAGE_WINDOW => *n,
-            _ => 0,
+            Some(_) => 0,
+            None if usage.len() >= self.max_entries => {
+                usage.retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
+                if usage.len() >= self.max_entries {
+                    USAGE_UNTRACKED
+                } else {
+                    0
+                }
+            }
+            None => 0,
         }
     }
 
     fn record(&self, tenant: Arc<str>, action: String, now: Instant) {
         let mut usage = self.counts();
-        if usage.len() >= MAX_USAGE_ENTRIES {
+        if usage.len() >= self.max_entries {
             usage.retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
         }
-        let fits = usage.len() < MAX_USAGE_ENTRIES;
+        let fits = usage.len() < self.max_entries;
         match usage.entry((tenant, action)) {
             std::collections::hash_map::Entry::Occupied(mut e) => {
                 let (start, n) = e.get_mut();
@@ -298,6 +333,26 @@ mod tests {
             assert!(b.try_take(later).is_ok());
         }
         assert!(b.try_take(later).is_err());
+    }
+
+    #[test]
+    fn a_full_usage_ledger_fails_closed_for_new_pairs() {
+        let ledger = UsageLedger::with_capacity(2);
+        let t: Arc<str> = Arc::from("acme");
+        let t0 = Instant::now();
+        ledger.record(t.clone(), "a.read".into(), t0);
+        ledger.record(t.clone(), "b.read".into(), t0);
+        // Tracked pairs keep counting; a new one is not tracked and reads
+        // over any limit, never 0.
+        ledger.record(t.clone(), "a.read".into(), t0);
+        assert_eq!(ledger.usage(&t, "a.read", t0), 2);
+        ledger.record(t.clone(), "c.read".into(), t0);
+        assert_eq!(ledger.usage(&t, "c.read", t0), USAGE_UNTRACKED);
+        // Once the hour has passed, stale counters make room.
+        let later = t0 + USAGE_WINDOW;
+        assert_eq!(ledger.usage(&t, "c.read", later), 0);
+        ledger.record(t.clone(), "c.read".into(), later);
+        assert_eq!(ledger.usage(&t, "c.read", later), 1);
     }
 
     #[test]

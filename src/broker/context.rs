@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tracing_actix_web::RequestId;
 
 use crate::audit::guard::{Ending, RecordOnDrop, RequestRecord};
-use crate::audit::{decision_for, now_rfc3339, AuditEvent, AuditSink};
+use crate::audit::{decision_for, now_rfc3339, AuditEvent, AuditSink, FORWARD_EVENT};
 use crate::broker::state::BrokerState;
 use crate::broker::tenants::TenantSet;
 use crate::credential::Credential;
@@ -215,6 +215,36 @@ pub struct BrokerLog<'a> {
     pub connector: String,
     pub route: String,
     pub reason: String,
+}
+
+impl BrokerLog<'_> {
+    /// The durable record of an `audit_required` tenant's request about to
+    /// be forwarded (`event` "forward", `status` 0: not answered yet); the
+    /// request's `decision` record follows with the same `request_id`.
+    pub fn forward_event(&self) -> AuditEvent {
+        let tenant = self.tenant.as_ref().map_or(NO_TENANT, |t| t.id.as_str());
+        AuditEvent {
+            ts: now_rfc3339(),
+            event: FORWARD_EVENT,
+            request_id: self.request_id.clone(),
+            tenant: tenant.to_owned(),
+            agent: self.agent.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            action: self.action.clone(),
+            jti: self.jti.clone(),
+            format: self.format,
+            decision: "allow",
+            status: 0,
+            code: "",
+            reason: "forwarding".into(),
+            risk_tier: self.risk_tier.clone(),
+            connector: self.connector.clone(),
+            route: self.route.clone(),
+            latency_us: self.started.elapsed().as_micros() as u64,
+            outcome: "forwarding",
+        }
+    }
 }
 
 impl RequestRecord for BrokerLog<'_> {

@@ -3,8 +3,11 @@
 //! with the same signature. A step passes or ends the request with its own
 //! rejection; nothing after a failed step runs. A panicking step is caught
 //! and answered 500 `internal_error` (fail closed). Every request ends in
-//! exactly one audit event, emitted by the context's record when the
-//! request ends — answered, panicked or dropped (`broker::context`).
+//! exactly one `decision` audit event, emitted by the context's record
+//! when the request ends — answered, panicked or dropped
+//! (`broker::context`). A tenant with `audit_required` also gets a durable
+//! `forward` event before its request goes upstream (`durable_record`): no
+//! durable record, no forward (503 `audit_unavailable`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -159,6 +162,7 @@ async fn pipeline(ctx: &mut RequestCtx<'_>) -> Step {
         spend,           // 403 poa_replay, 503 replay_store_unavailable
         decide,          // 403 policy_denied (401 poa_required without a mandate), 503 policy_unavailable
         count_usage,     // (the action's hourly count)
+        durable_record,  // 503 audit_unavailable (audit_required tenants)
         forward,         // 502 upstream_error, 504 upstream_timeout
     )
 }
@@ -720,6 +724,26 @@ async fn count_usage(ctx: &mut RequestCtx<'_>) -> Step {
         now: Instant::now(),
     };
     shard(ctx, request).await.map(|_| ())
+}
+
+/// For a tenant with `audit_required`: a durable `forward` audit record
+/// before anything goes upstream; if it cannot be made durable, the
+/// request is refused, never forwarded (fail closed).
+async fn durable_record(ctx: &mut RequestCtx<'_>) -> Step {
+    if !ctx.tenant()?.audit_required {
+        return Ok(());
+    }
+    let event = ctx.log.forward_event();
+    if let Err(e) = ctx.state.audit.record_durable(event).await {
+        tracing::error!(
+            error = %e,
+            request_id = ctx.request_id(),
+            "the pre-forward audit record is not durable; the request is refused"
+        );
+        ctx.log.reason = e.to_string();
+        return Err(Rejection::audit_unavailable());
+    }
+    Ok(())
 }
 
 /// Forwards the canonical path and streams the answer back.

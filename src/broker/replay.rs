@@ -6,6 +6,13 @@
 //! `replay_store_unavailable` (fail closed) — an attacker who floods the
 //! cache gets refusals, not replays. Expired entries are swept by the
 //! periodic loop ([`start_sweep`]).
+//!
+//! Compact entries: the key is the first 128 bits of
+//! SHA-256(len(tenant) ‖ tenant ‖ jti), not the strings (about 70 bytes an
+//! entry instead of 140; README "Memory bounds"). The same `(tenant, jti)`
+//! always gives the same key, so a replay is always found; a collision of
+//! two different jtis (2^-64 odds at 2^32 live entries) could only make a
+//! fresh mandate look used — a refusal, never an accepted replay.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,12 +72,28 @@ impl ReplayStore for MemoryReplay {
     }
 }
 
+/// A `(tenant, jti)` as 128 bits of SHA-256 (see the module header).
+type ReplayKey = [u8; 16];
+
+fn replay_key(tenant: &str, jti: &str) -> ReplayKey {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((tenant.len() as u64).to_be_bytes());
+    h.update(tenant.as_bytes());
+    h.update(jti.as_bytes());
+    let digest = h.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
 /// In-memory replay cache: `(tenant, jti) → keep-until` (Unix seconds).
 /// Each tenant holds at most its quota of live entries, so one tenant
 /// flooding it gets 503 for itself while others keep their room; the
 /// capacity bounds the whole.
 pub struct MemoryReplay {
-    entries: DashMap<(Arc<str>, String), i64>,
+    /// Key of `(tenant, jti)` → (keep-until, tenant).
+    entries: DashMap<ReplayKey, (i64, Arc<str>)>,
     /// Live entries per tenant.
     held: DashMap<Arc<str>, usize>,
     len: AtomicUsize,
@@ -98,12 +121,12 @@ impl MemoryReplay {
         now: i64,
         quota: usize,
     ) -> Result<Verdict, ReplayError> {
-        match self.entries.entry((tenant.clone(), jti.to_owned())) {
+        match self.entries.entry(replay_key(tenant, jti)) {
             Entry::Occupied(mut e) => {
-                if *e.get() > now {
+                if e.get().0 > now {
                     Ok(Verdict::Replayed)
                 } else {
-                    e.insert(keep_until);
+                    e.get_mut().0 = keep_until;
                     Ok(Verdict::Fresh)
                 }
             }
@@ -119,7 +142,7 @@ impl MemoryReplay {
                     return Err(ReplayError::Full);
                 }
                 *held += 1;
-                v.insert(keep_until);
+                v.insert((keep_until, tenant.clone()));
                 Ok(Verdict::Fresh)
             }
         }
@@ -128,7 +151,7 @@ impl MemoryReplay {
     /// Drops entries that can no longer matter at `now`; returns how many.
     pub fn sweep(&self, now: i64) -> usize {
         let mut removed = 0;
-        self.entries.retain(|(tenant, _), until| {
+        self.entries.retain(|_, (until, tenant)| {
             let keep = *until > now;
             if !keep {
                 removed += 1;
@@ -191,6 +214,11 @@ mod tests {
         assert_eq!(c.mark(&u, "j1", 200, 150, 10), Ok(Verdict::Fresh));
         // After keep-until the entry no longer matters.
         assert_eq!(c.mark(&t, "j1", 400, 201, 10), Ok(Verdict::Fresh));
+        // The key keeps tenant and jti apart: ("a", "bc") is not ("ab", "c").
+        let (a, ab): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("ab"));
+        assert_eq!(c.mark(&a, "bc", 200, 100, 10), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&ab, "c", 200, 100, 10), Ok(Verdict::Fresh));
+        assert_eq!(c.mark(&a, "bc", 200, 100, 10), Ok(Verdict::Replayed));
     }
 
     #[test]

@@ -337,3 +337,31 @@ pub fn bind(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_revocation_sets_are_bounded_and_a_refused_addition_changes_nothing() {
+        let config = Config::from_toml("").unwrap();
+        let metrics = Metrics::new().unwrap();
+        let tenant = crate::config::tests_support::tenant("acme");
+        let auth = TenantAuth::load(&tenant, &config, &metrics, 10).unwrap();
+        let jtis: Vec<String> = (0..MAX_REVOCATIONS).map(|i| format!("j{i}")).collect();
+        auth.revoke(&[], &jtis).unwrap();
+        assert!(auth.jti_revoked("j0"));
+        // One more is refused as a whole (kid and jti alike), and nothing
+        // of it is taken; every revocation already held stays.
+        let one_more = ["k-new".to_owned()];
+        assert_eq!(
+            auth.revoke(&one_more, &["j-new".to_owned()]),
+            Err(RevokeError::TooMany)
+        );
+        assert!(!auth.kid_listed("k-new"));
+        assert!(!auth.jti_revoked("j-new"));
+        assert!(auth.jti_revoked(&format!("j{}", MAX_REVOCATIONS - 1)));
+        // Re-adding held ones does not grow the set.
+        auth.revoke(&[], &jtis[..10]).unwrap();
+    }
+}

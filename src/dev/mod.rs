@@ -152,6 +152,7 @@ pub fn config(pki: &DevPki, opts: &DevOptions) -> Config {
         default_connector: None,
         connectors: vec![connector("crm")],
         agent_owners: Vec::new(),
+        audit_required: false,
         // Capabilities the tenant mints with `atb biscuit mint` (its dev
         // root key, id 1); AgentAuth mints `format: "biscuit"` mandates
         // with the same key.

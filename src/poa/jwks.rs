@@ -386,6 +386,27 @@ mod tests {
     }
 
     #[test]
+    fn the_negative_kid_cache_is_bounded_and_full_it_still_limits_fetches() {
+        let timings = t();
+        let mut s = RefreshState::default();
+        let t0 = Instant::now();
+        s.attempted(t0);
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..MAX_NEGATIVE + 500 {
+            assert!(!s.may_fetch_for(&format!("bogus-{i}"), t1, &timings));
+        }
+        assert_eq!(s.negative.len(), MAX_NEGATIVE);
+        // A kid not remembered (the cache was full) is still held back by
+        // the cooldown: no fetch storm.
+        assert!(!s.may_fetch_for("one-more", t1, &timings));
+        // Past their TTL, remembered kids make room for new ones.
+        let t2 = t1 + timings.negative_ttl;
+        s.attempted(t2);
+        s.remember_unknown("late", t2, &timings);
+        assert_eq!(s.negative.len(), 1);
+    }
+
+    #[test]
     fn unknown_kids_fetch_at_most_once_per_cooldown() {
         let timings = t();
         let mut s = RefreshState::default();

@@ -227,6 +227,20 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     #[test]
+    fn a_jwks_with_too_many_revoked_kids_is_refused() {
+        let kids = |n: usize| (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+        let doc = |n: usize| serde_json::json!({"keys": [], "revoked_kids": kids(n)}).to_string();
+        assert!(matches!(
+            parse_jwks(doc(MAX_REVOKED_KIDS + 1).as_bytes()),
+            Err(DocumentError::TooManyRevokedKids)
+        ));
+        assert!(!matches!(
+            parse_jwks(doc(MAX_REVOKED_KIDS).as_bytes()),
+            Err(DocumentError::TooManyRevokedKids)
+        ));
+    }
+
+    #[test]
     fn rfc8037_thumbprint_example() {
         // RFC 8037 Appendix A.3.
         let x = URL_SAFE_NO_PAD
