@@ -60,7 +60,12 @@ fn check_report(r: &Value, broker_usage: bool) {
             assert_eq!(x["ok"].as_u64().unwrap(), requests, "{path}: all 200");
             assert_eq!(x["error_count"], 0);
             assert!(x["errors"].as_object().unwrap().is_empty());
-            assert_eq!(x["starved"], 0, "{path}: the mandate budget sufficed");
+            // Open loop: every scheduled request had its mandate. (A closed
+            // loop may spend its budget before the end: that depends on
+            // speed, and the report says so.)
+            if p["kind"] == "open_loop" || path == "direct" {
+                assert_eq!(x["starved"], 0, "{path}: {x:#}");
+            }
             assert!(x["throughput_rps"].as_f64().unwrap() > 0.0);
             let l = &x["latency"];
             let q = |k: &str| l[k].as_f64().unwrap();

@@ -224,7 +224,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         opts.warmup,
     );
     let open_per_agent = per_agent(
-        open.count() as f64 * 1.25,
+        open.count() as f64 * 1.5,
         agents.len(),
         open_connections,
         opts.warmup,
