@@ -371,7 +371,11 @@ pub fn run_phase(
                             m.elapsed = started.elapsed();
                         }
                         Drive::Open(schedule) => {
-                            let start = *start_at.get_or_init(Instant::now);
+                            // Time zero of the schedule: set by the first
+                            // thread past the barrier (every connection is
+                            // warm by then), shared by all.
+                            let start =
+                                *start_at.get_or_init(|| Instant::now() + Duration::from_millis(2));
                             loop {
                                 let i = next.fetch_add(1, Ordering::Relaxed);
                                 let Some(due) = schedule.due(i) else { break };
@@ -393,10 +397,6 @@ pub fn run_phase(
             })
             .collect();
         // The phase starts when every connection is warm.
-        if let Drive::Open(_) = drive {
-            // The schedule's time zero, shared by every thread.
-            start_at.get_or_init(|| Instant::now() + Duration::from_millis(5));
-        }
         barrier.wait();
         let before = watched.snapshot()?;
         let mut total = PathMeasure::default();
