@@ -32,7 +32,7 @@ use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream};
 
 use super::http1::{Connection, Http1Error};
 use super::mix::{self, Class};
-use super::procstat::{self, Memory};
+use super::procstat;
 use super::report::{PathMeasure, ProcessReading};
 use super::schedule::OpenLoop;
 use super::setup::BenchAgent;
@@ -548,7 +548,136 @@ pub fn free_port() -> Result<SocketAddr, BenchError> {
     })
 }
 
-/// Memory of a process now, if it is known.
-pub fn memory_of(pid: Option<u32>) -> Option<Memory> {
-    pid.and_then(|p| procstat::memory(p).ok())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::schedule::OpenLoop;
+
+    /// The demo upstream on a free port, in its own thread.
+    fn demo_upstream() -> SocketAddr {
+        let addr = free_port().unwrap();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new()
+                .block_on(async move { crate::dev::demo_upstream::start(addr).unwrap().await })
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(addr, "/").is_err() {
+            assert!(Instant::now() < deadline, "demo upstream not up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        addr
+    }
+
+    fn minter() -> Minter {
+        Minter {
+            key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            kid: "k".into(),
+            run_id: "test".into(),
+            ttl: 60,
+        }
+    }
+
+    fn agent() -> BenchAgent {
+        BenchAgent {
+            tenant: "acme".into(),
+            name: "acme-agent".into(),
+            spiffe_id: "spiffe://acme.example/agent/demo".into(),
+        }
+    }
+
+    #[test]
+    fn pools_follow_the_mix_with_unique_mandates() {
+        let pool = minter().pool(&agent(), "x", 45);
+        assert_eq!(pool.len(), 45);
+        let cycle = mix::cycle();
+        let mut tokens = std::collections::HashSet::new();
+        for (k, p) in pool.requests.iter().enumerate() {
+            assert_eq!(p.class, cycle[k % mix::CYCLE]);
+            let text = String::from_utf8(p.bytes.clone()).unwrap();
+            assert!(text.starts_with(mix::route(p.class).method));
+            let token = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+                .unwrap();
+            assert!(tokens.insert(token.to_owned()), "mandate {k} is unique");
+        }
+        // Through the broker a pool is spent once; the direct path wraps.
+        assert!(pool.take(false).is_some());
+        pool.cursor.store(45, Ordering::Relaxed);
+        assert!(pool.take(false).is_none());
+        assert!(pool.take(true).is_some());
+    }
+
+    #[test]
+    fn phases_send_the_schedule_and_count_starved_connections() {
+        let addr = demo_upstream();
+        let pools = [minter().pool(&agent(), "t", 140)];
+        let dial = Dial::Direct(addr);
+        let none = Watched::default();
+
+        // Open loop: exactly the scheduled requests, after the warm-up
+        // (4 × 2 requests), so 100 consecutive requests of the pool: 5
+        // whole cycles of the mix.
+        let open = OpenLoop::new(200.0, Duration::from_millis(500)).unwrap();
+        let m = run_phase(&dial, &pools, 4, Drive::Open(open), 2, false, &none).unwrap();
+        let r = &m.measure;
+        assert_eq!(r.all.count(), 100);
+        assert_eq!(r.statuses.get(&200), Some(&100), "{:?}", r.statuses);
+        assert_eq!((r.transport_errors, r.starved), (0, 0));
+        let count = |c: Class| r.by_class.get(&c).map_or(0, |h| h.count());
+        assert_eq!(
+            (
+                count(Class::Low),
+                count(Class::High),
+                count(Class::Critical)
+            ),
+            (70, 25, 5)
+        );
+        assert!(m.broker.is_none() && m.upstream.is_none());
+
+        // Closed loop without wrapping: every connection stops when the
+        // pool is spent, and says so.
+        let m = run_phase(
+            &dial,
+            &pools,
+            3,
+            Drive::Closed(Duration::from_secs(60)),
+            1,
+            false,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(m.measure.starved, 3);
+        assert_eq!(m.measure.all.count(), 140 - 3);
+        // With wrapping (the direct path) it runs for its duration.
+        let m = run_phase(
+            &dial,
+            &pools,
+            2,
+            Drive::Closed(Duration::from_millis(300)),
+            1,
+            true,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(m.measure.starved, 0);
+        assert!(m.measure.all.count() > 0);
+        assert_eq!(m.measure.statuses.len(), 1, "{:?}", m.measure.statuses);
+    }
+
+    #[test]
+    fn a_target_that_is_down_fails_the_phase() {
+        let addr = free_port().unwrap();
+        let pools = [minter().pool(&agent(), "d", 2)];
+        let err = run_phase(
+            &Dial::Direct(addr),
+            &pools,
+            1,
+            Drive::Closed(Duration::from_millis(10)),
+            0,
+            true,
+            &Watched::default(),
+        );
+        assert!(matches!(err, Err(BenchError::Connect { .. })));
+    }
 }
