@@ -46,8 +46,8 @@ fn bench(dir: &Path, json: &Path, extra: &[&str]) -> (Value, String) {
 }
 
 /// Every phase has both paths, answers on every class of the mix, no
-/// errors, and the broker's CPU and memory when its pid is known.
-fn check_report(r: &Value, broker_usage: bool) {
+/// errors, and the broker's CPU and memory.
+fn check_report(r: &Value) {
     assert_eq!(r["errors_total"], 0, "{r:#}");
     let phases = r["phases"].as_array().unwrap();
     let kinds: Vec<&str> = phases.iter().map(|p| p["kind"].as_str().unwrap()).collect();
@@ -88,14 +88,10 @@ fn check_report(r: &Value, broker_usage: bool) {
             "no broker on the direct path"
         );
         let b = &p["broker"]["broker"];
-        if broker_usage {
-            assert!(b["cpu_seconds"].as_f64().unwrap() >= 0.0, "{b}");
-            assert!(b["cpu_seconds_per_1000_requests"].as_f64().is_some());
-            assert!(b["rss_bytes"].as_u64().unwrap() > 1 << 20);
-            assert!(b["peak_rss_bytes"].as_u64().unwrap() >= b["rss_bytes"].as_u64().unwrap());
-        } else {
-            assert!(b.is_null());
-        }
+        assert!(b["cpu_seconds"].as_f64().unwrap() >= 0.0, "{b}");
+        assert!(b["cpu_seconds_per_1000_requests"].as_f64().is_some());
+        assert!(b["rss_bytes"].as_u64().unwrap() > 1 << 20);
+        assert!(b["peak_rss_bytes"].as_u64().unwrap() >= b["rss_bytes"].as_u64().unwrap());
         assert!(p["added_latency"]["p50_ms"].as_f64().is_some());
     }
     assert_eq!(phases[1]["rate_rps"], 60.0);
@@ -110,7 +106,7 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
     let dir = tmp.path().join("bench");
     let json = tmp.path().join("report.json");
     let (r, text) = bench(&dir, &json, &[]);
-    check_report(&r, true);
+    check_report(&r);
     assert_eq!(r["settings"]["spawned"], true);
     assert_eq!(r["settings"]["tenants_configured"], 2);
     assert!(r["phases"][0]["broker"]["upstream"]["pid"].is_u64());
@@ -179,10 +175,18 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
             &format!("127.0.0.1:{listen}"),
             "--upstream",
             &upstream.to_string(),
+            "--broker-pid",
+            &broker.pid().to_string(),
+            "--upstream-pid",
+            &up.pid().to_string(),
         ],
     );
-    check_report(&r2, false);
+    check_report(&r2);
     assert_eq!(r2["settings"]["spawned"], false);
+    for p in r2["phases"].as_array().unwrap() {
+        assert_eq!(p["broker"]["broker"]["pid"], broker.pid());
+        assert_eq!(p["direct"]["upstream"]["pid"], up.pid());
+    }
     drop(up);
 }
 
@@ -192,7 +196,7 @@ fn bench_spreads_traffic_over_generated_tenants() {
     let dir = tmp.path().join("bench");
     let json = tmp.path().join("report.json");
     let (r, _) = bench(&dir, &json, &["--tenants", "40", "--active-tenants", "4"]);
-    check_report(&r, true);
+    check_report(&r);
     assert_eq!(r["settings"]["tenants_configured"], 40);
     assert_eq!(r["settings"]["tenants_active"], 4);
     // Each active tenant's agent was served as that tenant.
