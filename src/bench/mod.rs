@@ -21,7 +21,8 @@
 //!   executive approval, each on its own route ([`mix`]). The direct path
 //!   gets the identical bytes.
 //! - Bounded: at most 120 s per phase, 512 connections, 50,000 req/s open
-//!   loop, a mandate budget (`--max-rps` × duration) for the closed loop.
+//!   loop, a mandate budget (`--max-rps` × duration) for the closed loop,
+//!   at most [`MAX_MANDATES`] mandates per run.
 //!   Logic is in plain modules with unit tests (histogram, mix, schedule,
 //!   procstat, report, http1, setup); the runner only wires them.
 
@@ -42,6 +43,10 @@ use report::{Machine, Phase, PhaseKind, Report, Settings};
 use runner::{Dial, Drive, Minter, Watched};
 use schedule::OpenLoop;
 use setup::{Addresses, Tenancy};
+
+/// Most mandates one run mints (≈ 0.7 KB of request bytes each, all in
+/// memory; and within a demo tenant's default share of the replay cache).
+pub const MAX_MANDATES: usize = 400_000;
 
 /// Options of `atb bench`.
 #[derive(Debug, Clone)]
@@ -153,6 +158,12 @@ impl BenchOptions {
         }
         if !(100.0..=100_000.0).contains(&self.max_rps) {
             return bad("--max-rps must be 100..=100000");
+        }
+        let mandates = (self.max_rps + 1.5 * self.rate) * self.duration.as_secs_f64();
+        if mandates > MAX_MANDATES as f64 {
+            return Err(BenchError::Options(format!(
+                "(--max-rps + 1.5 × --rate) × --duration must be at most {MAX_MANDATES} mandates (memory, and the broker's replay share), not {mandates:.0}"
+            )));
         }
         if self.warmup > 1000 {
             return bad("--warmup must be at most 1000 requests per connection");
@@ -448,6 +459,11 @@ mod tests {
             },
             BenchOptions {
                 broker_pid: Some(1),
+                ..o.clone()
+            },
+            BenchOptions {
+                max_rps: 50_000.0,
+                duration: Duration::from_secs(10),
                 ..o.clone()
             },
         ] {
