@@ -6,6 +6,7 @@
 
 pub mod agentauth;
 pub mod audit;
+pub mod bench;
 pub mod biscuit;
 pub mod broker;
 pub mod catalog;

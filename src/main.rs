@@ -90,6 +90,66 @@ enum Command {
         #[arg(long = "kid")]
         kids: Vec<String>,
     },
+    /// Load benchmark: the same request mix direct to the demo upstream and
+    /// through the broker, closed loop and open loop, in one run (README
+    /// "Benchmarks"). Starts its own upstream and broker unless --broker.
+    Bench {
+        /// Directory for the dev PKI, keys, broker.toml and logs; with
+        /// --broker, the directory of the PKI and signing key that broker
+        /// trusts (e.g. atb-dev).
+        #[arg(long, default_value = "atb-bench")]
+        dir: PathBuf,
+        /// Closed-loop keep-alive connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Open-loop connections (the pool that carries --rate).
+        #[arg(long, default_value_t = 32)]
+        open_connections: usize,
+        /// Seconds of each timed phase (four phases).
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Open-loop rate, requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        rate: f64,
+        /// Configure this many generated tenants (instead of the two demo
+        /// tenants) and spread traffic over --active-tenants of them.
+        #[arg(long)]
+        tenants: Option<usize>,
+        #[arg(long, default_value_t = 50)]
+        active_tenants: usize,
+        /// Closed-loop mandate budget: max-rps × duration mandates are
+        /// minted; raise it if the report shows `starved`.
+        #[arg(long, default_value_t = 10000.0)]
+        max_rps: f64,
+        /// Unmeasured requests per connection before each timed phase.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+        /// Write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// A running broker's agent listener (its server certificate must
+        /// be valid for localhost); needs --upstream.
+        #[arg(long)]
+        broker: Option<SocketAddr>,
+        /// The running broker's pid (for CPU and RSS).
+        #[arg(long)]
+        broker_pid: Option<u32>,
+        /// The upstream the running broker proxies to (the direct path).
+        #[arg(long)]
+        upstream: Option<SocketAddr>,
+        #[arg(long)]
+        upstream_pid: Option<u32>,
+        /// Keep the started broker's shared state (replay cache, limits) in
+        /// this Redis instead of in memory.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+    },
+    /// The demo upstream alone (what `atb dev` and `atb bench` start): an
+    /// HTTP service answering every request with what it received.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: SocketAddr,
+    },
     /// Mint a PoA mandate (dev/test helper): an EdDSA JWT signed with KEY.
     Mint {
         /// Ed25519 private key, PKCS#8 PEM.
@@ -424,6 +484,65 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Ok(result?)
             })
         }
+        Command::Bench {
+            dir,
+            connections,
+            open_connections,
+            duration,
+            rate,
+            tenants,
+            active_tenants,
+            max_rps,
+            warmup,
+            json,
+            broker,
+            broker_pid,
+            upstream,
+            upstream_pid,
+            redis,
+        } => {
+            let opts = atb::bench::BenchOptions {
+                dir,
+                connections,
+                open_connections,
+                duration: std::time::Duration::from_secs(duration),
+                rate,
+                tenants,
+                active_tenants,
+                max_rps,
+                warmup,
+                broker,
+                broker_pid,
+                upstream,
+                upstream_pid,
+                redis,
+                command_line: std::env::args()
+                    .skip(1)
+                    .fold("atb".to_owned(), |a, b| a + " " + &b),
+            };
+            let report = atb::bench::run(&opts)?;
+            print!("{}", report.text());
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, text + "\n")
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+            if report.errors_total > 0 {
+                return Err(format!(
+                    "{} requests failed (see errors by status above)",
+                    report.errors_total
+                )
+                .into());
+            }
+            Ok(())
+        }
+        Command::DemoUpstream { listen } => actix_web::rt::System::new().block_on(async move {
+            let server = atb::dev::demo_upstream::start(listen)
+                .map_err(|e| format!("cannot start the demo upstream on {listen}: {e}"))?;
+            eprintln!("demo upstream on http://{listen}");
+            server.await?;
+            Ok(())
+        }),
         Command::Mint {
             key,
             sub,

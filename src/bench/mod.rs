@@ -1,0 +1,493 @@
+//! `atb bench`: a load benchmark built into the product. It measures the
+//! same traffic direct to the upstream and through the broker, in one run,
+//! and reports both (text and JSON).
+//!
+//! Design points:
+//! - By default it starts its own demo upstream (`atb demo-upstream`) and
+//!   broker (`atb broker --config <dir>/broker.toml`, written with `atb
+//!   dev`'s machinery, see [`setup`]) as child processes on free loopback
+//!   ports, so the broker's CPU time and memory are its own (/proc); or it
+//!   targets running ones (`--broker`, `--upstream`, with their pids for
+//!   CPU and RSS).
+//! - Four timed phases, in order: closed loop direct, closed loop broker,
+//!   open loop direct, open loop broker. Closed loop: N keep-alive
+//!   connections each sending its next request on the previous answer
+//!   (throughput at saturation). Open loop: a fixed rate, latency from
+//!   each request's intended send time (no coordinated omission; see
+//!   [`schedule`]).
+//! - Every request carries its own single-use mandate, minted before the
+//!   timed phases ([`runner::Minter`]); the mix is 70% low-risk read, 25%
+//!   high-risk with dual control and a constraint, 5% critical with
+//!   executive approval, each on its own route ([`mix`]). The direct path
+//!   gets the identical bytes.
+//! - Bounded: at most 120 s per phase, 512 connections, 50,000 req/s open
+//!   loop, a mandate budget (`--max-rps` × duration) for the closed loop,
+//!   at most [`MAX_MANDATES`] mandates per run.
+//!   Logic is in plain modules with unit tests (histogram, mix, schedule,
+//!   procstat, report, http1, setup); the runner only wires them.
+
+pub mod histogram;
+pub mod http1;
+pub mod mix;
+pub mod procstat;
+pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod setup;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use report::{Machine, Phase, PhaseKind, Report, Settings};
+use runner::{Dial, Drive, Minter, Watched};
+use schedule::OpenLoop;
+use setup::{Addresses, Tenancy};
+
+/// Most mandates one run mints (≈ 0.7 KB of request bytes each, all in
+/// memory; and within a demo tenant's default share of the replay cache).
+pub const MAX_MANDATES: usize = 400_000;
+
+/// Options of `atb bench`.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The bench directory (dev PKI, keys, broker.toml, logs); with
+    /// `--broker`, the directory of the PKI and signing key the running
+    /// broker trusts (e.g. `atb-dev`).
+    pub dir: PathBuf,
+    /// Closed-loop connections.
+    pub connections: usize,
+    /// Open-loop connections.
+    pub open_connections: usize,
+    /// Each timed phase.
+    pub duration: Duration,
+    /// Open-loop rate.
+    pub rate: f64,
+    /// Generated tenants (None: the dev demo tenants).
+    pub tenants: Option<usize>,
+    /// Of which carry traffic.
+    pub active_tenants: usize,
+    /// Closed-loop mandate budget per second of the phase.
+    pub max_rps: f64,
+    /// Warm-up requests per connection before each timed phase.
+    pub warmup: usize,
+    /// A running broker's agent listener (instead of starting one).
+    pub broker: Option<SocketAddr>,
+    pub broker_pid: Option<u32>,
+    /// A running upstream (instead of starting the demo upstream).
+    pub upstream: Option<SocketAddr>,
+    pub upstream_pid: Option<u32>,
+    /// Redis for the started broker's shared state (`[redis] url`).
+    pub redis: Option<String>,
+    /// The command line, for the report.
+    pub command_line: String,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            dir: "atb-bench".into(),
+            connections: 32,
+            open_connections: 32,
+            duration: Duration::from_secs(5),
+            rate: 1000.0,
+            tenants: None,
+            active_tenants: 50,
+            max_rps: 10_000.0,
+            warmup: 20,
+            broker: None,
+            broker_pid: None,
+            upstream: None,
+            upstream_pid: None,
+            redis: None,
+            command_line: "atb bench".into(),
+        }
+    }
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{0}")]
+    Options(String),
+    #[error(transparent)]
+    Dev(#[from] crate::dev::DevError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Tls {
+        what: String,
+        source: openssl::error::ErrorStack,
+    },
+    #[error("the mandate signing key: {0}")]
+    Key(#[from] crate::poa::keys::KeyError),
+    #[error(transparent)]
+    Proc(#[from] procstat::ProcError),
+    #[error(transparent)]
+    Schedule(#[from] schedule::ScheduleError),
+    #[error("cannot open a connection at the start of a phase: {reason}")]
+    Connect { reason: String },
+    #[error("the {name} did not become ready; the end of its log:\n{log}")]
+    NotReady { name: &'static str, log: String },
+    #[error("the {name} exited ({status}); the end of its log:\n{log}")]
+    Exited {
+        name: &'static str,
+        status: String,
+        log: String,
+    },
+    #[error("a load generator thread panicked")]
+    Thread,
+    #[error("the configuration is invalid: {0}")]
+    Config(String),
+}
+
+impl BenchOptions {
+    pub fn validate(&self) -> Result<(), BenchError> {
+        let bad = |m: &str| Err(BenchError::Options(m.into()));
+        if !(1..=512).contains(&self.connections) || !(1..=512).contains(&self.open_connections) {
+            return bad("--connections and --open-connections must be 1..=512");
+        }
+        if self.duration < Duration::from_secs(1) || self.duration > Duration::from_secs(120) {
+            return bad("--duration must be 1..=120 seconds");
+        }
+        if !(1.0..=50_000.0).contains(&self.rate) {
+            return bad("--rate must be 1..=50000 requests per second");
+        }
+        if !(100.0..=100_000.0).contains(&self.max_rps) {
+            return bad("--max-rps must be 100..=100000");
+        }
+        let mandates = (self.max_rps + 1.5 * self.rate) * self.duration.as_secs_f64();
+        if mandates > MAX_MANDATES as f64 {
+            return Err(BenchError::Options(format!(
+                "(--max-rps + 1.5 × --rate) × --duration must be at most {MAX_MANDATES} mandates (memory, and the broker's replay share), not {mandates:.0}"
+            )));
+        }
+        if self.warmup > 1000 {
+            return bad("--warmup must be at most 1000 requests per connection");
+        }
+        if let Some(n) = self.tenants {
+            if !(1..=10_000).contains(&n) {
+                return bad("--tenants must be 1..=10000");
+            }
+            if !(1..=200).contains(&self.active_tenants) {
+                return bad("--active-tenants must be 1..=200");
+            }
+            if self.broker.is_some() {
+                return bad("--tenants needs the broker atb bench starts (not --broker)");
+            }
+        }
+        if self.broker.is_some() != self.upstream.is_some() {
+            return bad("--broker and --upstream go together: the running broker and the upstream it proxies to (for the direct path)");
+        }
+        if self.broker.is_some() && self.redis.is_some() {
+            return bad("--redis configures the broker atb bench starts (not --broker)");
+        }
+        if self.broker.is_none() && (self.broker_pid.is_some() || self.upstream_pid.is_some()) {
+            return bad(
+                "--broker-pid and --upstream-pid are for running processes (--broker, --upstream)",
+            );
+        }
+        Ok(())
+    }
+
+    fn tenancy(&self) -> Tenancy {
+        match self.tenants {
+            None => Tenancy::Demo,
+            Some(configured) => Tenancy::Generated {
+                configured,
+                active: self.active_tenants.min(configured),
+            },
+        }
+    }
+}
+
+/// Mandate lifetime: long enough for every phase of the run (minting
+/// happens first), within the broker's hard maximum of 900 s.
+fn mandate_ttl(duration: Duration, warmup_allowance: Duration) -> i64 {
+    let run = 4 * (duration + warmup_allowance) + Duration::from_secs(60);
+    (run.as_secs() as i64).min(crate::poa::claims::HARD_MAX_TTL_SECONDS)
+}
+
+/// Mandates per agent pool: `total` spread over `agents`, plus warm-up.
+fn per_agent(total: f64, agents: usize, connections: usize, warmup: usize) -> usize {
+    let agents = agents.max(1);
+    let conns_per_agent = connections.div_ceil(agents);
+    (total / agents as f64).ceil() as usize + conns_per_agent * warmup + 8
+}
+
+/// Runs the benchmark; progress goes to stderr.
+pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    opts.validate()?;
+    let machine = Machine::current();
+    let tenancy = opts.tenancy();
+    let agents = setup::agents(tenancy);
+    let open = OpenLoop::new(opts.rate, opts.duration)?;
+    // Connections are spread over the agents; each agent gets at least one.
+    let connections = opts.connections.max(agents.len());
+    let open_connections = opts.open_connections.max(agents.len());
+    let closed_per_agent = per_agent(
+        opts.max_rps * opts.duration.as_secs_f64(),
+        agents.len(),
+        connections,
+        opts.warmup,
+    );
+    let open_per_agent = per_agent(
+        open.count() as f64 * 1.5,
+        agents.len(),
+        open_connections,
+        opts.warmup,
+    );
+
+    std::fs::create_dir_all(&opts.dir).map_err(|source| BenchError::Io {
+        what: format!("creating {}", opts.dir.display()),
+        source,
+    })?;
+    let dir = std::path::absolute(&opts.dir).unwrap_or_else(|_| opts.dir.clone());
+
+    // The processes: started here, or running ones.
+    let mut children = Vec::new();
+    let (broker_addr, upstream_addr, watched) = match (opts.broker, opts.upstream) {
+        (Some(b), Some(u)) => (
+            b,
+            u,
+            Watched {
+                broker: opts.broker_pid,
+                upstream: opts.upstream_pid,
+            },
+        ),
+        _ => {
+            eprintln!("atb bench: preparing {} ...", dir.display());
+            let pki = setup::prepare_dir(&dir, &agents)?;
+            let addrs = Addresses {
+                listen: runner::free_port()?,
+                admin: runner::free_port()?,
+                upstream: runner::free_port()?,
+            };
+            let config = setup::config(
+                &pki,
+                addrs,
+                tenancy,
+                connections.max(open_connections),
+                closed_per_agent + open_per_agent,
+                opts.redis.as_deref(),
+            );
+            config
+                .validate()
+                .map_err(|e| BenchError::Config(e.to_string()))?;
+            let [broker_toml, _] = crate::dev::write_config_files(&config, &dir)?;
+            let upstream_arg = addrs.upstream.to_string();
+            let mut upstream = runner::spawn(
+                "demo upstream",
+                &["demo-upstream", "--listen", &upstream_arg],
+                &dir,
+                "upstream.out",
+                "upstream.log",
+            )?;
+            runner::wait_ready(
+                &mut upstream,
+                addrs.upstream,
+                "/api/hello",
+                Duration::from_secs(20),
+            )?;
+            let toml = broker_toml.display().to_string();
+            let mut broker = runner::spawn(
+                "broker",
+                &["broker", "--config", &toml],
+                &dir,
+                "broker-audit.jsonl",
+                "broker.log",
+            )?;
+            eprintln!(
+                "atb bench: broker {} (pid {}), demo upstream {} (pid {}), {} tenant(s) configured",
+                addrs.listen,
+                broker.pid(),
+                addrs.upstream,
+                upstream.pid(),
+                config.tenants.len()
+            );
+            runner::wait_ready(&mut broker, addrs.admin, "/ready", Duration::from_secs(60))?;
+            let watched = Watched {
+                broker: Some(broker.pid()),
+                upstream: Some(upstream.pid()),
+            };
+            children.push(upstream);
+            children.push(broker);
+            (addrs.listen, addrs.upstream, watched)
+        }
+    };
+    let tenants_configured = match tenancy {
+        Tenancy::Demo => crate::dev::DEMO_TENANTS.len(),
+        Tenancy::Generated { configured, .. } => configured,
+    };
+
+    // Mandates, before any timed phase.
+    let key = crate::poa::keys::load_signing_pem(&dir.join(crate::dev::SIGNING_KEY))?;
+    let mut run_id = [0u8; 6];
+    openssl::rand::rand_bytes(&mut run_id).map_err(|source| BenchError::Tls {
+        what: "random run id".into(),
+        source,
+    })?;
+    let minter = Minter {
+        kid: crate::poa::keys::thumbprint(&key.verifying_key()),
+        key,
+        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
+        ttl: mandate_ttl(opts.duration, Duration::from_secs(5)),
+    };
+    eprintln!(
+        "atb bench: minting {} mandates ({} agent(s)) ...",
+        (closed_per_agent + open_per_agent) * agents.len(),
+        agents.len()
+    );
+    let minting = Instant::now();
+    let closed_pools: Vec<_> = agents
+        .iter()
+        .map(|a| minter.pool(a, "c", closed_per_agent))
+        .collect();
+    let open_pools: Vec<_> = agents
+        .iter()
+        .map(|a| minter.pool(a, "o", open_per_agent))
+        .collect();
+    let mint_seconds = minting.elapsed().as_secs_f64();
+    let minted: usize = closed_pools
+        .iter()
+        .chain(&open_pools)
+        .map(|p| p.len())
+        .sum();
+
+    let direct = Dial::Direct(upstream_addr);
+    let broker = Dial::broker(broker_addr, &dir, &agents)?;
+    let mut phases = Vec::new();
+    for kind in [PhaseKind::ClosedLoop, PhaseKind::OpenLoop] {
+        let (pools, conns, drive) = match kind {
+            PhaseKind::ClosedLoop => (&closed_pools, connections, Drive::Closed(opts.duration)),
+            PhaseKind::OpenLoop => (&open_pools, open_connections, Drive::Open(open)),
+        };
+        let mut results = Vec::new();
+        for (name, dial, wrap) in [("direct", &direct, true), ("broker", &broker, false)] {
+            eprintln!(
+                "atb bench: {} {name}, {conns} connections, {:.0} s ...",
+                match kind {
+                    PhaseKind::ClosedLoop => "closed loop".to_owned(),
+                    PhaseKind::OpenLoop => format!("open loop at {} req/s", opts.rate),
+                },
+                opts.duration.as_secs_f64()
+            );
+            let m = runner::run_phase(dial, pools, conns, drive, opts.warmup, wrap, &watched)?;
+            for c in &mut children {
+                c.check_alive()?;
+            }
+            results.push(report::PathResult::of(
+                &m.measure,
+                if name == "broker" {
+                    m.broker.as_ref()
+                } else {
+                    None
+                },
+                m.upstream.as_ref(),
+                m.generator_cpu_seconds,
+            ));
+        }
+        let broker_result = results.pop().ok_or(BenchError::Thread)?;
+        let direct_result = results.pop().ok_or(BenchError::Thread)?;
+        phases.push(Phase::new(
+            kind,
+            conns,
+            matches!(kind, PhaseKind::OpenLoop).then_some(opts.rate),
+            opts.duration,
+            direct_result,
+            broker_result,
+        ));
+    }
+    drop(children);
+    Ok(Report::new(
+        machine,
+        Settings {
+            command: opts.command_line.clone(),
+            broker_addr: broker_addr.to_string(),
+            upstream_addr: upstream_addr.to_string(),
+            spawned: opts.broker.is_none(),
+            tenants_configured,
+            tenants_active: agents.len(),
+            redis: opts.redis.clone(),
+            warmup_requests_per_connection: opts.warmup,
+            mandates_minted: minted,
+            mint_seconds: (mint_seconds * 10.0).round() / 10.0,
+        },
+        phases,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bounded() {
+        let o = BenchOptions::default();
+        o.validate().unwrap();
+        // The default run (4 phases of 5 s) stays well under a minute.
+        assert!(o.duration * 4 <= Duration::from_secs(30));
+        for bad in [
+            BenchOptions {
+                connections: 0,
+                ..o.clone()
+            },
+            BenchOptions {
+                duration: Duration::from_secs(121),
+                ..o.clone()
+            },
+            BenchOptions {
+                rate: 0.0,
+                ..o.clone()
+            },
+            BenchOptions {
+                tenants: Some(10_001),
+                ..o.clone()
+            },
+            BenchOptions {
+                broker: Some("127.0.0.1:8443".parse().unwrap()),
+                ..o.clone()
+            },
+            BenchOptions {
+                broker: Some("127.0.0.1:8443".parse().unwrap()),
+                upstream: Some("127.0.0.1:9000".parse().unwrap()),
+                tenants: Some(10),
+                ..o.clone()
+            },
+            BenchOptions {
+                broker_pid: Some(1),
+                ..o.clone()
+            },
+            BenchOptions {
+                max_rps: 50_000.0,
+                duration: Duration::from_secs(10),
+                ..o.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        BenchOptions {
+            broker: Some("127.0.0.1:8443".parse().unwrap()),
+            upstream: Some("127.0.0.1:9000".parse().unwrap()),
+            broker_pid: Some(1),
+            ..o.clone()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn mandate_budget_and_lifetime() {
+        // 10,000 over 50 agents with 50 connections and 20 warm-up each.
+        assert_eq!(per_agent(10_000.0, 50, 50, 20), 200 + 20 + 8);
+        assert_eq!(per_agent(5000.0, 1, 32, 20), 5000 + 640 + 8);
+        assert_eq!(
+            mandate_ttl(Duration::from_secs(5), Duration::from_secs(5)),
+            100
+        );
+        assert_eq!(mandate_ttl(Duration::from_secs(600), Duration::ZERO), 900);
+    }
+}
