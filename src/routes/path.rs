@@ -76,12 +76,6 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
                 "the path carries encoded dots, slashes, backslashes or NULs",
             ));
         }
-        if decoded == b'%'
-            && bytes.get(i + 3).copied().and_then(hex).is_some()
-            && bytes.get(i + 4).copied().and_then(hex).is_some()
-        {
-            return Err(PathError("the path is encoded twice"));
-        }
         let o = out.get_or_insert_with(|| path[..i].to_owned());
         if unreserved(decoded) {
             o.push(char::from(decoded));
@@ -97,6 +91,12 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
             if decode(&o).is_none() {
                 return Err(PathError("the path's escapes do not decode to valid UTF-8"));
             }
+            // Checked on the result, not the input: `%25%32%65` is an
+            // escaped `%` followed by escapes of `2` and `e`, which decode
+            // here to `%252e`, an upstream that decodes twice reads `.`.
+            if encodes_an_escape(&o) {
+                return Err(PathError("the path is encoded twice"));
+            }
             Cow::Owned(o)
         }
         None => Cow::Borrowed(path),
@@ -105,6 +105,15 @@ pub fn canonical(path: &str) -> Result<Cow<'_, str>, PathError> {
         return Err(PathError("the path has dot segments"));
     }
     Ok(canonical)
+}
+
+/// Whether a canonical path holds an escaped `%` followed by two hex
+/// digits (an escape of an escape). Its escapes are upper case (`%25`).
+fn encodes_an_escape(canonical: &str) -> bool {
+    canonical
+        .as_bytes()
+        .windows(5)
+        .any(|w| w[..3] == *b"%25" && hex(w[3]).is_some() && hex(w[4]).is_some())
 }
 
 /// A captured path segment (or rest) fully percent-decoded, `None` when
@@ -204,6 +213,12 @@ mod tests {
             "/api/vendors/17;jsessionid=1",
             "/api/%252e%252e/admin",
             "/api/%2541",
+            "/api/%252E",
+            // Found by `cargo fuzz run routes`: escapes that decode into
+            // an escape of an escape (here `%252e%252e`, and `%25B2`).
+            "/api/docs/%25%32%65%25%32%65/admin",
+            "/api/docs/%25%32e%25%32e/admin",
+            "/apI/contacts/%25%42%32",
             "/api/%C0%AE%C0%AE/admin",
             "/api/%E0%80%AF",
             "/api/%FF",
@@ -211,6 +226,13 @@ mod tests {
         ] {
             assert!(canonical(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_literal_percent_stays_allowed() {
+        assert_eq!(canonical("/api/100%25off").unwrap(), "/api/100%25off");
+        assert_eq!(canonical("/api/100%25").unwrap(), "/api/100%25");
+        assert_eq!(canonical("/api/%25%7a").unwrap(), "/api/%25z");
     }
 
     #[test]
