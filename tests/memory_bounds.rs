@@ -11,27 +11,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use actix_web::{web, App, HttpResponse};
-use common::process::Proc;
 use common::*;
 
 /// A broker with `broker.max_connections_per_worker = 2` and one worker.
-fn start(pki: &Pki, dir: &std::path::Path) -> (Proc, u16) {
-    let port = free_port();
-    let admin = free_port();
-    let config = format!(
+fn start(pki: &Pki) -> Broker {
+    Broker::start_with(
+        pki,
+        "max_connections_per_worker = 2",
         r#"
-[broker]
-listen_addr = "127.0.0.1:{port}"
-admin_addr = "127.0.0.1:{admin}"
-workers = 1
-max_connections_per_worker = 2
-drain_delay_seconds = 0
-
-[tls]
-cert_file = "{cert}"
-key_file = "{key}"
-client_ca_file = "{ca}"
-
 [[tenants]]
 id = "acme"
 trust_domain = "acme.example"
@@ -40,20 +27,8 @@ trust_domain = "acme.example"
 id = "globex"
 spiffe_prefix = "spiffe://saas.example/tenants/globex"
 "#,
-        cert = pki.path("server.crt").display(),
-        key = pki.path("server.key").display(),
-        ca = pki.ca().display(),
-    );
-    let path = dir.join("atb.toml");
-    std::fs::write(&path, config).unwrap();
-    let mut cmd = Command::new(ATB);
-    cmd.arg("broker").arg("--config").arg(&path);
-    let mut proc = Proc::spawn(cmd, dir, "broker");
-    assert!(proc.wait_ready(
-        &["broker started"],
-        &[format!("http://127.0.0.1:{admin}/ready")]
-    ));
-    (proc, port)
+        &[],
+    )
 }
 
 /// An mTLS connection of `agent` held open by `openssl s_client`, after one
@@ -113,8 +88,8 @@ fn health(pki: &Pki, port: u16, agent: &str, seconds: &str) -> u16 {
 #[test]
 fn the_total_connection_bound_holds_new_connections_until_one_closes() {
     let pki = Pki::new(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let (_broker, port) = start(&pki, dir.path());
+    let broker = start(&pki);
+    let port = broker.port;
     assert_eq!(health(&pki, port, "globex-agent", "10"), 200);
     // Two live connections (two tenants, each under its own limit) fill
     // the worker's bound: a third connection is not served…
