@@ -11,6 +11,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
 
+/// The broker's allocator (src/main.rs), so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AGENT: &str = "spiffe://acme.example/agent/demo";
 
 fn bench(c: &mut Criterion) {
