@@ -95,13 +95,22 @@ pub fn outbound(config: &TlsConfig) -> Result<SslConnector, TlsError> {
     Ok(b.build())
 }
 
+/// How long an idle pooled connection to a connector (or JWKS, OPA) is
+/// kept for reuse: under the 5 s idle timeout of common servers (Node,
+/// actix-web, many proxies), so the broker drops an idle connection before
+/// the server does, rather than sending a request on a connection the
+/// server is closing (a 502 for a request it never saw). awc's default is
+/// 15 s.
+pub const POOLED_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// An HTTP client for outbound calls, verifying servers with `tls`.
 pub fn http_client(tls: &SslConnector, connect_timeout: std::time::Duration) -> awc::Client {
     awc::Client::builder()
         .connector(
             awc::Connector::new()
                 .openssl(tls.clone())
-                .timeout(connect_timeout),
+                .timeout(connect_timeout)
+                .conn_keep_alive(POOLED_IDLE),
         )
         .disable_redirects()
         .finish()
