@@ -255,7 +255,10 @@ fn soak_refuses_every_replay_and_verifies_the_audit_chain() {
     let b = &r["broker"];
     assert_eq!(b["requests"], 120, "{b:#}");
     assert_eq!(b["ok"], 120);
-    assert_eq!((b["error_count"].as_u64(), b["starved"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (b["error_count"].as_u64(), b["starved"].as_u64()),
+        (Some(0), Some(0))
+    );
 
     // The replay check: every used mandate (120 + 2 × 2 warm-up) re-sent
     // and refused as a replay.
