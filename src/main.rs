@@ -153,6 +153,16 @@ enum Command {
         /// this Redis instead of in memory.
         #[arg(long, value_name = "URL")]
         redis: Option<String>,
+        /// Soak instead of the four phases: one open-loop phase of
+        /// --duration seconds (up to 780) at --rate through the started
+        /// broker, then re-send used mandates (each must be refused
+        /// poa_replay), stop the broker with SIGTERM and verify its audit
+        /// chain; reports the broker's RSS and open fds (README "Soak").
+        #[arg(long)]
+        soak: bool,
+        /// With --soak: seconds between samples of the broker's RSS and fds.
+        #[arg(long, default_value_t = 60)]
+        sample_interval: u64,
     },
     /// The demo upstream alone (what `atb dev` and `atb bench` start): an
     /// HTTP service answering every request with what it received.
@@ -510,6 +520,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             upstream,
             upstream_pid,
             redis,
+            soak,
+            sample_interval,
         } => {
             let opts = atb::bench::BenchOptions {
                 dir,
@@ -526,10 +538,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 upstream,
                 upstream_pid,
                 redis,
+                soak,
+                sample_interval: std::time::Duration::from_secs(sample_interval),
                 command_line: std::env::args()
                     .skip(1)
                     .fold("atb".to_owned(), |a, b| a + " " + &b),
             };
+            if soak {
+                let report = atb::bench::run_soak(&opts)?;
+                print!("{}", report.text());
+                if let Some(path) = json {
+                    let text = serde_json::to_string_pretty(&report)?;
+                    std::fs::write(&path, text + "\n")
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                }
+                if !report.passed {
+                    return Err(format!("the soak failed: {}", report.failures.join("; ")).into());
+                }
+                return Ok(());
+            }
             let report = atb::bench::run(&opts)?;
             print!("{}", report.text());
             if let Some(path) = json {

@@ -3,7 +3,9 @@
 //! JSON report with zero errors on the mix; then the same against running
 //! processes (`--broker`/`--upstream`) started from the broker.toml the
 //! first run wrote. No timing assertions: only that each figure is there
-//! and agrees with the others.
+//! and agrees with the others. And a short `--soak`: zero errors, every
+//! re-sent mandate refused as a replay, the broker's RSS and fds sampled,
+//! its audit chain verified after SIGTERM.
 
 mod common;
 
@@ -214,4 +216,89 @@ fn bench_spreads_traffic_over_generated_tenants() {
         tenants.into_iter().collect::<Vec<_>>(),
         ["bench-0000", "bench-0010", "bench-0020", "bench-0030"]
     );
+}
+
+#[test]
+fn soak_refuses_every_replay_and_verifies_the_audit_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("soak");
+    let json = tmp.path().join("soak.json");
+    let out = Command::new(ATB)
+        .env_remove("ATB_CONFIG")
+        .args(["bench", "--soak", "--dir"])
+        .arg(&dir)
+        .args([
+            "--duration",
+            "3",
+            "--rate",
+            "40",
+            "--open-connections",
+            "2",
+            "--warmup",
+            "2",
+            "--sample-interval",
+            "1",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soak failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("soak passed"), "{stdout}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert!(r["failures"].as_array().unwrap().is_empty());
+
+    // The traffic: 3 s at 40 req/s, all 200, none without a mandate.
+    let b = &r["broker"];
+    assert_eq!(b["requests"], 120, "{b:#}");
+    assert_eq!(b["ok"], 120);
+    assert_eq!(
+        (b["error_count"].as_u64(), b["starved"].as_u64()),
+        (Some(0), Some(0))
+    );
+
+    // The replay check: every used mandate (120 + 2 × 2 warm-up) re-sent
+    // and refused as a replay.
+    let replay = &r["replay"];
+    assert_eq!(replay["sent"], 124, "{replay:#}");
+    assert_eq!(replay["refused_replay"], 124);
+    assert_eq!(replay["accepted"], 0);
+    assert!(replay["other"].as_object().unwrap().is_empty());
+
+    // Resources: start, every second, and the end, each with RSS and fds.
+    let samples = r["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "{samples:?}");
+    for s in samples {
+        assert!(s["rss_bytes"].as_u64().unwrap() > 1 << 20, "{s}");
+        assert!(s["open_fds"].as_u64().unwrap() >= 3, "{s}");
+    }
+    assert_eq!(r["rss_start_bytes"], samples[0]["rss_bytes"]);
+    assert_eq!(r["fds_end"], samples[samples.len() - 1]["open_fds"]);
+
+    // The audit: verified whole after a graceful stop, one line per
+    // answered request at least, and the replays in it as refusals.
+    let audit = &r["audit"];
+    assert_eq!(audit["verified"], true, "{audit:#}");
+    assert!(audit["problem"].is_null());
+    assert_eq!(audit["broker_exit"], "exit status: 0", "{audit:#}");
+    let lines = audit["lines"].as_u64().unwrap();
+    assert!(lines >= 120 + 124, "{audit:#}");
+    let text = std::fs::read_to_string(dir.join("broker-audit.jsonl")).unwrap();
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len() as u64, lines);
+    let refused = records.iter().filter(|e| e["status"] == 403).count();
+    assert_eq!(refused, 124, "each replay audited as a refusal");
+    // The verifier agrees from the command line too.
+    let verify = Command::new(ATB)
+        .args(["audit", "verify"])
+        .arg(dir.join("broker-audit.jsonl"))
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
 }

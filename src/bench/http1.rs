@@ -9,7 +9,9 @@
 //! - The response head is parsed with `httparse`; the body is framed by
 //!   Content-Length, chunked encoding, or the end of the connection, and
 //!   discarded (only its size is kept). One read buffer per connection,
-//!   reused, bounded (a head over 64 KiB is an error).
+//!   reused, bounded (a head over 64 KiB is an error). On request
+//!   ([`Connection::exchange_with_body`], for `--soak`'s replay check) the
+//!   body's first [`MAX_KEPT_BODY`] bytes are kept instead.
 //! - `Connection: close` (or an HTTP/1.0 answer) ends keep-alive: the
 //!   caller opens a new connection.
 
@@ -18,6 +20,8 @@ use std::io::{Read, Write};
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
+/// Most body bytes [`Connection::exchange_with_body`] keeps.
+pub const MAX_KEPT_BODY: usize = 64 * 1024;
 
 /// Why an exchange failed (a transport error of the run).
 #[derive(Debug, thiserror::Error)]
@@ -81,10 +85,15 @@ impl<S: Read + Write> Connection<S> {
         Ok(())
     }
 
-    /// Consumes `n` body bytes.
-    fn skip(&mut self, mut n: usize) -> Result<(), Http1Error> {
+    /// Consumes `n` body bytes; with `keep`, copies them there (up to
+    /// [`MAX_KEPT_BODY`]).
+    fn skip(&mut self, mut n: usize, keep: &mut Option<&mut Vec<u8>>) -> Result<(), Http1Error> {
         loop {
             let have = (self.end - self.start).min(n);
+            if let Some(k) = keep.as_deref_mut() {
+                let room = MAX_KEPT_BODY.saturating_sub(k.len()).min(have);
+                k.extend_from_slice(&self.buf[self.start..self.start + room]);
+            }
             self.start += have;
             n -= have;
             if n == 0 {
@@ -112,7 +121,7 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
-    fn skip_chunked(&mut self) -> Result<usize, Http1Error> {
+    fn skip_chunked(&mut self, keep: &mut Option<&mut Vec<u8>>) -> Result<usize, Http1Error> {
         let mut total = 0;
         loop {
             let line = self.line()?;
@@ -126,7 +135,7 @@ impl<S: Read + Write> Connection<S> {
                 while !self.line()?.is_empty() {}
                 return Ok(total);
             }
-            self.skip(size)?;
+            self.skip(size, keep)?;
             if !self.line()?.is_empty() {
                 return Err(Http1Error::Malformed("chunk not followed by CRLF"));
             }
@@ -134,15 +143,14 @@ impl<S: Read + Write> Connection<S> {
         }
     }
 
-    fn skip_to_end(&mut self) -> Result<usize, Http1Error> {
-        let mut total = self.end - self.start;
-        self.start = self.end;
+    fn skip_to_end(&mut self, keep: &mut Option<&mut Vec<u8>>) -> Result<usize, Http1Error> {
+        let mut total = 0;
         loop {
+            let have = self.end - self.start;
+            self.skip(have, keep)?;
+            total += have;
             match self.fill() {
-                Ok(()) => {
-                    total += self.end - self.start;
-                    self.start = self.end;
-                }
+                Ok(()) => {}
                 Err(Http1Error::Closed) => return Ok(total),
                 Err(e) => return Err(e),
             }
@@ -151,6 +159,25 @@ impl<S: Read + Write> Connection<S> {
 
     /// Sends `request` (complete HTTP/1.1 bytes) and reads the response.
     pub fn exchange(&mut self, request: &[u8]) -> Result<Exchange, Http1Error> {
+        self.exchange_keeping(request, None)
+    }
+
+    /// [`Self::exchange`], keeping the body's first [`MAX_KEPT_BODY`]
+    /// bytes in `body` (cleared first): to read an error code.
+    pub fn exchange_with_body(
+        &mut self,
+        request: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<Exchange, Http1Error> {
+        body.clear();
+        self.exchange_keeping(request, Some(body))
+    }
+
+    fn exchange_keeping(
+        &mut self,
+        request: &[u8],
+        mut keep: Option<&mut Vec<u8>>,
+    ) -> Result<Exchange, Http1Error> {
         self.stream.write_all(request)?;
         self.stream.flush()?;
         // The head.
@@ -195,13 +222,13 @@ impl<S: Read + Write> Connection<S> {
         let body_bytes = if (100..200).contains(&status) || status == 204 || status == 304 {
             0
         } else if chunked {
-            self.skip_chunked()?
+            self.skip_chunked(&mut keep)?
         } else if let Some(n) = length {
-            self.skip(n)?;
+            self.skip(n, &mut keep)?;
             n
         } else {
             keep_alive = false;
-            self.skip_to_end()?
+            self.skip_to_end(&mut keep)?
         };
         Ok(Exchange {
             status,
@@ -267,6 +294,42 @@ mod tests {
             assert_eq!(c.stream.written.len(), REQ.len() * 4);
             assert!(matches!(c.exchange(REQ), Err(Http1Error::Closed)));
         }
+    }
+
+    #[test]
+    fn bodies_are_kept_on_request_in_every_framing() {
+        let text = "HTTP/1.1 403 Forbidden\r\nContent-Length: 22\r\n\r\n{\"error\":\"poa_replay\"}\
+            HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+            HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+            HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        for max_read in [1, 5, 100_000] {
+            let mut c = conn(text, max_read);
+            let mut body = Vec::new();
+            let e = c.exchange_with_body(REQ, &mut body).unwrap();
+            assert_eq!((e.status, e.body_bytes), (403, 22));
+            assert_eq!(body, br#"{"error":"poa_replay"}"#);
+            // exchange() keeps nothing; the next kept body replaces the last.
+            assert_eq!(c.exchange(REQ).unwrap().body_bytes, 5);
+            c.exchange_with_body(REQ, &mut body).unwrap();
+            assert_eq!(body, b"abcde");
+            let e = c.exchange_with_body(REQ, &mut body).unwrap();
+            assert_eq!((e.body_bytes, e.keep_alive), (13, false));
+            assert_eq!(body, b"until the end");
+        }
+        // Bounded: a large body is counted whole, kept in part.
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+            MAX_KEPT_BODY + 10,
+            "x".repeat(MAX_KEPT_BODY + 10)
+        );
+        let mut body = Vec::new();
+        let e = conn(&big, 100_000)
+            .exchange_with_body(REQ, &mut body)
+            .unwrap();
+        assert_eq!(
+            (e.body_bytes, body.len()),
+            (MAX_KEPT_BODY + 10, MAX_KEPT_BODY)
+        );
     }
 
     #[test]

@@ -24,7 +24,12 @@
 //!   loop, a mandate budget (`--max-rps` × duration) for the closed loop,
 //!   at most [`MAX_MANDATES`] mandates per run.
 //!   Logic is in plain modules with unit tests (histogram, mix, schedule,
-//!   procstat, report, http1, setup); the runner only wires them.
+//!   procstat, report, http1, setup, soak); the runner only wires them.
+//! - `--soak` ([`run_soak`], [`soak`]): instead of the four phases, one
+//!   open-loop phase through the started broker for up to
+//!   [`soak::MAX_SOAK_SECONDS`], sampling its RSS and open descriptors,
+//!   then re-sending used mandates (each must be refused as a replay),
+//!   stopping the broker with SIGTERM and verifying its audit chain.
 
 pub mod histogram;
 pub mod http1;
@@ -34,15 +39,17 @@ pub mod report;
 pub mod runner;
 pub mod schedule;
 pub mod setup;
+pub mod soak;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use report::{Machine, Phase, PhaseKind, Report, Settings};
-use runner::{Dial, Drive, Minter, Watched};
+use runner::{ChildProcess, Dial, Drive, Minter, Watched};
 use schedule::OpenLoop;
 use setup::{Addresses, Tenancy};
+use soak::SoakReport;
 
 /// Most mandates one run mints (≈ 0.7 KB of request bytes each, all in
 /// memory; and within a demo tenant's default share of the replay cache).
@@ -79,6 +86,11 @@ pub struct BenchOptions {
     pub upstream_pid: Option<u32>,
     /// Redis for the started broker's shared state (`[redis] url`).
     pub redis: Option<String>,
+    /// `--soak`: one long open-loop phase through the started broker, then
+    /// the replay, resource and audit checks ([`run_soak`]).
+    pub soak: bool,
+    /// `--soak`: seconds between samples of the broker's RSS and fds.
+    pub sample_interval: Duration,
     /// The command line, for the report.
     pub command_line: String,
 }
@@ -100,6 +112,8 @@ impl Default for BenchOptions {
             upstream: None,
             upstream_pid: None,
             redis: None,
+            soak: false,
+            sample_interval: Duration::from_secs(60),
             command_line: "atb bench".into(),
         }
     }
@@ -150,6 +164,9 @@ impl BenchOptions {
         if !(1..=512).contains(&self.connections) || !(1..=512).contains(&self.open_connections) {
             return bad("--connections and --open-connections must be 1..=512");
         }
+        if self.soak {
+            return self.validate_soak();
+        }
         if self.duration < Duration::from_secs(1) || self.duration > Duration::from_secs(120) {
             return bad("--duration must be 1..=120 seconds");
         }
@@ -193,6 +210,39 @@ impl BenchOptions {
         Ok(())
     }
 
+    /// `--soak`: its own duration limit and mandate budget (open loop
+    /// only), and only against the broker atb bench starts (it stops it).
+    fn validate_soak(&self) -> Result<(), BenchError> {
+        let bad = |m: String| Err(BenchError::Options(m));
+        let max = soak::MAX_SOAK_SECONDS;
+        if self.duration < Duration::from_secs(1) || self.duration > Duration::from_secs(max) {
+            return bad(format!(
+                "--soak --duration must be 1..={max} seconds (every mandate is minted first and must outlive the soak and its replay check, within the 900 s maximum lifetime)"
+            ));
+        }
+        if self.broker.is_some() || self.upstream.is_some() {
+            return bad("--soak needs the broker atb bench starts (it stops it with SIGTERM to verify its audit), not --broker".into());
+        }
+        let mandates = BenchOptions {
+            soak: false,
+            max_rps: 100.0,
+            duration: Duration::from_secs(1),
+            ..self.clone()
+        };
+        // Everything else (rate, connections, tenants, warm-up) as usual.
+        mandates.validate()?;
+        let needed = 1.5 * self.rate * self.duration.as_secs_f64();
+        if needed > MAX_MANDATES as f64 {
+            return bad(format!(
+                "1.5 × --rate × --duration must be at most {MAX_MANDATES} mandates, not {needed:.0}"
+            ));
+        }
+        if self.sample_interval < Duration::from_secs(1) {
+            return bad("--sample-interval must be at least 1 second".into());
+        }
+        Ok(())
+    }
+
     fn tenancy(&self) -> Tenancy {
         match self.tenants {
             None => Tenancy::Demo,
@@ -217,6 +267,73 @@ fn per_agent(total: f64, agents: usize, connections: usize, warmup: usize) -> us
     let conns_per_agent = connections.div_ceil(agents);
     (total / agents as f64).ceil() as usize + conns_per_agent * warmup + 8
 }
+
+/// Starts the demo upstream and a broker configured for the run (see
+/// [`setup`]) on free loopback ports in `dir`, and waits until both are
+/// ready. The broker's audit (stdout) goes to `broker-audit.jsonl`.
+fn start_processes(
+    dir: &std::path::Path,
+    tenancy: Tenancy,
+    agents: &[setup::BenchAgent],
+    connections: usize,
+    mandates_per_tenant: usize,
+    redis: Option<&str>,
+) -> Result<(Addresses, ChildProcess, ChildProcess), BenchError> {
+    eprintln!("atb bench: preparing {} ...", dir.display());
+    let pki = setup::prepare_dir(dir, agents)?;
+    let addrs = Addresses {
+        listen: runner::free_port()?,
+        admin: runner::free_port()?,
+        upstream: runner::free_port()?,
+    };
+    let config = setup::config(
+        &pki,
+        addrs,
+        tenancy,
+        connections,
+        mandates_per_tenant,
+        redis,
+    );
+    config
+        .validate()
+        .map_err(|e| BenchError::Config(e.to_string()))?;
+    let [broker_toml, _] = crate::dev::write_config_files(&config, dir)?;
+    let upstream_arg = addrs.upstream.to_string();
+    let mut upstream = runner::spawn(
+        "demo upstream",
+        &["demo-upstream", "--listen", &upstream_arg],
+        dir,
+        "upstream.out",
+        "upstream.log",
+    )?;
+    runner::wait_ready(
+        &mut upstream,
+        addrs.upstream,
+        "/api/hello",
+        Duration::from_secs(20),
+    )?;
+    let toml = broker_toml.display().to_string();
+    let mut broker = runner::spawn(
+        "broker",
+        &["broker", "--config", &toml],
+        dir,
+        AUDIT_FILE,
+        "broker.log",
+    )?;
+    eprintln!(
+        "atb bench: broker {} (pid {}), demo upstream {} (pid {}), {} tenant(s) configured",
+        addrs.listen,
+        broker.pid(),
+        addrs.upstream,
+        upstream.pid(),
+        config.tenants.len()
+    );
+    runner::wait_ready(&mut broker, addrs.admin, "/ready", Duration::from_secs(60))?;
+    Ok((addrs, upstream, broker))
+}
+
+/// The started broker's audit output (its stdout), in the bench directory.
+pub const AUDIT_FILE: &str = "broker-audit.jsonl";
 
 /// Runs the benchmark; progress goes to stderr.
 pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
@@ -259,56 +376,14 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             },
         ),
         _ => {
-            eprintln!("atb bench: preparing {} ...", dir.display());
-            let pki = setup::prepare_dir(&dir, &agents)?;
-            let addrs = Addresses {
-                listen: runner::free_port()?,
-                admin: runner::free_port()?,
-                upstream: runner::free_port()?,
-            };
-            let config = setup::config(
-                &pki,
-                addrs,
+            let (addrs, upstream, broker) = start_processes(
+                &dir,
                 tenancy,
+                &agents,
                 connections.max(open_connections),
                 closed_per_agent + open_per_agent,
                 opts.redis.as_deref(),
-            );
-            config
-                .validate()
-                .map_err(|e| BenchError::Config(e.to_string()))?;
-            let [broker_toml, _] = crate::dev::write_config_files(&config, &dir)?;
-            let upstream_arg = addrs.upstream.to_string();
-            let mut upstream = runner::spawn(
-                "demo upstream",
-                &["demo-upstream", "--listen", &upstream_arg],
-                &dir,
-                "upstream.out",
-                "upstream.log",
             )?;
-            runner::wait_ready(
-                &mut upstream,
-                addrs.upstream,
-                "/api/hello",
-                Duration::from_secs(20),
-            )?;
-            let toml = broker_toml.display().to_string();
-            let mut broker = runner::spawn(
-                "broker",
-                &["broker", "--config", &toml],
-                &dir,
-                "broker-audit.jsonl",
-                "broker.log",
-            )?;
-            eprintln!(
-                "atb bench: broker {} (pid {}), demo upstream {} (pid {}), {} tenant(s) configured",
-                addrs.listen,
-                broker.pid(),
-                addrs.upstream,
-                upstream.pid(),
-                config.tenants.len()
-            );
-            runner::wait_ready(&mut broker, addrs.admin, "/ready", Duration::from_secs(60))?;
             let watched = Watched {
                 broker: Some(broker.pid()),
                 upstream: Some(upstream.pid()),
@@ -324,18 +399,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     };
 
     // Mandates, before any timed phase.
-    let key = crate::poa::keys::load_signing_pem(&dir.join(crate::dev::SIGNING_KEY))?;
-    let mut run_id = [0u8; 6];
-    openssl::rand::rand_bytes(&mut run_id).map_err(|source| BenchError::Tls {
-        what: "random run id".into(),
-        source,
-    })?;
-    let minter = Minter {
-        kid: crate::poa::keys::thumbprint(&key.verifying_key()),
-        key,
-        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
-        ttl: mandate_ttl(opts.duration, Duration::from_secs(5)),
-    };
+    let minter = minter(&dir, mandate_ttl(opts.duration, Duration::from_secs(5)))?;
     eprintln!(
         "atb bench: minting {} mandates ({} agent(s)) ...",
         (closed_per_agent + open_per_agent) * agents.len(),
@@ -420,6 +484,189 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     ))
 }
 
+/// The mandate signer of a run: `atb dev`'s signing key in `dir`, a random
+/// run id, lifetime `ttl` seconds.
+fn minter(dir: &std::path::Path, ttl: i64) -> Result<Minter, BenchError> {
+    let key = crate::poa::keys::load_signing_pem(&dir.join(crate::dev::SIGNING_KEY))?;
+    let mut run_id = [0u8; 6];
+    openssl::rand::rand_bytes(&mut run_id).map_err(|source| BenchError::Tls {
+        what: "random run id".into(),
+        source,
+    })?;
+    Ok(Minter {
+        kid: crate::poa::keys::thumbprint(&key.verifying_key()),
+        key,
+        run_id: run_id.iter().map(|b| format!("{b:02x}")).collect(),
+        ttl,
+    })
+}
+
+/// How long the broker may take to drain and exit after SIGTERM (its
+/// default shutdown grace is 30 s).
+const TERMINATE_GRACE: Duration = Duration::from_secs(45);
+
+/// `atb bench --soak` (see [`soak`]): one open-loop phase through a
+/// started broker, its RSS and fds sampled, then the replay check, SIGTERM
+/// and the audit chain verified. Progress goes to stderr.
+pub fn run_soak(opts: &BenchOptions) -> Result<SoakReport, BenchError> {
+    if !opts.soak {
+        return Err(BenchError::Options("run_soak needs --soak".into()));
+    }
+    opts.validate()?;
+    let machine = Machine::current();
+    let tenancy = opts.tenancy();
+    let agents = setup::agents(tenancy);
+    let open = OpenLoop::new(opts.rate, opts.duration)?;
+    let connections = opts.open_connections.max(agents.len());
+    let per_agent = per_agent(
+        open.count() as f64 * 1.5,
+        agents.len(),
+        connections,
+        opts.warmup,
+    );
+    std::fs::create_dir_all(&opts.dir).map_err(|source| BenchError::Io {
+        what: format!("creating {}", opts.dir.display()),
+        source,
+    })?;
+    let dir = std::path::absolute(&opts.dir).unwrap_or_else(|_| opts.dir.clone());
+    let (addrs, mut upstream, mut broker) = start_processes(
+        &dir,
+        tenancy,
+        &agents,
+        connections,
+        per_agent,
+        opts.redis.as_deref(),
+    )?;
+    let broker_pid = broker.pid();
+    let watched = Watched {
+        broker: Some(broker_pid),
+        upstream: Some(upstream.pid()),
+    };
+    let minter = minter(&dir, soak::mandate_ttl(opts.duration))?;
+    eprintln!(
+        "atb bench --soak: minting {} mandates ({} agent(s)) ...",
+        per_agent * agents.len(),
+        agents.len()
+    );
+    let minting = Instant::now();
+    let pools: Vec<_> = agents
+        .iter()
+        .map(|a| minter.pool(a, "s", per_agent))
+        .collect();
+    let mint_seconds = minting.elapsed().as_secs_f64();
+    let dial = Dial::broker(addrs.listen, &dir, &agents)?;
+
+    eprintln!(
+        "atb bench --soak: open loop at {} req/s through the broker, {connections} connections, {:.0} s ...",
+        opts.rate,
+        opts.duration.as_secs_f64()
+    );
+    let offsets = soak::sample_offsets(opts.duration, opts.sample_interval);
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<Instant>();
+    let (measured, samples) = std::thread::scope(|s| {
+        let sampler = s.spawn(move || {
+            let mut samples = Vec::new();
+            // No start: the phase failed before it began.
+            let Ok(start) = started_rx.recv() else {
+                return samples;
+            };
+            for at in offsets {
+                let due = start + at;
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                // A broker gone is reported by the phase; no sample then.
+                if let (Ok(m), Ok(fds)) =
+                    (procstat::memory(broker_pid), procstat::open_fds(broker_pid))
+                {
+                    eprintln!(
+                        "atb bench --soak: t={} s broker rss {:.1} MiB, {fds} open fds",
+                        at.as_secs(),
+                        m.rss_bytes as f64 / 1048576.0
+                    );
+                    samples.push(soak::ResourceSample {
+                        at_seconds: at.as_secs(),
+                        rss_bytes: m.rss_bytes,
+                        open_fds: fds,
+                    });
+                }
+            }
+            samples
+        });
+        let measured = runner::run_phase_observed(
+            &dial,
+            &pools,
+            connections,
+            Drive::Open(open),
+            opts.warmup,
+            false,
+            &watched,
+            move || {
+                let _ = started_tx.send(Instant::now());
+            },
+        );
+        let samples = sampler.join().unwrap_or_default();
+        (measured, samples)
+    });
+    let measured = measured?;
+    upstream.check_alive()?;
+    broker.check_alive()?;
+    let result = report::PathResult::of(
+        &measured.measure,
+        measured.broker.as_ref(),
+        measured.upstream.as_ref(),
+        measured.generator_cpu_seconds,
+    );
+
+    let per_pool = soak::REPLAY_SAMPLE.div_ceil(agents.len().max(1));
+    eprintln!("atb bench --soak: re-sending up to {per_pool} used mandates per agent ...");
+    let replay = runner::resend_used(&dial, &pools, |used| soak::spread(used, per_pool))?;
+
+    eprintln!("atb bench --soak: stopping the broker (SIGTERM) and verifying its audit ...");
+    let exit = broker.terminate(TERMINATE_GRACE)?;
+    let audit_path = dir.join(AUDIT_FILE);
+    let file = std::fs::File::open(&audit_path).map_err(|source| BenchError::Io {
+        what: format!("opening {}", audit_path.display()),
+        source,
+    })?;
+    let verification =
+        crate::audit::chain::verify(std::io::BufReader::new(file), false).map_err(|source| {
+            BenchError::Io {
+                what: format!("reading {}", audit_path.display()),
+                source,
+            }
+        })?;
+    let audit = soak::AuditCheck::of(&verification, audit_path.display().to_string(), exit);
+    drop(upstream);
+
+    Ok(SoakReport::new(
+        machine,
+        Settings {
+            command: opts.command_line.clone(),
+            broker_addr: addrs.listen.to_string(),
+            upstream_addr: addrs.upstream.to_string(),
+            spawned: true,
+            tenants_configured: match tenancy {
+                Tenancy::Demo => crate::dev::DEMO_TENANTS.len(),
+                Tenancy::Generated { configured, .. } => configured,
+            },
+            tenants_active: agents.len(),
+            redis: opts.redis.clone(),
+            warmup_requests_per_connection: opts.warmup,
+            mandates_minted: pools.iter().map(|p| p.len()).sum(),
+            mint_seconds: (mint_seconds * 10.0).round() / 10.0,
+        },
+        opts.duration,
+        opts.rate,
+        connections,
+        result,
+        samples,
+        replay,
+        audit,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +724,53 @@ mod tests {
         }
         .validate()
         .unwrap();
+    }
+
+    #[test]
+    fn soak_options_have_their_own_bounds() {
+        let soak = BenchOptions {
+            soak: true,
+            duration: Duration::from_secs(600),
+            rate: 300.0,
+            ..BenchOptions::default()
+        };
+        soak.validate().unwrap();
+        for bad in [
+            BenchOptions {
+                duration: Duration::from_secs(soak::MAX_SOAK_SECONDS + 1),
+                ..soak.clone()
+            },
+            BenchOptions {
+                duration: Duration::ZERO,
+                ..soak.clone()
+            },
+            BenchOptions {
+                rate: 1000.0,
+                ..soak.clone()
+            },
+            BenchOptions {
+                broker: Some("127.0.0.1:8443".parse().unwrap()),
+                upstream: Some("127.0.0.1:9000".parse().unwrap()),
+                ..soak.clone()
+            },
+            BenchOptions {
+                connections: 0,
+                ..soak.clone()
+            },
+            BenchOptions {
+                sample_interval: Duration::ZERO,
+                ..soak.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        // Without --soak, 600 s is refused as before.
+        assert!(BenchOptions {
+            soak: false,
+            ..soak
+        }
+        .validate()
+        .is_err());
     }
 
     #[test]

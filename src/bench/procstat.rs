@@ -1,6 +1,7 @@
 //! What `atb bench` reads of a process from Linux's /proc: its CPU time
 //! (`/proc/<pid>/stat`, utime + stime of all its threads) and its memory
-//! (`/proc/<pid>/status`, VmRSS and the peak VmHWM).
+//! (`/proc/<pid>/status`, VmRSS and the peak VmHWM), and for `--soak` its
+//! open file descriptors (the entries of `/proc/<pid>/fd`).
 //!
 //! Design points:
 //! - Parsing is plain functions over the files' text, tested on captured
@@ -99,6 +100,17 @@ pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     })
 }
 
+/// The open file descriptors of process `pid` (entries of
+/// `/proc/<pid>/fd`; another user's process needs privileges).
+pub fn open_fds(pid: u32) -> Result<u64, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/fd"));
+    match std::fs::read_dir(&path) {
+        // An entry that vanishes while listed was closed: not counted.
+        Ok(entries) => Ok(entries.filter(|e| e.is_ok()).count() as u64),
+        Err(source) => Err(ProcError::Read { path, source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +167,19 @@ mod tests {
         let m = memory(pid).unwrap();
         assert!(m.rss_bytes > 0 && m.peak_rss_bytes >= m.rss_bytes);
         assert!(matches!(cpu_seconds(u32::MAX), Err(ProcError::Read { .. })));
+    }
+
+    #[test]
+    fn open_fds_counts_this_process_descriptors() {
+        let pid = std::process::id();
+        // Other test threads open and close files too: hold 8 and see at
+        // least those (and stdin/stdout/stderr).
+        let held: Vec<_> = (0..8)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let with = open_fds(pid).unwrap();
+        drop(held);
+        assert!(with >= 8 + 3, "{with}");
+        assert!(matches!(open_fds(u32::MAX), Err(ProcError::Read { .. })));
     }
 }

@@ -36,6 +36,7 @@ use super::procstat;
 use super::report::{PathMeasure, ProcessReading};
 use super::schedule::OpenLoop;
 use super::setup::BenchAgent;
+use super::soak;
 use super::BenchError;
 
 /// A plain or TLS connection.
@@ -166,6 +167,12 @@ impl Pool {
 
     pub fn len(&self) -> usize {
         self.requests.len()
+    }
+
+    /// The requests taken so far (sent, warm-up included), in order.
+    pub fn used(&self) -> &[Prepared] {
+        let taken = self.cursor.load(Ordering::Relaxed).min(self.requests.len());
+        &self.requests[..taken]
     }
 
     pub fn is_empty(&self) -> bool {
@@ -307,6 +314,31 @@ pub fn run_phase(
     wrap: bool,
     watched: &Watched,
 ) -> Result<Measured, BenchError> {
+    run_phase_observed(
+        dial,
+        pools,
+        connections,
+        drive,
+        warmup,
+        wrap,
+        watched,
+        || {},
+    )
+}
+
+/// [`run_phase`], calling `on_start` when the timed phase starts (every
+/// connection open and warm): `--soak` starts sampling the broker then.
+#[allow(clippy::too_many_arguments)]
+pub fn run_phase_observed(
+    dial: &Dial,
+    pools: &[Pool],
+    connections: usize,
+    drive: Drive,
+    warmup: usize,
+    wrap: bool,
+    watched: &Watched,
+    on_start: impl FnOnce(),
+) -> Result<Measured, BenchError> {
     for p in pools {
         p.rewind();
     }
@@ -398,6 +430,7 @@ pub fn run_phase(
             .collect();
         // The phase starts when every connection is warm.
         barrier.wait();
+        on_start();
         let before = watched.snapshot()?;
         let mut total = PathMeasure::default();
         for h in handles {
@@ -416,6 +449,45 @@ pub fn run_phase(
         upstream,
         generator_cpu_seconds,
     })
+}
+
+/// Sends again, for each agent's pool, the used requests at `indices(used)`
+/// (one connection per agent, one at a time) and judges each answer with
+/// [`soak::classify_replay`]. A transport error counts as `transport` and
+/// the connection is opened again.
+pub fn resend_used(
+    dial: &Dial,
+    pools: &[Pool],
+    indices: impl Fn(usize) -> Vec<usize>,
+) -> Result<soak::ReplayCheck, BenchError> {
+    let mut check = soak::ReplayCheck::default();
+    let mut body = Vec::new();
+    for (agent, pool) in pools.iter().enumerate().take(dial.agents()) {
+        let used = pool.used();
+        let mut conn = dial
+            .connect(agent)
+            .map_err(|reason| BenchError::Connect { reason })?;
+        for i in indices(used.len()) {
+            let Some(req) = used.get(i) else { continue };
+            match conn.exchange_with_body(&req.bytes, &mut body) {
+                Ok(e) => {
+                    check.record(soak::classify_replay(e.status, &body));
+                    if !e.keep_alive {
+                        if let Ok(c) = dial.connect(agent) {
+                            conn = c;
+                        }
+                    }
+                }
+                Err(_) => {
+                    check.record(soak::ReplayOutcome::Other("transport".into()));
+                    if let Ok(c) = dial.connect(agent) {
+                        conn = c;
+                    }
+                }
+            }
+        }
+    }
+    Ok(check)
 }
 
 /// Opens `conn` again after an error or a `Connection: close`; while the
@@ -447,6 +519,49 @@ impl ChildProcess {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Stops it with SIGTERM and waits at most `grace` for it to exit
+    /// (then kills it); how it ended.
+    pub fn terminate(&mut self, grace: Duration) -> Result<String, BenchError> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Ok(format!("had already exited ({status})"));
+        }
+        let pid = libc::pid_t::try_from(self.pid()).map_err(|_| BenchError::Io {
+            what: format!("the {}'s pid", self.name),
+            source: std::io::Error::other("out of range"),
+        })?;
+        // SAFETY: kill(2) with a pid this process started and has not
+        // reaped (try_wait above), so it cannot name another process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            return Err(BenchError::Io {
+                what: format!("sending SIGTERM to the {}", self.name),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status.to_string()),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Ok(format!(
+                        "did not exit within {} s of SIGTERM; killed",
+                        grace.as_secs()
+                    ));
+                }
+                Err(e) => {
+                    return Err(BenchError::Io {
+                        what: format!("waiting for the {}", self.name),
+                        source: e,
+                    })
+                }
+            }
+        }
     }
 
     /// Fails if the process has exited.

@@ -9,7 +9,10 @@
 //! - Changed for load, and only this: tenant and connector rate limits out
 //!   of the way (1,000,000 req/s), no JWKS URL (no AgentAuth runs; the dev
 //!   signing key is configured as a file), enough connections per tenant
-//!   for the run, and in the tenant mode a replay capacity that gives each
+//!   for the run, a mandate lifetime up to the broker's hard maximum of
+//!   900 s (mandates are minted before the timed phases, and a soak's must
+//!   outlive it; the default of 300 s would refuse the mandates of any run
+//!   longer than about 5 minutes), and in the tenant mode a replay capacity that gives each
 //!   tenant room for every mandate of the run (the default splits 1,000,000
 //!   entries evenly: 1,000 each among 1,000 tenants).
 //! - Tenant mode: `configured` tenants `bench-0000`, … each with its own
@@ -140,6 +143,7 @@ pub fn config(
     c.agentauth.broker_admin_urls.clear();
     for t in &mut c.tenants {
         t.poa.jwks_url = None;
+        t.poa.max_ttl_seconds = crate::poa::claims::HARD_MAX_TTL_SECONDS as u64;
         t.max_connections = t.max_connections.max(connections);
     }
     if let Tenancy::Generated { configured, .. } = tenancy {
@@ -204,6 +208,7 @@ mod tests {
         assert_eq!(c.tenants.len(), 1000);
         assert!(c.tenants.iter().all(|t| t.poa.jwks_url.is_none()));
         assert!(c.tenants.iter().all(|t| t.max_connections >= 100));
+        assert!(c.tenants.iter().all(|t| t.poa.max_ttl_seconds == 900));
         let quotas = c.replay_quotas();
         assert!(
             quotas.values().all(|q| *q >= 5000),
@@ -239,6 +244,7 @@ mod tests {
         assert_eq!(c.tenants.len(), 2);
         assert!(c.tenants[0].requests_per_second >= 1_000_000.0);
         assert!(c.tenants[0].poa.jwks_url.is_none());
+        assert!(c.tenants.iter().all(|t| t.poa.max_ttl_seconds == 900));
         assert_eq!(c.broker.listen_addr, addrs.listen);
         assert_eq!(
             c.tenants[0].connectors[0].upstream_url,
