@@ -129,7 +129,7 @@ enum Command {
         active_tenants: usize,
         /// Closed-loop mandate budget: max-rps × duration mandates are
         /// minted; raise it if the report shows `starved`.
-        #[arg(long, default_value_t = 10000.0)]
+        #[arg(long, default_value_t = 30000.0)]
         max_rps: f64,
         /// Unmeasured requests per connection before each timed phase.
         #[arg(long, default_value_t = 20)]

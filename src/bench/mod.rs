@@ -105,7 +105,7 @@ impl Default for BenchOptions {
             rate: 1000.0,
             tenants: None,
             active_tenants: 50,
-            max_rps: 10_000.0,
+            max_rps: 30_000.0,
             warmup: 20,
             broker: None,
             broker_pid: None,
