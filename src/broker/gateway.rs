@@ -230,7 +230,6 @@ async fn identify(ctx: &mut RequestCtx<'_>) -> Step {
     Ok(())
 }
 
-/// The tenant's shard admits the request under its rate limit.
 /// The tenant's share of the broker: a slot among its `max_in_flight`
 /// (held until the request ends), then its token bucket.
 async fn admit(ctx: &mut RequestCtx<'_>) -> Step {
