@@ -129,21 +129,6 @@ fn load(broker: &Broker, pki: &Pki, agent: &str, n: usize, parallel: usize) -> C
         .unwrap()
 }
 
-/// `atb audit verify FILE`: exit code and output.
-fn verify(file: &Path) -> (i32, String) {
-    let out = Command::new(ATB)
-        .args(["audit", "verify"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 fn audit_lines(file: &Path) -> Vec<Value> {
     std::fs::read_to_string(file)
         .unwrap()
@@ -184,7 +169,7 @@ fn a_killed_broker_loses_no_required_record_and_its_restart_continues_the_chain(
 
     // (a) The file verifies up to its last complete line: intact (0), or a
     // torn tail after intact lines (3).
-    let (code, out) = verify(&file);
+    let (code, out) = audit_verify(&file, &[]);
     assert!(code == 0 || code == 3, "{code}: {out}");
     assert!(out.contains("intact"), "{out}");
 
@@ -247,7 +232,7 @@ fn a_killed_broker_loses_no_required_record_and_its_restart_continues_the_chain(
         .unwrap();
     std::io::Write::write_all(&mut f, torn.as_bytes()).unwrap();
     drop(f);
-    let (code, out) = verify(&file);
+    let (code, out) = audit_verify(&file, &[]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("torn tail"), "{out}");
 
@@ -267,7 +252,7 @@ fn a_killed_broker_loses_no_required_record_and_its_restart_continues_the_chain(
         "{}",
         broker.stderr()
     );
-    let (code, out) = verify(&file);
+    let (code, out) = audit_verify(&file, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains("chain broker:") && out.contains("1 start(s)"),

@@ -644,18 +644,8 @@ fn audit_verify(file: &std::path::Path) -> (bool, String) {
 }
 
 fn audit_verify_with(file: &std::path::Path, flags: &[&str]) -> (bool, String) {
-    let out = Command::new(ATB)
-        .args(["audit", "verify"])
-        .args(flags)
-        .arg(file)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (code, text) = common::audit_verify(file, flags);
+    (code == 0, text)
 }
 
 #[test]

@@ -806,18 +806,11 @@ mod tests {
     async fn one_tenant_cannot_take_the_whole_queue() {
         // A collector nobody serves: the writer retries its first batch,
         // so events pile up in the queue.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = AuditConfig {
-            sink: AuditSinkKind::Http,
-            http_url: format!("http://127.0.0.1:{port}/ingest"),
+        let (_, config) = unserved_collector(AuditConfig {
             queue_capacity: 16,
             queue_per_tenant: 2,
             ..Default::default()
-        };
+        });
         let sink = test_sink(&config);
         let event = |tenant: &str| AuditEvent {
             ts: String::new(),
@@ -873,6 +866,22 @@ mod tests {
         }
     }
 
+    /// `config` as an HTTP sink posting to a free loopback port nobody
+    /// listens on (until a test starts [`collector`] there).
+    fn unserved_collector(config: AuditConfig) -> (u16, AuditConfig) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = AuditConfig {
+            sink: AuditSinkKind::Http,
+            http_url: format!("http://127.0.0.1:{port}/ingest"),
+            ..config
+        };
+        (port, config)
+    }
+
     /// A collector on `port` from now on: answers every POST 200 and
     /// keeps the bodies.
     fn collector(port: u16) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
@@ -918,18 +927,11 @@ mod tests {
     async fn an_event_whose_caller_is_cancelled_while_waiting_for_room_is_still_written() {
         // The collector is down: the writer holds the first event, the
         // queue (one slot) holds the second, the third waits for room.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let config = AuditConfig {
-            sink: AuditSinkKind::Http,
-            http_url: format!("http://127.0.0.1:{port}/ingest"),
+        let (port, config) = unserved_collector(AuditConfig {
             queue_capacity: 1,
             durable_timeout_ms: 300,
             ..Default::default()
-        };
+        });
         let sink: AuditSink<serde_json::Value> = test_sink(&config);
         let quick = std::time::Duration::from_millis(300);
         sink.record(serde_json::json!({"n": 0})).await;

@@ -268,6 +268,15 @@ fn per_agent(total: f64, agents: usize, connections: usize, warmup: usize) -> us
     (total / agents as f64).ceil() as usize + conns_per_agent * warmup + 8
 }
 
+/// The bench directory, created if needed, as an absolute path.
+fn bench_dir(dir: &std::path::Path) -> Result<PathBuf, BenchError> {
+    std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    Ok(std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned()))
+}
+
 /// Starts the demo upstream and a broker configured for the run (see
 /// [`setup`]) on free loopback ports in `dir`, and waits until both are
 /// ready. The broker's audit (stdout) goes to `broker-audit.jsonl`.
@@ -358,11 +367,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         opts.warmup,
     );
 
-    std::fs::create_dir_all(&opts.dir).map_err(|source| BenchError::Io {
-        what: format!("creating {}", opts.dir.display()),
-        source,
-    })?;
-    let dir = std::path::absolute(&opts.dir).unwrap_or_else(|_| opts.dir.clone());
+    let dir = bench_dir(&opts.dir)?;
 
     // The processes: started here, or running ones.
     let mut children = Vec::new();
@@ -524,11 +529,7 @@ pub fn run_soak(opts: &BenchOptions) -> Result<SoakReport, BenchError> {
         connections,
         opts.warmup,
     );
-    std::fs::create_dir_all(&opts.dir).map_err(|source| BenchError::Io {
-        what: format!("creating {}", opts.dir.display()),
-        source,
-    })?;
-    let dir = std::path::absolute(&opts.dir).unwrap_or_else(|_| opts.dir.clone());
+    let dir = bench_dir(&opts.dir)?;
     let (addrs, mut upstream, mut broker) = start_processes(
         &dir,
         tenancy,

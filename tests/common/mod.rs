@@ -494,3 +494,20 @@ impl SigningKey {
         run(&mut cmd).trim().to_owned()
     }
 }
+
+/// `atb audit verify [FLAGS] FILE`: its exit code (-1 if killed by a
+/// signal) and stdout + stderr.
+pub fn audit_verify(file: &Path, flags: &[&str]) -> (i32, String) {
+    let out = Command::new(ATB)
+        .args(["audit", "verify"])
+        .args(flags)
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
