@@ -40,6 +40,14 @@ pub struct AuditConfig {
     /// pre-forward record to be durable (written and fsynced, or posted)
     /// before it is refused with 503 `audit_unavailable`.
     pub durable_timeout_ms: u64,
+    /// How long the writer, having drained the queue, lets events gather
+    /// before it looks again (0: it waits for the next event at once). It
+    /// then wakes at most every `batch_linger_ms` instead of once per
+    /// request, and settles (flush, fsync, post) once per batch. An
+    /// ordinary event may reach the sink up to this much later (the crash
+    /// loss window grows by it); a durable record or a flush wakes the
+    /// writer at once.
+    pub batch_linger_ms: u64,
 }
 
 impl Default for AuditConfig {
@@ -53,6 +61,7 @@ impl Default for AuditConfig {
             http_authorization: None,
             http_batch_lines: 500,
             durable_timeout_ms: 2_000,
+            batch_linger_ms: 5,
         }
     }
 }

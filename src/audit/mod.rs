@@ -167,6 +167,9 @@ pub struct AuditSink<E: AuditRecord = AuditEvent> {
     shares: Shares,
     /// How long [`Self::record_durable`] waits.
     durable_timeout: std::time::Duration,
+    /// The writer thread, woken early by durable records and flushes
+    /// while it lingers.
+    writer_thread: std::thread::Thread,
 }
 
 /// Each tenant's share of the queue: a semaphore of `per_key` permits per
@@ -221,6 +224,7 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
             writer: self.writer.clone(),
             shares: self.shares.clone(),
             durable_timeout: self.durable_timeout,
+            writer_thread: self.writer_thread.clone(),
         }
     }
 }
@@ -281,7 +285,8 @@ impl<E: AuditRecord> AuditSink<E> {
         let durable_timeout = std::time::Duration::from_millis(config.durable_timeout_ms);
         let (tx, rx) = mpsc::channel::<Message<E>>(config.queue_capacity.max(1));
         let metrics = writer.clone();
-        std::thread::Builder::new()
+        let linger = std::time::Duration::from_millis(config.batch_linger_ms);
+        let writer_thread = std::thread::Builder::new()
             .name("atb-audit".into())
             .spawn(move || {
                 let out = match (file, http) {
@@ -289,9 +294,11 @@ impl<E: AuditRecord> AuditSink<E> {
                     (None, Some((c, tls))) => Output::Http(Box::new(HttpBatch::new(&c, &tls))),
                     (None, None) => Output::Stdout(std::io::stdout()),
                 };
-                write_loop(rx, Chain::resume(chain_name, head), out, &metrics)
+                write_loop(rx, Chain::resume(chain_name, head), out, linger, &metrics)
             })
-            .map_err(AuditStartError::Writer)?;
+            .map_err(AuditStartError::Writer)?
+            .thread()
+            .clone();
         let shares = Shares {
             per_key: config.queue_per_tenant,
             keys: Default::default(),
@@ -302,6 +309,7 @@ impl<E: AuditRecord> AuditSink<E> {
             writer,
             shares,
             durable_timeout,
+            writer_thread,
         })
     }
 
@@ -361,6 +369,8 @@ impl<E: AuditRecord> AuditSink<E> {
             let permit = share.acquire_owned().await.ok();
             let (ack, settled) = tokio::sync::oneshot::channel();
             self.enqueue(&mut pending, permit, Some(ack)).await?;
+            // Someone waits for this line: no lingering.
+            self.writer_thread.unpark();
             match settled.await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(DurableError::Write(e)),
@@ -407,6 +417,7 @@ impl<E: AuditRecord> AuditSink<E> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let flushed = tokio::time::timeout(limit, async {
             if self.tx.send(Message::Flush(done)).await.is_ok() {
+                self.writer_thread.unpark();
                 let _ = wait.await;
             }
         })
@@ -688,16 +699,26 @@ fn settle(out: &mut Output, waiting: &mut Waiting, metrics: &AuditWriterMetrics)
 
 /// Seals and writes events as they come, settling the output whenever the
 /// queue is drained (or an HTTP batch is full, or [`MAX_GROUP_COMMIT`]
-/// durable records wait). Failed writes and settles are retried until they
+/// durable records wait). Having drained the queue it lingers up to
+/// `linger` (unless unparked by a durable record or a flush) so that events
+/// arriving one by one are taken in batches: one wake-up and one settle per
+/// batch, not per request. Failed writes and settles are retried until they
 /// succeed, so nothing is dropped and the chain shows no gap.
 fn write_loop<E: Serialize>(
     mut rx: mpsc::Receiver<Message<E>>,
     mut chain: Chain,
     mut out: Output,
+    linger: std::time::Duration,
     metrics: &AuditWriterMetrics,
 ) {
     let mut waiting = Waiting::default();
-    while let Some(message) = rx.blocking_recv() {
+    loop {
+        if !linger.is_zero() && rx.is_empty() {
+            std::thread::park_timeout(linger);
+        }
+        let Some(message) = rx.blocking_recv() else {
+            break;
+        };
         metrics.queue_depth.set(rx.len() as i64);
         let more_waiting = !rx.is_empty();
         // The writer is supervised per event: a panic (say, in an event's
@@ -1005,7 +1026,13 @@ mod tests {
         }
         drop(tx);
         let chain = Chain::new("broker", ChainHead::default());
-        write_loop(rx, chain, Output::File(file), &metrics);
+        write_loop(
+            rx,
+            chain,
+            Output::File(file),
+            std::time::Duration::ZERO,
+            &metrics,
+        );
         assert_eq!(metrics.panics.get(), 1);
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -1110,6 +1137,47 @@ mod tests {
         assert_eq!(text.lines().count(), 64);
         let v = chain::verify(text.as_bytes(), false).unwrap();
         assert_eq!((v.lines, v.broken), (64, None));
+    }
+
+    #[actix_web::test]
+    async fn a_lingering_writer_batches_events_and_wakes_for_durable_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // A linger far longer than the test may wait for a durable record.
+        let sink = test_sink(&AuditConfig {
+            sink: AuditSinkKind::File,
+            file: path.clone(),
+            durable_timeout_ms: 2_000,
+            batch_linger_ms: 1_000,
+            ..Default::default()
+        });
+        sink.record(serde_json::json!({"i": 0})).await;
+        // The writer drained the queue and lingers: the next ordinary
+        // events wait for it...
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        for i in 1..4 {
+            sink.record(serde_json::json!({ "i": i })).await;
+        }
+        let lines = || std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(lines() < 4, "events written one by one, not lingered on");
+        // ...but a durable record wakes it: it is acknowledged long before
+        // the linger is over, and the events before it are written with it.
+        let started = std::time::Instant::now();
+        sink.record_durable(serde_json::json!({"i": 4}))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(900),
+            "the durable record waited out the linger: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(lines(), 5);
+        // A flush wakes it too; nothing is lost and the chain is whole.
+        sink.record(serde_json::json!({"i": 5})).await;
+        sink.flush(std::time::Duration::from_millis(900)).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let v = chain::verify(text.as_bytes(), false).unwrap();
+        assert_eq!((v.lines, v.broken), (6, None));
     }
 
     #[actix_web::test]

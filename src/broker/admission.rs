@@ -1,5 +1,17 @@
-//! Per-tenant admission: the state a tenant shard owns. Plain logic, driven
-//! by the shard actor and by unit tests alike.
+//! Per-tenant admission: the state a tenant shard owns, and the hourly
+//! action counts beside it. Plain logic, driven by the shard actor, the
+//! request's task and unit tests alike.
+//!
+//! Design points:
+//! * token buckets (the tenant's, each rate-limited connector's) are shard
+//!   state: one shard actor owns them, so a request takes a token with one
+//!   mailbox round trip, and a connector without a rate limit costs none;
+//! * the hourly per-action counts the policy reads are a [`UsageLedger`]
+//!   per shard index, outside the actor: the request's task reads and bumps
+//!   them under a lock held for one map operation (no mailbox hop, no
+//!   thread wake-up), and a restarted shard keeps counting where it stood;
+//! * a shard restarted after a fault builds its buckets drained, never full
+//!   (a fault must not hand out a fresh burst).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,20 +81,12 @@ pub enum ShardRequest {
         burst: u32,
         now: Instant,
     },
-    /// A request bound for `connector`: take a token from the connector's
-    /// bucket (if it has a rate limit); answers `Count` with this hour's
-    /// uses of `action` (for the policy) or `Limited`.
+    /// A request bound for `connector`, which has a rate limit of `rate`
+    /// (requests per second, burst): take a token from its bucket.
     Dispatch {
         tenant: Arc<str>,
         connector: Arc<str>,
-        rate: Option<(f64, u32)>,
-        action: String,
-        now: Instant,
-    },
-    /// The policy allowed `action`: count it for the hour.
-    Record {
-        tenant: Arc<str>,
-        action: String,
+        rate: (f64, u32),
         now: Instant,
     },
     /// Test-only fault injection: the handler panics.
@@ -97,8 +101,6 @@ pub enum Admission {
     Limited {
         retry_after: Duration,
     },
-    /// Uses of an action in the current hour.
-    Count(u64),
 }
 
 /// The window of per-action counts.
@@ -110,9 +112,10 @@ pub const USAGE_WINDOW: Duration = Duration::from_secs(3600);
 pub const MAX_USAGE_ENTRIES: usize = 100_000;
 
 /// Per-action counts of one shard's tenants, `(tenant, action) → (window
-/// start, count)`. Held outside the shard actor's state, so a restarted
-/// shard keeps counting where it stood (counts restarting at zero would
-/// fail open against the policy's hourly limits).
+/// start, count)`. Held outside the shard actor's state and used from the
+/// request's task, so a restarted shard keeps counting where it stood
+/// (counts restarting at zero would fail open against the policy's hourly
+/// limits).
 #[derive(Debug)]
 pub struct UsageLedger {
     counts: std::sync::Mutex<UsageCounts>,
@@ -152,7 +155,7 @@ impl UsageLedger {
 
     /// Uses of `action` this hour; [`USAGE_UNTRACKED`] for a pair not in
     /// the ledger while it is full of live counters.
-    fn usage(&self, tenant: &Arc<str>, action: &str, now: Instant) -> u64 {
+    pub fn usage(&self, tenant: &Arc<str>, action: &str, now: Instant) -> u64 {
         let mut usage = self.counts();
         match usage.get(&(tenant.clone(), action.to_owned())) {
             Some((start, n)) if now.saturating_duration_since(*start) < USAGE_WINDOW => *n,
@@ -169,7 +172,8 @@ impl UsageLedger {
         }
     }
 
-    fn record(&self, tenant: Arc<str>, action: String, now: Instant) {
+    /// Counts one allowed use of `action` this hour.
+    pub fn record(&self, tenant: Arc<str>, action: String, now: Instant) {
         let mut usage = self.counts();
         if usage.len() >= self.max_entries {
             usage.retain(|_, (start, _)| now.saturating_duration_since(*start) < USAGE_WINDOW);
@@ -192,12 +196,11 @@ impl UsageLedger {
     }
 }
 
-/// The per-tenant state of one shard.
+/// The per-tenant state of one shard: its tenants' token buckets.
 #[derive(Debug, Default)]
 pub struct TenantShardState {
     buckets: HashMap<Arc<str>, TokenBucket>,
     connectors: HashMap<(Arc<str>, Arc<str>), TokenBucket>,
-    usage: Arc<UsageLedger>,
     /// Set when this state replaces one lost to a fault: buckets are built
     /// drained at that instant instead of full.
     restarted_at: Option<Instant>,
@@ -205,11 +208,9 @@ pub struct TenantShardState {
 
 impl TenantShardState {
     /// The state of a shard starting for the first time (`restarted_at`
-    /// `None`: full buckets) or after a fault (drained buckets), counting
-    /// into `usage`, which outlives restarts.
-    pub fn new(usage: Arc<UsageLedger>, restarted_at: Option<Instant>) -> Self {
+    /// `None`: full buckets) or after a fault (drained buckets).
+    pub fn new(restarted_at: Option<Instant>) -> Self {
         Self {
-            usage,
             restarted_at,
             ..Self::default()
         }
@@ -233,27 +234,40 @@ fn take<K: std::hash::Hash + Eq>(
     bucket.try_take(now)
 }
 
-/// Builds each shard's state: full at first start; after a fault, drained
-/// buckets and the same usage ledger (per shard index).
-#[derive(Debug, Default)]
+/// Each shard index's lasting parts: whether its actor has started before
+/// (a restart after a fault builds drained buckets) and its usage ledger,
+/// which the request's task uses directly.
+#[derive(Debug)]
 pub struct ShardStates {
-    ledgers: std::sync::Mutex<HashMap<usize, Arc<UsageLedger>>>,
+    started: std::sync::Mutex<std::collections::HashSet<usize>>,
+    ledgers: Vec<Arc<UsageLedger>>,
 }
 
 impl ShardStates {
-    pub fn build(&self, index: usize) -> TenantShardState {
-        let mut ledgers = self
-            .ledgers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match ledgers.get(&index) {
-            Some(ledger) => TenantShardState::new(ledger.clone(), Some(Instant::now())),
-            None => {
-                let ledger = Arc::new(UsageLedger::default());
-                ledgers.insert(index, ledger.clone());
-                TenantShardState::new(ledger, None)
-            }
+    /// The lasting parts of `shards` shard indexes.
+    pub fn new(shards: usize) -> Self {
+        Self {
+            started: Default::default(),
+            ledgers: (0..shards.max(1))
+                .map(|_| Arc::new(UsageLedger::default()))
+                .collect(),
         }
+    }
+
+    /// Shard `index`'s actor state: full buckets at its first start,
+    /// drained ones after a fault.
+    pub fn build(&self, index: usize) -> TenantShardState {
+        let first = self
+            .started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(index);
+        TenantShardState::new((!first).then(Instant::now))
+    }
+
+    /// Shard `index`'s usage ledger (indexes past the count share the last).
+    pub fn ledger(&self, index: usize) -> &UsageLedger {
+        &self.ledgers[index.min(self.ledgers.len() - 1)]
     }
 }
 
@@ -282,27 +296,17 @@ impl atb_actors::ShardLogic for TenantShardState {
                 tenant,
                 connector,
                 rate,
-                action,
                 now,
-            } => {
-                if let Some(rate) = rate {
-                    let key = (tenant.clone(), connector);
-                    if let Err(retry_after) =
-                        take(&mut self.connectors, key, rate, now, self.restarted_at)
-                    {
-                        return Admission::Limited { retry_after };
-                    }
-                }
-                Admission::Count(self.usage.usage(&tenant, &action, now))
-            }
-            ShardRequest::Record {
-                tenant,
-                action,
+            } => match take(
+                &mut self.connectors,
+                (tenant, connector),
+                rate,
                 now,
-            } => {
-                self.usage.record(tenant, action, now);
-                Admission::Admitted
-            }
+                self.restarted_at,
+            ) {
+                Ok(()) => Admission::Admitted,
+                Err(retry_after) => Admission::Limited { retry_after },
+            },
             ShardRequest::InjectFault => panic!("fault injected through the debug hook"),
         }
     }
@@ -382,52 +386,42 @@ mod tests {
     }
 
     #[test]
-    fn dispatch_limits_connectors_and_record_counts_actions() {
+    fn dispatch_limits_each_connector_and_the_ledger_counts_actions() {
         let mut s = TenantShardState::default();
         let t0 = Instant::now();
         let t: Arc<str> = Arc::from("acme");
-        let dispatch = |s: &mut TenantShardState, now| {
+        let dispatch = |s: &mut TenantShardState, connector: &str, now| {
             s.handle(ShardRequest::Dispatch {
                 tenant: t.clone(),
-                connector: Arc::from("crm"),
-                rate: Some((1.0, 2)),
-                action: "crm.read".into(),
+                connector: Arc::from(connector),
+                rate: (1.0, 2),
                 now,
             })
         };
-        let record = |s: &mut TenantShardState, now| {
-            s.handle(ShardRequest::Record {
-                tenant: t.clone(),
-                action: "crm.read".into(),
-                now,
-            })
-        };
-        let usage = |s: &mut TenantShardState, now| {
-            s.handle(ShardRequest::Dispatch {
-                tenant: t.clone(),
-                connector: Arc::from("unlimited"),
-                rate: None,
-                action: "crm.read".into(),
-                now,
-            })
-        };
-        assert_eq!(dispatch(&mut s, t0), Admission::Count(0));
-        assert_eq!(record(&mut s, t0), Admission::Admitted);
-        // Dispatch answers the count so far; only Record counts.
-        assert_eq!(dispatch(&mut s, t0), Admission::Count(1));
-        assert!(matches!(dispatch(&mut s, t0), Admission::Limited { .. }));
-        assert_eq!(usage(&mut s, t0), Admission::Count(1));
-        record(&mut s, t0);
-        assert_eq!(usage(&mut s, t0), Admission::Count(2));
+        assert_eq!(dispatch(&mut s, "crm", t0), Admission::Admitted);
+        assert_eq!(dispatch(&mut s, "crm", t0), Admission::Admitted);
+        assert!(matches!(
+            dispatch(&mut s, "crm", t0),
+            Admission::Limited { .. }
+        ));
+        // Another connector has a bucket of its own.
+        assert_eq!(dispatch(&mut s, "erp", t0), Admission::Admitted);
+
+        let ledger = UsageLedger::default();
+        assert_eq!(ledger.usage(&t, "crm.read", t0), 0);
+        ledger.record(t.clone(), "crm.read".into(), t0);
+        ledger.record(t.clone(), "crm.read".into(), t0);
+        assert_eq!(ledger.usage(&t, "crm.read", t0), 2);
+        assert_eq!(ledger.usage(&Arc::from("globex"), "crm.read", t0), 0);
         // A new hour starts a new window.
-        assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(0));
-        assert_eq!(record(&mut s, t0 + USAGE_WINDOW), Admission::Admitted);
-        assert_eq!(usage(&mut s, t0 + USAGE_WINDOW), Admission::Count(1));
+        assert_eq!(ledger.usage(&t, "crm.read", t0 + USAGE_WINDOW), 0);
+        ledger.record(t.clone(), "crm.read".into(), t0 + USAGE_WINDOW);
+        assert_eq!(ledger.usage(&t, "crm.read", t0 + USAGE_WINDOW), 1);
     }
 
     #[test]
     fn a_restarted_shard_starts_drained_and_keeps_its_counts() {
-        let states = ShardStates::default();
+        let states = ShardStates::new(2);
         let t: Arc<str> = Arc::from("acme");
         let admit = |s: &mut TenantShardState, now| {
             s.handle(ShardRequest::Admit {
@@ -437,19 +431,11 @@ mod tests {
                 now,
             })
         };
-        let record = |s: &mut TenantShardState| {
-            s.handle(ShardRequest::Record {
-                tenant: t.clone(),
-                action: "x".into(),
-                now: Instant::now(),
-            })
-        };
-        let usage = |s: &mut TenantShardState| {
+        let dispatch = |s: &mut TenantShardState| {
             s.handle(ShardRequest::Dispatch {
                 tenant: t.clone(),
                 connector: Arc::from("c"),
-                rate: Some((1.0, 5)),
-                action: "x".into(),
+                rate: (1.0, 5),
                 now: Instant::now(),
             })
         };
@@ -461,7 +447,9 @@ mod tests {
         }
         assert!(matches!(admit(&mut first, now), Admission::Limited { .. }));
         for _ in 0..3 {
-            record(&mut first);
+            states
+                .ledger(0)
+                .record(t.clone(), "x".into(), Instant::now());
         }
         // After a fault: no fresh burst, and the counts are still there.
         let mut restarted = states.build(0);
@@ -469,22 +457,18 @@ mod tests {
             admit(&mut restarted, Instant::now()),
             Admission::Limited { .. }
         ));
-        assert!(matches!(usage(&mut restarted), Admission::Limited { .. }));
+        assert!(matches!(
+            dispatch(&mut restarted),
+            Admission::Limited { .. }
+        ));
         let later = Instant::now() + Duration::from_secs(2);
         assert_eq!(admit(&mut restarted, later), Admission::Admitted);
-        assert_eq!(
-            restarted.handle(ShardRequest::Dispatch {
-                tenant: t.clone(),
-                connector: Arc::from("unlimited"),
-                rate: None,
-                action: "x".into(),
-                now: Instant::now(),
-            }),
-            Admission::Count(3)
-        );
-        // Another shard index is a first start of its own.
+        assert_eq!(states.ledger(0).usage(&t, "x", Instant::now()), 3);
+        // Another shard index is a first start of its own, with its own
+        // ledger.
         let mut other = states.build(1);
         assert_eq!(admit(&mut other, Instant::now()), Admission::Admitted);
+        assert_eq!(states.ledger(1).usage(&t, "x", Instant::now()), 0);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 
 use crate::audit::guard::Ending;
 use crate::biscuit::verify::BiscuitRefusal;
-use crate::broker::admission::{Admission, ShardRequest};
+use crate::broker::admission::{Admission, ShardRequest, UsageLedger};
 use crate::broker::connection::{ConnectionSlot, PeerConnection};
 use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::platform::PLATFORM_TOKEN_HEADER;
@@ -416,31 +416,28 @@ async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
     Ok(())
 }
 
-/// The connector's rate limit; the shard's answer carries this hour's
-/// count of the action for the policy. With shared state the limit and the
-/// count come from the one admission script (see `spend`).
+/// The connector's rate limit (a shard round trip only for a connector
+/// that has one), and this hour's count of the action for the policy, read
+/// from the shard's ledger on this task. With shared state the limit and
+/// the count come from the one admission script (see `spend`).
 async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
     if ctx.state.shared.is_some() {
         return Ok(());
     }
     let tenant = ctx.tenant()?.clone();
     let connector = ctx.connector_in(&tenant)?;
-    let request = ShardRequest::Dispatch {
-        tenant: ctx.tenant_key()?.clone(),
-        connector: Arc::from(connector.id.as_str()),
-        rate: connector
-            .rate_limit
-            .map(|r| (r.requests_per_second, r.burst)),
-        action: ctx.routed.action.clone(),
-        now: Instant::now(),
-    };
-    ctx.usage = match shard(ctx, request).await? {
-        Admission::Limited { retry_after } => {
-            return Err(Rejection::connector_rate_limited(retry_after))
+    if let Some(limit) = connector.rate_limit {
+        let request = ShardRequest::Dispatch {
+            tenant: ctx.tenant_key()?.clone(),
+            connector: Arc::from(connector.id.as_str()),
+            rate: (limit.requests_per_second, limit.burst),
+            now: Instant::now(),
+        };
+        if let Admission::Limited { retry_after } = shard(ctx, request).await? {
+            return Err(Rejection::connector_rate_limited(retry_after));
         }
-        Admission::Count(n) => n,
-        Admission::Admitted => 0,
-    };
+    }
+    ctx.usage = usage_ledger(ctx)?.usage(ctx.tenant_key()?, &ctx.routed.action, Instant::now());
     Ok(())
 }
 
@@ -711,18 +708,16 @@ async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
     }
 }
 
-/// Counts the allowed action for the policy's hourly limits (already
-/// counted by the admission script with shared state).
+/// Counts the allowed action for the policy's hourly limits, in the
+/// shard's ledger on this task (already counted by the admission script
+/// with shared state).
 async fn count_usage(ctx: &mut RequestCtx<'_>) -> Step {
     if ctx.usage_counted {
         return Ok(());
     }
-    let request = ShardRequest::Record {
-        tenant: ctx.tenant_key()?.clone(),
-        action: ctx.routed.action.clone(),
-        now: Instant::now(),
-    };
-    shard(ctx, request).await.map(|_| ())
+    let tenant = ctx.tenant_key()?.clone();
+    usage_ledger(ctx)?.record(tenant, ctx.routed.action.clone(), Instant::now());
+    Ok(())
 }
 
 /// For a tenant with `audit_required`: a durable `forward` audit record
@@ -1073,6 +1068,13 @@ async fn shard(ctx: &RequestCtx<'_>, request: ShardRequest) -> Result<Admission,
         .call(&tenant.id, request)
         .await
         .map_err(|e| call_rejection(e, retry_after(ctx)))
+}
+
+/// The usage ledger of the tenant's shard.
+fn usage_ledger<'s>(ctx: &RequestCtx<'s>) -> Result<&'s UsageLedger, Rejection> {
+    let state = ctx.state;
+    let index = state.shards.router().route(&ctx.tenant()?.id);
+    Ok(state.shard_states.ledger(index))
 }
 
 /// A failed shard call is always a refusal (fail closed).

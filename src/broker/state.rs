@@ -10,7 +10,7 @@ use atb_actors::{PeriodicHandle, PoolConfig, ShardPool};
 use std::time::Duration;
 
 use crate::audit::AuditSink;
-use crate::broker::admission::TenantShardState;
+use crate::broker::admission::{ShardStates, TenantShardState};
 use crate::broker::connection::ConnectionRegistry;
 use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::MemoryReplay;
@@ -79,6 +79,9 @@ pub struct BrokerState {
     /// Each tenant's requests inside the broker (`max_in_flight`).
     pub tenant_in_flight: crate::broker::tenant_in_flight::TenantInFlight,
     pub shards: ShardPool<TenantShardState>,
+    /// What outlives a shard actor's restart, and the hourly action counts
+    /// the request's task reads and bumps directly.
+    pub shard_states: Arc<ShardStates>,
     pub metrics: Metrics,
     /// In-memory single use; `None` when single use is off or shared.
     pub replay: Option<Arc<dyn crate::broker::replay::ReplayStore>>,
@@ -114,6 +117,9 @@ impl BrokerState {
         let config = Arc::new(config);
         let tenants = TenantSet::build(config.clone(), None, &metrics).starting("tenants")?;
         let connections = Arc::new(ConnectionRegistry::new(tenants.directory.clone(), &metrics));
+        let shard_states = Arc::new(ShardStates::new(
+            config.shards.effective_count() + config.shards.dedicated.len(),
+        ));
         let shards = ShardPool::start(
             PoolConfig {
                 actor: TENANT_SHARD,
@@ -123,9 +129,9 @@ impl BrokerState {
             },
             &metrics.actors,
             {
-                // Full buckets at first start; drained ones and the same
-                // usage counts after a fault (never fail open).
-                let states = Arc::new(crate::broker::admission::ShardStates::default());
+                // Full buckets at first start; drained ones after a fault
+                // (never fail open).
+                let states = shard_states.clone();
                 Arc::new(move |index| states.build(index))
             },
         );
@@ -189,6 +195,7 @@ impl BrokerState {
             reloading: std::sync::Mutex::new(()),
             connections,
             shards,
+            shard_states,
             metrics,
             periodic: std::sync::Mutex::new(periodic),
             pending_jwks: std::sync::Mutex::new(Vec::new()),

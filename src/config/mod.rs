@@ -246,6 +246,12 @@ impl Config {
         if self.audit.queue_capacity == 0 {
             return Err(invalid("audit.queue_capacity", "must be at least 1"));
         }
+        if self.audit.batch_linger_ms > 1_000 {
+            return Err(invalid(
+                "audit.batch_linger_ms",
+                "must be at most 1000 (it is how late an audit line may be)",
+            ));
+        }
         if self.audit.queue_per_tenant == 0 {
             return Err(invalid("audit.queue_per_tenant", "must be at least 1"));
         }
