@@ -9,6 +9,10 @@
 //! * [`pool::ShardPool`] — one supervised actix actor per shard, each on its
 //!   own arbiter, with an explicit bounded mailbox: a full mailbox is an
 //!   immediate [`pool::CallError::Overloaded`], never an unbounded queue;
+//! * [`cells::ShardCells`] — the same shards without actors: the caller's
+//!   task handles a request under the shard's lock (no mailbox hop, no
+//!   thread wake-up), with a bound on waiting callers and the same panic
+//!   containment and restart; for handlers of a few map operations;
 //! * panic containment — a panic inside a handler is caught at the handler
 //!   boundary, the in-flight caller gets [`pool::CallError::Fault`] (fail
 //!   closed), and the actor stops so its supervisor restarts it with fresh
@@ -22,12 +26,14 @@
 //! * [`metrics::ActorMetrics`] — the per-actor series of SPEC §8.
 
 pub mod blocking;
+pub mod cells;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;
 pub mod router;
 
 pub use blocking::{BlockingConfig, BlockingLogic, BlockingPool, StartError};
+pub use cells::ShardCells;
 pub use metrics::ActorMetrics;
 pub use periodic::{PeriodicHandle, PeriodicName};
 pub use pool::{CallError, PoolConfig, ShardLogic, ShardPool};

@@ -483,7 +483,7 @@ async fn inject_fault(
         }));
     };
     let shard = state.shards.router().route(tenant);
-    let result = state.shards.call(tenant, ShardRequest::InjectFault).await;
+    let result = state.shards.call(tenant, ShardRequest::InjectFault);
     tracing::warn!(tenant = %tenant, shard, ?result, "fault injected through the debug hook");
     HttpResponse::Ok().json(serde_json::json!({
         "shard": shard,

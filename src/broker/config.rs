@@ -57,9 +57,11 @@ impl Default for BrokerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardsConfig {
-    /// Tenant shard actors that tenants are hashed onto; 0 means one per core.
+    /// Tenant shards that tenants are hashed onto; 0 means one per core.
     pub count: usize,
-    /// Messages a shard's mailbox holds before requests are refused with 503.
+    /// Requests that may wait for one shard's lock before more are refused
+    /// with 503 (the bound a shard's mailbox had; the name is kept so
+    /// existing configurations load).
     pub mailbox_capacity: usize,
     /// Tenant ids that get a shard of their own.
     pub dedicated: Vec<String>,

@@ -247,7 +247,7 @@ async fn admit(ctx: &mut RequestCtx<'_>) -> Step {
         burst: tenant.burst,
         now: Instant::now(),
     };
-    match shard(ctx, request).await? {
+    match shard(ctx, request)? {
         Admission::Limited { retry_after } => Err(Rejection::rate_limited(retry_after)),
         _ => Ok(()),
     }
@@ -433,7 +433,7 @@ async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
             rate: (limit.requests_per_second, limit.burst),
             now: Instant::now(),
         };
-        if let Admission::Limited { retry_after } = shard(ctx, request).await? {
+        if let Admission::Limited { retry_after } = shard(ctx, request)? {
             return Err(Rejection::connector_rate_limited(retry_after));
         }
     }
@@ -1060,13 +1060,13 @@ fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// One call to the tenant's shard; a failed call refuses (fail closed).
-async fn shard(ctx: &RequestCtx<'_>, request: ShardRequest) -> Result<Admission, Rejection> {
+/// One call to the tenant's shard, on this task; a failed call refuses
+/// (fail closed).
+fn shard(ctx: &RequestCtx<'_>, request: ShardRequest) -> Result<Admission, Rejection> {
     let tenant = ctx.tenant()?;
     ctx.state
         .shards
         .call(&tenant.id, request)
-        .await
         .map_err(|e| call_rejection(e, retry_after(ctx)))
 }
 

@@ -179,7 +179,6 @@ pub async fn run(
         .audit
         .flush(Duration::from_secs(b.shutdown_grace_seconds))
         .await;
-    state.shards.stop();
     state.stop_periodic();
     g.starting("agent listener")?;
     a.starting("admin listener")?;

@@ -5,7 +5,7 @@ use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use atb_actors::{PeriodicHandle, PoolConfig, ShardPool};
+use atb_actors::{PeriodicHandle, PoolConfig, ShardCells};
 
 use std::time::Duration;
 
@@ -78,7 +78,9 @@ pub struct BrokerState {
     pub connections: Arc<ConnectionRegistry>,
     /// Each tenant's requests inside the broker (`max_in_flight`).
     pub tenant_in_flight: crate::broker::tenant_in_flight::TenantInFlight,
-    pub shards: ShardPool<TenantShardState>,
+    /// Tenant shards: token buckets, used on the request's task under
+    /// the shard's lock (`atb_actors::cells`).
+    pub shards: ShardCells<TenantShardState>,
     /// What outlives a shard actor's restart, and the hourly action counts
     /// the request's task reads and bumps directly.
     pub shard_states: Arc<ShardStates>,
@@ -106,7 +108,7 @@ pub struct BrokerState {
 }
 
 impl BrokerState {
-    /// Builds the state and starts the shard actors (needs an actix System).
+    /// Builds the state and starts its actors (needs an actix System).
     pub fn start(
         config: Config,
         config_path: Option<std::path::PathBuf>,
@@ -120,7 +122,7 @@ impl BrokerState {
         let shard_states = Arc::new(ShardStates::new(
             config.shards.effective_count() + config.shards.dedicated.len(),
         ));
-        let shards = ShardPool::start(
+        let shards = ShardCells::start(
             PoolConfig {
                 actor: TENANT_SHARD,
                 hashed_shards: config.shards.effective_count(),
