@@ -1,7 +1,10 @@
 //! What `atb bench` reads of a process from Linux's /proc: its CPU time
 //! (`/proc/<pid>/stat`, utime + stime of all its threads) and its memory
 //! (`/proc/<pid>/status`, VmRSS and the peak VmHWM), and for `--soak` its
-//! open file descriptors (the entries of `/proc/<pid>/fd`).
+//! open file descriptors (the entries of `/proc/<pid>/fd`), and its
+//! threads' voluntary context switches (`/proc/<pid>/task/*/status`): each
+//! one is a thread that went to sleep and was woken again, so their count
+//! per request is the broker's thread wake-ups per request.
 //!
 //! Design points:
 //! - Parsing is plain functions over the files' text, tested on captured
@@ -61,6 +64,14 @@ pub fn parse_status_memory(status: &str) -> Option<Memory> {
     })
 }
 
+/// `voluntary_ctxt_switches` from the text of a `/proc/.../status` file.
+pub fn parse_status_voluntary_switches(status: &str) -> Option<u64> {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("voluntary_ctxt_switches"))?;
+    line.split(':').nth(1)?.trim().parse().ok()
+}
+
 /// Clock ticks per second.
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error.
@@ -100,6 +111,28 @@ pub fn memory(pid: u32) -> Result<Memory, ProcError> {
     })
 }
 
+/// The voluntary context switches of every thread process `pid` has now
+/// (a thread that exited meanwhile takes its count with it: compare
+/// readings of a process whose threads live as long as the phase).
+pub fn voluntary_switches(pid: u32) -> Result<u64, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/task"));
+    let tasks = std::fs::read_dir(&path).map_err(|source| ProcError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread that ends while listed is not counted.
+        if let Ok(text) = std::fs::read_to_string(task.path().join("status")) {
+            total += parse_status_voluntary_switches(&text).ok_or(ProcError::Format {
+                path: task.path(),
+                what: "voluntary_ctxt_switches",
+            })?;
+        }
+    }
+    Ok(total)
+}
+
 /// The open file descriptors of process `pid` (entries of
 /// `/proc/<pid>/fd`; another user's process needs privileges).
 pub fn open_fds(pid: u32) -> Result<u64, ProcError> {
@@ -119,6 +152,17 @@ mod tests {
     const STAT: &str = "4242 (atb) S 4100 4242 4100 34816 4242 4194560 5108 0 0 0 \
         1234 567 0 0 20 0 9 0 1520 1207377920 6312 18446744073709551615 1 1 0 0 0 0 0 \
         4096 17987 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n";
+
+    #[test]
+    fn voluntary_switches_from_status() {
+        let status = "Name:\tactix-rt|system\nState:\tS (sleeping)\n\
+            voluntary_ctxt_switches:\t4711\nnonvoluntary_ctxt_switches:\t12\n";
+        assert_eq!(parse_status_voluntary_switches(status), Some(4711));
+        assert_eq!(parse_status_voluntary_switches("Name:\tx\n"), None);
+        let own = voluntary_switches(std::process::id()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(voluntary_switches(std::process::id()).unwrap() > own);
+    }
 
     #[test]
     fn stat_cpu_is_utime_plus_stime() {
