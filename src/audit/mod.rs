@@ -170,6 +170,74 @@ pub struct AuditSink<E: AuditRecord = AuditEvent> {
     /// The writer thread, woken early by durable records and flushes
     /// while it lingers.
     writer_thread: std::thread::Thread,
+    /// Events [`Self::record_now`] found no room for, waiting for one
+    /// thread to move them into the queue.
+    overflow: std::sync::Arc<Overflow<E>>,
+}
+
+/// Events that found the queue full when they could not wait (a dropped
+/// request's record): one thread moves them into the queue as room frees,
+/// in order. It holds at most one event per such request (bounded by the
+/// connections and in-flight limits), and no thread per event.
+struct Overflow<E> {
+    events: std::sync::Mutex<std::collections::VecDeque<Message<E>>>,
+    more: std::sync::Condvar,
+}
+
+impl<E: Send + 'static> Overflow<E> {
+    /// The overflow of the queue `tx` feeds; its thread ends once every
+    /// sender of the queue is gone.
+    fn start(tx: &mpsc::Sender<Message<E>>) -> std::io::Result<std::sync::Arc<Self>> {
+        let overflow = std::sync::Arc::new(Self {
+            events: Default::default(),
+            more: Default::default(),
+        });
+        let weak = tx.downgrade();
+        let mover = overflow.clone();
+        std::thread::Builder::new()
+            .name("atb-audit-wait".into())
+            .spawn(move || loop {
+                let next = {
+                    let mut events = mover.events.lock().unwrap_or_else(|p| p.into_inner());
+                    match events.pop_front() {
+                        Some(next) => next,
+                        None => {
+                            drop(
+                                mover
+                                    .more
+                                    .wait_timeout(events, std::time::Duration::from_secs(1))
+                                    .unwrap_or_else(|p| p.into_inner()),
+                            );
+                            if weak.strong_count() == 0 {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                };
+                let Some(tx) = weak.upgrade() else {
+                    tracing::error!("audit writer is gone; event could not be written");
+                    return;
+                };
+                if tx.blocking_send(next).is_err() {
+                    tracing::error!("audit writer is gone; event could not be written");
+                }
+            })?;
+        Ok(overflow)
+    }
+
+    fn push(&self, message: Message<E>) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(message);
+        self.more.notify_one();
+    }
+
+    /// Events waiting for room.
+    fn len(&self) -> usize {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 /// Each tenant's share of the queue: a semaphore of `per_key` permits per
@@ -225,6 +293,7 @@ impl<E: AuditRecord> Clone for AuditSink<E> {
             shares: self.shares.clone(),
             durable_timeout: self.durable_timeout,
             writer_thread: self.writer_thread.clone(),
+            overflow: self.overflow.clone(),
         }
     }
 }
@@ -290,7 +359,7 @@ impl<E: AuditRecord> AuditSink<E> {
             .name("atb-audit".into())
             .spawn(move || {
                 let out = match (file, http) {
-                    (Some(f), _) => Output::File(f),
+                    (Some(f), _) => Output::File(AppendFile::opened(f)),
                     (None, Some((c, tls))) => Output::Http(Box::new(HttpBatch::new(&c, &tls))),
                     (None, None) => Output::Stdout(std::io::stdout()),
                 };
@@ -303,6 +372,7 @@ impl<E: AuditRecord> AuditSink<E> {
             per_key: config.queue_per_tenant,
             keys: Default::default(),
         };
+        let overflow = Overflow::start(&tx).map_err(AuditStartError::Writer)?;
         Ok(Self {
             tx,
             events,
@@ -310,6 +380,7 @@ impl<E: AuditRecord> AuditSink<E> {
             shares,
             durable_timeout,
             writer_thread,
+            overflow,
         })
     }
 
@@ -382,28 +453,23 @@ impl<E: AuditRecord> AuditSink<E> {
     }
 
     /// Records `event` without waiting (for `Drop`, which cannot): into
-    /// the queue when it has room, else handed to a thread that waits for
-    /// room. Never dropped.
+    /// the queue when it has room (and nothing overflowed before it), else
+    /// into the overflow, whose one thread moves it in as room frees.
+    /// Never dropped.
     pub fn record_now(&self, event: E) {
         self.events.with_label_values(&[event.metric_label()]).inc();
         // Never waits for the share either: an event that finds its
         // tenant's share full goes in without a permit rather than be lost.
         let permit = self.shares.of(event.share_key()).try_acquire_owned().ok();
-        match self.tx.try_send(Message::Event(event, permit, None)) {
+        let message = Message::Event(event, permit, None);
+        // Behind events already overflowed, to keep them in order.
+        if self.overflow.len() > 0 {
+            self.overflow.push(message);
+            return;
+        }
+        match self.tx.try_send(message) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(message)) => {
-                let tx = self.tx.clone();
-                let waiting = std::thread::Builder::new()
-                    .name("atb-audit-wait".into())
-                    .spawn(move || {
-                        if tx.blocking_send(message).is_err() {
-                            tracing::error!("audit writer is gone; event could not be written");
-                        }
-                    });
-                if let Err(e) = waiting {
-                    tracing::error!(error = %e, "audit event lost: no thread to wait for queue room");
-                }
-            }
+            Err(mpsc::error::TrySendError::Full(message)) => self.overflow.push(message),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("audit writer is gone; event could not be written");
             }
@@ -551,8 +617,63 @@ pub fn torn_path(path: &Path) -> std::path::PathBuf {
 /// Where sealed lines go.
 enum Output {
     Stdout(std::io::Stdout),
-    File(std::fs::File),
+    File(AppendFile<std::fs::File>),
     Http(Box<HttpBatch>),
+}
+
+/// What an [`AppendFile`] needs of a file: appending, and cutting back.
+trait Truncatable: Write {
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()>;
+}
+
+impl Truncatable for std::fs::File {
+    fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+}
+
+/// An append-only file and the length its whole lines end at. A write that
+/// fails part-way (a full disk) is cut back to that length before the
+/// error is returned, so the retry writes the line whole and no fragment
+/// breaks the chain.
+struct AppendFile<F> {
+    file: F,
+    /// `None` for what is not a regular file (nothing to cut back).
+    len: Option<u64>,
+}
+
+impl AppendFile<std::fs::File> {
+    /// `file` as opened for appending: its whole lines end at its length
+    /// (a torn tail was cut off when it was opened).
+    fn opened(file: std::fs::File) -> Self {
+        let len = file
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        Self { file, len }
+    }
+}
+
+impl<F: Truncatable> AppendFile<F> {
+    fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        match self.file.write_all(line) {
+            Ok(()) => {
+                if let Some(len) = &mut self.len {
+                    *len += line.len() as u64;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(len) = self.len {
+                    if let Err(cut) = self.file.truncate_to(len) {
+                        tracing::error!(error = %cut, "cannot cut a partly written audit line back");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 impl Output {
@@ -560,7 +681,7 @@ impl Output {
     fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
         match self {
             Output::Stdout(s) => s.lock().write_all(line),
-            Output::File(f) => f.write_all(line),
+            Output::File(f) => f.write_line(line),
             Output::Http(h) => {
                 h.pending.extend_from_slice(line);
                 h.lines += 1;
@@ -579,7 +700,7 @@ impl Output {
     fn settle(&mut self) -> std::io::Result<()> {
         match self {
             Output::Stdout(s) => s.flush(),
-            Output::File(f) => f.sync_data(),
+            Output::File(f) => f.file.sync_data(),
             Output::Http(h) => h.post(),
         }
     }
@@ -1029,7 +1150,7 @@ mod tests {
         write_loop(
             rx,
             chain,
-            Output::File(file),
+            Output::File(AppendFile::opened(file)),
             std::time::Duration::ZERO,
             &metrics,
         );
@@ -1071,7 +1192,7 @@ mod tests {
             std::fs::read_to_string(torn_path(&path)).unwrap(),
             format!("{torn}\n")
         );
-        let mut out = Output::File(file);
+        let mut out = Output::File(AppendFile::opened(file));
         let mut next = Chain::resume("broker", tail);
         let line = next.seal(&serde_json::json!({"i": 2})).unwrap();
         out.write_line(format!("{line}\n").as_bytes()).unwrap();
@@ -1137,6 +1258,84 @@ mod tests {
         assert_eq!(text.lines().count(), 64);
         let v = chain::verify(text.as_bytes(), false).unwrap();
         assert_eq!((v.lines, v.broken), (64, None));
+    }
+
+    #[test]
+    fn overflowed_events_reach_the_queue_in_order_through_one_thread() {
+        let (tx, mut rx) = mpsc::channel::<Message<u32>>(1);
+        let overflow = Overflow::start(&tx).unwrap();
+        tx.try_send(Message::Event(0, None, None)).ok().unwrap();
+        for i in 1..=100 {
+            overflow.push(Message::Event(i, None, None));
+        }
+        // The queue holds one; the rest wait in the overflow, in order.
+        for want in 0..=100 {
+            match rx.blocking_recv() {
+                Some(Message::Event(got, _, _)) => assert_eq!(got, want),
+                _ => panic!("event {want} lost"),
+            }
+        }
+        assert_eq!(overflow.len(), 0);
+        // One mover thread for the whole overflow, not one per event.
+        let movers = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .is_ok_and(|c| c.trim() == "atb-audit-wait")
+            })
+            .count();
+        assert!(movers >= 1, "the mover thread runs");
+        assert!(movers < 100, "{movers} mover threads");
+    }
+
+    /// A file that takes `room` more bytes, then fails (a disk filling up).
+    struct FillingFile {
+        bytes: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for FillingFile {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = buf.len().min(self.room);
+            self.bytes.extend_from_slice(&buf[..n]);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Truncatable for FillingFile {
+        fn truncate_to(&mut self, len: u64) -> std::io::Result<()> {
+            self.bytes.truncate(len as usize);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_written_in_part_is_cut_back_before_the_retry() {
+        let mut f = AppendFile {
+            file: FillingFile {
+                bytes: Vec::new(),
+                room: 10,
+            },
+            len: Some(0),
+        };
+        f.write_line(b"first\n").unwrap();
+        // Only four bytes of the second line fit: the write fails, and the
+        // fragment is gone.
+        assert!(f.write_line(b"second line\n").is_err());
+        assert_eq!(f.file.bytes, b"first\n");
+        // Room again (the disk was cleaned up): the retry writes it whole.
+        f.file.room = 100;
+        f.write_line(b"second line\n").unwrap();
+        assert_eq!(f.file.bytes, b"first\nsecond line\n");
+        assert_eq!(f.len, Some(18));
     }
 
     #[actix_web::test]
