@@ -1,7 +1,8 @@
 //! Allocations per component of the broker's request path (issue 16), for
-//! the two main classes of `atb bench`'s mix: the low-risk read
-//! (`GET /api/contacts/42`) and the high-risk allow (`POST /api/pay`, dual
-//! control, a constraint) — their real mandates, routes, bodies and the
+//! the classes of `atb bench`'s mix: the low-risk read
+//! (`GET /api/contacts/42`), the high-risk allow (`POST /api/pay`, dual
+//! control, a constraint) and the critical allow (`POST /api/merge`,
+//! executive approval) — their real mandates, routes, bodies and the
 //! embedded policy.
 //!
 //! `cargo run --release --example allocations [RUNS]` (default 2,000).
@@ -25,7 +26,7 @@ use atb::broker::params;
 use atb::catalog::TenantCatalogue;
 use atb::poa::claims::{self, ClaimRules};
 use atb::poa::token;
-use atb::policy::embedded::{evaluate, PolicyBundle};
+use atb::policy::embedded::{evaluate, input_value, PolicyBundle};
 use atb::routes::{path, RouteTable};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Map, Value};
@@ -69,23 +70,26 @@ fn main() {
 
     println!("allocations per call ({runs} calls after one warm-up), allocations / reallocations / bytes");
     println!(
-        "{:<34} {:>24} {:>24}",
-        "component", "low-risk read", "high-risk allow"
+        "{:<34} {:>24} {:>24} {:>24}",
+        "component", "low-risk read", "high-risk allow", "critical allow"
     );
-    let mut rows: Vec<(&str, [(f64, f64, f64); 2])> = Vec::new();
+    let mut rows: Vec<(&str, [(f64, f64, f64); 3])> = Vec::new();
     let mut put = |name: &'static str, i: usize, v: (f64, f64, f64)| match rows
         .iter_mut()
         .find(|(n, _)| *n == name)
     {
         Some((_, vals)) => vals[i] = v,
         None => {
-            let mut vals = [(0.0, 0.0, 0.0); 2];
+            let mut vals = [(0.0, 0.0, 0.0); 3];
             vals[i] = v;
             rows.push((name, vals));
         }
     };
 
-    for (i, class) in [Class::Low, Class::High].into_iter().enumerate() {
+    for (i, class) in [Class::Low, Class::High, Class::Critical]
+        .into_iter()
+        .enumerate()
+    {
         let route = mix::route(class);
         let claims_doc = mix::claims(class, AGENT, "0123456789abcdef0123456789abcdef", now, 600);
         let jwt = token::sign(&claims_doc, &key, "kid-1");
@@ -166,10 +170,18 @@ fn main() {
             "{class:?} must be allowed: {}",
             decision.reason
         );
+        // evaluate = the input as a regorus value + the evaluation proper.
+        let converted = count(runs, || input_value(&doc));
+        put("policy input -> regorus value", i, converted);
+        let whole = count(runs, || evaluate(&mut engine, &doc).expect("decision"));
         put(
-            "policy decision (regorus eval)",
+            "policy evaluation (regorus)",
             i,
-            count(runs, || evaluate(&mut engine, &doc).expect("decision")),
+            (
+                whole.0 - converted.0,
+                whole.1 - converted.1,
+                whole.2 - converted.2,
+            ),
         );
 
         // The request's audit record: the event (BrokerLog::close) and its
@@ -204,18 +216,39 @@ fn main() {
             }),
         );
     }
-    let mut sum = [(0.0, 0.0, 0.0); 2];
+    let mut sum = [(0.0, 0.0, 0.0); 3];
     let cell = |(a, r, b): (f64, f64, f64)| format!("{a:.1} / {r:.1} / {b:.0}");
     for (name, vals) in &rows {
-        println!("{name:<34} {:>24} {:>24}", cell(vals[0]), cell(vals[1]));
+        println!(
+            "{name:<34} {:>24} {:>24} {:>24}",
+            cell(vals[0]),
+            cell(vals[1]),
+            cell(vals[2])
+        );
         for (s, v) in sum.iter_mut().zip(vals) {
             *s = (s.0 + v.0, s.1 + v.1, s.2 + v.2);
         }
     }
     println!(
-        "{:<34} {:>24} {:>24}",
+        "{:<34} {:>24} {:>24} {:>24}",
         "sum of the components",
         cell(sum[0]),
-        cell(sum[1])
+        cell(sum[1]),
+        cell(sum[2])
+    );
+    // The mix of `atb bench` (14/5/1 of 20), to set against the whole
+    // broker's allocations per request there.
+    let weights: Vec<f64> = mix::ROUTES
+        .iter()
+        .map(|r| r.per_cycle as f64 / mix::CYCLE as f64)
+        .collect();
+    let weighted = |f: fn(&(f64, f64, f64)) -> f64| -> f64 {
+        sum.iter().zip(&weights).map(|(v, w)| f(v) * w).sum()
+    };
+    println!(
+        "the mix (70/25/5), per request: {:.1} allocations / {:.1} reallocations / {:.0} bytes",
+        weighted(|v| v.0),
+        weighted(|v| v.1),
+        weighted(|v| v.2)
     );
 }
