@@ -36,8 +36,11 @@ static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting::new(mimalloc::MiMallo
 
 const AGENT: &str = "spiffe://acme.example/agent/demo";
 
-/// Allocations, reallocations and bytes per call of `f`.
-fn count<R>(runs: u64, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
+/// Allocations, reallocations and bytes per call.
+type PerCall = (f64, f64, f64);
+
+/// [`PerCall`] of `f`.
+fn count<R>(runs: u64, mut f: impl FnMut() -> R) -> PerCall {
     black_box(f());
     let before = alloc_count::totals();
     for _ in 0..runs {
@@ -73,8 +76,8 @@ fn main() {
         "{:<34} {:>24} {:>24} {:>24}",
         "component", "low-risk read", "high-risk allow", "critical allow"
     );
-    let mut rows: Vec<(&str, [(f64, f64, f64); 3])> = Vec::new();
-    let mut put = |name: &'static str, i: usize, v: (f64, f64, f64)| match rows
+    let mut rows: Vec<(&str, [PerCall; 3])> = Vec::new();
+    let mut put = |name: &'static str, i: usize, v: PerCall| match rows
         .iter_mut()
         .find(|(n, _)| *n == name)
     {
@@ -217,7 +220,7 @@ fn main() {
         );
     }
     let mut sum = [(0.0, 0.0, 0.0); 3];
-    let cell = |(a, r, b): (f64, f64, f64)| format!("{a:.1} / {r:.1} / {b:.0}");
+    let cell = |(a, r, b): PerCall| format!("{a:.1} / {r:.1} / {b:.0}");
     for (name, vals) in &rows {
         println!(
             "{name:<34} {:>24} {:>24} {:>24}",
@@ -242,9 +245,8 @@ fn main() {
         .iter()
         .map(|r| r.per_cycle as f64 / mix::CYCLE as f64)
         .collect();
-    let weighted = |f: fn(&(f64, f64, f64)) -> f64| -> f64 {
-        sum.iter().zip(&weights).map(|(v, w)| f(v) * w).sum()
-    };
+    let weighted =
+        |f: fn(&PerCall) -> f64| -> f64 { sum.iter().zip(&weights).map(|(v, w)| f(v) * w).sum() };
     println!(
         "the mix (70/25/5), per request: {:.1} allocations / {:.1} reallocations / {:.0} bytes",
         weighted(|v| v.0),
