@@ -12,7 +12,8 @@
 //!   cache-line-aligned shards of relaxed atomics, each thread bound to one
 //!   shard (round robin, on its first allocation) through a `const`
 //!   thread-local of a plain `Cell`, which needs no allocation and no
-//!   destructor — so counting never re-enters the allocator, and threads
+//!   destructor (on targets with native TLS, such as Linux, which the
+//!   broker runs on) — so counting never re-enters the allocator, and threads
 //!   on different shards never share a cache line. Reading
 //!   ([`totals`]) sums the shards: not an atomic snapshot, but every shard
 //!   only grows, so a later read is never below an earlier one, which is
@@ -23,8 +24,9 @@
 //!   `count-allocations` installs it (`src/main.rs`), and only then does
 //!   the broker export `atb_allocations_total`,
 //!   `atb_reallocations_total` and `atb_allocated_bytes_total`
-//!   ([`Collector`], read at every scrape). The normal build keeps plain
-//!   mimalloc and exports none of them.
+//!   ([`Collector`], read at every scrape). The totals are the process's:
+//!   under `atb dev` (one process) they include AgentAuth and the demo
+//!   upstream. The normal build keeps plain mimalloc and exports none.
 //! * Nothing here allocates, locks or panics inside the allocator
 //!   (a `GlobalAlloc` must not unwind).
 
