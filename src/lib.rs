@@ -5,6 +5,7 @@
 //! (from the `atb-actors` crate).
 
 pub mod agentauth;
+pub mod alloc_count;
 pub mod audit;
 pub mod bench;
 pub mod biscuit;

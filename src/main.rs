@@ -16,8 +16,17 @@ use atb::dev::{self, DevOptions};
 /// ≈ 20% less (README, Benchmarks). Declared here,
 /// in the binary, not in the library, so a bench or test can install its own
 /// (e.g. a counting allocator).
+#[cfg(not(feature = "count-allocations"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// With `--features count-allocations`: mimalloc, counted
+/// (`atb::alloc_count`; the broker exports the totals on `/metrics` and
+/// `atb bench` reports them per request).
+#[cfg(feature = "count-allocations")]
+#[global_allocator]
+static ALLOCATOR: atb::alloc_count::Counting<mimalloc::MiMalloc> =
+    atb::alloc_count::Counting::new(mimalloc::MiMalloc);
 
 #[derive(Parser)]
 #[command(name = "atb", version, about = "ATB — the Agent Trust Broker")]

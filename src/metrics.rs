@@ -245,6 +245,11 @@ impl Metrics {
         registry.register(Box::new(connections_refused.clone()))?;
         registry.register(Box::new(wrong_issuer.clone()))?;
         registry.register(Box::new(tenant_suspended.clone()))?;
+        // `atb_allocations_total` & co.: only in a build with the counting
+        // allocator (`crate::alloc_count`), and only if it is installed.
+        if cfg!(feature = "count-allocations") && crate::alloc_count::active() {
+            registry.register(Box::new(crate::alloc_count::Collector::new()?))?;
+        }
         Ok(Self {
             registry,
             requests,

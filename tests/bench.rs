@@ -5,7 +5,11 @@
 //! first run wrote. No timing assertions: only that each figure is there
 //! and agrees with the others. And a short `--soak`: zero errors, every
 //! re-sent mandate refused as a replay, the broker's RSS and fds sampled,
-//! its audit chain verified after SIGTERM.
+//! its audit chain verified after SIGTERM. Built with `--features
+//! count-allocations` (`cargo test --features count-allocations --test
+//! bench`), the report also has the broker's allocations per request and
+//! the running broker's `atb_allocations_total` grows across the requests;
+//! without it, both are absent and the report says "not counted".
 
 mod common;
 
@@ -117,6 +121,7 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
         "{text}"
     );
     assert!(text.contains("added by the broker"), "{text}");
+    check_allocations(&r, &text);
 
     // The broker judged every class with the real policy: its audit log
     // has allowed calls of all three actions and no denial.
@@ -168,8 +173,12 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
         .env("HTTP_LISTEN_ADDR", format!("127.0.0.1:{admin}"));
     let mut broker = Proc::spawn(cmd, tmp.path(), "broker");
     assert!(broker.wait_ready(&[], &[format!("http://127.0.0.1:{admin}/ready")]));
+    // The running broker's allocation totals grow with its requests (a
+    // build with count-allocations); without the feature it has none.
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let before = atb::bench::allocstat::read(admin_addr).unwrap();
     let json2 = tmp.path().join("report2.json");
-    let (r2, _) = bench(
+    let (r2, text2) = bench(
         &dir,
         &json2,
         &[
@@ -184,12 +193,66 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
         ],
     );
     check_report(&r2);
+    let after = atb::bench::allocstat::read(admin_addr).unwrap();
+    let sent: u64 = r2["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["broker"]["requests"].as_u64().unwrap())
+        .sum();
+    if cfg!(feature = "count-allocations") {
+        let (b, a) = (before.unwrap(), after.unwrap());
+        assert!(
+            a.allocations > b.allocations + sent,
+            "{b:?} -> {a:?} over {sent} requests"
+        );
+        assert!(a.bytes > b.bytes + 100 * sent, "{b:?} -> {a:?}");
+    } else {
+        assert_eq!((before, after), (None, None));
+    }
+    // atb bench reads them only from a broker it started.
+    assert!(text2.contains(
+        "broker allocations per request: not counted (build with --features count-allocations)"
+    ));
     assert_eq!(r2["settings"]["spawned"], false);
     for p in r2["phases"].as_array().unwrap() {
         assert_eq!(p["broker"]["broker"]["pid"], broker.pid());
         assert_eq!(p["direct"]["upstream"]["pid"], up.pid());
     }
     drop(up);
+}
+
+/// The broker's allocations per request: reported for every phase when
+/// the binary is built with `--features count-allocations`, else said to
+/// be not counted.
+fn check_allocations(r: &Value, text: &str) {
+    for p in r["phases"].as_array().unwrap() {
+        assert!(p["direct"]["broker_allocations"].is_null());
+        let a = &p["broker"]["broker_allocations"];
+        if cfg!(feature = "count-allocations") {
+            let per = |k: &str| a[k].as_f64().unwrap();
+            // A request through the broker allocates (a mandate parsed, a
+            // policy input built, an audit line): never zero.
+            assert!(per("allocations_per_request") >= 10.0, "{a:#}");
+            assert!(per("bytes_per_request") >= 1000.0, "{a:#}");
+            assert!(per("reallocations_per_request") >= 0.0, "{a:#}");
+            let requests = p["broker"]["requests"].as_u64().unwrap();
+            assert!(a["allocations"].as_u64().unwrap() >= 10 * requests);
+            assert!(!text.contains("not counted"), "{text}");
+        } else {
+            assert!(a.is_null(), "{a:#}");
+        }
+    }
+    if cfg!(feature = "count-allocations") {
+        assert!(text.contains("broker allocations per request: "), "{text}");
+    } else {
+        assert!(
+            text.contains(
+                "broker allocations per request: not counted (build with --features count-allocations)"
+            ),
+            "{text}"
+        );
+    }
 }
 
 #[test]

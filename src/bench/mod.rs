@@ -23,14 +23,20 @@
 //! - Bounded: at most 120 s per phase, 512 connections, 50,000 req/s open
 //!   loop, a mandate budget (`--max-rps` × duration) for the closed loop,
 //!   at most [`MAX_MANDATES`] mandates per run.
+//! - A broker it starts that was built with `--features count-allocations`
+//!   exports its allocation totals on `/metrics`; they are read around each
+//!   phase like its CPU ([`allocstat`]) and reported per request; any
+//!   other broker's are "not counted".
 //!   Logic is in plain modules with unit tests (histogram, mix, schedule,
-//!   procstat, report, http1, setup, soak); the runner only wires them.
+//!   procstat, allocstat, report, http1, setup, soak); the runner only
+//!   wires them.
 //! - `--soak` ([`run_soak`], [`soak`]): instead of the four phases, one
 //!   open-loop phase through the started broker for up to
 //!   [`soak::MAX_SOAK_SECONDS`], sampling its RSS and open descriptors,
 //!   then re-sending used mandates (each must be refused as a replay),
 //!   stopping the broker with SIGTERM and verifying its audit chain.
 
+pub mod allocstat;
 pub mod histogram;
 pub mod http1;
 pub mod mix;
@@ -378,6 +384,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             Watched {
                 broker: opts.broker_pid,
                 upstream: opts.upstream_pid,
+                broker_admin: None,
             },
         ),
         _ => {
@@ -392,6 +399,7 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             let watched = Watched {
                 broker: Some(broker.pid()),
                 upstream: Some(upstream.pid()),
+                broker_admin: Some(addrs.admin),
             };
             children.push(upstream);
             children.push(broker);
@@ -448,16 +456,20 @@ pub fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             for c in &mut children {
                 c.check_alive()?;
             }
-            results.push(report::PathResult::of(
-                &m.measure,
-                if name == "broker" {
-                    m.broker.as_ref()
-                } else {
-                    None
-                },
-                m.upstream.as_ref(),
-                m.generator_cpu_seconds,
-            ));
+            let through_broker = name == "broker";
+            results.push(
+                report::PathResult::of(
+                    &m.measure,
+                    if through_broker {
+                        m.broker.as_ref()
+                    } else {
+                        None
+                    },
+                    m.upstream.as_ref(),
+                    m.generator_cpu_seconds,
+                )
+                .with_allocations(m.broker_allocations.as_ref().filter(|_| through_broker)),
+            );
         }
         let broker_result = results.pop().ok_or(BenchError::Thread)?;
         let direct_result = results.pop().ok_or(BenchError::Thread)?;
@@ -542,6 +554,7 @@ pub fn run_soak(opts: &BenchOptions) -> Result<SoakReport, BenchError> {
     let watched = Watched {
         broker: Some(broker_pid),
         upstream: Some(upstream.pid()),
+        broker_admin: None,
     };
     let minter = minter(&dir, soak::mandate_ttl(opts.duration))?;
     eprintln!(

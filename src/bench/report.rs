@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::histogram::Histogram;
 use super::mix::Class;
 use super::procstat::Memory;
+use crate::alloc_count::Totals;
 
 /// What the runner measured on one path of one phase.
 #[derive(Debug, Default)]
@@ -143,6 +144,42 @@ impl ProcessUsage {
     }
 }
 
+/// What the broker allocated over a phase (a broker built with
+/// `--features count-allocations`; see [`super::allocstat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AllocationUsage {
+    pub allocations: u64,
+    pub reallocations: u64,
+    pub allocated_bytes: u64,
+    /// Per answered request.
+    pub allocations_per_request: f64,
+    pub reallocations_per_request: f64,
+    pub bytes_per_request: f64,
+}
+
+impl AllocationUsage {
+    pub fn of(t: &Totals, answered: u64) -> Self {
+        let per = |v: u64| {
+            if answered == 0 {
+                0.0
+            } else {
+                (v as f64 / answered as f64 * 10.0).round() / 10.0
+            }
+        };
+        Self {
+            allocations: t.allocations,
+            reallocations: t.reallocations,
+            allocated_bytes: t.bytes,
+            allocations_per_request: per(t.allocations),
+            reallocations_per_request: per(t.reallocations),
+            bytes_per_request: per(t.bytes),
+        }
+    }
+}
+
+/// What the text says for a broker whose allocations are not counted.
+pub const NOT_COUNTED: &str = "not counted (build with --features count-allocations)";
+
 /// Latency of one class of the mix.
 #[derive(Debug, Clone, Serialize)]
 pub struct ClassResult {
@@ -174,6 +211,9 @@ pub struct PathResult {
     pub upstream: Option<ProcessUsage>,
     /// The load generator's own CPU seconds (this process).
     pub generator_cpu_seconds: f64,
+    /// The broker's allocations (broker path of a started broker built
+    /// with `--features count-allocations`; else absent: not counted).
+    pub broker_allocations: Option<AllocationUsage>,
 }
 
 impl PathResult {
@@ -224,7 +264,15 @@ impl PathResult {
             broker: broker.map(|r| ProcessUsage::of(r, answered)),
             upstream: upstream.map(|r| ProcessUsage::of(r, answered)),
             generator_cpu_seconds: (generator_cpu_seconds * 1000.0).round() / 1000.0,
+            broker_allocations: None,
         }
+    }
+
+    /// With the broker's allocations over the phase, per answered request.
+    pub fn with_allocations(mut self, totals: Option<&Totals>) -> Self {
+        let answered = self.requests - self.errors.get("transport").copied().unwrap_or(0);
+        self.broker_allocations = totals.map(|t| AllocationUsage::of(t, answered));
+        self
     }
 }
 
@@ -453,6 +501,17 @@ impl Report {
                     r.latency.p99_9_ms,
                     r.latency.max_ms,
                 ));
+                if name == "broker" {
+                    out.push_str(&match &r.broker_allocations {
+                        Some(a) => format!(
+                            "        broker allocations per request: {:.1} ({:.1} reallocations), {:.0} bytes\n",
+                            a.allocations_per_request,
+                            a.reallocations_per_request,
+                            a.bytes_per_request
+                        ),
+                        None => format!("        broker allocations per request: {NOT_COUNTED}\n"),
+                    });
+                }
                 if r.starved > 0 {
                     out.push_str(&format!(
                         "        ({} starved: the mandate budget ran out; raise --max-rps)\n",
@@ -518,6 +577,36 @@ mod tests {
         assert!((r.latency.p50_ms - 0.2).abs() < 0.002, "{:?}", r.latency);
         assert_eq!(r.latency.max_ms, 0.4);
         assert_eq!(r.by_class[&Class::Low].requests, 2);
+    }
+
+    #[test]
+    fn allocations_are_per_answered_request() {
+        // 3002 answered, 1 transport error (no answer: not counted).
+        let m = measure(&[100, 200], &[(200, 3000), (403, 2)], 1);
+        let totals = Totals {
+            allocations: 600_400,
+            reallocations: 30_020,
+            bytes: 90_060_001,
+        };
+        let r = PathResult::of(&m, None, None, 0.0).with_allocations(Some(&totals));
+        let a = r.broker_allocations.unwrap();
+        assert_eq!(a.allocations, 600_400);
+        assert_eq!(a.allocations_per_request, 200.0);
+        assert_eq!(a.reallocations_per_request, 10.0);
+        assert_eq!(a.bytes_per_request, 30_000.0);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["broker_allocations"]["bytes_per_request"], 30_000.0);
+        assert!(PathResult::of(&m, None, None, 0.0)
+            .with_allocations(None)
+            .broker_allocations
+            .is_none());
+        // Nothing answered: zero per request, not a division by zero.
+        let none = PathResult::of(&PathMeasure::default(), None, None, 0.0)
+            .with_allocations(Some(&totals));
+        assert_eq!(
+            none.broker_allocations.unwrap().allocations_per_request,
+            0.0
+        );
     }
 
     #[test]
@@ -590,7 +679,12 @@ mod tests {
         assert_eq!(json["errors_total"], 0);
         assert_eq!(json["mix"].as_array().unwrap().len(), 3);
         assert_eq!(json["mix"][0]["percent"], 70.0);
+        assert!(p["broker"]["broker_allocations"].is_null());
         let text = report.text();
+        assert!(
+            text.contains(&format!("broker allocations per request: {NOT_COUNTED}")),
+            "{text}"
+        );
         assert!(text.contains("open loop: 1000 req/s"), "{text}");
         assert!(
             text.contains("direct ") && text.contains("broker "),

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslStream};
 
+use super::allocstat;
 use super::http1::{Connection, Http1Error};
 use super::mix::{self, Class};
 use super::procstat;
@@ -38,6 +39,7 @@ use super::schedule::OpenLoop;
 use super::setup::BenchAgent;
 use super::soak;
 use super::BenchError;
+use crate::alloc_count::Totals;
 
 /// A plain or TLS connection.
 pub enum Stream {
@@ -242,12 +244,16 @@ impl Minter {
 pub struct Watched {
     pub broker: Option<u32>,
     pub upstream: Option<u32>,
+    /// The broker's admin listener, for its allocation totals
+    /// ([`allocstat`]; only a broker built with `count-allocations` has them).
+    pub broker_admin: Option<SocketAddr>,
 }
 
 struct Snapshot {
     broker: Option<f64>,
     upstream: Option<f64>,
     generator: f64,
+    allocations: Option<Totals>,
 }
 
 impl Watched {
@@ -256,6 +262,13 @@ impl Watched {
             broker: self.broker.map(procstat::cpu_seconds).transpose()?,
             upstream: self.upstream.map(procstat::cpu_seconds).transpose()?,
             generator: procstat::cpu_seconds(std::process::id())?,
+            allocations: match self.broker_admin {
+                Some(admin) => allocstat::read(admin).map_err(|e| BenchError::Io {
+                    what: "reading the broker's allocation totals".into(),
+                    source: std::io::Error::other(e),
+                })?,
+                None => None,
+            },
         })
     }
 
@@ -291,6 +304,8 @@ pub struct Measured {
     pub broker: Option<ProcessReading>,
     pub upstream: Option<ProcessReading>,
     pub generator_cpu_seconds: f64,
+    /// What the broker allocated during the phase (None: not counted).
+    pub broker_allocations: Option<Totals>,
 }
 
 /// How a phase drives its connections.
@@ -443,11 +458,16 @@ pub fn run_phase_observed(
         Ok((total, before, after))
     })?;
     let (broker, upstream, generator_cpu_seconds) = watched.readings(&before, &after)?;
+    let broker_allocations = match (&before.allocations, &after.allocations) {
+        (Some(b), Some(a)) => Some(a.since(b)),
+        _ => None,
+    };
     Ok(Measured {
         measure,
         broker,
         upstream,
         generator_cpu_seconds,
+        broker_allocations,
     })
 }
 
