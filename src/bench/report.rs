@@ -71,6 +71,9 @@ pub struct ProcessReading {
     pub pid: u32,
     /// CPU seconds (user + system) used during the phase.
     pub cpu_seconds: f64,
+    /// Voluntary context switches of its threads during the phase (each is
+    /// a thread put to sleep and woken again).
+    pub wakeups: u64,
     /// Memory at the end of the phase.
     pub memory: Memory,
 }
@@ -124,6 +127,8 @@ pub struct ProcessUsage {
     pub cpu_seconds: f64,
     /// CPU seconds per 1,000 answered requests (= ms of CPU per request).
     pub cpu_seconds_per_1000_requests: f64,
+    /// Thread wake-ups (voluntary context switches) per answered request.
+    pub wakeups_per_request: f64,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
 }
@@ -137,6 +142,11 @@ impl ProcessUsage {
                 0.0
             } else {
                 (reading.cpu_seconds * 1000.0 / answered as f64 * 10_000.0).round() / 10_000.0
+            },
+            wakeups_per_request: if answered == 0 {
+                0.0
+            } else {
+                (reading.wakeups as f64 / answered as f64 * 100.0).round() / 100.0
             },
             rss_bytes: reading.memory.rss_bytes,
             peak_rss_bytes: reading.memory.peak_rss_bytes,
@@ -501,6 +511,12 @@ impl Report {
                     r.latency.p99_9_ms,
                     r.latency.max_ms,
                 ));
+                if let (true, Some(b)) = (name == "broker", &r.broker) {
+                    out.push_str(&format!(
+                        "        broker thread wake-ups per request: {:.2}\n",
+                        b.wakeups_per_request
+                    ));
+                }
                 if name == "broker" {
                     out.push_str(&match &r.broker_allocations {
                         Some(a) => format!(
@@ -556,6 +572,7 @@ mod tests {
         let broker = ProcessReading {
             pid: 7,
             cpu_seconds: 0.6,
+            wakeups: 12_008,
             memory: Memory {
                 rss_bytes: 50 << 20,
                 peak_rss_bytes: 60 << 20,
@@ -571,6 +588,8 @@ mod tests {
         let b = r.broker.unwrap();
         // 0.6 s of CPU over 3002 answers: 0.1999 ms per request.
         assert_eq!(b.cpu_seconds_per_1000_requests, 0.1999);
+        // 12,008 wake-ups over 3002 answers.
+        assert_eq!(b.wakeups_per_request, 4.0);
         assert_eq!(b.rss_bytes, 50 << 20);
         assert!(r.upstream.is_none());
         // Percentiles are bucket edges (< 1% above); the max is exact.
@@ -634,6 +653,7 @@ mod tests {
             Some(&ProcessReading {
                 pid: 1,
                 cpu_seconds: 0.002,
+                wakeups: 8,
                 memory: Memory::default(),
             }),
             None,

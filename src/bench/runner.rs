@@ -249,9 +249,19 @@ pub struct Watched {
     pub broker_admin: Option<SocketAddr>,
 }
 
+/// A process's CPU seconds and thread wake-ups so far.
+type Use = (f64, u64);
+
+fn usage(pid: u32) -> Result<Use, BenchError> {
+    Ok((
+        procstat::cpu_seconds(pid)?,
+        procstat::voluntary_switches(pid)?,
+    ))
+}
+
 struct Snapshot {
-    broker: Option<f64>,
-    upstream: Option<f64>,
+    broker: Option<Use>,
+    upstream: Option<Use>,
     generator: f64,
     allocations: Option<Totals>,
 }
@@ -259,8 +269,8 @@ struct Snapshot {
 impl Watched {
     fn snapshot(&self) -> Result<Snapshot, BenchError> {
         Ok(Snapshot {
-            broker: self.broker.map(procstat::cpu_seconds).transpose()?,
-            upstream: self.upstream.map(procstat::cpu_seconds).transpose()?,
+            broker: self.broker.map(usage).transpose()?,
+            upstream: self.upstream.map(usage).transpose()?,
             generator: procstat::cpu_seconds(std::process::id())?,
             allocations: match self.broker_admin {
                 Some(admin) => allocstat::read(admin).map_err(|e| BenchError::Io {
@@ -278,13 +288,14 @@ impl Watched {
         after: &Snapshot,
     ) -> Result<(Option<ProcessReading>, Option<ProcessReading>, f64), BenchError> {
         let reading = |pid: Option<u32>,
-                       a: Option<f64>,
-                       b: Option<f64>|
+                       a: Option<Use>,
+                       b: Option<Use>|
          -> Result<Option<ProcessReading>, BenchError> {
             match (pid, a, b) {
                 (Some(pid), Some(a), Some(b)) => Ok(Some(ProcessReading {
                     pid,
-                    cpu_seconds: b - a,
+                    cpu_seconds: b.0 - a.0,
+                    wakeups: b.1.saturating_sub(a.1),
                     memory: procstat::memory(pid)?,
                 })),
                 _ => Ok(None),
