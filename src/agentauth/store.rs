@@ -202,8 +202,11 @@ struct Bucket {
 }
 
 /// Token buckets in this process, bounded: when full, buckets that have
-/// refilled completely (indistinguishable from new ones) are dropped, and
-/// if that frees nothing the table starts over.
+/// refilled completely (indistinguishable from new ones) are dropped; if
+/// the table is still full of live buckets, the tenth of them closest to
+/// full is dropped (each such key regains at most the little it had spent,
+/// while the drained buckets of busy keys stay: flooding the table with
+/// fresh keys, say from many addresses, cannot reset anyone's limit).
 pub struct MemoryRateLimiter {
     buckets: DashMap<String, Bucket>,
     max_keys: usize,
@@ -217,6 +220,31 @@ impl MemoryRateLimiter {
         }
     }
 
+    /// Drops the tenth of the buckets holding the most tokens now.
+    fn evict_fullest(&self, capacity: f64, rate_per_ms: f64, now_ms: u64) {
+        let mut levels: Vec<(f64, String)> = self
+            .buckets
+            .iter()
+            .map(|b| {
+                let level =
+                    (b.tokens + now_ms.saturating_sub(b.at_ms) as f64 * rate_per_ms).min(capacity);
+                (level, b.key().clone())
+            })
+            .collect();
+        let evict = (self.max_keys / 10).clamp(1, levels.len().max(1));
+        if levels.len() > evict {
+            levels.select_nth_unstable_by(evict - 1, |a, b| b.0.total_cmp(&a.0));
+        }
+        for (_, key) in levels.iter().take(evict) {
+            self.buckets.remove(key);
+        }
+        tracing::warn!(
+            keys = self.max_keys,
+            evicted = evict,
+            "rate-limit table full of live buckets; dropped the fullest"
+        );
+    }
+
     fn take(&self, key: &str, per_minute: u32, now_ms: u64) -> Option<u64> {
         let capacity = f64::from(per_minute);
         let rate_per_ms = capacity / 60_000.0;
@@ -225,10 +253,7 @@ impl MemoryRateLimiter {
                 b.tokens + now_ms.saturating_sub(b.at_ms) as f64 * rate_per_ms < capacity
             });
             if self.buckets.len() >= self.max_keys {
-                // Still full of live buckets: start over rather than grow
-                // without bound (a reset only ever grants fresh budgets).
-                tracing::warn!(keys = self.max_keys, "rate-limit table full; resetting it");
-                self.buckets.clear();
+                self.evict_fullest(capacity, rate_per_ms, now_ms);
             }
         }
         let mut b = self.buckets.entry(key.to_owned()).or_insert(Bucket {
@@ -444,5 +469,22 @@ mod tests {
         assert!(l.buckets.len() <= 11, "{}", l.buckets.len());
         l.take("late", 60, 120_000);
         assert!(l.buckets.len() <= 11);
+    }
+
+    #[test]
+    fn a_flood_of_new_keys_cannot_reset_a_drained_bucket() {
+        let l = MemoryRateLimiter::new(100);
+        // A busy key spends its whole budget.
+        for _ in 0..3 {
+            assert_eq!(l.take("busy", 3, 0), None);
+        }
+        assert!(l.take("busy", 3, 0).is_some());
+        // Thousands of fresh keys (addresses), one request each, at once.
+        for i in 0..5_000 {
+            l.take(&format!("addr{i}"), 3, 1);
+        }
+        assert!(l.buckets.len() <= 100, "{}", l.buckets.len());
+        // The busy key is still limited: its drained bucket was kept.
+        assert!(l.take("busy", 3, 2).is_some(), "the flood reset the limit");
     }
 }
