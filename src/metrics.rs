@@ -280,6 +280,33 @@ impl Metrics {
         })
     }
 
+    /// Drops the `atb_dependency_up` series of tenant dependencies `keep`
+    /// refuses, given `(dependency, tenant)` (a reload removed the tenant
+    /// or its connector): a removed dependency must not stay "failing" in
+    /// `/ready` and alerts forever. Process-wide series (no tenant) stay.
+    pub fn forget_dependencies(&self, keep: impl Fn(&str, &str) -> bool) {
+        use prometheus::core::Collector;
+        let mut gone = Vec::new();
+        for family in self.dependency_up.collect() {
+            for m in family.get_metric() {
+                let label = |n: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == n)
+                        .map(|l| l.value().to_owned())
+                        .unwrap_or_default()
+                };
+                let (dep, tenant) = (label("dependency"), label("tenant"));
+                if !tenant.is_empty() && !keep(&dep, &tenant) {
+                    gone.push((dep, tenant));
+                }
+            }
+        }
+        for (dep, tenant) in gone {
+            let _ = self.dependency_up.remove_label_values(&[&dep, &tenant]);
+        }
+    }
+
     /// The dependencies whose last call failed, as `dependency` or
     /// `dependency:tenant` (for `/ready`).
     pub fn failing_dependencies(&self) -> Vec<String> {
@@ -342,6 +369,23 @@ mod tests {
         let text = m.render();
         assert!(text.contains("atb_requests_total{status=\"error\",tenant=\"acme\"} 1"));
         assert!(text.contains("atb_actor_restarts_total{actor=\"tenant_shard\",shard=\"0\"} 1"));
+    }
+
+    #[test]
+    fn forgotten_dependencies_leave_the_failing_list() {
+        let m = Metrics::new().unwrap();
+        let down = |dep: &str, tenant: &str| {
+            m.dependency_up.with_label_values(&[dep, tenant]).set(0);
+        };
+        down("jwks", "gone");
+        down("upstream:crm", "acme");
+        down("upstream:old", "acme");
+        down("opa", "");
+        m.forget_dependencies(|dep, tenant| tenant == "acme" && dep != "upstream:old");
+        assert_eq!(
+            m.failing_dependencies(),
+            ["opa", "upstream:crm:acme"].map(String::from)
+        );
     }
 
     #[test]

@@ -328,6 +328,15 @@ impl BrokerState {
         self.connections.update(built.directory.clone());
         let built = Arc::new(built);
         self.tenants.store(built.clone());
+        self.metrics.forget_dependencies(|dependency, tenant| {
+            let Some(t) = built.config.tenants.iter().find(|t| t.id == tenant) else {
+                return false;
+            };
+            match dependency.strip_prefix("upstream:") {
+                Some(connector) => t.connectors.iter().any(|c| c.id == connector),
+                None => true,
+            }
+        });
         // JWKS loops follow their tenants' keys.
         if let Ok(mut loops) = self.periodic.lock() {
             loops.retain(|h| {
