@@ -215,7 +215,16 @@ level = "info"
         fs::write(&config_path, config).unwrap();
         let stderr_path = dir.path().join("stderr.log");
         let stdout_path = dir.path().join("stdout.log");
-        let mut cmd = Command::new(ATB);
+        // ATB_TEST_BROKER_CPUS=0 runs the broker on those CPUs only
+        // (taskset), e.g. apart from a load generator pinned elsewhere.
+        let mut cmd = match std::env::var("ATB_TEST_BROKER_CPUS") {
+            Ok(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpus, ATB]);
+                c
+            }
+            Err(_) => Command::new(ATB),
+        };
         cmd.arg("broker")
             .arg("--config")
             .arg(&config_path)
