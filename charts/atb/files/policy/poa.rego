@@ -1180,7 +1180,7 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
 } else := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	tier := common_case_tier
 	l := input.poa.leg
-	approved(tier, l, common_self_ids)
+	approved(tier, l, {canon(input.agent.spiffe_id)})
 
 	# Time policies: global business hours and rate limits not in force;
 	# every approval entry timestamped, not in the future, within the window.
@@ -1218,7 +1218,7 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
 	]
 } else := {"allow": false, "reason": tier_denial[tier], "details": {"tier": tier, "action": input.poa.act}, "risk_tier": tier} if {
 	tier := common_case_tier
-	not approved(tier, input.poa.leg, common_self_ids)
+	not approved(tier, input.poa.leg, {canon(input.agent.spiffe_id)})
 } else := {"allow": false, "reason": "unknown_action", "details": {"action": request_action}, "risk_tier": request_tier} if {
 	not poa_provided
 	request_action != ""
@@ -1336,18 +1336,10 @@ request_tier := t if {
 	request_action_known
 } else := "critical"
 
-# The agent's canonical id, as a set: self_ids in the common case, where the
-# mandate's subject is the agent. Referenced only once common_case_tier has
-# found input.agent.spiffe_id to be a string.
-common_self_ids := {me} if {
-	# Already canonical: its own canonical form (see canon).
-	me := input.agent.spiffe_id
-	trim_space(me) == me
-	lower(me) == me
-} else := {canon(input.agent.spiffe_id)}
-
-# env's self_ids: the full chain's (constraint_env), else the common case's
-# (common_case_tier leaves them out: only iam.role.assign reads them).
+# env's self_ids: the full chain's (constraint_env), else the common case's,
+# the agent's canonical id (there the mandate's subject is the agent, a
+# string). common_case_tier leaves them out of env: only iam.role.assign
+# reads them.
 env_self_ids(env) := ids if {
 	ids := env.self_ids
-} else := common_self_ids
+} else := {canon(input.agent.spiffe_id)}
