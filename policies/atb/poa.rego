@@ -130,9 +130,9 @@ risk_tier := t if {
 # (data.tenants[<id>].catalog.tiers / .methods). Case variants, lookalikes,
 # whitespace and non-strings are never mapped to a tier.
 # (Builtins rather than a regex: the embedded engine compiles a regex on
-# every call.) Only the allowed characters, at least one dot, and no empty
-# segment: ".a." contains ".." exactly when a starts or ends with a dot or
-# has two in a row.
+# every call.) Only the allowed characters, and split at the dots: at least
+# two segments, none empty (a leading, trailing or doubled dot makes an
+# empty one). common_case_tier has these checks inline.
 canonical_action(a) if {
 	"" < a
 	a < []
@@ -353,7 +353,7 @@ route_param_conflict(c, k, v) if {
 # constraint_check(act, params, con, env) is true or false for a
 # constrained action and undefined for any other; env is {"self_ids": the
 # agent's canonical ids, "tier": the action's tier, "leg": the mandate's leg}
-# (escape switches are read from the evidence by escaped(env, name), never
+# (the common case leaves self_ids out: see env_self_ids) (escape switches are read from the evidence by escaped(env, name), never
 # from con; only the families that have one pay for the lookup). One definition per family,
 # dispatched by the constant first argument, so only that family's body runs.
 # Callers test it inside a comprehension: OPA moves a call out of `not f(x) ==
@@ -1237,8 +1237,10 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
 # Type guards are comparisons: Rego orders values of different types (null <
 # booleans < numbers < strings < arrays < objects; sets, which JSON has not,
 # sort differently per engine), so `x > true; x < ""` holds exactly for
-# numbers, `"" < x; x < []` exactly for non-empty strings and `[] <= x; x <
-# {}` exactly for arrays.
+# numbers, `"" < x; x < []` exactly for non-empty strings, `[] <= x; x <
+# {}` exactly for arrays and `{} <= x` exactly for objects (the input is
+# JSON: never a set). A comparison costs the embedded engine a fraction of a
+# call such as is_object.
 common_case_tier := tier if {
 	p := input.poa
 
@@ -1275,6 +1277,7 @@ common_case_tier := tier if {
 	p.sub == me
 	[d | ts := data.tenants; d := ts[input.tenant.id]; tenant_overrides(d, p.act)] == []
 	[m | pb := data.platform_binding; m := pb.mode; m != "none"] == []
+	# The action: canonical (canonical_action, inline) and the request's.
 	a := p.act
 	"" < a
 	a < []
