@@ -170,6 +170,54 @@ fn regorus_and_opa_agree_on_tests_and_corpus() {
     assert!(reasons.len() >= 10, "corpus reaches only {reasons:?}");
 }
 
+/// The corpus decisions are the recorded ones (`corpus_decisions.jsonl`,
+/// OPA's answers when it was written), so a change made for speed cannot
+/// change a decision unnoticed; unlike the parity test this needs no Python.
+/// A deliberate change of the policy's answers re-records it from OPA:
+/// `opa_eval.py policies tests/policy/data.json tests/policy/corpus.jsonl`,
+/// its `decisions` one per line as `{"decision", "name"}`.
+#[test]
+fn corpus_decisions_are_the_recorded_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(root.join("tests/policy").join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let cases = read("corpus.jsonl");
+    let recorded = read("corpus_decisions.jsonl");
+    assert_eq!(
+        cases.len(),
+        recorded.len(),
+        "one recorded decision per input"
+    );
+    let mut engine = regorus_engine(true);
+    let mut differences = Vec::new();
+    for (case, want) in cases.iter().zip(&recorded) {
+        assert_eq!(case["name"], want["name"]);
+        engine.set_input(atb::policy::embedded::input_value(&case["input"]));
+        let ours = match engine.eval_rule("data.atb.poa.decision".into()) {
+            Ok(v) => serde_json::to_value(&v).unwrap(),
+            Err(e) => serde_json::json!({"engine_error": e.to_string()}),
+        };
+        if ours != want["decision"] {
+            differences.push(format!(
+                "{}: now {ours} / recorded {}",
+                case["name"], want["decision"]
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} of {} decisions changed:\n{}",
+        differences.len(),
+        cases.len(),
+        differences.join("\n")
+    );
+}
+
 #[test]
 fn the_embedded_policy_is_the_one_in_policies() {
     let on_disk = std::fs::read_to_string(policy_dir().join("atb/poa.rego")).unwrap();

@@ -130,16 +130,17 @@ risk_tier := t if {
 # (data.tenants[<id>].catalog.tiers / .methods). Case variants, lookalikes,
 # whitespace and non-strings are never mapped to a tier.
 # (Builtins rather than a regex: the embedded engine compiles a regex on
-# every call.) Only the allowed characters, at least one dot, and no empty
-# segment: ".a." contains ".." exactly when a starts or ends with a dot or
-# has two in a row.
+# every call.) Only the allowed characters, and split at the dots: at least
+# two segments, none empty (a leading, trailing or doubled dot makes an
+# empty one). common_case_tier has these checks inline.
 canonical_action(a) if {
 	"" < a
 	a < []
 	count(a) <= 256
 	trim(a, "abcdefghijklmnopqrstuvwxyz0123456789_.") == ""
-	contains(a, ".")
-	not contains(concat("", [".", a, "."]), "..")
+	segments := split(a, ".")
+	_ = segments[1]
+	not "" in segments
 }
 
 in_catalogue(a) if _ = data.atb.catalog.methods[a]
@@ -352,7 +353,7 @@ route_param_conflict(c, k, v) if {
 # constraint_check(act, params, con, env) is true or false for a
 # constrained action and undefined for any other; env is {"self_ids": the
 # agent's canonical ids, "tier": the action's tier, "leg": the mandate's leg}
-# (escape switches are read from the evidence by escaped(env, name), never
+# (the common case leaves self_ids out: see env_self_ids) (escape switches are read from the evidence by escaped(env, name), never
 # from con; only the families that have one pay for the lookup). One definition per family,
 # dispatched by the constant first argument, so only that family's body runs.
 # Callers test it inside a comprehension: OPA moves a call out of `not f(x) ==
@@ -591,7 +592,7 @@ constraint_check("iam.role.assign", p, c, env) := true if {
 	target := object.get(p, "target_user_id", "")
 	"" < target
 	target < []
-	not canon(target) in env.self_ids
+	not canon(target) in env_self_ids(env)
 	allowed_by_optional_list(c, "assignable_roles", role)
 } else := false
 
@@ -851,7 +852,7 @@ approved("high", leg, self_ids) if {
 	approvers < {}
 	ids := {id |
 		some a in approvers
-		is_object(a)
+		{} <= a
 		x := a.id
 		"" <= x
 		x < []
@@ -871,7 +872,7 @@ approved("critical", leg, self_ids) if {
 	approvers < {}
 	ids := {id |
 		some a in approvers
-		is_object(a)
+		{} <= a
 		x := a.id
 		"" <= x
 		x < []
@@ -881,7 +882,7 @@ approved("critical", leg, self_ids) if {
 	ids & self_ids == set()
 	executives := {id |
 		some a in approvers
-		is_object(a)
+		{} <= a
 		x := a.id
 		"" <= x
 		x < []
@@ -1164,14 +1165,14 @@ no_poa_allowed if safe_path_request
 # decisions are the chain's. Inline, because on the embedded engine every
 # rule reference and every call (builtins too) costs more than the
 # expressions it saves.
-base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
-	# The commonest case of all: no approval evidence in the leg (a low-risk
-	# mandate), so there are no timestamps to check.
-	tier := common_case_tier
+base_decision := {"allow": true, "reason": "allow", "risk_tier": "low"} if {
+	# The commonest case of all: a low-risk action and no approval evidence
+	# in the leg, so there are no timestamps to check (and no business hours:
+	# they apply to high risk). Low is the only tier approved without
+	# evidence.
+	common_case_tier == "low"
 	l := input.poa.leg
 	[1 | some b in ["approval", "dual_control", "executive_control"]; _ = l[b]] == []
-	approved(tier, l, {canon(input.agent.spiffe_id)})
-	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
 	[1 | r := data.rate_limits; is_object(r); r != {}] == []
 	ns := input.current_time_ns
 	ns > true
@@ -1183,7 +1184,7 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 
 	# Time policies: global business hours and rate limits not in force;
 	# every approval entry timestamped, not in the future, within the window.
-	[1 | tier == "high"; data.time_policy.business_hours.required_for_high_risk == true] == []
+	[1 | tier == "high"; tp := data.time_policy; tp.business_hours.required_for_high_risk == true] == []
 	[1 | r := data.rate_limits; is_object(r); r != {}] == []
 	ns := input.current_time_ns
 	ns > true
@@ -1193,7 +1194,7 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 	# approval_clock_skew ahead, within the window) as entries.
 	w := global_approval_window
 	[1 | _ = l.approval] == [1 | t := l.approval.timestamp; t > true; t < ""; t <= now + 60; now - t <= w]
-	count([1 | xs := l.dual_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+	[1 | xs := l.dual_control.approvers; [] <= xs; xs < {}; some _ in xs] == [1 |
 		xs := l.dual_control.approvers
 		[] <= xs
 		xs < {}
@@ -1203,8 +1204,8 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 		t < ""
 		t <= now + 60
 		now - t <= w
-	])
-	count([1 | xs := l.executive_control.approvers; [] <= xs; xs < {}; some _ in xs]) == count([1 |
+	]
+	[1 | xs := l.executive_control.approvers; [] <= xs; xs < {}; some _ in xs] == [1 |
 		xs := l.executive_control.approvers
 		[] <= xs
 		xs < {}
@@ -1214,7 +1215,7 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 		t < ""
 		t <= now + 60
 		now - t <= w
-	])
+	]
 } else := {"allow": false, "reason": tier_denial[tier], "details": {"tier": tier, "action": input.poa.act}, "risk_tier": tier} if {
 	tier := common_case_tier
 	not approved(tier, input.poa.leg, {canon(input.agent.spiffe_id)})
@@ -1236,8 +1237,10 @@ base_decision := {"allow": true, "reason": "allow", "risk_tier": tier} if {
 # Type guards are comparisons: Rego orders values of different types (null <
 # booleans < numbers < strings < arrays < objects; sets, which JSON has not,
 # sort differently per engine), so `x > true; x < ""` holds exactly for
-# numbers, `"" < x; x < []` exactly for non-empty strings and `[] <= x; x <
-# {}` exactly for arrays.
+# numbers, `"" < x; x < []` exactly for non-empty strings, `[] <= x; x <
+# {}` exactly for arrays and `{} <= x` exactly for objects (the input is
+# JSON: never a set). A comparison costs the embedded engine a fraction of a
+# call such as is_object.
 common_case_tier := tier if {
 	p := input.poa
 
@@ -1272,24 +1275,32 @@ common_case_tier := tier if {
 	"" <= me
 	me < []
 	p.sub == me
-	[d | d := data.tenants[input.tenant.id]; tenant_overrides(d, p.act)] == []
-	[m | m := data.platform_binding.mode; m != "none"] == []
+	[d | ts := data.tenants; d := ts[input.tenant.id]; tenant_overrides(d, p.act)] == []
+	[m | pb := data.platform_binding; m := pb.mode; m != "none"] == []
+	# The action: canonical (canonical_action, inline) and the request's.
 	a := p.act
-	canonical_action(a)
+	"" < a
+	a < []
+	count(a) <= 256
+	trim(a, "abcdefghijklmnopqrstuvwxyz0123456789_.") == ""
+	segments := split(a, ".")
+	_ = segments[1]
+	not "" in segments
 	input.request.action == a
 
 	# The action's constraint family.
 	c := p.con
-	is_object(c)
-	count(route_param_conflicts) == 0
+	{} <= c
+	[k | some k, v in input.request.route_params; route_param_conflict(c, k, v)] == []
 	rp := input.request.params
-	is_object(rp)
+	{} <= rp
 	# A built-in action with one of the four tiers (low when the catalogue
 	# gives none); anything else takes the full chain.
-	_ = data.atb.catalog.methods[a]
-	tier := object.get(data.atb.catalog.tiers, a, "low")
-	tier in known_tiers
-	env := {"self_ids": {canon(me)}, "tier": tier, "leg": l}
+	cat := data.atb.catalog
+	_ = cat.methods[a]
+	tier := object.get(cat.tiers, a, "low")
+	tier in {"low", "medium", "high", "critical"}
+	env := {"tier": tier, "leg": l}
 	[r | r := constraint_check(a, rp, c, env); r == false] == []
 }
 
@@ -1311,7 +1322,9 @@ tenant_overrides(d, act) if {
 }
 
 # The approval window when no tenant time policy applies (see approval_window).
-global_approval_window := w if {
+global_approval_window := 86400 if {
+	[1 | _ = data.time_policy] == []
+} else := w if {
 	w := data.time_policy.approval_window_seconds
 	w > true
 	w < ""
@@ -1325,3 +1338,11 @@ request_tier := t if {
 } else := "low" if {
 	request_action_known
 } else := "critical"
+
+# env's self_ids: the full chain's (constraint_env), else the common case's,
+# the agent's canonical id (there the mandate's subject is the agent, a
+# string). common_case_tier leaves them out of env: only iam.role.assign
+# reads them.
+env_self_ids(env) := ids if {
+	ids := env.self_ids
+} else := {canon(input.agent.spiffe_id)}
