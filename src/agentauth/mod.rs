@@ -61,7 +61,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(http::routes)
         })
         .on_connect({

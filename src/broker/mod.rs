@@ -73,7 +73,7 @@ pub async fn run(
                     &outbound_tls,
                     connect_timeout,
                 )))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(gateway::routes)
         })
         .on_connect(move |conn, ext| connections.on_connect(conn, ext))
