@@ -416,9 +416,9 @@ async fn bind_route(ctx: &mut RequestCtx<'_>) -> Step {
     Ok(())
 }
 
-/// The connector's rate limit (a shard round trip only for a connector
-/// that has one), and this hour's count of the action for the policy, read
-/// from the shard's ledger on this task. With shared state the limit and
+/// The connector's rate limit (a call to the tenant's shard only for a
+/// connector that has one), and this hour's count of the action for the
+/// policy, read from the shard's ledger; both on this task. With shared state the limit and
 /// the count come from the one admission script (see `spend`).
 async fn connector_limit(ctx: &mut RequestCtx<'_>) -> Step {
     if ctx.state.shared.is_some() {
