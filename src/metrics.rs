@@ -280,13 +280,10 @@ impl Metrics {
         })
     }
 
-    /// Drops the `atb_dependency_up` series of tenant dependencies `keep`
-    /// refuses, given `(dependency, tenant)` (a reload removed the tenant
-    /// or its connector): a removed dependency must not stay "failing" in
-    /// `/ready` and alerts forever. Process-wide series (no tenant) stay.
-    pub fn forget_dependencies(&self, keep: impl Fn(&str, &str) -> bool) {
+    /// Every `atb_dependency_up` series: `(dependency, tenant, value)`.
+    fn dependency_series(&self) -> Vec<(String, String, f64)> {
         use prometheus::core::Collector;
-        let mut gone = Vec::new();
+        let mut out = Vec::new();
         for family in self.dependency_up.collect() {
             for m in family.get_metric() {
                 let label = |n: &str| {
@@ -296,42 +293,43 @@ impl Metrics {
                         .map(|l| l.value().to_owned())
                         .unwrap_or_default()
                 };
-                let (dep, tenant) = (label("dependency"), label("tenant"));
-                if !tenant.is_empty() && !keep(&dep, &tenant) {
-                    gone.push((dep, tenant));
-                }
+                out.push((
+                    label("dependency"),
+                    label("tenant"),
+                    m.get_gauge().get_value(),
+                ));
             }
         }
-        for (dep, tenant) in gone {
-            let _ = self.dependency_up.remove_label_values(&[&dep, &tenant]);
+        out
+    }
+
+    /// Drops the `atb_dependency_up` series of tenant dependencies `keep`
+    /// refuses, given `(dependency, tenant)` (a reload removed the tenant
+    /// or its connector): a removed dependency must not stay "failing" in
+    /// `/ready` and alerts forever. Process-wide series (no tenant) stay.
+    pub fn forget_dependencies(&self, keep: impl Fn(&str, &str) -> bool) {
+        for (dep, tenant, _) in self.dependency_series() {
+            if !tenant.is_empty() && !keep(&dep, &tenant) {
+                let _ = self.dependency_up.remove_label_values(&[&dep, &tenant]);
+            }
         }
     }
 
     /// The dependencies whose last call failed, as `dependency` or
     /// `dependency:tenant` (for `/ready`).
     pub fn failing_dependencies(&self) -> Vec<String> {
-        use prometheus::core::Collector;
-        let mut down = Vec::new();
-        for family in self.dependency_up.collect() {
-            for m in family.get_metric() {
-                if m.get_gauge().get_value() != 0.0 {
-                    continue;
-                }
-                let label = |n: &str| {
-                    m.get_label()
-                        .iter()
-                        .find(|l| l.name() == n)
-                        .map(|l| l.value().to_owned())
-                        .unwrap_or_default()
-                };
-                let (dep, tenant) = (label("dependency"), label("tenant"));
-                down.push(if tenant.is_empty() {
+        let mut down: Vec<String> = self
+            .dependency_series()
+            .into_iter()
+            .filter(|(_, _, up)| *up == 0.0)
+            .map(|(dep, tenant, _)| {
+                if tenant.is_empty() {
                     dep
                 } else {
                     format!("{dep}:{tenant}")
-                });
-            }
-        }
+                }
+            })
+            .collect();
         down.sort();
         down
     }
