@@ -217,6 +217,30 @@ fn a_tenant_flooded_at_ten_times_its_rate_is_shed_and_other_tenants_keep_their_s
         shed,
         Some((flood_summary.requests as u32 - admitted) as f64)
     );
+    // Every shed has its audit line; its log line is sampled (at most 10
+    // a second for acme's 429s), each written line counting the ones left
+    // out before it, so the log adds up to no more than the sheds.
+    let sheds = flood_summary.requests as usize - admitted as usize;
+    let audited = broker
+        .audit()
+        .iter()
+        .filter(|e| e["tenant"] == "acme" && e["code"] == "rate_limited")
+        .count();
+    assert_eq!(audited, sheds);
+    let stderr = broker.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "request" && v["error"] == "rate_limited")
+        .collect();
+    let suppressed: u64 = lines.iter().filter_map(|v| v["suppressed"].as_u64()).sum();
+    assert!(!lines.is_empty());
+    // The run spans at most 7 wall-clock seconds (4 s plus slack).
+    assert!(lines.len() <= 10 * 7, "{} shed log lines", lines.len());
+    assert!(lines.len() + suppressed as usize <= sheds);
+    if sheds > 10 * 7 {
+        assert!(suppressed > 0, "a flood's sheds were all logged");
+    }
 }
 
 #[test]

@@ -279,17 +279,30 @@ impl RequestRecord for BrokerLog<'_> {
         m.request_duration
             .with_label_values(&[tenant])
             .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            tenant,
-            method = %self.method,
-            path = %self.path,
-            status,
-            error = code,
-            outcome = ending.outcome(),
-            latency_us = elapsed.as_micros() as u64,
-            request_id = %self.request_id,
-            "request"
-        );
+        // A shed's line is sampled (`broker::shed_log`); its audit line and
+        // metrics are not.
+        let suppressed = if crate::broker::shed_log::is_shed(code) {
+            let second = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.state.shed_log.admit(tenant, code, second)
+        } else {
+            Some(0)
+        };
+        if let Some(suppressed) = suppressed {
+            tracing::info!(
+                tenant,
+                method = %self.method,
+                path = %self.path,
+                status,
+                error = code,
+                outcome = ending.outcome(),
+                latency_us = elapsed.as_micros() as u64,
+                request_id = %self.request_id,
+                suppressed,
+                "request"
+            );
+        }
         AuditEvent {
             ts: now_rfc3339(),
             event: "decision",

@@ -13,6 +13,7 @@ pub mod policy_client;
 pub mod replay;
 pub mod shared_admission;
 pub mod shared_revocations;
+pub mod shed_log;
 pub mod state;
 pub mod tenant_in_flight;
 pub mod tenants;

@@ -99,6 +99,8 @@ pub struct BrokerState {
     /// JWKS sources a reload added, waiting for a runtime to start their
     /// loops on.
     pending_jwks: std::sync::Mutex<Vec<Arc<JwksCache>>>,
+    /// Which shed requests get a log line (`broker::shed_log`).
+    pub shed_log: crate::broker::shed_log::ShedLog,
     /// Requests whose record is not closed yet (see `broker::context`).
     pub in_flight: std::sync::atomic::AtomicUsize,
     maintenance: AtomicBool,
@@ -183,6 +185,7 @@ impl BrokerState {
         )
         .starting("audit")?;
         Ok(Arc::new(Self {
+            shed_log: Default::default(),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             tenant_in_flight: crate::broker::tenant_in_flight::TenantInFlight::new(
                 metrics.tenant_in_flight.clone(),
