@@ -220,7 +220,7 @@ fn a_tenant_flooded_at_ten_times_its_rate_is_shed_and_other_tenants_keep_their_s
     // Every shed has its audit line; its log line is sampled (at most 10
     // a second for acme's 429s), each written line counting the ones left
     // out before it, so the log adds up to no more than the sheds.
-    let sheds = flood_summary.requests as usize - admitted as usize;
+    let sheds = flood_summary.requests - admitted as usize;
     let audited = broker
         .audit()
         .iter()
