@@ -138,20 +138,22 @@ impl ProcessUsage {
         Self {
             pid: reading.pid,
             cpu_seconds: (reading.cpu_seconds * 1000.0).round() / 1000.0,
-            cpu_seconds_per_1000_requests: if answered == 0 {
-                0.0
-            } else {
-                (reading.cpu_seconds * 1000.0 / answered as f64 * 10_000.0).round() / 10_000.0
-            },
-            wakeups_per_request: if answered == 0 {
-                0.0
-            } else {
-                (reading.wakeups as f64 / answered as f64 * 100.0).round() / 100.0
-            },
+            cpu_seconds_per_1000_requests: per_answer(reading.cpu_seconds * 1000.0, answered, 4),
+            wakeups_per_request: per_answer(reading.wakeups as f64, answered, 2),
             rss_bytes: reading.memory.rss_bytes,
             peak_rss_bytes: reading.memory.peak_rss_bytes,
         }
     }
+}
+
+/// `total` per answered request, rounded to `decimals` places (0 when
+/// nothing was answered).
+fn per_answer(total: f64, answered: u64, decimals: i32) -> f64 {
+    if answered == 0 {
+        return 0.0;
+    }
+    let scale = 10f64.powi(decimals);
+    (total / answered as f64 * scale).round() / scale
 }
 
 /// What the broker allocated over a phase (a broker built with
@@ -169,13 +171,7 @@ pub struct AllocationUsage {
 
 impl AllocationUsage {
     pub fn of(t: &Totals, answered: u64) -> Self {
-        let per = |v: u64| {
-            if answered == 0 {
-                0.0
-            } else {
-                (v as f64 / answered as f64 * 10.0).round() / 10.0
-            }
-        };
+        let per = |v: u64| per_answer(v as f64, answered, 1);
         Self {
             allocations: t.allocations,
             reallocations: t.reallocations,
@@ -511,13 +507,13 @@ impl Report {
                     r.latency.p99_9_ms,
                     r.latency.max_ms,
                 ));
-                if let (true, Some(b)) = (name == "broker", &r.broker) {
-                    out.push_str(&format!(
-                        "        broker thread wake-ups per request: {:.2}\n",
-                        b.wakeups_per_request
-                    ));
-                }
                 if name == "broker" {
+                    if let Some(b) = &r.broker {
+                        out.push_str(&format!(
+                            "        broker thread wake-ups per request: {:.2}\n",
+                            b.wakeups_per_request
+                        ));
+                    }
                     out.push_str(&match &r.broker_allocations {
                         Some(a) => format!(
                             "        broker allocations per request: {:.1} ({:.1} reallocations), {:.0} bytes\n",

@@ -4,8 +4,9 @@
 //!
 //! Design points:
 //! * token buckets (the tenant's, each rate-limited connector's) are shard
-//!   state: one shard actor owns them, so a request takes a token with one
-//!   mailbox round trip, and a connector without a rate limit costs none;
+//!   state, used on the request's task under the shard's lock
+//!   (`atb_actors::ShardCells`), and a connector without a rate limit
+//!   costs no shard call at all;
 //! * the hourly per-action counts the policy reads are a [`UsageLedger`]
 //!   per shard index, outside the actor: the request's task reads and bumps
 //!   them under a lock held for one map operation (no mailbox hop, no
@@ -234,13 +235,13 @@ fn take<K: std::hash::Hash + Eq>(
     bucket.try_take(now)
 }
 
-/// Each shard index's lasting parts: whether its actor has started before
+/// Each shard index's lasting parts: whether its state was built before
 /// (a restart after a fault builds drained buckets) and its usage ledger,
 /// which the request's task uses directly.
 #[derive(Debug)]
 pub struct ShardStates {
     started: std::sync::Mutex<std::collections::HashSet<usize>>,
-    ledgers: Vec<Arc<UsageLedger>>,
+    ledgers: Vec<UsageLedger>,
 }
 
 impl ShardStates {
@@ -248,14 +249,12 @@ impl ShardStates {
     pub fn new(shards: usize) -> Self {
         Self {
             started: Default::default(),
-            ledgers: (0..shards.max(1))
-                .map(|_| Arc::new(UsageLedger::default()))
-                .collect(),
+            ledgers: (0..shards.max(1)).map(|_| UsageLedger::default()).collect(),
         }
     }
 
-    /// Shard `index`'s actor state: full buckets at its first start,
-    /// drained ones after a fault.
+    /// Shard `index`'s state: full buckets at its first start, drained ones
+    /// after a fault.
     pub fn build(&self, index: usize) -> TenantShardState {
         let first = self
             .started

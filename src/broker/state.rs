@@ -81,8 +81,8 @@ pub struct BrokerState {
     /// Tenant shards: token buckets, used on the request's task under
     /// the shard's lock (`atb_actors::cells`).
     pub shards: ShardCells<TenantShardState>,
-    /// What outlives a shard actor's restart, and the hourly action counts
-    /// the request's task reads and bumps directly.
+    /// What outlives a shard's restart, and the hourly action counts the
+    /// request's task reads and bumps directly.
     pub shard_states: Arc<ShardStates>,
     pub metrics: Metrics,
     /// In-memory single use; `None` when single use is off or shared.
