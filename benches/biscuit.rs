@@ -16,26 +16,19 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::SigningKey;
 use serde_json::{json, Map, Value};
 
-const AGENT: &str = "spiffe://acme.example/agent/demo";
-const ACTION: &str = "sap.payment.execute";
+#[path = "support/grant.rs"]
+mod grant;
+use grant::{ACTION, AGENT};
 
 fn bench(c: &mut Criterion) {
-    let now = 1_800_000_000i64;
-    let leg = json!({
-        "jurisdiction": "EU",
-        "accountable_party": {"type": "user", "id": "owner"},
-        "dual_control": {"required": true, "approvers": [
-            {"id": "alice", "timestamp": now}, {"id": "bob", "timestamp": now}]},
-    });
-    let con = json!({"connector": "erp", "max_amount": 5000});
-    let jti = "0123456789abcdef0123456789abcdef";
+    let now = grant::NOW;
+    let leg = grant::leg();
+    let con = grant::con();
+    let jti = grant::JTI;
 
     // The JWT path.
     let key = SigningKey::from_bytes(&[9; 32]);
-    let claims_doc = json!({
-        "sub": AGENT, "act": ACTION, "con": con, "leg": leg,
-        "iat": now, "exp": now + 300, "jti": jti,
-    });
+    let claims_doc = grant::claims();
     let jwt = token::sign(&claims_doc, &key, "kid-1");
     let vk = key.verifying_key();
     let rules = ClaimRules {

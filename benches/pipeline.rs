@@ -15,21 +15,13 @@ use serde_json::json;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const AGENT: &str = "spiffe://acme.example/agent/demo";
+#[path = "support/grant.rs"]
+mod grant;
 
 fn bench(c: &mut Criterion) {
     let key = SigningKey::from_bytes(&[9; 32]);
-    let now = 1_800_000_000i64;
-    let leg = json!({
-        "jurisdiction": "EU",
-        "accountable_party": {"type": "user", "id": "owner"},
-        "dual_control": {"required": true, "approvers": [
-            {"id": "alice", "timestamp": now}, {"id": "bob", "timestamp": now}]},
-    });
-    let claims_doc = json!({
-        "sub": AGENT, "act": "sap.payment.execute", "con": {"connector": "erp", "max_amount": 5000},
-        "leg": leg, "iat": now, "exp": now + 300, "jti": "0123456789abcdef0123456789abcdef",
-    });
+    let now = grant::NOW;
+    let claims_doc = grant::claims();
     let jwt = token::sign(&claims_doc, &key, "kid-1");
     let vk = key.verifying_key();
     let rules = ClaimRules {
@@ -48,23 +40,13 @@ fn bench(c: &mut Criterion) {
 
     let bundle = PolicyBundle::load(None, None, &[], Duration::from_secs(1)).expect("policy loads");
     let mut engine = bundle.engine().expect("policy compiles");
-    let input = |act: &str| {
-        let mut c = claims_doc.clone();
-        c["act"] = act.into();
-        json!({
-            "agent": {"spiffe_id": AGENT}, "poa": c,
-            "request": {"method": "POST", "path": "/api/pay", "action": act, "params": {"amount": 100}},
-            "policy": {"max_ttl_seconds": 300}, "current_time_ns": now as u64 * 1_000_000_000,
-            "rate_limit_state": {act: 3}, "tenant": {"id": "acme"},
-        })
-    };
-    let high = input("sap.payment.execute");
-    let mut constraint_deny = high.clone();
-    constraint_deny["request"]["params"]["amount"] = json!(100_001);
-    let critical_deny = input("org.company.merge");
-    let mut critical_allow = critical_deny.clone();
-    critical_allow["poa"]["leg"]["executive_control"] = json!({"required": true, "approvers": [
-        {"id": "ceo@acme", "role": "CEO", "timestamp": now}, {"id": "cfo@acme", "role": "CFO", "timestamp": now}]});
+    let grant::PolicyInputs {
+        high_allow: high,
+        critical_allow,
+        critical_deny,
+        constraint_deny,
+        ..
+    } = grant::policy_inputs();
     // The benchmarks measure the outcomes their names promise.
     assert!(
         evaluate(&mut engine, &high).expect("decision").allow,

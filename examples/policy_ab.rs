@@ -31,46 +31,17 @@ use serde_json::{json, Value};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const AGENT: &str = "spiffe://acme.example/agent/demo";
+#[path = "../benches/support/grant.rs"]
+mod grant;
 
 fn inputs() -> Vec<(&'static str, Value)> {
-    let now = 1_800_000_000i64;
-    let leg = json!({
-        "jurisdiction": "EU",
-        "accountable_party": {"type": "user", "id": "owner"},
-        "dual_control": {"required": true, "approvers": [
-            {"id": "alice", "timestamp": now}, {"id": "bob", "timestamp": now}]},
-    });
-    let claims_doc = json!({
-        "sub": AGENT, "act": "sap.payment.execute", "con": {"connector": "erp", "max_amount": 5000},
-        "leg": leg, "iat": now, "exp": now + 300, "jti": "0123456789abcdef0123456789abcdef",
-    });
-    let input = |act: &str| {
-        let mut c = claims_doc.clone();
-        c["act"] = act.into();
-        json!({
-            "agent": {"spiffe_id": AGENT}, "poa": c,
-            "request": {"method": "POST", "path": "/api/pay", "action": act, "params": {"amount": 100}},
-            "policy": {"max_ttl_seconds": 300}, "current_time_ns": now as u64 * 1_000_000_000,
-            "rate_limit_state": {act: 3}, "tenant": {"id": "acme"},
-        })
-    };
-    let high = input("sap.payment.execute");
-    let mut constraint_deny = high.clone();
-    constraint_deny["request"]["params"]["amount"] = json!(100_001);
-    let critical_deny = input("org.company.merge");
-    let mut critical_allow = critical_deny.clone();
-    critical_allow["poa"]["leg"]["executive_control"] = json!({"required": true, "approvers": [
-        {"id": "ceo@acme", "role": "CEO", "timestamp": now}, {"id": "cfo@acme", "role": "CFO", "timestamp": now}]});
-    let mut low = input("crm.contact.read");
-    low["poa"]["leg"] =
-        json!({"jurisdiction": "EU", "accountable_party": {"type": "user", "id": "owner"}});
+    let i = grant::policy_inputs();
     vec![
-        ("high_allow", high),
-        ("critical_allow", critical_allow),
-        ("critical_deny", critical_deny),
-        ("constraint_deny", constraint_deny),
-        ("low_allow", low),
+        ("high_allow", i.high_allow),
+        ("critical_allow", i.critical_allow),
+        ("critical_deny", i.critical_deny),
+        ("constraint_deny", i.constraint_deny),
+        ("low_allow", i.low_allow),
     ]
 }
 
@@ -83,7 +54,7 @@ fn main() {
     let rule = args[1].clone();
     let dirs = &args[2..];
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut engines: Vec<regorus::Engine> = dirs
+    let bundles: Vec<PolicyBundle> = dirs
         .iter()
         .map(|d| {
             PolicyBundle::load(
@@ -93,10 +64,9 @@ fn main() {
                 Duration::from_secs(5),
             )
             .unwrap()
-            .engine()
-            .unwrap()
         })
         .collect();
+    let mut engines: Vec<regorus::Engine> = bundles.iter().map(|b| b.engine().unwrap()).collect();
     // Instruction-count mode: ONLY=variant:input N=iterations, nothing else
     // (run under `perf stat -e instructions:u`, minus an N=0 run).
     if let Ok(only) = std::env::var("ONLY") {
@@ -106,13 +76,7 @@ fn main() {
         let input = inputs().into_iter().find(|(k, _)| *k == name).unwrap().1;
         if std::env::var("COMPILED").is_ok() {
             // regorus's shareable compiled policy: a fresh engine per call.
-            let b = PolicyBundle::load(
-                Some(std::path::Path::new(&dirs[v])),
-                None,
-                &[],
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let b = &bundles[v];
             let modules: Vec<regorus::PolicyModule> = b
                 .modules
                 .iter()
@@ -140,13 +104,7 @@ fn main() {
             return;
         }
         if std::env::var("NO_TIMER").is_ok() {
-            let b = PolicyBundle::load(
-                Some(std::path::Path::new(&dirs[v])),
-                None,
-                &[],
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let b = &bundles[v];
             let mut e = regorus::Engine::new();
             e.set_strict_builtin_errors(true);
             for (name, src) in &b.modules {
