@@ -4,6 +4,9 @@
 //! Design points:
 //! * the queue bound is enforced before sending: a full queue is an
 //!   immediate [`CallError::Overloaded`], never a wait;
+//! * the queue is served round robin by key ([`FairQueue`]): a job waits
+//!   behind at most one job of each other key with work, so a tenant's
+//!   backlog delays another tenant by one evaluation, not by the backlog;
 //! * each key (a tenant) may hold at most `per_key` jobs queued or running,
 //!   so one tenant flooding the pool is refused while the others keep their
 //!   room (counted as `atb_actor_mailbox_rejections_total{cause="key_full"}`);
@@ -18,13 +21,14 @@
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::sync::oneshot;
 
+use crate::fair_queue::FairQueue;
 use crate::metrics::ActorMetrics;
 use crate::pool::CallError;
 
@@ -88,6 +92,41 @@ struct Metrics {
     key_full: IntCounter,
 }
 
+/// The jobs waiting for a thread, and whether the pool is gone.
+struct Waiting<J> {
+    jobs: FairQueue<J>,
+    closed: bool,
+}
+
+/// The queue the threads take jobs from.
+struct Queue<J> {
+    waiting: Mutex<Waiting<J>>,
+    /// Signalled when a job is queued or the pool closes.
+    ready: Condvar,
+}
+
+impl<J> Queue<J> {
+    fn lock(&self) -> MutexGuard<'_, Waiting<J>> {
+        // A job never runs under this lock, so a poisoned lock only means
+        // a panic between two plain queue operations: the queue is whole.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next job, waiting for one; `None` once the pool is closed.
+    fn next(&self) -> Option<J> {
+        let mut waiting = self.lock();
+        loop {
+            if let Some(job) = waiting.jobs.pop() {
+                return Some(job);
+            }
+            if waiting.closed {
+                return None;
+            }
+            waiting = self.ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 /// Jobs held per key.
 type Held = Arc<Mutex<HashMap<Arc<str>, usize>>>;
 
@@ -112,7 +151,7 @@ impl Drop for KeySlot {
 
 /// A fixed set of threads behind a bounded queue.
 pub struct BlockingPool<L: BlockingLogic> {
-    tx: crossbeam_channel::Sender<Job<L>>,
+    queue: Arc<Queue<Job<L>>>,
     current: Arc<Published<L>>,
     metrics: Arc<Metrics>,
     held: Held,
@@ -128,7 +167,13 @@ impl<L: BlockingLogic> BlockingPool<L> {
         metrics: &ActorMetrics,
     ) -> Result<Self, StartError<L::BuildError>> {
         logic.build().map_err(StartError::Build)?;
-        let (tx, rx) = crossbeam_channel::bounded::<Job<L>>(config.queue.max(1));
+        let queue = Arc::new(Queue {
+            waiting: Mutex::new(Waiting {
+                jobs: FairQueue::new(config.queue),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
         let l = [config.actor, "pool"];
         let m = Arc::new(Metrics {
             depth: metrics.mailbox_depth.with_label_values(&l),
@@ -153,7 +198,8 @@ impl<L: BlockingLogic> BlockingPool<L> {
         });
         let queued = Arc::new(AtomicUsize::new(0));
         for i in 0..config.threads.max(1) {
-            let (rx, current, m, queued) = (rx.clone(), current.clone(), m.clone(), queued.clone());
+            let (rx, current, m, queued) =
+                (queue.clone(), current.clone(), m.clone(), queued.clone());
             std::thread::Builder::new()
                 .name(format!("atb-{}-{i}", config.actor))
                 .spawn(move || worker(rx, current, m, queued))
@@ -163,7 +209,7 @@ impl<L: BlockingLogic> BlockingPool<L> {
                 })?;
         }
         Ok(Self {
-            tx,
+            queue,
             current,
             metrics: m,
             held: Arc::default(),
@@ -189,9 +235,10 @@ impl<L: BlockingLogic> BlockingPool<L> {
 
     /// Queues `job` for `key` and waits for its output.
     pub async fn call(&self, key: &str, job: L::Job) -> Result<L::Output, CallError> {
+        let key: Arc<str> = Arc::from(key);
         let slot = {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let n = held.entry(Arc::from(key)).or_insert(0);
+            let n = held.entry(key.clone()).or_insert(0);
             if *n >= self.config.per_key.max(1) {
                 self.metrics.key_full.inc();
                 return Err(CallError::Overloaded { shard: 0 });
@@ -199,25 +246,30 @@ impl<L: BlockingLogic> BlockingPool<L> {
             *n += 1;
             KeySlot {
                 held: self.held.clone(),
-                key: Arc::from(key),
+                key: key.clone(),
             }
         };
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job {
-            job,
-            reply,
-            _held: slot,
-        }) {
+        let queued = {
+            let mut waiting = self.queue.lock();
+            waiting.jobs.push(
+                &key,
+                Job {
+                    job,
+                    reply,
+                    _held: slot,
+                },
+            )
+        };
+        match queued {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 self.metrics.depth.inc();
+                self.queue.ready.notify_one();
             }
-            Err(crossbeam_channel::TrySendError::Full(_)) => {
+            Err(_) => {
                 self.metrics.full.inc();
                 return Err(CallError::Overloaded { shard: 0 });
-            }
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
-                return Err(CallError::Unavailable { shard: 0 })
             }
         }
         rx.await.unwrap_or(Err(CallError::Fault { shard: 0 }))
@@ -229,8 +281,16 @@ impl<L: BlockingLogic> BlockingPool<L> {
     }
 }
 
+impl<L: BlockingLogic> Drop for BlockingPool<L> {
+    /// The threads finish the jobs queued, then end.
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
 fn worker<L: BlockingLogic>(
-    rx: crossbeam_channel::Receiver<Job<L>>,
+    rx: Arc<Queue<Job<L>>>,
     current: Arc<Published<L>>,
     m: Arc<Metrics>,
     queued: Arc<AtomicUsize>,
@@ -238,7 +298,7 @@ fn worker<L: BlockingLogic>(
     let mut seen = current.generation.load(Ordering::Acquire);
     let mut logic = current.logic.load_full();
     let mut built = logic.build().ok();
-    while let Ok(Job { job, reply, _held }) = rx.recv() {
+    while let Some(Job { job, reply, _held }) = rx.next() {
         queued.fetch_sub(1, Ordering::AcqRel);
         m.depth.dec();
         if reply.is_closed() {
@@ -309,6 +369,10 @@ mod tests {
                 99 => {
                     std::thread::sleep(Duration::from_millis(300));
                     0
+                }
+                50 => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    50
                 }
                 n => n + *w,
             }
@@ -390,5 +454,39 @@ mod tests {
         }
         // The share comes back when the jobs are done.
         assert_eq!(p.call("a", 1).await, Ok(101));
+    }
+
+    #[actix_rt::test]
+    async fn a_keys_backlog_delays_another_key_by_one_job_not_by_the_backlog() {
+        let (p, _) = pool(8, 16, 1);
+        let p = Arc::new(p);
+        let call = |key: &'static str, job: u64| {
+            let p = p.clone();
+            actix_rt::spawn(async move {
+                let out = p.call(key, job).await;
+                (out, Instant::now())
+            })
+        };
+        // "a" occupies the thread, then queues three more jobs; "b" queues
+        // one after them.
+        let running = call("a", 99);
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+        let backlog: Vec<_> = (0..3).map(|_| call("a", 50)).collect();
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+        let other = call("b", 1);
+        let (out, b_done) = other.await.unwrap();
+        assert_eq!(out, Ok(101));
+        let mut a_done = Vec::new();
+        for t in backlog {
+            let (out, at) = t.await.unwrap();
+            assert_eq!(out, Ok(50));
+            a_done.push(at);
+        }
+        assert_eq!(running.await.unwrap().0, Ok(0));
+        // Round robin: "b" ran after one job of "a"'s backlog, before the
+        // other two (first in, first out would run it last).
+        a_done.sort();
+        assert!(b_done > a_done[0]);
+        assert!(b_done < a_done[1], "b waited for a's whole backlog");
     }
 }

@@ -18,8 +18,9 @@
 //!   closed), and the actor stops so its supervisor restarts it with fresh
 //!   state;
 //! * [`blocking::BlockingPool`] — threads for CPU-bound work (policy
-//!   evaluation) behind one bounded queue, with a per-key share so one
-//!   tenant cannot take it all; a panic rebuilds the thread's worker;
+//!   evaluation) behind one bounded queue served round robin by key
+//!   ([`fair_queue::FairQueue`]), with a per-key share so one tenant
+//!   cannot take it all; a panic rebuilds the thread's worker;
 //! * [`periodic`] — every timer loop (reloads, sweeps, refreshes): ticks
 //!   that never overlap, a panic in a tick caught, counted as a restart and
 //!   the loop going on;
@@ -27,6 +28,7 @@
 
 pub mod blocking;
 pub mod cells;
+pub mod fair_queue;
 pub mod metrics;
 pub mod periodic;
 pub mod pool;

@@ -83,6 +83,7 @@ pub async fn run(
         .shutdown_timeout(b.shutdown_grace_seconds)
         .client_request_timeout(Duration::from_secs(b.client_request_timeout_seconds))
         .keep_alive(Duration::from_secs(b.keep_alive_seconds))
+        .tcp_nodelay(true)
         .max_connections(b.max_connections_per_worker)
         .bind_openssl(b.listen_addr, tls)
         .map_err(|e| format!("cannot listen on broker.listen_addr {}: {e}", b.listen_addr))

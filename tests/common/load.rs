@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslFiletype, SslMethod};
@@ -43,6 +44,11 @@ pub struct Outcome {
     pub code: String,
     pub retry_after: Option<String>,
     pub latency: Duration,
+    /// When it was meant to be sent, from the start of the timed phase.
+    pub sent: Duration,
+    /// How late the generator began sending it (its own lag, part of
+    /// `latency`).
+    pub late: Duration,
 }
 
 /// Figures over a run's outcomes.
@@ -54,6 +60,8 @@ pub struct Summary {
     pub p50: Duration,
     pub p99: Duration,
     pub max: Duration,
+    /// The most the generator was late sending one of them.
+    pub late: Duration,
     pub seconds: f64,
 }
 
@@ -77,9 +85,21 @@ impl Summary {
             p50: pct(0.50),
             p99: pct(0.99),
             max: latencies.last().copied().unwrap_or_default(),
+            late: outcomes.iter().map(|o| o.late).max().unwrap_or_default(),
             by_status,
             seconds,
         }
+    }
+
+    /// Figures over the outcomes meant to be sent `from` the start of the
+    /// timed phase on (`seconds`: the span they cover).
+    pub fn sent_from(outcomes: &[Outcome], from: Duration, seconds: f64) -> Self {
+        let later: Vec<Outcome> = outcomes
+            .iter()
+            .filter(|o| o.sent >= from)
+            .cloned()
+            .collect();
+        Self::of(&later, seconds)
     }
 
     pub fn success_rate(&self) -> f64 {
@@ -95,7 +115,7 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} requests in {:.1} s ({:.0}/s), {} ok ({:.1}%), p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, by status {:?}",
+            "{} requests in {:.1} s ({:.0}/s), {} ok ({:.1}%), p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, sender late at most {:.1} ms, by status {:?}",
             self.requests,
             self.seconds,
             self.requests as f64 / self.seconds.max(0.001),
@@ -104,6 +124,7 @@ impl std::fmt::Display for Summary {
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
             self.max.as_secs_f64() * 1e3,
+            self.late.as_secs_f64() * 1e3,
             self.by_status
         )
     }
@@ -111,10 +132,18 @@ impl std::fmt::Display for Summary {
 
 /// Runs every traffic at once (each on its own thread) and returns their
 /// outcomes in the same order.
+///
+/// Each thread signs its mandates and opens its connections first; the
+/// timed phases start together once all have, so one traffic's signing
+/// or connecting does not overlap (and delay) another's timed phase.
 pub fn run_all(traffic: Vec<Traffic>) -> Vec<Vec<Outcome>> {
+    let ready = Arc::new(Barrier::new(traffic.len()));
     let threads: Vec<_> = traffic
         .into_iter()
-        .map(|t| std::thread::spawn(move || run(&t)))
+        .map(|t| {
+            let ready = ready.clone();
+            std::thread::spawn(move || Prepared::new(&t).run(&ready))
+        })
         .collect();
     threads
         .into_iter()
@@ -130,74 +159,123 @@ pub const CLOSED_LOOP_MAX_PER_CONNECTION: usize = 1500;
 /// signed before the timed phase (in a debug build signing costs about as
 /// much as the broker's whole check), so the load is the broker's work.
 pub fn run(t: &Traffic) -> Vec<Outcome> {
-    let key = atb::poa::keys::load_signing_pem(&t.signing_key).expect("signing key");
-    let kid = atb::poa::keys::thumbprint(&key.verifying_key());
-    let count = match t.rate {
-        Some(rate) => (rate * t.duration.as_secs_f64()).ceil() as usize,
-        None => t.connections * CLOSED_LOOP_MAX_PER_CONNECTION,
-    };
-    let tokens = mint_all(t, &key, &kid, count);
-    let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
-    tls.set_ca_file(&t.ca).unwrap();
-    tls.set_certificate_file(&t.cert, SslFiletype::PEM).unwrap();
-    tls.set_private_key_file(&t.key, SslFiletype::PEM).unwrap();
-    tls.set_alpn_protos(b"\x08http/1.1").unwrap();
-    let tls = tls.build();
-    let t = t.clone();
-    actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .connector(
-                awc::Connector::new()
-                    .openssl(tls)
-                    .limit(t.connections)
-                    .timeout(Duration::from_secs(5)),
+    Prepared::new(t).run(&Barrier::new(1))
+}
+
+/// A traffic with its mandates signed and its TLS settings built.
+struct Prepared {
+    traffic: Traffic,
+    tokens: Vec<String>,
+    tls: SslConnector,
+}
+
+impl Prepared {
+    fn new(t: &Traffic) -> Self {
+        let key = atb::poa::keys::load_signing_pem(&t.signing_key).expect("signing key");
+        let kid = atb::poa::keys::thumbprint(&key.verifying_key());
+        let count = match t.rate {
+            Some(rate) => (rate * t.duration.as_secs_f64()).ceil() as usize,
+            None => t.connections * CLOSED_LOOP_MAX_PER_CONNECTION,
+        };
+        let tokens = mint_all(t, &key, &kid, count);
+        let mut tls = SslConnector::builder(SslMethod::tls()).unwrap();
+        tls.set_ca_file(&t.ca).unwrap();
+        tls.set_certificate_file(&t.cert, SslFiletype::PEM).unwrap();
+        tls.set_private_key_file(&t.key, SslFiletype::PEM).unwrap();
+        tls.set_alpn_protos(b"\x08http/1.1").unwrap();
+        Self {
+            traffic: t.clone(),
+            tokens,
+            tls: tls.build(),
+        }
+    }
+
+    /// Opens the traffic's connections (as an agent's keep-alive
+    /// connections are open before it calls), waits for `ready`, then
+    /// runs the timed phase.
+    fn run(self, ready: &Barrier) -> Vec<Outcome> {
+        let Self {
+            traffic: t,
+            tokens,
+            tls,
+        } = self;
+        actix_web::rt::System::new().block_on(async move {
+            let client = awc::Client::builder()
+                .connector(
+                    awc::Connector::new()
+                        .openssl(tls)
+                        .limit(t.connections)
+                        .timeout(Duration::from_secs(5)),
+                )
+                .timeout(Duration::from_secs(20))
+                .finish();
+            let health = health_url(&t.url);
+            let opened = futures_util::future::join_all(
+                (0..t.connections).map(|_| client.get(&health).send()),
             )
-            .timeout(Duration::from_secs(20))
-            .finish();
-        let start = Instant::now();
-        let end = start + t.duration;
-        let mut tasks = Vec::new();
-        match t.rate {
-            None => {
-                let per = tokens.len() / t.connections.max(1);
-                for chunk in tokens.chunks(per.max(1)).take(t.connections) {
-                    let (client, url, chunk) = (client.clone(), t.url.clone(), chunk.to_vec());
-                    tasks.push(actix_web::rt::spawn(async move {
-                        let mut out = Vec::new();
-                        for token in chunk {
-                            if Instant::now() >= end {
-                                break;
+            .await;
+            for answer in opened {
+                let status = answer.map(|r| r.status().as_u16());
+                assert!(
+                    matches!(status, Ok(200)),
+                    "opening a connection: {status:?}"
+                );
+            }
+            ready.wait();
+            let start = Instant::now();
+            let end = start + t.duration;
+            let mut tasks = Vec::new();
+            match t.rate {
+                None => {
+                    let per = tokens.len() / t.connections.max(1);
+                    for chunk in tokens.chunks(per.max(1)).take(t.connections) {
+                        let (client, url, chunk) = (client.clone(), t.url.clone(), chunk.to_vec());
+                        tasks.push(actix_web::rt::spawn(async move {
+                            let mut out = Vec::new();
+                            for token in chunk {
+                                if Instant::now() >= end {
+                                    break;
+                                }
+                                out.push(send(&client, &url, &token, start, Instant::now()).await);
                             }
-                            out.push(send(&client, &url, &token, Instant::now()).await);
-                        }
-                        out
-                    }));
-                }
-            }
-            Some(rate) => {
-                // One task per request at its intended send time; the
-                // connector's limit bounds the connections, so requests
-                // past it wait on the client side, and that wait counts.
-                let interval = Duration::from_secs_f64(1.0 / rate);
-                for (seq, token) in tokens.into_iter().enumerate() {
-                    let intended = start + interval.mul_f64(seq as f64);
-                    if intended >= end {
-                        break;
+                            out
+                        }));
                     }
-                    actix_web::rt::time::sleep_until(intended.into()).await;
-                    let (client, url) = (client.clone(), t.url.clone());
-                    tasks.push(actix_web::rt::spawn(async move {
-                        vec![send(&client, &url, &token, intended).await]
-                    }));
+                }
+                Some(rate) => {
+                    // One task per request at its intended send time; the
+                    // connector's limit bounds the connections, so requests
+                    // past it wait on the client side, and that wait counts.
+                    let interval = Duration::from_secs_f64(1.0 / rate);
+                    for (seq, token) in tokens.into_iter().enumerate() {
+                        let intended = start + interval.mul_f64(seq as f64);
+                        if intended >= end {
+                            break;
+                        }
+                        actix_web::rt::time::sleep_until(intended.into()).await;
+                        let (client, url) = (client.clone(), t.url.clone());
+                        tasks.push(actix_web::rt::spawn(async move {
+                            vec![send(&client, &url, &token, start, intended).await]
+                        }));
+                    }
                 }
             }
-        }
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.expect("load task"));
-        }
-        all
-    })
+            let mut all = Vec::new();
+            for task in tasks {
+                all.extend(task.await.expect("load task"));
+            }
+            all
+        })
+    }
+}
+
+/// `/health` on the listener `url` points at.
+fn health_url(url: &str) -> String {
+    let path = url
+        .match_indices('/')
+        .nth(2)
+        .map_or(url.len(), |(at, _)| at);
+    format!("{}/health", &url[..path])
 }
 
 /// Signs `count` single-use mandates on every core.
@@ -231,7 +309,14 @@ fn mint_all(t: &Traffic, key: &ed25519_dalek::SigningKey, kid: &str, count: usiz
     })
 }
 
-async fn send(client: &awc::Client, url: &str, token: &str, intended: Instant) -> Outcome {
+async fn send(
+    client: &awc::Client,
+    url: &str,
+    token: &str,
+    start: Instant,
+    intended: Instant,
+) -> Outcome {
+    let late = intended.elapsed();
     let (status, code, retry_after) = match client.get(url).bearer_auth(token).send().await {
         Ok(mut r) => {
             let status = r.status().as_u16();
@@ -262,6 +347,8 @@ async fn send(client: &awc::Client, url: &str, token: &str, intended: Instant) -
         code,
         retry_after,
         latency: intended.elapsed(),
+        sent: intended.saturating_duration_since(start),
+        late,
     }
 }
 
