@@ -83,6 +83,10 @@ pub async fn run(
         .shutdown_timeout(b.shutdown_grace_seconds)
         .client_request_timeout(Duration::from_secs(b.client_request_timeout_seconds))
         .keep_alive(Duration::from_secs(b.keep_alive_seconds))
+        // An answer goes out at once, not after the client's delayed ACK
+        // of the previous segment (Nagle): without this, a response
+        // written in two parts could wait 40 ms (tests/overload saw an
+        // idle tenant's p99 at 13-17 ms; 3-6 ms with it).
         .tcp_nodelay(true)
         .max_connections(b.max_connections_per_worker)
         .bind_openssl(b.listen_addr, tls)
