@@ -96,6 +96,9 @@ struct Metrics {
 struct Waiting<J> {
     jobs: FairQueue<J>,
     closed: bool,
+    /// Threads asleep on `ready`: a job queued while none is needs no
+    /// wake-up call (a busy thread takes it next).
+    asleep: usize,
 }
 
 /// The queue the threads take jobs from.
@@ -122,7 +125,9 @@ impl<J> Queue<J> {
             if waiting.closed {
                 return None;
             }
+            waiting.asleep += 1;
             waiting = self.ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
+            waiting.asleep -= 1;
         }
     }
 }
@@ -171,6 +176,7 @@ impl<L: BlockingLogic> BlockingPool<L> {
             waiting: Mutex::new(Waiting {
                 jobs: FairQueue::new(config.queue),
                 closed: false,
+                asleep: 0,
             }),
             ready: Condvar::new(),
         });
@@ -250,22 +256,25 @@ impl<L: BlockingLogic> BlockingPool<L> {
             }
         };
         let (reply, rx) = oneshot::channel();
-        let queued = {
+        let (queued, wake) = {
             let mut waiting = self.queue.lock();
-            waiting.jobs.push(
+            let queued = waiting.jobs.push(
                 &key,
                 Job {
                     job,
                     reply,
                     _held: slot,
                 },
-            )
+            );
+            (queued, waiting.asleep > 0)
         };
         match queued {
             Ok(()) => {
                 self.queued.fetch_add(1, Ordering::AcqRel);
                 self.metrics.depth.inc();
-                self.queue.ready.notify_one();
+                if wake {
+                    self.queue.ready.notify_one();
+                }
             }
             Err(_) => {
                 self.metrics.full.inc();
