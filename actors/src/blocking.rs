@@ -101,6 +101,11 @@ struct Waiting<J> {
     asleep: usize,
 }
 
+/// Looks at an empty queue before sleeping: spinning 1, 2, 4, … 64 times,
+/// then yielding the CPU this many times.
+const SPIN_STEPS: u32 = 7;
+const YIELD_STEPS: u32 = 10;
+
 /// The queue the threads take jobs from.
 struct Queue<J> {
     waiting: Mutex<Waiting<J>>,
@@ -116,14 +121,32 @@ impl<J> Queue<J> {
     }
 
     /// The next job, waiting for one; `None` once the pool is closed.
+    /// An empty queue is looked at again a few times (spinning, then
+    /// yielding, as crossbeam's channels do) before the thread sleeps:
+    /// under load the next job comes within microseconds, and a sleep
+    /// costs a wake-up.
     fn next(&self) -> Option<J> {
         let mut waiting = self.lock();
+        let mut patience = 0;
         loop {
             if let Some(job) = waiting.jobs.pop() {
                 return Some(job);
             }
             if waiting.closed {
                 return None;
+            }
+            if patience < SPIN_STEPS + YIELD_STEPS {
+                drop(waiting);
+                if patience < SPIN_STEPS {
+                    for _ in 0..1u32 << patience {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    std::thread::yield_now();
+                }
+                patience += 1;
+                waiting = self.lock();
+                continue;
             }
             waiting.asleep += 1;
             waiting = self.ready.wait(waiting).unwrap_or_else(|p| p.into_inner());
