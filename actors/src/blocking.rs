@@ -7,6 +7,9 @@
 //! * the queue is served round robin by key ([`FairQueue`]): a job waits
 //!   behind at most one job of each other key with work, so a tenant's
 //!   backlog delays another tenant by one evaluation, not by the backlog;
+//! * under load no job costs a thread wake-up: a thread that finds the
+//!   queue empty looks again a few times (spinning, then yielding) before
+//!   it sleeps, and a queued job signals only when a thread sleeps;
 //! * each key (a tenant) may hold at most `per_key` jobs queued or running,
 //!   so one tenant flooding the pool is refused while the others keep their
 //!   room (counted as `atb_actor_mailbox_rejections_total{cause="key_full"}`);
