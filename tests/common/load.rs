@@ -142,7 +142,10 @@ pub fn run_all(traffic: Vec<Traffic>) -> Vec<Vec<Outcome>> {
         .into_iter()
         .map(|t| {
             let ready = ready.clone();
-            std::thread::spawn(move || Prepared::new(&t).run(&ready))
+            std::thread::spawn(move || {
+                let mut ready = Arrival(Some(&ready));
+                Prepared::new(&t).run(&mut ready)
+            })
         })
         .collect();
     threads
@@ -159,7 +162,26 @@ pub const CLOSED_LOOP_MAX_PER_CONNECTION: usize = 1500;
 /// signed before the timed phase (in a debug build signing costs about as
 /// much as the broker's whole check), so the load is the broker's work.
 pub fn run(t: &Traffic) -> Vec<Outcome> {
-    Prepared::new(t).run(&Barrier::new(1))
+    Prepared::new(t).run(&mut Arrival(None))
+}
+
+/// A traffic's place at the common start: it arrives once, when it is
+/// ready, or when it fails before (dropped while unwinding), so a failed
+/// traffic never leaves the others waiting.
+struct Arrival<'a>(Option<&'a Barrier>);
+
+impl Arrival<'_> {
+    fn arrive(&mut self) {
+        if let Some(start) = self.0.take() {
+            start.wait();
+        }
+    }
+}
+
+impl Drop for Arrival<'_> {
+    fn drop(&mut self) {
+        self.arrive();
+    }
 }
 
 /// A traffic with its mandates signed and its TLS settings built.
@@ -193,7 +215,7 @@ impl Prepared {
     /// Opens the traffic's connections (as an agent's keep-alive
     /// connections are open before it calls), waits for `ready`, then
     /// runs the timed phase.
-    fn run(self, ready: &Barrier) -> Vec<Outcome> {
+    fn run(self, ready: &mut Arrival<'_>) -> Vec<Outcome> {
         let Self {
             traffic: t,
             tokens,
@@ -214,6 +236,7 @@ impl Prepared {
                 (0..t.connections).map(|_| client.get(&health).send()),
             )
             .await;
+            ready.arrive();
             for answer in opened {
                 let status = answer.map(|r| r.status().as_u16());
                 assert!(
@@ -221,7 +244,6 @@ impl Prepared {
                     "opening a connection: {status:?}"
                 );
             }
-            ready.wait();
             let start = Instant::now();
             let end = start + t.duration;
             let mut tasks = Vec::new();
