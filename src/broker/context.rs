@@ -282,9 +282,7 @@ impl RequestRecord for BrokerLog<'_> {
         // A shed's line is sampled (`broker::shed_log`); its audit line and
         // metrics are not.
         let suppressed = if crate::broker::shed_log::is_shed(code) {
-            let second = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let second = crate::runtime::clock::unix_now();
             self.state.shed_log.admit(tenant, code, second)
         } else {
             Some(0)

@@ -31,7 +31,7 @@ pub fn is_shed(code: &str) -> bool {
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Window {
-    second: u64,
+    second: i64,
     written: u32,
     suppressed: u64,
 }
@@ -43,15 +43,17 @@ pub struct ShedLog {
 }
 
 impl ShedLog {
-    /// For a shed of `tenant` with `code` at wall-clock second `second`:
+    /// For a shed of `tenant` with `code` at wall-clock second `second`
+    /// (Unix time, `runtime::clock::unix_now`):
     /// `Some(n)` to write its line, `n` being the sheds left out before it;
     /// `None` to leave it out.
-    pub fn admit(&self, tenant: &str, code: &'static str, second: u64) -> Option<u64> {
+    pub fn admit(&self, tenant: &str, code: &'static str, second: i64) -> Option<u64> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() >= MAX_KEYS && !windows.contains_key(&(tenant.to_owned(), code)) {
+        let key = (tenant.to_owned(), code);
+        if windows.len() >= MAX_KEYS && !windows.contains_key(&key) {
             windows.clear();
         }
-        let w = windows.entry((tenant.to_owned(), code)).or_default();
+        let w = windows.entry(key).or_default();
         if w.second != second {
             w.second = second;
             w.written = 0;
