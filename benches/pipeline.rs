@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use atb::poa::claims::{self, ClaimRules};
 use atb::poa::token;
-use atb::policy::embedded::{evaluate, PolicyBundle};
+use atb::policy::embedded::{evaluate, input_value, PolicyBundle};
+use atb::policy::input::DecisionInput;
 use criterion::{criterion_group, criterion_main, Criterion};
 use ed25519_dalek::SigningKey;
 use serde_json::json;
@@ -83,6 +84,34 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("policy_constraint_deny", |b| {
         b.iter(|| evaluate(&mut engine, black_box(&constraint_deny)).expect("decision"))
+    });
+
+    // Building the engine's input for the high-risk allow: the JSON document
+    // and its conversion (the broker before), against the value built
+    // directly (`DecisionInput::to_rego`, the broker now).
+    let empty = serde_json::Map::new();
+    let object = |v: &serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    let (poa, params) = (object(&high["poa"]), object(&high["request"]["params"]));
+    let parts = DecisionInput {
+        agent: grant::AGENT,
+        poa: Some(&poa),
+        method: "POST",
+        path: "/api/pay",
+        action: grant::ACTION,
+        params: &params,
+        route: Some("/api/pay"),
+        route_params: &empty,
+        max_ttl_seconds: 300,
+        current_time_ns: grant::NOW as u64 * 1_000_000_000,
+        usage: 3,
+        tenant: "acme",
+        platform_sub: None,
+    };
+    c.bench_function("policy_input_json_then_convert", |b| {
+        b.iter(|| input_value(&black_box(&parts).to_json()))
+    });
+    c.bench_function("policy_input_direct", |b| {
+        b.iter(|| black_box(&parts).to_rego())
     });
 
     // The engine's floor: the same input through a one-line policy.

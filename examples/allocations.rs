@@ -26,10 +26,11 @@ use atb::broker::params;
 use atb::catalog::TenantCatalogue;
 use atb::poa::claims::{self, ClaimRules};
 use atb::poa::token;
-use atb::policy::embedded::{evaluate, input_value, PolicyBundle};
+use atb::policy::embedded::PolicyBundle;
+use atb::policy::input::DecisionInput;
 use atb::routes::{path, RouteTable};
 use ed25519_dalek::SigningKey;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 #[global_allocator]
 static ALLOCATOR: Counting<mimalloc::MiMalloc> = Counting::new(mimalloc::MiMalloc);
@@ -145,46 +146,49 @@ fn main() {
         put("param extraction (query+body)", i, count(runs, read_params));
         let request_params = read_params();
 
-        // decide: the input document, then the embedded engine.
-        let input = || {
-            json!({
-                "agent": {"spiffe_id": AGENT},
-                "poa": Value::Object(poa.raw.clone()),
-                "request": {
-                    "method": route.method,
-                    "path": path_only,
-                    "action": action,
-                    "params": Value::Object(request_params.clone()),
-                    "route": template,
-                    "route_params": Value::Object(route_params.clone()),
-                },
-                "policy": {"max_ttl_seconds": 900},
-                "current_time_ns": (now as u64 + 1) * 1_000_000_000,
-                "rate_limit_state": {action.as_str(): 1},
-                "tenant": {"id": "acme"},
-                "platform": json!({}),
-            })
+        // decide: the engine's input value (built once, as the gateway
+        // builds it), then the evaluation.
+        let input = DecisionInput {
+            agent: AGENT,
+            poa: Some(&poa.raw),
+            method: route.method,
+            path: path_only,
+            action: &action,
+            params: &request_params,
+            route: Some(&template),
+            route_params: &route_params,
+            max_ttl_seconds: 900,
+            current_time_ns: (now as u64 + 1) * 1_000_000_000,
+            usage: 1,
+            tenant: "acme",
+            platform_sub: None,
         };
-        put("policy input (JSON document)", i, count(runs, input));
-        let doc = input();
-        let decision = evaluate(&mut engine, &doc).expect("decision");
+        put(
+            "policy input (engine value)",
+            i,
+            count(runs, || input.to_rego()),
+        );
+        let decide = |engine: &mut regorus::Engine, value: regorus::Value| {
+            engine.set_input(value);
+            let out = engine
+                .eval_rule(atb::policy::DECISION_RULE.to_owned())
+                .expect("decision");
+            atb::policy::Decision::from_value(&serde_json::to_value(&out).expect("json"))
+                .expect("a decision")
+        };
+        let decision = decide(&mut engine, input.to_rego());
         assert!(
             decision.allow,
             "{class:?} must be allowed: {}",
             decision.reason
         );
-        // evaluate = the input as a regorus value + the evaluation proper.
-        let converted = count(runs, || input_value(&doc));
-        put("policy input -> regorus value", i, converted);
-        let whole = count(runs, || evaluate(&mut engine, &doc).expect("decision"));
+        // The evaluation proper: the whole call less building its input.
+        let built = count(runs, || input.to_rego());
+        let whole = count(runs, || decide(&mut engine, input.to_rego()));
         put(
             "policy evaluation (regorus)",
             i,
-            (
-                whole.0 - converted.0,
-                whole.1 - converted.1,
-                whole.2 - converted.2,
-            ),
+            (whole.0 - built.0, whole.1 - built.1, whole.2 - built.2),
         );
 
         // The request's audit record: the event (BrokerLog::close) and its

@@ -9,7 +9,9 @@
 //!   document the policy sees as `poa`.
 //! - Plain data; no HTTP types.
 
-use serde_json::Value;
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
 
 use crate::biscuit::verify::Capability;
 use crate::poa::claims::PoaClaims;
@@ -64,11 +66,15 @@ impl Credential {
         }
     }
 
-    /// The document the policy sees as `poa`.
-    pub fn policy_view(&self) -> Value {
+    /// The document the policy sees as `poa`, as its members: a JWT's
+    /// claims by reference, a Biscuit's built.
+    pub fn policy_map(&self) -> Cow<'_, Map<String, Value>> {
         match self {
-            Credential::Jwt(c) => Value::Object(c.raw.clone()),
-            Credential::Biscuit(c) => c.policy_view(),
+            Credential::Jwt(c) => Cow::Borrowed(&c.raw),
+            Credential::Biscuit(c) => match c.policy_view() {
+                Value::Object(m) => Cow::Owned(m),
+                _ => Cow::Owned(Map::new()),
+            },
         }
     }
 }
@@ -95,6 +101,6 @@ mod tests {
             ("crm.contact.read", "j1", 61)
         );
         assert_eq!(c.con().unwrap()["connector"], "crm");
-        assert_eq!(c.policy_view(), raw);
+        assert_eq!(Value::Object(c.policy_map().into_owned()), raw);
     }
 }

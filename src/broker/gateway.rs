@@ -35,6 +35,7 @@ use crate::credential::Credential;
 use crate::error::Rejection;
 use crate::poa::presented::{presented_credential, Presented};
 use crate::poa::{is_action_name, MAX_ACTION_LEN};
+use crate::policy::input::DecisionInput;
 use crate::routes::pinned::PinnedCall;
 use crate::routes::{self, Binding};
 use crate::runtime::clock::unix_now;
@@ -629,25 +630,24 @@ async fn spend_shared(ctx: &mut RequestCtx<'_>, shared: Arc<SharedAdmission>) ->
 async fn decide(ctx: &mut RequestCtx<'_>) -> Step {
     let tenant = ctx.tenant()?.clone();
     let state = ctx.state;
-    let input = json!({
-        "agent": {"spiffe_id": ctx.log.agent},
-        "poa": ctx.credential.as_ref().map_or_else(|| json!({}), Credential::policy_view),
-        "request": {
-            "method": ctx.req.method().as_str(),
-            "path": ctx.path,
-            "action": ctx.routed.action,
-            "params": Value::Object(std::mem::take(&mut ctx.params)),
-            "route": ctx.routed.template,
-            "route_params": Value::Object(std::mem::take(&mut ctx.routed.params)),
-        },
-        "policy": {"max_ttl_seconds": tenant.poa.max_ttl_seconds},
-        "current_time_ns": now_ns(),
-        "rate_limit_state": {ctx.routed.action.as_str(): ctx.usage},
-        "tenant": {"id": tenant.id},
-        "platform": ctx.platform_sub.as_ref().map_or_else(|| json!({}), |sub| json!({"sub": sub})),
-    });
+    let poa = ctx.credential.as_ref().map(Credential::policy_map);
+    let input = DecisionInput {
+        agent: &ctx.log.agent,
+        poa: poa.as_deref(),
+        method: ctx.req.method().as_str(),
+        path: &ctx.path,
+        action: &ctx.routed.action,
+        params: &ctx.params,
+        route: ctx.routed.template.as_deref(),
+        route_params: &ctx.routed.params,
+        max_ttl_seconds: tenant.poa.max_ttl_seconds,
+        current_time_ns: now_ns(),
+        usage: ctx.usage,
+        tenant: &tenant.id,
+        platform_sub: ctx.platform_sub.as_deref(),
+    };
     let started = Instant::now();
-    let decided = state.policy.decide(ctx.client, &tenant.id, input).await;
+    let decided = state.policy.decide(ctx.client, &tenant.id, &input).await;
     state
         .metrics
         .policy_seconds

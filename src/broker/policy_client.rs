@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::policy::config::PolicyEngine;
 use crate::policy::embedded::{BundleError, EmbeddedPool, PolicyBundle};
+use crate::policy::input::DecisionInput;
 use crate::policy::{Decision, PolicyError};
 
 /// Where decisions come from.
@@ -37,12 +38,12 @@ impl PolicyClient {
         &self,
         client: &awc::Client,
         tenant: &str,
-        input: serde_json::Value,
+        input: &DecisionInput<'_>,
     ) -> Result<Decision, PolicyError> {
         match self {
-            PolicyClient::Embedded(pool) => pool.decide(tenant, input).await,
+            PolicyClient::Embedded(pool) => pool.decide(tenant, input.to_rego()).await,
             PolicyClient::Opa { url, timeout, .. } => {
-                crate::policy::opa::decide(client, url, *timeout, &input).await
+                crate::policy::opa::decide(client, url, *timeout, &input.to_json()).await
             }
         }
     }

@@ -255,6 +255,9 @@ pub fn input_value(input: &Value) -> regorus::Value {
     direct(input).unwrap_or_else(|| regorus::Value::from(input.clone()))
 }
 
+/// The key by which regorus reads a JSON object as a number.
+pub(super) const SERDE_NUMBER_KEY: &str = "$serde_json::private::Number";
+
 fn direct(v: &Value) -> Option<regorus::Value> {
     Some(match v {
         Value::Null => regorus::Value::Null,
@@ -267,7 +270,7 @@ fn direct(v: &Value) -> Option<regorus::Value> {
         Value::Object(map) => {
             let mut out = std::collections::BTreeMap::new();
             for (k, v) in map {
-                if k == "$serde_json::private::Number" {
+                if k == SERDE_NUMBER_KEY {
                     return None;
                 }
                 out.insert(regorus::Value::from(k.as_str()), direct(v)?);
@@ -298,7 +301,7 @@ pub struct PolicyLogic {
 /// One evaluation: `rule` against `input`.
 pub struct PolicyJob {
     pub rule: &'static str,
-    pub input: Value,
+    pub input: regorus::Value,
 }
 
 impl BlockingLogic for PolicyLogic {
@@ -320,7 +323,7 @@ impl BlockingLogic for PolicyLogic {
     }
 
     fn run(&self, engine: &mut regorus::Engine, job: PolicyJob) -> Self::Output {
-        engine.set_input(input_value(&job.input));
+        engine.set_input(job.input);
         engine
             .eval_rule(job.rule.to_string())
             .map_err(|e| PolicyError::Engine(e.to_string()))
@@ -401,7 +404,7 @@ impl EmbeddedPool {
         &self,
         tenant: &str,
         rule: &'static str,
-        input: Value,
+        input: regorus::Value,
     ) -> Result<regorus::Value, PolicyError> {
         match self.pool.call(tenant, PolicyJob { rule, input }).await {
             Ok(out) => out,
@@ -415,8 +418,14 @@ impl EmbeddedPool {
         }
     }
 
-    /// The decision (`data.atb.poa.decision`) for `tenant`'s `input`.
-    pub async fn decide(&self, tenant: &str, input: Value) -> Result<Decision, PolicyError> {
+    /// The decision (`data.atb.poa.decision`) for `tenant`'s `input`
+    /// (built by [`super::input::DecisionInput::to_rego`], or converted with
+    /// [`input_value`]).
+    pub async fn decide(
+        &self,
+        tenant: &str,
+        input: regorus::Value,
+    ) -> Result<Decision, PolicyError> {
         let out = self.eval(tenant, DECISION_RULE, input).await?;
         let value = serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))?;
         Decision::from_value(&value)
@@ -429,7 +438,7 @@ impl EmbeddedPool {
         rule: &'static str,
         input: Value,
     ) -> Result<Value, PolicyError> {
-        let out = self.eval(tenant, rule, input).await?;
+        let out = self.eval(tenant, rule, input_value(&input)).await?;
         serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))
     }
 }
@@ -698,7 +707,10 @@ mod tests {
             &metrics,
         )
         .unwrap();
-        let d = pool.decide("acme", json!({})).await.unwrap();
+        let d = pool
+            .decide("acme", regorus::Value::new_object())
+            .await
+            .unwrap();
         assert!(!d.allow);
         assert_eq!(
             metrics
@@ -719,7 +731,12 @@ mod tests {
             ))
         };
         let pool = EmbeddedPool::start(policy(false), DECISION_RULE, 2, 16, 16, &metrics).unwrap();
-        let allowed = || async { pool.decide("acme", json!({})).await.unwrap().allow };
+        let allowed = || async {
+            pool.decide("acme", regorus::Value::new_object())
+                .await
+                .unwrap()
+                .allow
+        };
         assert!(!allowed().await);
         assert_eq!(pool.replace(policy(false)), Ok(false), "same bundle");
         assert_eq!(pool.replace(policy(true)), Ok(true));

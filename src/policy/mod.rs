@@ -4,6 +4,7 @@
 pub mod config;
 pub mod data;
 pub mod embedded;
+pub mod input;
 pub mod opa;
 
 use serde_json::Value;
