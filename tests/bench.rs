@@ -123,6 +123,12 @@ fn bench_reports_direct_and_broker_paths_with_zero_errors() {
     assert!(text.contains("added by the broker"), "{text}");
     check_allocations(&r, &text);
 
+    // Its log file (text format, stderr to a file) is plain text: no
+    // terminal colour codes in it.
+    let log = std::fs::read_to_string(dir.join("broker.log")).unwrap();
+    assert!(log.contains(" INFO "), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file");
+
     // The broker judged every class with the real policy: its audit log
     // has allowed calls of all three actions and no denial.
     let audit: Vec<Value> = std::fs::read_to_string(dir.join("broker-audit.jsonl"))

@@ -44,8 +44,11 @@ pub fn init(config: &LoggingConfig) -> Result<(), LoggingError> {
         level: config.level.clone(),
         reason: e.to_string(),
     })?;
+    // Colour codes only for a person at a terminal: a file or a log
+    // collector would store them as text in every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Json => builder
