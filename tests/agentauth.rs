@@ -18,6 +18,7 @@ struct Dev {
     child: Child,
     dir: tempfile::TempDir,
     broker: u16,
+    admin: u16,
     aa: u16,
     aa_admin: u16,
     stdout: PathBuf,
@@ -68,6 +69,7 @@ impl Dev {
             child: cmd.spawn().unwrap(),
             dir,
             broker,
+            admin,
             aa,
             aa_admin,
             stdout,
@@ -239,6 +241,51 @@ impl Drop for Dev {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SIGTERM stops `atb dev` at once, with everything started: nothing holds
+/// a graceful stop for a shutdown timeout. (The broker's JWKS refresh loops
+/// kept an idle HTTP/2 connection open to AgentAuth, one per tenant, and
+/// AgentAuth's graceful stop waited its whole 10 s timeout for them.)
+#[test]
+fn atb_dev_stops_promptly_on_sigterm() {
+    let mut dev = Dev::start(&[]);
+    // Both tenants' refresh loops have fetched AgentAuth's JWKS.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = curl(&[&format!("http://127.0.0.1:{}/metrics", dev.admin)]).body;
+        let fetched = metrics
+            .lines()
+            .filter(|l| l.starts_with("atb_jwks_refreshes_total{") && l.contains("\"ok\""))
+            .count();
+        if fetched == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no JWKS fetches: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = i32::try_from(dev.child.id()).unwrap();
+    let asked = Instant::now();
+    // SAFETY: a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = dev.child.try_wait().unwrap() {
+            break status;
+        }
+        // Well under the 10 s AgentAuth waits for open connections.
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "atb dev still running 5 s after SIGTERM: {}",
+            dev.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}: {}", dev.stderr());
+    let err = dev.stderr();
+    assert!(
+        err.contains("broker stopped") && err.contains("agentauth stopped"),
+        "{err}"
+    );
 }
 
 fn leg(accountable: &str) -> Value {

@@ -11,7 +11,8 @@
 //!   start and then periodically, retrying a failed fetch with backoff (so
 //!   a JWKS outage at start-up is survived, and a JWKS that returns is read
 //!   soon after, not a whole refresh interval later); a panic in a fetch is
-//!   contained and the loop goes on.
+//!   contained and the loop goes on. Each fetch has its own client, closed
+//!   with its connection when done: nothing idles on the JWKS server.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -341,7 +342,6 @@ pub fn start_refresh<S: KeyDocument + 'static>(
     tls: openssl::ssl::SslConnector,
     metrics: &atb_actors::ActorMetrics,
 ) -> atb_actors::PeriodicHandle {
-    let client = std::rc::Rc::new(std::cell::OnceCell::new());
     let backoff = std::rc::Rc::new(std::cell::Cell::new(Duration::from_secs(1)));
     let name = atb_actors::PeriodicName {
         actor: "jwks_refresh",
@@ -349,9 +349,11 @@ pub fn start_refresh<S: KeyDocument + 'static>(
     };
     atb_actors::periodic::start(name, Duration::ZERO, metrics, move || {
         let cache = cache.clone();
-        let client: awc::Client = client
-            .get_or_init(|| crate::runtime::tls::http_client(&tls, Duration::from_secs(5)))
-            .clone();
+        // A client per fetch, dropped with its connection when the fetch
+        // is done: fetches are minutes apart, so a pooled connection would
+        // only sit idle on the JWKS server (an idle HTTP/2 connection there
+        // held a graceful stop of AgentAuth for its whole shutdown timeout).
+        let client = crate::runtime::tls::http_client(&tls, Duration::from_secs(5));
         let backoff = backoff.clone();
         async move {
             let ok = {
