@@ -22,7 +22,11 @@ const LEG: &str = r#"{"jurisdiction":"EU","accountable_party":{"type":"user","id
 /// upstream in this process).
 static SLOW_ARRIVALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// An upstream that echoes what it received; `/api/slow` takes 5 s.
+/// Query strings of the requests that reached `/api/drip`.
+static DRIP_ARRIVALS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// An upstream that echoes what it received; `/api/slow` takes 5 s;
+/// `/api/drip` streams `first;` at once and `second` 2 s later.
 fn start_upstream() -> u16 {
     async fn echo(req: HttpRequest, body: web::Bytes) -> HttpResponse {
         let headers: serde_json::Map<String, Value> = req
@@ -45,9 +49,25 @@ fn start_upstream() -> u16 {
         actix_web::rt::time::sleep(Duration::from_secs(5)).await;
         HttpResponse::Ok().finish()
     }
+    async fn drip(req: HttpRequest) -> HttpResponse {
+        use futures_util::StreamExt;
+        DRIP_ARRIVALS
+            .lock()
+            .unwrap()
+            .push(req.query_string().to_owned());
+        let first = futures_util::stream::once(async {
+            Ok::<_, actix_web::Error>(web::Bytes::from_static(b"first;"))
+        });
+        let second = futures_util::stream::once(async {
+            actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+            Ok::<_, actix_web::Error>(web::Bytes::from_static(b"second"))
+        });
+        HttpResponse::Ok().streaming(first.chain(second))
+    }
     serve_app!(|| {
         App::new()
             .route("/api/slow", web::to(slow))
+            .route("/api/drip", web::to(drip))
             .default_service(web::to(echo))
     })
 }
@@ -1857,6 +1877,89 @@ fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
         lines[0]["reason"].as_str().unwrap().contains("forward"),
         "{lines:?}"
     );
+}
+
+/// A graceful stop does not wait on idle connections — an idle HTTP/2
+/// connection held it for the whole grace (30 s here) — and still lets an
+/// answer being streamed finish.
+#[test]
+fn a_graceful_stop_closes_idle_connections_and_finishes_streamed_answers() {
+    let s = setup();
+    let (crt, key) = (s.pki.path("acme-agent.crt"), s.pki.path("acme-agent.key"));
+    // An idle HTTP/2 connection (independent client): the preface and an
+    // empty SETTINGS frame, then nothing.
+    let mut idle = Command::new("openssl")
+        .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
+        .arg(format!("127.0.0.1:{}", s.broker.port))
+        .arg("-cert")
+        .arg(&crt)
+        .arg("-key")
+        .arg(&key)
+        .arg("-CAfile")
+        .arg(s.pki.ca())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut to_idle = idle.stdin.take().unwrap();
+    to_idle
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .unwrap();
+    to_idle.flush().unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        metric(
+            &s.broker.metrics(),
+            r#"atb_tenant_connections{tenant="acme"}"#,
+        ) == Some(1.0)
+    }));
+    // An answer streamed in two parts, 2 s apart, in flight at the stop.
+    let t = s.mint("crm.contact.read", &[]);
+    let auth = format!("Authorization: Bearer {t}");
+    let drip = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--cacert"])
+        .arg(s.pki.ca())
+        .arg("--cert")
+        .arg(&crt)
+        .arg("--key")
+        .arg(&key)
+        .args(["-H", &auth, &s.broker.url("/api/drip?tag=stop")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || {
+        DRIP_ARRIVALS
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|q| q == "tag=stop")
+    }));
+    let sent = Command::new("kill")
+        .args(["-TERM", &s.broker.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let mut broker = s.broker;
+    // Well within the 30 s grace an idle connection would hold it for.
+    assert_eq!(
+        broker.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{}",
+        broker.stderr()
+    );
+    let out = drip.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first;second");
+    let _ = idle.kill();
+    let _ = idle.wait();
+    drop(to_idle);
+    let lines: Vec<Value> = broker
+        .audit()
+        .into_iter()
+        .filter(|e| e["path"] == "/api/drip")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "completed", "{lines:?}");
 }
 
 #[test]

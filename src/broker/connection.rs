@@ -15,6 +15,7 @@ use actix_web::rt::net::TcpStream;
 use arc_swap::ArcSwap;
 use prometheus::{IntCounter, IntGauge};
 
+use crate::broker::drain::OpenConnections;
 use crate::metrics::Metrics;
 use crate::runtime::ca_bundle::{CaBundle, PeerCerts};
 use crate::runtime::tls::{peer_identity, IdentityError};
@@ -56,7 +57,7 @@ struct TenantConnections {
     /// A duplicate handle of each live connection's socket, by slot id, so
     /// a suspension can shut them down. Holding the duplicate also keeps
     /// the socket from being reused while it is listed.
-    sockets: Mutex<HashMap<u64, std::net::TcpStream>>,
+    sockets: Mutex<HashMap<u64, Arc<std::net::TcpStream>>>,
 }
 
 /// Releases a tenant connection slot on drop (i.e. when the connection and
@@ -85,6 +86,9 @@ pub struct ConnectionRegistry {
     tenants: ArcSwap<HashMap<String, Arc<TenantConnections>>>,
     metrics: Metrics,
     next_slot: AtomicU64,
+    /// Every live connection with its busy count, for closing the idle
+    /// ones at a graceful stop (`broker::drain`).
+    open: Arc<OpenConnections>,
 }
 
 impl ConnectionRegistry {
@@ -94,6 +98,7 @@ impl ConnectionRegistry {
             tenants: ArcSwap::from_pointee(HashMap::new()),
             metrics: metrics.clone(),
             next_slot: AtomicU64::new(0),
+            open: Arc::new(OpenConnections::default()),
         };
         registry.update(directory);
         registry
@@ -134,13 +139,17 @@ impl ConnectionRegistry {
         let Some(tls) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
             return;
         };
-        // A duplicate of the socket handle, for closing it on suspension.
+        // A duplicate of the socket handle, for closing it on suspension
+        // and, idle, at a graceful stop.
         let socket = tls
             .get_ref()
             .as_fd()
             .try_clone_to_owned()
-            .map(std::net::TcpStream::from)
+            .map(|fd| Arc::new(std::net::TcpStream::from(fd)))
             .ok();
+        if let Some(socket) = &socket {
+            extensions.insert(self.open.register(socket.clone()));
+        }
         let peer = PeerCerts::from_ssl(tls.ssl());
         extensions.insert(self.classify(peer_identity(tls.ssl()), peer.as_ref(), socket));
     }
@@ -154,7 +163,7 @@ impl ConnectionRegistry {
         &self,
         identity: Result<SpiffeId, IdentityError>,
         peer: Option<&PeerCerts>,
-        socket: Option<std::net::TcpStream>,
+        socket: Option<Arc<std::net::TcpStream>>,
     ) -> PeerConnection {
         let directory = self.directory.load();
         let mut identity = identity;
@@ -190,7 +199,11 @@ impl ConnectionRegistry {
         }
     }
 
-    fn take_slot(&self, tenant: &Tenant, socket: Option<std::net::TcpStream>) -> ConnectionSlot {
+    fn take_slot(
+        &self,
+        tenant: &Tenant,
+        socket: Option<Arc<std::net::TcpStream>>,
+    ) -> ConnectionSlot {
         let tenants = self.tenants.load();
         let Some(entry) = tenants.get(&tenant.id) else {
             return ConnectionSlot::Unattributed;
@@ -232,6 +245,11 @@ impl ConnectionRegistry {
             return Some(0);
         }
         Some(shutdown_all(entry))
+    }
+
+    /// Every live connection, for closing the idle ones at a stop.
+    pub fn open(&self) -> &Arc<OpenConnections> {
+        &self.open
     }
 
     /// Live connections of `tenant_id`.
@@ -389,7 +407,11 @@ mod tests {
         for _ in 0..2 {
             clients.push(std::net::TcpStream::connect(addr).unwrap());
             let (server_side, _) = listener.accept().unwrap();
-            held.push(r.classify(id("spiffe://acme.example/a"), None, Some(server_side)));
+            held.push(r.classify(
+                id("spiffe://acme.example/a"),
+                None,
+                Some(Arc::new(server_side)),
+            ));
         }
         assert_eq!(r.live("acme"), 2);
         assert!(!r.suspended("acme"));

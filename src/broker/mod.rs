@@ -3,9 +3,11 @@
 
 pub mod admin;
 pub mod admission;
+pub mod busy_body;
 pub mod config;
 pub mod connection;
 pub mod context;
+pub mod drain;
 pub mod gateway;
 pub mod params;
 pub mod platform;
@@ -29,6 +31,9 @@ use tracing_actix_web::TracingLogger;
 use crate::config::Config;
 use crate::policy::config::PolicyEngine;
 use crate::runtime::{StartError, Starting};
+
+/// How often a stopping broker closes the connections that turned idle.
+const CLOSE_IDLE_EVERY: Duration = Duration::from_millis(20);
 pub use state::BrokerState;
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns;
@@ -74,6 +79,7 @@ pub async fn run(
                     &outbound_tls,
                     connect_timeout,
                 )))
+                .wrap_fn(busy_body::hold_busy)
                 .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(gateway::routes)
         })
@@ -175,8 +181,19 @@ pub async fn run(
             "shutdown requested: readiness is now false, draining"
         );
         actix_web::rt::time::sleep(drain_delay).await;
-        gateway_handle.stop(true).await;
-        admin_handle.stop(true).await;
+        // The listeners close; in-flight requests get the grace. Idle
+        // connections are closed meanwhile, each as soon as it has nothing
+        // in flight, so they do not hold the stop (`drain`).
+        let stopped =
+            futures_util::future::join(gateway_handle.stop(true), admin_handle.stop(true));
+        let open = lifecycle.connections.open().clone();
+        let closing_idle = async move {
+            loop {
+                open.close_idle();
+                actix_web::rt::time::sleep(CLOSE_IDLE_EVERY).await;
+            }
+        };
+        futures_util::future::select(Box::pin(stopped), Box::pin(closing_idle)).await;
     });
 
     let (g, a) = futures_util::future::join(gateway, admin).await;
