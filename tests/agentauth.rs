@@ -5,8 +5,9 @@
 
 mod common;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{curl, eventually, free_port, metric, Answer, ATB};
@@ -246,10 +247,35 @@ impl Drop for Dev {
 /// SIGTERM stops `atb dev` at once, with everything started: nothing holds
 /// a graceful stop for a shutdown timeout. (The broker's JWKS refresh loops
 /// kept an idle HTTP/2 connection open to AgentAuth, one per tenant, and
-/// AgentAuth's graceful stop waited its whole 10 s timeout for them.)
+/// AgentAuth's graceful stop waited its whole 10 s timeout for them; an
+/// agent's idle HTTP/2 connection held the broker's for 30 s and
+/// AgentAuth's for 10 s.)
 #[test]
 fn atb_dev_stops_promptly_on_sigterm() {
     let mut dev = Dev::start(&[]);
+    // An agent's idle HTTP/2 connections (independent client) to the
+    // broker and to AgentAuth: the preface and an empty SETTINGS frame.
+    let idle: Vec<Child> = [dev.broker, dev.aa]
+        .into_iter()
+        .map(|port| {
+            let mut c = Command::new("openssl")
+                .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-cert", &dev.path("acme-agent.crt")])
+                .args(["-key", &dev.path("acme-agent.key")])
+                .args(["-CAfile", &dev.path("ca.crt")])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            let stdin = c.stdin.as_mut().unwrap();
+            stdin.write_all(preface).unwrap();
+            stdin.flush().unwrap();
+            c
+        })
+        .collect();
     // Both tenants' refresh loops have fetched AgentAuth's JWKS.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -264,6 +290,20 @@ fn atb_dev_stops_promptly_on_sigterm() {
         assert!(Instant::now() < deadline, "no JWKS fetches: {metrics}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The idle connections are up (the broker counts its own).
+    let broker_admin = format!("http://127.0.0.1:{}/metrics", dev.admin);
+    assert!(
+        (0..100).any(|_| {
+            let up = curl(&[&broker_admin])
+                .body
+                .contains("atb_tenant_connections{tenant=\"acme\"} 1");
+            if !up {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            up
+        }),
+        "the idle connection to the broker is not counted"
+    );
     let pid = i32::try_from(dev.child.id()).unwrap();
     let asked = Instant::now();
     // SAFETY: a signal to our own child process.
@@ -286,6 +326,10 @@ fn atb_dev_stops_promptly_on_sigterm() {
         err.contains("broker stopped") && err.contains("agentauth stopped"),
         "{err}"
     );
+    for mut c in idle {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 fn leg(accountable: &str) -> Value {

@@ -32,6 +32,8 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use tracing_actix_web::TracingLogger;
 
 use crate::config::Config;
+use crate::runtime::graceful_stop;
+use crate::runtime::open_connections::OpenConnections;
 use crate::runtime::{StartError, Starting};
 use observe::AgentAuthEvent;
 pub use state::AgentAuthState;
@@ -56,17 +58,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         a.workers
     };
     let data = web::Data::from(state.clone());
+    // Both listeners' connections, for closing the idle ones at a stop.
+    let open = Arc::new(OpenConnections::default());
     let api = {
         let data = data.clone();
         HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .wrap_fn(graceful_stop::hold_busy)
                 .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(http::routes)
         })
         .on_connect({
             let state = state.clone();
-            move |conn, ext| http::on_connect(&state.tenants, conn, ext)
+            let open = open.clone();
+            move |conn, ext| {
+                http::on_connect(&state.tenants, conn, ext);
+                graceful_stop::list(&open, conn, ext);
+            }
         })
         .workers(workers)
         .disable_signals()
@@ -95,7 +104,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             } else {
                 app
             };
-            app.route("/health", web::get().to(http::health))
+            app.wrap_fn(graceful_stop::hold_busy)
+                .route("/health", web::get().to(http::health))
                 .route("/ready", web::get().to(http::ready))
                 .route("/.well-known/jwks.json", web::get().to(http::jwks))
                 .route(
@@ -106,6 +116,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                             .body(s.metrics.render())
                     }),
                 )
+        })
+        .on_connect({
+            let open = open.clone();
+            move |conn, ext| graceful_stop::list(&open, conn, ext)
         })
         .workers(1)
         .disable_signals()
@@ -140,8 +154,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             signal,
             "shutdown requested: readiness is now false, draining"
         );
-        api_handle.stop(true).await;
-        admin_handle.stop(true).await;
+        // In-flight requests get the shutdown timeout; idle connections
+        // are closed meanwhile, so they do not hold the stop.
+        graceful_stop::stop(vec![api_handle, admin_handle], open).await;
     });
     let (x, y) = futures_util::future::join(api, admin).await;
     state.audit.flush(Duration::from_secs(10)).await;

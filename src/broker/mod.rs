@@ -3,11 +3,9 @@
 
 pub mod admin;
 pub mod admission;
-pub mod busy_body;
 pub mod config;
 pub mod connection;
 pub mod context;
-pub mod drain;
 pub mod gateway;
 pub mod params;
 pub mod platform;
@@ -31,9 +29,6 @@ use tracing_actix_web::TracingLogger;
 use crate::config::Config;
 use crate::policy::config::PolicyEngine;
 use crate::runtime::{StartError, Starting};
-
-/// How often a stopping broker closes the connections that turned idle.
-const CLOSE_IDLE_EVERY: Duration = Duration::from_millis(20);
 pub use state::BrokerState;
 
 /// Runs the broker until SIGTERM/SIGINT, then drains and returns;
@@ -79,7 +74,7 @@ pub async fn run(
                     &outbound_tls,
                     connect_timeout,
                 )))
-                .wrap_fn(busy_body::hold_busy)
+                .wrap_fn(crate::runtime::graceful_stop::hold_busy)
                 .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(gateway::routes)
         })
@@ -114,6 +109,7 @@ pub async fn run(
     let admin = {
         let data = data.clone();
         let outbound_tls = state.outbound_tls.clone();
+        let connections = state.connections.clone();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
@@ -121,9 +117,13 @@ pub async fn run(
                     &outbound_tls,
                     connect_timeout,
                 )))
+                .wrap_fn(crate::runtime::graceful_stop::hold_busy)
                 .configure(|c| admin::routes(c, fault_injection))
         })
-        .on_connect(admin::operator_on_connect)
+        .on_connect(move |conn, ext| {
+            admin::operator_on_connect(conn, ext);
+            connections.on_admin_connect(conn, ext);
+        })
         .workers(1)
         .disable_signals()
         .shutdown_timeout(b.shutdown_grace_seconds)
@@ -181,19 +181,13 @@ pub async fn run(
             "shutdown requested: readiness is now false, draining"
         );
         actix_web::rt::time::sleep(drain_delay).await;
-        // The listeners close; in-flight requests get the grace. Idle
-        // connections are closed meanwhile, each as soon as it has nothing
-        // in flight, so they do not hold the stop (`drain`).
-        let stopped =
-            futures_util::future::join(gateway_handle.stop(true), admin_handle.stop(true));
-        let open = lifecycle.connections.open().clone();
-        let closing_idle = async move {
-            loop {
-                open.close_idle();
-                actix_web::rt::time::sleep(CLOSE_IDLE_EVERY).await;
-            }
-        };
-        futures_util::future::select(Box::pin(stopped), Box::pin(closing_idle)).await;
+        // The listeners close; in-flight requests get the grace; idle
+        // connections are closed meanwhile, so they do not hold the stop.
+        crate::runtime::graceful_stop::stop(
+            vec![gateway_handle, admin_handle],
+            lifecycle.connections.open().clone(),
+        )
+        .await;
     });
 
     let (g, a) = futures_util::future::join(gateway, admin).await;

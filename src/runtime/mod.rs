@@ -7,7 +7,9 @@ pub mod ca_bundle;
 pub mod clock;
 pub mod drain;
 pub mod files;
+pub mod graceful_stop;
 pub mod logging;
+pub mod open_connections;
 pub mod tls;
 
 /// A component that could not start: which one, and its own typed error.

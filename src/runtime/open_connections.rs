@@ -1,11 +1,12 @@
-//! A graceful stop that does not wait on idle connections.
+//! The open connections of a listener, for a graceful stop that does not
+//! wait on idle ones (`runtime::graceful_stop` is the HTTP side).
 //!
 //! - **Why.** actix's graceful stop waits for every open connection to
 //!   end. Its HTTP/2 dispatcher never closes an idle connection whose peer
 //!   answers PINGs, so one idle agent held a stop for the whole
-//!   `broker.shutdown_grace_seconds` (30 s by default); an idle HTTP/1.1
-//!   keep-alive connection held it for up to `keep_alive_seconds`.
-//! - **What is listed.** Every accepted agent connection, with a duplicate
+//!   `broker.shutdown_grace_seconds` (30 s by default; AgentAuth: 10 s); an
+//!   idle HTTP/1.1 keep-alive connection held it for up to its keep-alive.
+//! - **What is listed.** Every accepted connection, with a duplicate
 //!   of its socket handle and a busy count ([`OpenConnections::register`]
 //!   returns the [`ConnectionTicket`] the connection keeps; dropping it
 //!   unlists the connection). Bounded by the live connections (at most
@@ -15,7 +16,7 @@
 //!   or abandoned — so an answer streamed from the upstream is busy until
 //!   its last byte, not only until the handler returns.
 //! - **At stop.** Once the listeners are closed, [`OpenConnections::close_idle`]
-//!   shuts down every listed connection with nothing in flight; the broker
+//!   shuts down every listed connection with nothing in flight; the stop
 //!   repeats it every few milliseconds until the workers have finished (a
 //!   busy connection is closed when it turns idle). As with any server
 //!   that closes idle keep-alive connections (Go's `Server.Shutdown` does

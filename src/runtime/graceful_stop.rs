@@ -1,0 +1,111 @@
+//! A graceful stop that closes idle connections: the HTTP side of
+//! [`super::open_connections`].
+//!
+//! - [`list`] (in a server's `on_connect`) lists each accepted connection.
+//! - [`hold_busy`] (`App::wrap_fn`): a request marks its connection busy
+//!   from when it enters the service until its response body is dropped
+//!   (written out, or abandoned with the connection), so a stop never
+//!   closes a connection in the middle of an answer, streamed ones
+//!   included.
+//! - [`stop`]: the servers stop gracefully (listeners close, in-flight
+//!   requests get the servers' shutdown timeout) while every connection
+//!   with nothing in flight is shut down, every [`CLOSE_IDLE_EVERY`], until
+//!   the servers have stopped. Broker and AgentAuth stop the same way.
+
+use std::any::Any;
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_tls::accept::openssl::TlsStream;
+use actix_web::body::{BodySize, MessageBody};
+use actix_web::dev::{Extensions, Service, ServiceRequest, ServiceResponse};
+use actix_web::rt::net::TcpStream;
+use actix_web::web::Bytes;
+
+use super::open_connections::{BusyGuard, ConnectionTicket, OpenConnections};
+
+/// How often a stopping server closes the connections that turned idle.
+pub const CLOSE_IDLE_EVERY: Duration = Duration::from_millis(20);
+
+/// Stops `servers` gracefully, closing the idle connections of `open`
+/// meanwhile; returns when every server has stopped.
+pub async fn stop(servers: Vec<actix_web::dev::ServerHandle>, open: Arc<OpenConnections>) {
+    let stopped = futures_util::future::join_all(servers.iter().map(|s| s.stop(true)));
+    let closing_idle = async move {
+        loop {
+            open.close_idle();
+            actix_web::rt::time::sleep(CLOSE_IDLE_EVERY).await;
+        }
+    };
+    futures_util::future::select(Box::pin(stopped), Box::pin(closing_idle)).await;
+}
+
+/// Lists a freshly accepted connection (TLS or plain TCP) in `open`, its
+/// ticket in the connection's data (a server's `on_connect`).
+pub fn list(open: &Arc<OpenConnections>, connection: &dyn Any, extensions: &mut Extensions) {
+    let stream = match connection.downcast_ref::<TlsStream<TcpStream>>() {
+        Some(tls) => Some(tls.get_ref()),
+        None => connection.downcast_ref::<TcpStream>(),
+    };
+    if let Some(socket) = stream.and_then(duplicate) {
+        extensions.insert(open.register(socket));
+    }
+}
+
+/// A second handle of `stream`'s socket (none if the process is out of
+/// file descriptors: the connection is then served, just not listed).
+pub fn duplicate(stream: &TcpStream) -> Option<Arc<std::net::TcpStream>> {
+    stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map(|fd| Arc::new(std::net::TcpStream::from(fd)))
+        .ok()
+}
+
+/// A response body that holds its connection's [`BusyGuard`].
+pub struct BusyBody<B> {
+    body: B,
+    _busy: Option<BusyGuard>,
+}
+
+impl<B: MessageBody + Unpin> MessageBody for BusyBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// Middleware (`App::wrap_fn`): the request's busy guard, moved into its
+/// response body. A connection without a ticket (its socket could not be
+/// listed) is served the same, unguarded.
+pub fn hold_busy<S, B>(
+    req: ServiceRequest,
+    service: &S,
+) -> impl Future<Output = Result<ServiceResponse<BusyBody<B>>, actix_web::Error>> + 'static
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    S::Future: 'static,
+    B: 'static,
+{
+    let busy = req
+        .conn_data::<ConnectionTicket>()
+        .map(ConnectionTicket::busy);
+    let response = service.call(req);
+    async move {
+        Ok(response
+            .await?
+            .map_body(|_, body| BusyBody { body, _busy: busy }))
+    }
+}
