@@ -1832,36 +1832,51 @@ fn the_debug_panic_header_does_nothing_without_fault_injection() {
     assert!(e.iter().all(|e| e["outcome"] == "completed"), "{e:?}");
 }
 
+impl Setup {
+    /// curl as acme's agent with `token` on `path`, to be spawned (a
+    /// request that is still running when the test acts), at most 20 s.
+    fn acme_curl(&self, token: &str, path: &str) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-s", "--max-time", "20", "--cacert"])
+            .arg(self.pki.ca())
+            .arg("--cert")
+            .arg(self.pki.path("acme-agent.crt"))
+            .arg("--key")
+            .arg(self.pki.path("acme-agent.key"))
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(self.broker.url(path));
+        c
+    }
+
+    fn sigterm(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.broker.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+/// Waits until a request with query `tag` has reached the upstream.
+fn arrives(arrivals: &std::sync::Mutex<Vec<String>>, tag: &str) {
+    assert!(eventually(Duration::from_secs(10), || {
+        arrivals.lock().unwrap().iter().any(|q| q == tag)
+    }));
+}
+
 #[test]
 fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
     let s = setup_with("", "", &[("ATB_SHUTDOWN_GRACE_SECONDS", "1")]);
     // /api/slow answers after 5 s; the open connector waits 30 s for it.
     let t = s.mint_via(ACME, "crm.contact.read", "open");
-    let auth = format!("Authorization: Bearer {t}");
-    let mut slow = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "--max-time", "20", "--cacert"])
-        .arg(s.pki.ca())
-        .arg("--cert")
-        .arg(s.pki.path("acme-agent.crt"))
-        .arg("--key")
-        .arg(s.pki.path("acme-agent.key"))
-        .args(["-H", &auth, &s.broker.url("/api/slow?tag=shutdown")])
+    let mut slow = s
+        .acme_curl(&t, "/api/slow?tag=shutdown")
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     // The request is at the upstream when the broker is told to stop.
-    assert!(eventually(Duration::from_secs(10), || {
-        SLOW_ARRIVALS
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|q| q == "tag=shutdown")
-    }));
-    let sent = Command::new("kill")
-        .args(["-TERM", &s.broker.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    arrives(&SLOW_ARRIVALS, "tag=shutdown");
+    s.sigterm();
     let mut broker = s.broker;
     assert_eq!(broker.wait_exit(Duration::from_secs(20)), Some(0));
     let _ = slow.wait();
@@ -1915,30 +1930,13 @@ fn a_graceful_stop_closes_idle_connections_and_finishes_streamed_answers() {
     }));
     // An answer streamed in two parts, 2 s apart, in flight at the stop.
     let t = s.mint("crm.contact.read", &[]);
-    let auth = format!("Authorization: Bearer {t}");
-    let drip = Command::new("curl")
-        .args(["-s", "--max-time", "20", "--cacert"])
-        .arg(s.pki.ca())
-        .arg("--cert")
-        .arg(&crt)
-        .arg("--key")
-        .arg(&key)
-        .args(["-H", &auth, &s.broker.url("/api/drip?tag=stop")])
+    let drip = s
+        .acme_curl(&t, "/api/drip?tag=stop")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || {
-        DRIP_ARRIVALS
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|q| q == "tag=stop")
-    }));
-    let sent = Command::new("kill")
-        .args(["-TERM", &s.broker.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    arrives(&DRIP_ARRIVALS, "tag=stop");
+    s.sigterm();
     let mut broker = s.broker;
     // Well within the 30 s grace an idle connection would hold it for.
     assert_eq!(
