@@ -1937,6 +1937,11 @@ fn a_graceful_stop_closes_idle_connections_and_finishes_streamed_answers() {
         .unwrap();
     arrives(&DRIP_ARRIVALS, "tag=stop");
     s.sigterm();
+    // While the answer drains, the admin listener still answers probes.
+    assert!(eventually(Duration::from_secs(2), || {
+        let ready = admin(&s.broker, "GET", "/ready", &[], None);
+        ready.status == 503 && ready.json()["reason"] == "draining"
+    }));
     let mut broker = s.broker;
     // Well within the 30 s grace an idle connection would hold it for.
     assert_eq!(

@@ -156,7 +156,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
         // In-flight requests get the shutdown timeout; idle connections
         // are closed meanwhile, so they do not hold the stop.
-        graceful_stop::stop(vec![api_handle, admin_handle], open).await;
+        graceful_stop::stop(&api_handle, &open).await;
+        graceful_stop::stop(&admin_handle, &open).await;
     });
     let (x, y) = futures_util::future::join(api, admin).await;
     state.audit.flush(Duration::from_secs(10)).await;

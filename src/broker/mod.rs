@@ -181,13 +181,12 @@ pub async fn run(
             "shutdown requested: readiness is now false, draining"
         );
         actix_web::rt::time::sleep(drain_delay).await;
-        // The listeners close; in-flight requests get the grace; idle
-        // connections are closed meanwhile, so they do not hold the stop.
-        crate::runtime::graceful_stop::stop(
-            vec![gateway_handle, admin_handle],
-            lifecycle.connections.open().clone(),
-        )
-        .await;
+        // The agent listener closes, in-flight requests get the grace,
+        // idle connections are closed meanwhile so they do not hold the
+        // stop; then the admin listener (probes answer until then).
+        let open = lifecycle.connections.open();
+        crate::runtime::graceful_stop::stop(&gateway_handle, open).await;
+        crate::runtime::graceful_stop::stop(&admin_handle, open).await;
     });
 
     let (g, a) = futures_util::future::join(gateway, admin).await;

@@ -7,10 +7,12 @@
 //!   (written out, or abandoned with the connection), so a stop never
 //!   closes a connection in the middle of an answer, streamed ones
 //!   included.
-//! - [`stop`]: the servers stop gracefully (listeners close, in-flight
-//!   requests get the servers' shutdown timeout) while every connection
-//!   with nothing in flight is shut down, every [`CLOSE_IDLE_EVERY`], until
-//!   the servers have stopped. Broker and AgentAuth stop the same way.
+//! - [`stop`]: a server stops gracefully (its listeners close, in-flight
+//!   requests get its shutdown timeout) while every connection with nothing
+//!   in flight is shut down, every [`CLOSE_IDLE_EVERY`], until it has
+//!   stopped. Broker and AgentAuth stop the same way: the traffic listener
+//!   first, then the admin one (probes and metrics answer while requests
+//!   drain).
 
 use std::any::Any;
 use std::future::Future;
@@ -31,11 +33,13 @@ use super::open_connections::{BusyGuard, ConnectionTicket, OpenConnections};
 /// How often a stopping server closes the connections that turned idle.
 pub const CLOSE_IDLE_EVERY: Duration = Duration::from_millis(20);
 
-/// Stops `servers` gracefully, closing the idle connections of `open`
-/// meanwhile; returns when every server has stopped.
-pub async fn stop(servers: Vec<actix_web::dev::ServerHandle>, open: Arc<OpenConnections>) {
-    let stopped = futures_util::future::join_all(servers.iter().map(|s| s.stop(true)));
-    let closing_idle = async move {
+/// Stops `server` gracefully, closing the idle connections of `open`
+/// meanwhile; returns when it has stopped. (Servers stopped one after the
+/// other share `open`: an idle connection of one still running is closed
+/// too, and its client reconnects.)
+pub async fn stop(server: &actix_web::dev::ServerHandle, open: &Arc<OpenConnections>) {
+    let stopped = server.stop(true);
+    let closing_idle = async {
         loop {
             open.close_idle();
             actix_web::rt::time::sleep(CLOSE_IDLE_EVERY).await;
