@@ -53,6 +53,10 @@ pub struct AgentAuthConfig {
     pub max_body_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// At a stop, how long in-flight requests get to finish (idle
+    /// connections are closed at once), and then queued audit events to be
+    /// written. [AGENTAUTH_SHUTDOWN_GRACE_SECONDS]
+    pub shutdown_grace_seconds: u64,
     /// Brokers' admin listeners (`http://host:8080`), told at once when the
     /// signing keys change (a rotation, an emergency revocation): each gets
     /// `POST /admin/jwks/refresh` with the admin token and re-reads
@@ -82,6 +86,7 @@ impl Default for AgentAuthConfig {
             trusted_proxies: Vec::new(),
             max_body_bytes: 64 * 1024,
             workers: 0,
+            shutdown_grace_seconds: 10,
             broker_admin_urls: Vec::new(),
             approvers: ApproverAuthConfig::default(),
         }
@@ -195,6 +200,9 @@ impl AgentAuthConfig {
         }
         if let Some(v) = env_parsed(env, "AGENTAUTH_KEY_RELOAD_SECONDS", secs)? {
             self.key_reload_seconds = v;
+        }
+        if let Some(v) = env_parsed(env, "AGENTAUTH_SHUTDOWN_GRACE_SECONDS", secs)? {
+            self.shutdown_grace_seconds = v;
         }
         let n = "a whole number";
         if let Some(v) = env_parsed(env, "RATE_LIMIT_PER_AGENT", n)? {
@@ -466,10 +474,13 @@ mod tests {
                 "APPROVER_JWT_ISSUER" => Some("https://idp.example".into()),
                 "APPROVER_EXECUTIVE_ROLES" => Some("ceo, cfo".into()),
                 "AGENTAUTH_TRUSTED_PROXIES" => Some("10.0.0.0/8,127.0.0.1".into()),
+                "AGENTAUTH_SHUTDOWN_GRACE_SECONDS" => Some("25".into()),
                 _ => None,
             }
         };
+        assert_eq!(c.shutdown_grace_seconds, 10);
         c.apply_env(&env).unwrap();
+        assert_eq!(c.shutdown_grace_seconds, 25);
         assert_eq!(c.mandate_ttl_seconds, 120);
         assert_eq!(c.keys_dir, PathBuf::from("/run/keys"));
         assert_eq!(c.approvers.issuer, "https://idp.example");

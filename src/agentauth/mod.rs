@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
         .workers(workers)
         .disable_signals()
-        .shutdown_timeout(10)
+        .shutdown_timeout(a.shutdown_grace_seconds)
         .client_request_timeout(Duration::from_secs(5))
         .bind_openssl(a.listen_addr, tls)
         .map_err(|e| {
@@ -123,7 +123,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
         .workers(1)
         .disable_signals()
-        .shutdown_timeout(10)
+        .shutdown_timeout(a.shutdown_grace_seconds)
         .bind(a.admin_addr)
         .map_err(|e| {
             format!(
@@ -160,7 +160,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         graceful_stop::stop(&admin_handle, &open).await;
     });
     let (x, y) = futures_util::future::join(api, admin).await;
-    state.audit.flush(Duration::from_secs(10)).await;
+    state
+        .audit
+        .flush(Duration::from_secs(config.agentauth.shutdown_grace_seconds))
+        .await;
     x.starting("agentauth listener")?;
     y.starting("agentauth admin listener")?;
     tracing::info!("agentauth stopped");
