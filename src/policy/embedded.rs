@@ -255,8 +255,14 @@ pub fn input_value(input: &Value) -> regorus::Value {
     direct(input).unwrap_or_else(|| regorus::Value::from(input.clone()))
 }
 
+/// A JSON object's members as a regorus value, by reference: the value
+/// [`input_value`] gives for the object.
+pub fn map_value(map: &serde_json::Map<String, Value>) -> regorus::Value {
+    direct_map(map).unwrap_or_else(|| regorus::Value::from(Value::Object(map.clone())))
+}
+
 /// The key by which regorus reads a JSON object as a number.
-pub(super) const SERDE_NUMBER_KEY: &str = "$serde_json::private::Number";
+const SERDE_NUMBER_KEY: &str = "$serde_json::private::Number";
 
 fn direct(v: &Value) -> Option<regorus::Value> {
     Some(match v {
@@ -267,17 +273,19 @@ fn direct(v: &Value) -> Option<regorus::Value> {
         Value::Array(items) => {
             regorus::Value::from(items.iter().map(direct).collect::<Option<Vec<_>>>()?)
         }
-        Value::Object(map) => {
-            let mut out = std::collections::BTreeMap::new();
-            for (k, v) in map {
-                if k == SERDE_NUMBER_KEY {
-                    return None;
-                }
-                out.insert(regorus::Value::from(k.as_str()), direct(v)?);
-            }
-            regorus::Value::from(out)
-        }
+        Value::Object(map) => direct_map(map)?,
     })
+}
+
+fn direct_map(map: &serde_json::Map<String, Value>) -> Option<regorus::Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for (k, v) in map {
+        if k == SERDE_NUMBER_KEY {
+            return None;
+        }
+        out.insert(regorus::Value::from(k.as_str()), direct(v)?);
+    }
+    Some(regorus::Value::from(out))
 }
 
 /// Evaluates one input with `engine`.

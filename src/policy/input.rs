@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-use super::embedded::{input_value, SERDE_NUMBER_KEY};
+use super::embedded::map_value;
 
 /// What the policy decides on for one request.
 #[derive(Debug, Clone, Copy)]
@@ -119,20 +119,6 @@ fn object<const N: usize>(members: [(&str, regorus::Value); N]) -> regorus::Valu
         .map(|(k, v)| (regorus::Value::from(k), v))
         .collect();
     regorus::Value::from(map)
-}
-
-/// A JSON object as a regorus value, by reference; the same value
-/// [`input_value`] gives for it (an object keyed like serde's private
-/// number, which regorus reads as a number, takes that conversion).
-fn map_value(map: &Map<String, Value>) -> regorus::Value {
-    if map.contains_key(SERDE_NUMBER_KEY) {
-        return input_value(&Value::Object(map.clone()));
-    }
-    let mut out = BTreeMap::new();
-    for (k, v) in map {
-        out.insert(regorus::Value::from(k.as_str()), input_value(v));
-    }
-    regorus::Value::from(out)
 }
 
 #[cfg(test)]
