@@ -16,7 +16,7 @@ use prometheus::{IntCounter, IntGauge};
 
 use crate::metrics::Metrics;
 use crate::runtime::ca_bundle::{CaBundle, PeerCerts};
-use crate::runtime::graceful_stop::{self, duplicate};
+use crate::runtime::graceful_stop::duplicate;
 use crate::runtime::open_connections::OpenConnections;
 use crate::runtime::tls::{peer_identity, IdentityError};
 use crate::spiffe::SpiffeId;
@@ -147,12 +147,6 @@ impl ConnectionRegistry {
         }
         let peer = PeerCerts::from_ssl(tls.ssl());
         extensions.insert(self.classify(peer_identity(tls.ssl()), peer.as_ref(), socket));
-    }
-
-    /// Lists an admin-listener connection (plain or operator mTLS) for
-    /// closing when idle at a graceful stop; nothing else is tracked.
-    pub fn on_admin_connect(&self, connection: &dyn Any, extensions: &mut Extensions) {
-        graceful_stop::list(&self.open, connection, extensions);
     }
 
     /// Attributes an identity to its tenant, if the peer's certificate
@@ -395,35 +389,6 @@ mod tests {
             assert!(matches!(p.slot, ConnectionSlot::Unattributed));
         }
         assert_eq!(r.live("off"), 0);
-    }
-
-    /// An admin-listener connection is listed for the graceful stop: the
-    /// stop's pass closes it when idle.
-    #[actix_rt::test]
-    async fn admin_connections_are_listed_and_closed_when_idle() {
-        use std::io::Read;
-        let r = registry();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        client
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let (server_side, _) = listener.accept().unwrap();
-        server_side.set_nonblocking(true).unwrap();
-        let stream = TcpStream::from_std(server_side).unwrap();
-        let mut extensions = Extensions::new();
-        r.on_admin_connect(&stream, &mut extensions);
-        assert!(extensions
-            .get::<crate::runtime::open_connections::ConnectionTicket>()
-            .is_some());
-        assert_eq!(r.open().len(), 1);
-        // Anything else is not a connection it knows: nothing is listed.
-        r.on_admin_connect(&"not a socket", &mut Extensions::new());
-        assert_eq!(r.open().len(), 1);
-        assert_eq!(r.open().close_idle().closed, 1);
-        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
-        drop(extensions);
-        assert!(r.open().is_empty());
     }
 
     #[test]

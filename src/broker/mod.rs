@@ -122,7 +122,7 @@ pub async fn run(
         })
         .on_connect(move |conn, ext| {
             admin::operator_on_connect(conn, ext);
-            connections.on_admin_connect(conn, ext);
+            crate::runtime::graceful_stop::list(connections.open(), conn, ext);
         })
         .workers(1)
         .disable_signals()

@@ -113,3 +113,35 @@ where
             .map_body(|_, body| BusyBody { body, _busy: busy }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// A plain or TLS connection is listed, its ticket in the connection's
+    /// data, and the stop's pass closes it when idle; anything else is not
+    /// a connection and is not listed.
+    #[actix_rt::test]
+    async fn accepted_connections_are_listed_and_closed_when_idle() {
+        let open = Arc::new(OpenConnections::default());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        let stream = TcpStream::from_std(server_side).unwrap();
+        let mut extensions = Extensions::new();
+        list(&open, &stream, &mut extensions);
+        assert!(extensions.get::<ConnectionTicket>().is_some());
+        assert_eq!(open.len(), 1);
+        list(&open, &"not a socket", &mut Extensions::new());
+        assert_eq!(open.len(), 1);
+        assert_eq!(open.close_idle().closed, 1);
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0);
+        drop(extensions);
+        assert!(open.is_empty());
+    }
+}
