@@ -293,14 +293,10 @@ fn atb_dev_stops_promptly_on_sigterm() {
     // The idle connections are up (the broker counts its own).
     let broker_admin = format!("http://127.0.0.1:{}/metrics", dev.admin);
     assert!(
-        (0..100).any(|_| {
-            let up = curl(&[&broker_admin])
+        eventually(Duration::from_secs(10), || {
+            curl(&[&broker_admin])
                 .body
-                .contains("atb_tenant_connections{tenant=\"acme\"} 1");
-            if !up {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            up
+                .contains("atb_tenant_connections{tenant=\"acme\"} 1")
         }),
         "the idle connection to the broker is not counted"
     );
