@@ -48,13 +48,24 @@ macro_rules! serve_app {
 #[allow(unused_imports)]
 pub(crate) use serve_app;
 
-/// A free loopback port (bound and released).
+/// A loopback port free now, and never handed out before in this test
+/// process: the kernel may give the same ephemeral port to two calls in a
+/// row once the first probe is closed (a broker once got its listen port
+/// as its admin port too and refused to start).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn run(cmd: &mut Command) -> String {
