@@ -323,3 +323,30 @@ def test_all_options_render_spire_helper_as_native_sidecar(rendered):
     assert broker["policy"]["engine"] == "embedded" and broker["audit"]["sink"] == "http"
     assert broker["shards"]["dedicated"] == ["acme"]
     assert "tenants.json" in docs[("ConfigMap", "atb-policy")]["data"]
+
+
+def test_shutdown_graces_reach_both_services_and_fit_the_pods_grace():
+    """broker.shutdownGraceSeconds and agentauth.shutdownGraceSeconds land in
+    the services' config; a stop longer than the pod's termination grace (cut
+    by SIGKILL before the audit flush) is refused at render time."""
+    import helm_python
+
+    _, docs = render(PROFILES["prod"], {"broker": {"shutdownGraceSeconds": 25}, "agentauth": {"shutdownGraceSeconds": 12}})
+    br = tomllib.loads(docs[("ConfigMap", "atb-broker-config")]["data"]["broker.toml"])
+    aa = tomllib.loads(docs[("ConfigMap", "atb-agentauth-config")]["data"]["agentauth.toml"])
+    assert br["broker"]["shutdown_grace_seconds"] == 25
+    assert aa["agentauth"]["shutdown_grace_seconds"] == 12
+    # every shipped profile fits
+    for name, files in PROFILES.items():
+        _, docs = render(files)
+        for dep, conf, key in (("atb-broker", "atb-broker-config", "broker.toml"), ("atb-agentauth", "atb-agentauth-config", "agentauth.toml")):
+            grace = docs[("Deployment", dep)]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            c = tomllib.loads(docs[("ConfigMap", conf)]["data"][key])
+            section = c["broker"] if dep == "atb-broker" else c["agentauth"]
+            assert section.get("drain_delay_seconds", 0) + section["shutdown_grace_seconds"] < grace, (name, dep)
+    with pytest.raises(helm_python.HelmError, match="broker.terminationGracePeriodSeconds"):
+        render([], {"broker": {"drainDelaySeconds": 5, "shutdownGraceSeconds": 40, "terminationGracePeriodSeconds": 45}})
+    with pytest.raises(helm_python.HelmError, match="agentauth.terminationGracePeriodSeconds"):
+        render([], {"agentauth": {"shutdownGraceSeconds": 30, "terminationGracePeriodSeconds": 30}})
+    # disabled AgentAuth is not checked
+    render([], {"agentauth": {"enabled": False, "shutdownGraceSeconds": 30, "terminationGracePeriodSeconds": 30}})

@@ -122,6 +122,19 @@ password_file = "/run/secrets/atb-redis/{{ $.Values.externalRedis.existingSecret
 {{- end -}}
 {{- end -}}
 
+{{/* A stop that outlasts the pod's termination grace is cut by SIGKILL:
+requests in flight are lost and queued audit events are not written. */}}
+{{- define "atb.checkShutdownTimes" -}}
+{{- $b := .Values.broker -}}
+{{- if ge (add (int $b.drainDelaySeconds) (int $b.shutdownGraceSeconds)) (int $b.terminationGracePeriodSeconds) -}}
+{{- fail (printf "broker.drainDelaySeconds (%d) + broker.shutdownGraceSeconds (%d) must be less than broker.terminationGracePeriodSeconds (%d): the rest is the audit flush before the pod is killed" (int $b.drainDelaySeconds) (int $b.shutdownGraceSeconds) (int $b.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- $a := .Values.agentauth -}}
+{{- if and $a.enabled (ge (int $a.shutdownGraceSeconds) (int $a.terminationGracePeriodSeconds)) -}}
+{{- fail (printf "agentauth.shutdownGraceSeconds (%d) must be less than agentauth.terminationGracePeriodSeconds (%d): the rest is the audit flush before the pod is killed" (int $a.shutdownGraceSeconds) (int $a.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Sections both services read, besides their own. A change here needs a restart. */}}
 {{- define "atb.commonToml" -}}
 [tls]
@@ -190,6 +203,7 @@ mandate_ttl_seconds = {{ int .Values.agentauth.mandateTtlSeconds }}
 challenge_ttl_seconds = {{ int .Values.agentauth.challengeTtlSeconds }}
 keys_dir = "/var/run/secrets/atb-agentauth"
 key_reload_seconds = {{ int .Values.agentauth.keyReloadSeconds }}
+shutdown_grace_seconds = {{ int .Values.agentauth.shutdownGraceSeconds }}
 trusted_proxies = {{ include "atb.tomlValue" .Values.agentauth.trustedProxies }}
 {{- if .Values.admin.existingSecret }}
 broker_admin_urls = [{{ printf "http://%s:%d" (include "atb.broker" .) (int .Values.broker.service.adminPort) | toJson }}]
