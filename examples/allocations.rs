@@ -170,8 +170,7 @@ fn main() {
             let out = engine
                 .eval_rule(atb::policy::DECISION_RULE.to_owned())
                 .expect("decision");
-            atb::policy::Decision::from_value(&serde_json::to_value(&out).expect("json"))
-                .expect("a decision")
+            atb::policy::embedded::decision_of(&out).expect("a decision")
         };
         let decision = decide(&mut engine, input.to_rego());
         assert!(

@@ -294,8 +294,54 @@ pub fn evaluate(engine: &mut regorus::Engine, input: &Value) -> Result<Decision,
     let out = engine
         .eval_rule(DECISION_RULE.to_string())
         .map_err(|e| PolicyError::Engine(e.to_string()))?;
-    let value = serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))?;
-    Decision::from_value(&value)
+    decision_of(&out)
+}
+
+/// Reads the engine's decision value as [`Decision::from_value`] reads the
+/// same value as JSON (one test holds the two equal), without converting the
+/// whole object: only `details`, when present, goes through serde.
+pub fn decision_of(out: &regorus::Value) -> Result<Decision, PolicyError> {
+    let regorus::Value::Object(obj) = out else {
+        return Err(PolicyError::BadDecision(format!(
+            "expected an object, got {}",
+            rego_kind(out)
+        )));
+    };
+    let field = |name: &str| obj.get(&regorus::Value::from(name));
+    let allow = match field("allow") {
+        Some(regorus::Value::Bool(b)) => *b,
+        _ => {
+            return Err(PolicyError::BadDecision(
+                "allow is missing or not a boolean".into(),
+            ))
+        }
+    };
+    let text = |name: &str, default: &str| match field(name) {
+        Some(regorus::Value::String(s)) => s.to_string(),
+        _ => default.to_owned(),
+    };
+    let details = match field("details") {
+        None | Some(regorus::Value::Null) => None,
+        Some(d) => Some(serde_json::to_value(d).map_err(|e| PolicyError::Engine(e.to_string()))?),
+    };
+    Ok(Decision {
+        allow,
+        reason: text("reason", if allow { "allow" } else { "deny" }),
+        details,
+        risk_tier: text("risk_tier", "unknown"),
+    })
+}
+
+fn rego_kind(v: &regorus::Value) -> &'static str {
+    match v {
+        regorus::Value::Null => "null (undefined)",
+        regorus::Value::Bool(_) => "a boolean",
+        regorus::Value::Number(_) => "a number",
+        regorus::Value::String(_) => "a string",
+        regorus::Value::Array(_) | regorus::Value::Set(_) => "an array",
+        regorus::Value::Object(_) => "an object",
+        regorus::Value::Undefined => "undefined",
+    }
 }
 
 /// The policy as the pool's threads run it: a bundle, and the rule a
@@ -435,8 +481,7 @@ impl EmbeddedPool {
         input: regorus::Value,
     ) -> Result<Decision, PolicyError> {
         let out = self.eval(tenant, DECISION_RULE, input).await?;
-        let value = serde_json::to_value(&out).map_err(|e| PolicyError::Engine(e.to_string()))?;
-        Decision::from_value(&value)
+        decision_of(&out)
     }
 
     /// The value of `rule` (e.g. `data.atb.poa.risk_tier`) for `input`.
@@ -455,6 +500,60 @@ impl EmbeddedPool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `decision_of` reads what `Decision::from_value` reads from the same
+    /// value serialised: the same decision, or an error for the same values.
+    #[test]
+    fn a_decision_read_from_the_engine_value_is_the_json_reading() {
+        // details holding a set (which JSON writes as an array)
+        let mut set = regorus::Value::new_set();
+        set.as_set_mut().unwrap().insert(regorus::Value::from("a"));
+        let mut with_set = regorus::Value::from_json_str(r#"{"allow": false}"#).unwrap();
+        with_set
+            .as_object_mut()
+            .unwrap()
+            .insert(regorus::Value::from("details"), set);
+        let cases: Vec<regorus::Value> = [
+            r#"{"allow": true, "reason": "allow", "risk_tier": "high"}"#,
+            r#"{"allow": false, "reason": "dual_control", "details": {"need": 2, "have": ["a"]}, "risk_tier": "high"}"#,
+            r#"{"allow": false}"#,
+            r#"{"allow": true}"#,
+            r#"{"allow": true, "reason": 7, "risk_tier": ["low"], "details": null}"#,
+            r#"{"allow": false, "details": [1, "x", {"y": null}]}"#,
+            r#"{"allow": "true", "reason": "r"}"#,
+            r#"{"reason": "no allow"}"#,
+            r#"{"allow": null}"#,
+            r#"[true]"#,
+            r#""allow""#,
+            r#"null"#,
+            r#"1"#,
+            r#"true"#,
+        ]
+        .iter()
+        .map(|j| regorus::Value::from_json_str(j).unwrap())
+        .chain([regorus::Value::Undefined, with_set])
+        .collect();
+        for v in cases {
+            let json = serde_json::to_value(&v).unwrap();
+            match (decision_of(&v), Decision::from_value(&json)) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "{json}"),
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("{json}: {a:?} against {b:?}"),
+            }
+        }
+        // a real decision, both ways
+        let mut e = PolicyBundle::load(None, None, &[], Duration::from_millis(500))
+            .unwrap()
+            .engine()
+            .unwrap();
+        e.set_input(input_value(&json!({"request": {"action": "nope"}})));
+        let out = e.eval_rule(DECISION_RULE.to_string()).unwrap();
+        let json = serde_json::to_value(&out).unwrap();
+        assert_eq!(
+            decision_of(&out).unwrap(),
+            Decision::from_value(&json).unwrap()
+        );
+    }
 
     fn bundle(src: &str) -> PolicyBundle {
         PolicyBundle {
