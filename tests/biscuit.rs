@@ -825,7 +825,59 @@ fn a_pathological_rule_set_is_refused_quickly() {
             ),
         ],
     );
-    for t in [&join, &join4, &product, &counting] {
+    // Joins visited before a predicate with no facts: 13 million rows
+    // that match nothing (the bound once multiplied them out to zero).
+    let hidden = attenuate(
+        &parent,
+        &[
+            "--check",
+            &format!("{facts} check if n($a), n($b), n($c), n($d), none($e)"),
+        ],
+    );
+    // Closures run inside one expression, where no run limit is checked:
+    // four nested `.all` over 100 elements are 10^8 evaluations (16 s of
+    // CPU before the bound), in a check and in a rule (which runs while
+    // the authority facts are read, before expiry and subject checks).
+    let set: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let set = format!("s([{}]);", set.join(", "));
+    let nested = "$s.all($a -> $s.all($b -> $s.all($c -> $s.all($d -> true))))";
+    let closure = attenuate(
+        &parent,
+        &["--check", &format!("{set} check if s($s), {nested}")],
+    );
+    let closure_rule = py_attenuate(
+        &parent,
+        &s.acme,
+        &format!("{set} r(1) <- s($s), {nested}; check if r(1);"),
+        &json!({}),
+    );
+    // A pattern the engine would compile on every evaluation for ≈ 100 ms,
+    // and a pattern that is not a literal (it could come from the request).
+    let regex = attenuate(
+        &parent,
+        &[
+            "--check",
+            "check if path($p), $p.matches(\"(a|b){1000}{10}\")",
+        ],
+    );
+    let regex_variable = attenuate(
+        &parent,
+        &[
+            "--check",
+            "p(\"a+\"); check if path($x), p($p), $x.matches($p)",
+        ],
+    );
+    for t in [
+        &join,
+        &join4,
+        &product,
+        &counting,
+        &hidden,
+        &closure,
+        &closure_rule,
+        &regex,
+        &regex_variable,
+    ] {
         let started = Instant::now();
         let a = s.acme("GET", read, t);
         expect(&a, 401, "poa_invalid");
@@ -837,6 +889,15 @@ fn a_pathological_rule_set_is_refused_quickly() {
     }
     // A harmless extra block passes (control), so none of that spent it.
     let fine = attenuate(&parent, &["--check", "n(1); check if n(1)"]);
+    expect_ok(&s.acme("GET", read, &fine));
+    // Closures and literal patterns within bounds work (control).
+    let fine = attenuate(
+        &s.acme.mint("acme", ACME, &["crm.contact.read"], &[]),
+        &[
+            "--check",
+            "check if path($p), $p.matches(\"^/api/contacts/[0-9]+$\"), [1, 2].all($x -> $x > 0)",
+        ],
+    );
     expect_ok(&s.acme("GET", read, &fine));
     // Too many blocks, too large: refused before any Datalog runs.
     let mut deep = s.acme.mint("acme", ACME, &["crm.contact.read"], &[]);

@@ -188,6 +188,15 @@ impl BiscuitConfig {
         Ok(())
     }
 
+    /// The limits of the static work bound (`super::work`).
+    pub fn work_limits(&self) -> super::work::WorkLimits {
+        super::work::WorkLimits {
+            max_facts: self.max_facts,
+            max_iterations: self.max_iterations,
+            max_work: self.max_work,
+        }
+    }
+
     pub fn limits(&self) -> biscuit_auth::AuthorizerLimits {
         biscuit_auth::AuthorizerLimits {
             max_facts: self.max_facts,

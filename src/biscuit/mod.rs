@@ -22,3 +22,4 @@
 pub mod config;
 pub mod tools;
 pub mod verify;
+pub mod work;

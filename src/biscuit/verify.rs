@@ -282,57 +282,15 @@ pub fn verify(
     })
 }
 
-/// An upper bound on the Datalog work `authorizer` can do: the engine
-/// checks its limits only between rule iterations, and one rule (or check)
-/// joining several predicates can produce a cartesian product within one
-/// iteration. Each rule body and check query costs the product of the
-/// facts its predicates can match (a derived predicate counts as
-/// `max_facts`); rules run up to `max_iterations` times.
-fn work_bound(authorizer: &biscuit_auth::Authorizer, limits: &BiscuitConfig) -> Option<u64> {
-    let (facts, rules, checks, policies) =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| authorizer.dump())).ok()?;
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for f in &facts {
-        *counts.entry(f.predicate.name.as_str()).or_default() += 1;
-    }
-    for r in &rules {
-        counts.insert(r.head.name.as_str(), limits.max_facts);
-    }
-    let cost = |r: &biscuit_auth::builder::Rule| -> u64 {
-        r.body.iter().fold(1u64, |acc, p| {
-            acc.saturating_mul(counts.get(p.name.as_str()).copied().unwrap_or(0))
-        })
-    };
-    let rules_work = rules
-        .iter()
-        .map(cost)
-        .fold(0u64, u64::saturating_add)
-        .saturating_mul(limits.max_iterations);
-    let queries = checks
-        .iter()
-        .flat_map(|c| c.queries.iter())
-        .chain(policies.iter().flat_map(|p| p.queries.iter()))
-        .map(cost)
-        .fold(0u64, u64::saturating_add);
-    Some(rules_work.saturating_add(queries))
-}
-
-/// Refuses a token whose Datalog could outrun the limits (see
-/// [`work_bound`]).
+/// Refuses a token whose Datalog could outrun the limits before any of it
+/// runs (see [`super::work`]).
 fn check_work(
     authorizer: &biscuit_auth::Authorizer,
     limits: &BiscuitConfig,
 ) -> Result<(), BiscuitRefusal> {
-    match work_bound(authorizer, limits) {
-        Some(w) if w <= limits.max_work => Ok(()),
-        Some(w) => Err(BiscuitRefusal::Invalid(format!(
-            "the Biscuit's rules and checks could take {w} steps; at most {} are allowed",
-            limits.max_work
-        ))),
-        None => Err(BiscuitRefusal::Invalid(
-            "the Biscuit's rules cannot be read".into(),
-        )),
-    }
+    super::work::check(authorizer, limits.work_limits())
+        .map(|_| ())
+        .map_err(|e| BiscuitRefusal::Invalid(e.to_string()))
 }
 
 /// The request as the authorizer sees it (ambient facts).
