@@ -22,6 +22,7 @@ pub mod routes;
 pub mod runtime;
 pub mod spiffe;
 pub mod store;
+pub mod strict_json;
 pub mod tenant;
 
 /// At most the first `chars` characters of `s`: how much of a

@@ -2398,6 +2398,168 @@ fn a_body_that_does_not_arrive_in_time_is_cut_off_with_408() {
     );
 }
 
+/// Second spellings of what the broker refuses or strips (found by an
+/// adversarial pass): `_` for `-` in header names (CGI-style readers merge
+/// them), `_method` in another case, a credential or action header sent
+/// twice, a query escape a lenient decoder would keep. None of the
+/// refusals spends the mandate.
+#[test]
+fn second_spellings_of_refused_headers_and_parameters_are_refused_too() {
+    let s = setup();
+    let t = s.mint("crm.contact.read", &[]);
+    let get = |path: &str, extra: &[&str]| call_as(&s, "GET", path, &t, extra);
+    for extra in [
+        &["-H", "X_HTTP_Method_Override: DELETE"][..],
+        &["-H", "x-http_method: DELETE"][..],
+    ] {
+        expect(&get("/api/contacts/7", extra), 403, "action_route_mismatch");
+    }
+    for path in [
+        "/api/contacts/7?_METHOD=DELETE",
+        "/api/contacts/7?_Method=DELETE",
+    ] {
+        expect(&get(path, &[]), 403, "action_route_mismatch");
+    }
+    let form = [
+        "-H",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--data-binary",
+        "q=x&_mEthod=DELETE",
+    ];
+    expect(&get("/api/contacts/7", &form), 403, "action_route_mismatch");
+    expect(
+        &get(
+            "/api/contacts/7",
+            &[
+                "-H",
+                "X-ATB-Action: crm.contact.read",
+                "-H",
+                "X-ATB-Action: sap.payment.execute",
+            ],
+        ),
+        400,
+        "bad_request",
+    );
+    let other = s.mint("crm.contact.read", &[]);
+    let twice = format!("Authorization: Bearer {other}");
+    expect(&get("/api/contacts/7", &["-H", &twice]), 401, "poa_invalid");
+    for path in [
+        "/api/contacts/7?a=%",
+        "/api/contacts/7?a=%zz",
+        "/api/contacts/7?a=%FF",
+    ] {
+        expect(&get(path, &[]), 400, "bad_request");
+    }
+    // The mandate is unspent; the upstream sees none of the underscored
+    // headers an upstream would take for the broker's own.
+    let ok = get(
+        "/api/contacts/7",
+        &[
+            "-H",
+            "X_ATB_Tenant: globex",
+            "-H",
+            "X-ATB_Agent: spiffe://evil.example/x",
+            "-H",
+            "X_Request_ID: forged",
+            "-H",
+            "X_Forwarded_For: 6.6.6.6",
+            "-H",
+            "X_Custom: kept",
+        ],
+    );
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let headers = ok.json()["headers"].as_object().unwrap().clone();
+    for k in headers.keys().filter(|k| k.contains('_')) {
+        let n = k.replace('_', "-");
+        assert!(
+            !(n.starts_with("x-atb-") || n.starts_with("x-forwarded-") || n == "x-request-id"),
+            "{k} reached the upstream: {headers:?}"
+        );
+    }
+    assert_eq!(headers["x-atb-tenant"], "acme");
+    assert_eq!(headers["x_custom"], "kept");
+}
+
+/// For an action judged on its parameters, a body or names the policy would
+/// read differently from the upstream are refused before the mandate is
+/// spent: JSON that is not an object (a JSON Patch array holds the amount
+/// the policy would not see), bracketed names (`x[amount]` nests for Rails,
+/// PHP, qs), a charset other than UTF-8.
+#[test]
+fn parameters_the_policy_would_not_see_are_refused_for_constrained_actions() {
+    let s = setup();
+    let t = s.mint("sap.payment.execute", &[]);
+    let send = |path: &str, ct: &str, body: &str| {
+        let header = format!("Content-Type: {ct}");
+        call_as(
+            &s,
+            "POST",
+            path,
+            &t,
+            &["-H", &header, "--data-binary", body],
+        )
+    };
+    for (ct, body) in [
+        ("application/json", r#"[{"amount": 999999999}]"#),
+        (
+            "application/json-patch+json",
+            r#"[{"op": "replace", "path": "/amount", "value": 999999999}]"#,
+        ),
+        ("application/json", r#""amount=999999999""#),
+        ("application/json; charset=utf-16", r#"{"amount": 5}"#),
+        (
+            "application/x-www-form-urlencoded; charset=iso-8859-1",
+            "amount=5",
+        ),
+    ] {
+        expect(&send("/api/pay", ct, body), 415, "unsupported_body");
+    }
+    expect(
+        &send(
+            "/api/pay?order%5Bamount%5D=999999999",
+            "application/json",
+            r#"{"amount": 5}"#,
+        ),
+        400,
+        "bad_request",
+    );
+    expect(
+        &send(
+            "/api/pay",
+            "application/x-www-form-urlencoded",
+            "x[amount]=999999999&amount=5",
+        ),
+        400,
+        "bad_request",
+    );
+    // Unspent: the same mandate with a plain object reaches the policy.
+    let a = send(
+        "/api/pay",
+        "application/json; charset=UTF-8",
+        r#"{"amount": 5}"#,
+    );
+    assert_ne!(a.status, 415, "{a:?}");
+    assert_ne!(a.status, 400, "{a:?}");
+    assert_ne!(a.error(), "poa_replay", "{a:?}");
+    // An action not judged on its parameters may send any JSON value.
+    let t = s.mint("crm.contact.update", &[]);
+    let a = call_as(
+        &s,
+        "PUT",
+        "/api/contacts/7",
+        &t,
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            r#"[1, 2]"#,
+        ],
+    );
+    // It reaches the policy (which asks this medium-risk mandate for an
+    // approval), not a 415.
+    expect(&a, 403, "policy_denied");
+}
+
 #[test]
 fn a_body_the_policy_cannot_read_is_refused_for_actions_judged_on_their_parameters() {
     let s = setup();

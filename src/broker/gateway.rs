@@ -453,28 +453,44 @@ async fn read_body(ctx: &mut RequestCtx<'_>) -> Step {
             "Content-Type is sent more than once",
         ));
     }
-    if declared_body_type(ctx.req).is_some() && encoded(ctx.req) {
+    if declared_body_type(ctx.req).is_some() && (encoded(ctx.req) || !utf8_charset(ctx.req)) {
         return Err(Rejection::unsupported_body(&ctx.routed.action));
     }
     // An action the policy judges on its parameters must not carry a body
     // the policy cannot see: its constraints would read missing values
     // while the upstream acts on the real ones.
     if !parseable_body(ctx.req)
-        && ctx
-            .state
-            .policy
-            .constrained_actions()
-            .contains(ctx.routed.action.as_str())
+        && constrained(ctx)
         && !body_is_empty(ctx.req, &mut ctx.payload, &ctx.state.config.upstream).await?
     {
         return Err(Rejection::unsupported_body(&ctx.routed.action));
     }
-    let (params, buffered) =
+    let (params, buffered, opaque) =
         read_params(ctx.req, &mut ctx.payload, &ctx.state.config.upstream).await?;
-    if params.contains_key(METHOD_OVERRIDE_PARAM) {
+    if params
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case(METHOD_OVERRIDE_PARAM))
+    {
         return Err(Rejection::action_route_mismatch(format!(
             "a {METHOD_OVERRIDE_PARAM} parameter is refused: the route binds the request's own method"
         )));
+    }
+    if constrained(ctx) {
+        // A JSON body that is not an object gives the policy no
+        // parameters while the upstream acts on what it holds (a JSON
+        // Patch array, say).
+        if opaque {
+            return Err(Rejection::unsupported_body(&ctx.routed.action));
+        }
+        // `vendor[amount]=9` is `vendor.amount` to Rails, PHP and qs, a
+        // parameter the policy does not see under that name.
+        if let Some(k) = params.keys().find(|k| k.contains(['[', ']'])) {
+            return Err(Rejection::bad_request(format!(
+                "{:?}: bracketed names nest parameters for some upstreams; {} is judged on flat ones",
+                crate::clip(k, 64),
+                ctx.routed.action
+            )));
+        }
     }
     ctx.params = params;
     ctx.buffered = buffered;
@@ -846,13 +862,17 @@ fn match_route(
     credential: Option<&Credential>,
 ) -> Result<Routed, Rejection> {
     let method = req.method().as_str();
-    if let Some(h) = METHOD_OVERRIDES
-        .iter()
-        .find(|h| req.headers().contains_key(**h))
-    {
+    if let Some(h) = req.headers().keys().find(|h| {
+        METHOD_OVERRIDES.contains(&crate::broker::upstream::cgi_name(h.as_str()).as_ref())
+    }) {
         return Err(Rejection::action_route_mismatch(format!(
             "{h} is refused: the route binds the request's own method"
         )));
+    }
+    if req.headers().get_all(X_ATB_ACTION).nth(1).is_some() {
+        return Err(Rejection::bad_request(
+            "X-ATB-Action is sent more than once",
+        ));
     }
     if let Some(c) = credential {
         PinnedCall::from_con(c.con())
@@ -925,6 +945,38 @@ fn match_route(
 /// other bodies stay in `payload` and stream through untouched.
 /// Whether the body is one the broker reads into `request.params`: JSON
 /// or a form, not content-encoded.
+/// Whether the policy judges this request's action on its parameters.
+fn constrained(ctx: &RequestCtx<'_>) -> bool {
+    ctx.state
+        .policy
+        .constrained_actions()
+        .contains(ctx.routed.action.as_str())
+}
+
+/// Whether the declared charset, if any, is UTF-8 (or its subset ASCII):
+/// the broker reads JSON and forms as UTF-8, an upstream honouring
+/// `charset=utf-16` would read other characters.
+fn utf8_charset(req: &HttpRequest) -> bool {
+    let Some(v) = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    v.split(';').skip(1).all(|param| {
+        let Some((name, value)) = param.split_once('=') else {
+            return true;
+        };
+        !name.trim().eq_ignore_ascii_case("charset") || {
+            let value = value.trim().trim_matches('"');
+            ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|ok| value.eq_ignore_ascii_case(ok))
+        }
+    })
+}
+
 fn parseable_body(req: &HttpRequest) -> bool {
     declared_body_type(req).is_some() && !encoded(req)
 }
@@ -1001,11 +1053,13 @@ async fn body_is_empty(
     Ok(first)
 }
 
+/// The request's params, its buffered body, and whether the body is JSON
+/// other than an object (no params in it).
 async fn read_params(
     req: &HttpRequest,
     payload: &mut Option<web::Payload>,
     limits: &crate::broker::config::UpstreamConfig,
-) -> Result<(Map<String, Value>, Option<web::Bytes>), Rejection> {
+) -> Result<(Map<String, Value>, Option<web::Bytes>, bool), Rejection> {
     let bad = |e: crate::broker::params::ParamsError| Rejection::bad_request(e.to_string());
     let query = crate::broker::params::from_query(req.query_string()).map_err(bad)?;
     if let Some(len) = req.headers().get(CONTENT_LENGTH) {
@@ -1019,10 +1073,10 @@ async fn read_params(
         }
     }
     let Some(kind) = declared_body_type(req) else {
-        return Ok((query, None));
+        return Ok((query, None, false));
     };
     let Some(mut body) = payload.take() else {
-        return Ok((query, None));
+        return Ok((query, None, false));
     };
     let mut buf = web::BytesMut::new();
     let deadline = Duration::from_secs(limits.body_timeout_seconds);
@@ -1047,11 +1101,12 @@ async fn read_params(
     let members = if kind == BodyKind::Json {
         crate::broker::params::from_json(&bytes)
     } else {
-        crate::broker::params::from_form(&bytes)
+        crate::broker::params::from_form(&bytes).map(Some)
     }
     .map_err(bad)?;
-    let params = crate::broker::params::merge(query, members).map_err(bad)?;
-    Ok((params, Some(bytes)))
+    let opaque = members.is_none();
+    let params = crate::broker::params::merge(query, members.unwrap_or_default()).map_err(bad)?;
+    Ok((params, Some(bytes), opaque))
 }
 
 fn now_ns() -> u64 {

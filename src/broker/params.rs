@@ -15,10 +15,9 @@
 //!   become params; query and form values stay strings.
 //! - Plain logic on bytes and strings; no HTTP types.
 
-use std::fmt;
-
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+
+use crate::strict_json::Names;
 
 /// Why params cannot be read (400 `bad_request`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,19 +53,18 @@ pub fn from_form(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
     pairs(text).ok_or(ParamsError::BadForm).and_then(unique)
 }
 
-/// A JSON body: its top-level members when it is an object (anything else
-/// gives no params). Duplicate keys anywhere are refused.
-pub fn from_json(body: &[u8]) -> Result<Map<String, Value>, ParamsError> {
+/// A JSON body: its top-level members when it is an object, `None` when it
+/// is another value (an array, a string: the policy would see no
+/// parameters in it). Empty gives no params. Duplicate keys anywhere are
+/// refused.
+pub fn from_json(body: &[u8]) -> Result<Option<Map<String, Value>>, ParamsError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Ok(Some(Map::new()));
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let StrictValue(v) =
-        StrictValue::deserialize(&mut de).map_err(|e| ParamsError::BadJson(e.to_string()))?;
-    de.end().map_err(|e| ParamsError::BadJson(e.to_string()))?;
+    let v = crate::strict_json::parse(body).map_err(|e| ParamsError::BadJson(e.to_string()))?;
     Ok(match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
+        Value::Object(m) => Some(m),
+        _ => None,
     })
 }
 
@@ -88,19 +86,39 @@ pub fn merge(
     Ok(query)
 }
 
-/// Names seen so far, compared ignoring ASCII case.
-#[derive(Default)]
-struct Names(std::collections::HashSet<String>);
-
-impl Names {
-    /// `false` when `name` (in any ASCII case) was seen before.
-    fn insert(&mut self, name: &str) -> bool {
-        self.0.insert(name.to_ascii_lowercase())
+/// The pairs of `a=1&b=2`, or `None` when a `%` is not followed by two hex
+/// digits or a name or value is not UTF-8 once decoded: a lenient decoder
+/// would read `%` or `\u{FFFD}` where the upstream reads something else.
+fn pairs(text: &str) -> Option<Vec<(String, String)>> {
+    if !strictly_escaped(text) {
+        return None;
     }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(text).ok()
 }
 
-fn pairs(text: &str) -> Option<Vec<(String, String)>> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(text).ok()
+fn strictly_escaped(text: &str) -> bool {
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    text.split('&')
+        .flat_map(|pair| pair.split('='))
+        .all(|part| {
+            let bytes = part.as_bytes();
+            let mut decoded = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while let Some(&b) = bytes.get(i) {
+                if b == b'%' {
+                    let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
+                    else {
+                        return false;
+                    };
+                    decoded.push((high * 16 + low) as u8);
+                    i += 3;
+                } else {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+            std::str::from_utf8(&decoded).is_ok()
+        })
 }
 
 fn unique(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ParamsError> {
@@ -113,75 +131,6 @@ fn unique(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ParamsErro
         out.insert(k, Value::String(v));
     }
     Ok(out)
-}
-
-/// A JSON value whose objects have no duplicate keys.
-struct StrictValue(Value);
-
-impl<'de> Deserialize<'de> for StrictValue {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(StrictValue)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        StrictValue::deserialize(d).map(|v| v.0)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(StrictValue(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        let mut seen = Names::default();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(&key) {
-                return Err(de::Error::custom(format!(
-                    "the key {:?} appears more than once",
-                    crate::clip(&key, 64).to_owned()
-                )));
-            }
-            let StrictValue(v) = map.next_value()?;
-            out.insert(key, v);
-        }
-        Ok(Value::Object(out))
-    }
 }
 
 #[cfg(test)]
@@ -208,12 +157,39 @@ mod tests {
             Err(ParamsError::BadJson(_))
         ));
         let q = from_query("Amount=1").unwrap();
-        let b = from_json(br#"{"amount": 999}"#).unwrap();
+        let b = from_json(br#"{"amount": 999}"#).unwrap().unwrap();
         assert!(matches!(merge(q, b), Err(ParamsError::Shadowed(_))));
         assert_eq!(from_query("a=1;amount=9"), Err(ParamsError::Semicolon));
         assert_eq!(from_form(b"a=1;amount=9"), Err(ParamsError::Semicolon));
         // Encoded, it is just a character of a value.
         assert_eq!(from_query("a=1%3Bamount%3D9").unwrap()["a"], "1;amount=9");
+    }
+
+    /// A lenient decoder keeps `%` of a bad escape and replaces bytes that
+    /// are not UTF-8 with U+FFFD, so the policy would read another value
+    /// than the upstream: both are refused, in names and values.
+    #[test]
+    fn bad_escapes_and_bytes_that_are_not_utf8_are_refused() {
+        for bad in [
+            "a=%",
+            "a=%4",
+            "a=%zz",
+            "a=%+1",
+            "%=1",
+            "a%G0=1",
+            "a=%FF",
+            "a=%C0%AE",
+            "a=b&c=%E2%82",
+        ] {
+            assert_eq!(from_query(bad), Err(ParamsError::BadQuery), "{bad}");
+            assert_eq!(
+                from_form(bad.as_bytes()),
+                Err(ParamsError::BadForm),
+                "{bad}"
+            );
+        }
+        assert_eq!(from_query("a=%E2%82%AC+%41").unwrap()["a"], "€ A");
+        assert_eq!(from_query("a=&b").unwrap()["b"], "");
     }
 
     #[test]
@@ -241,7 +217,11 @@ mod tests {
     #[test]
     fn json_objects_may_not_repeat_a_key_at_any_depth() {
         assert_eq!(
-            Value::Object(from_json(br#"{"amount": 5, "to": {"iban": "X"}}"#).unwrap()),
+            Value::Object(
+                from_json(br#"{"amount": 5, "to": {"iban": "X"}}"#)
+                    .unwrap()
+                    .unwrap()
+            ),
             json!({"amount": 5, "to": {"iban": "X"}})
         );
         for bad in [
@@ -254,11 +234,15 @@ mod tests {
             assert!(from_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         // Non-objects and empty bodies give no params.
-        assert_eq!(from_json(b"[1, 2]").unwrap(), Map::new());
-        assert_eq!(from_json(b"  ").unwrap(), Map::new());
+        // Another value than an object: no params, and said so.
+        assert_eq!(from_json(b"[1, 2]").unwrap(), None);
+        assert_eq!(from_json(br#""amount""#).unwrap(), None);
+        assert_eq!(from_json(b"  ").unwrap(), Some(Map::new()));
         assert_eq!(
             Value::Object(
-                from_json(br#"{"n": 1.5, "b": true, "z": null, "l": [1, "x"]}"#).unwrap()
+                from_json(br#"{"n": 1.5, "b": true, "z": null, "l": [1, "x"]}"#)
+                    .unwrap()
+                    .unwrap()
             ),
             json!({"n": 1.5, "b": true, "z": null, "l": [1, "x"]})
         );
@@ -267,12 +251,12 @@ mod tests {
     #[test]
     fn query_and_body_never_shadow_each_other() {
         let q = from_query("region=eu").unwrap();
-        let b = from_json(br#"{"amount": 5}"#).unwrap();
+        let b = from_json(br#"{"amount": 5}"#).unwrap().unwrap();
         assert_eq!(
             Value::Object(merge(q.clone(), b).unwrap()),
             json!({"region": "eu", "amount": 5})
         );
-        let b = from_json(br#"{"region": "us"}"#).unwrap();
+        let b = from_json(br#"{"region": "us"}"#).unwrap().unwrap();
         assert_eq!(merge(q, b), Err(ParamsError::Shadowed("region".into())));
     }
 }

@@ -108,11 +108,26 @@ const REWRITING: &[&str] = &[
     "true-client-ip",
 ];
 
+/// A header name as frameworks that read headers through CGI-style
+/// variables see it (PHP, Python's WSGI, Rack): `_` and `-` both become
+/// `_` there, so `X_ATB_Tenant` arrives as `HTTP_X_ATB_TENANT` just like
+/// `X-ATB-Tenant`. Every list of names the broker strips or refuses is
+/// matched against this form.
+pub fn cgi_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains('_') {
+        std::borrow::Cow::Owned(name.replace('_', "-"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
 /// Whether a request header is passed upstream. Credentials meant for the
 /// broker (the PoA) never leave it, nor do client-supplied `X-ATB-*`,
-/// `X-Forwarded-*` or URL/method rewrites.
+/// `X-Forwarded-*` or URL/method rewrites, whichever of `-` and `_` they
+/// are spelled with.
 pub fn forward_request_header(name: &HeaderName) -> bool {
-    let n = name.as_str();
+    let n = cgi_name(name.as_str());
+    let n = n.as_ref();
     !(HOP_BY_HOP.contains(&n)
         || REWRITING.contains(&n)
         || n == "host"
@@ -391,8 +406,17 @@ mod tests {
                 !forward_request_header(&HeaderName::from_static(stripped)),
                 "{stripped}"
             );
+            // CGI-style readers take `_` for `-`: the same header.
+            let underscored = stripped.replace('-', "_");
+            assert!(
+                !forward_request_header(&HeaderName::from_bytes(underscored.as_bytes()).unwrap()),
+                "{underscored}"
+            );
         }
-        for kept in ["content-type", "accept", "x-custom"] {
+        assert!(!forward_request_header(&HeaderName::from_static(
+            "x-atb_tenant"
+        )));
+        for kept in ["content-type", "accept", "x-custom", "x_custom"] {
             assert!(
                 forward_request_header(&HeaderName::from_static(kept)),
                 "{kept}"

@@ -68,8 +68,8 @@ fn object(m: &Map<String, Value>, k: &'static str) -> Result<(), PoaError> {
 /// Decodes and checks the claims of a verified payload at time `now`
 /// (Unix seconds).
 pub fn validate(payload: &[u8], rules: &ClaimRules, now: i64) -> Result<PoaClaims, PoaError> {
-    let raw: Map<String, Value> = serde_json::from_slice(payload)
-        .map_err(|_| PoaError::invalid("claims are not a JSON object"))?;
+    let raw = crate::strict_json::object(payload)
+        .ok_or_else(|| PoaError::invalid("claims are not a JSON object with each name once"))?;
     let sub = required_string(&raw, "sub")?.to_owned();
     let act = required_string(&raw, "act")?.to_owned();
     let jti = required_string(&raw, "jti")?.to_owned();
@@ -206,6 +206,31 @@ mod tests {
             );
         }
         assert!(validate(b"[1]", &rules(), NOW).is_err());
+    }
+
+    /// A claim twice (last-wins for one verifier, first-wins for another)
+    /// is refused, at any depth, as the JWS header's duplicates are.
+    #[test]
+    fn a_claim_named_twice_is_refused() {
+        let text = good().to_string();
+        assert!(validate(text.as_bytes(), &rules(), NOW).is_ok());
+        for twice in [
+            text.replacen('{', r#"{"act":"crm.contact.delete","#, 1),
+            text.replacen('{', r#"{"SUB":"spiffe://acme.example/agent/b","#, 1),
+            text.replacen(
+                r#""basis":"contract""#,
+                r#""basis":"contract","basis":"x""#,
+                1,
+            ),
+        ] {
+            assert!(
+                matches!(
+                    validate(twice.as_bytes(), &rules(), NOW),
+                    Err(PoaError::Invalid(_))
+                ),
+                "{twice}"
+            );
+        }
     }
 
     #[test]

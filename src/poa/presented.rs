@@ -11,6 +11,15 @@ pub const X_POA_TOKEN: &str = "x-poa-token";
 /// or `X-PoA-Token` (if both are sent they must agree). An `Authorization`
 /// of another scheme is no mandate.
 pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    // One header of each: with two, the broker and whatever reads the
+    // request after it could each take a different one.
+    for name in [AUTHORIZATION.as_str(), X_POA_TOKEN] {
+        if headers.get_all(name).nth(1).is_some() {
+            return Err(Rejection::poa_invalid(format!(
+                "{name} is sent more than once"
+            )));
+        }
+    }
     let bearer = match headers.get(AUTHORIZATION) {
         None => None,
         Some(v) => {
@@ -210,6 +219,15 @@ mod tests {
             "poa_invalid"
         );
         assert_eq!(code(&headers(&[("x-poa-token", " ")])), "poa_invalid");
+        // Each carrier once: a second copy (even of another scheme, even
+        // equal) is ambiguous.
+        for twice in [
+            [("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            [("authorization", "Bearer a"), ("authorization", "Basic x")],
+            [("x-poa-token", "a"), ("x-poa-token", "a")],
+        ] {
+            assert_eq!(code(&headers(&twice)), "poa_invalid", "{twice:?}");
+        }
         assert_eq!(
             code(&headers(&[
                 ("authorization", "Bearer a"),
