@@ -139,7 +139,9 @@ fn main() {
             let members = if body.is_empty() {
                 Map::new()
             } else {
-                params::from_json(body).expect("json body").expect("an object")
+                params::from_json(body)
+                    .expect("json body")
+                    .expect("an object")
             };
             params::merge(q, members).expect("merge")
         };

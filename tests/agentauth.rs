@@ -567,6 +567,14 @@ fn approvers_must_be_authenticated_distinct_and_not_the_requester() {
     assert_eq!(dev.approve(&dev.token("bob"), &id).status, 200);
     let r = dev.approve(&dev.person("BOB@acme.example", &[]), &id);
     assert_eq!((r.status, r.error()), (409, "duplicate_approver".into()));
+    // The same mailbox under an opaque subject (a linked or guest account)
+    // is the same approver: one person is not dual control.
+    let now = atb::runtime::clock::unix_now();
+    let linked = dev.idp_token(&json!({"iss": "atb-dev-idp", "aud": "atb-agentauth",
+        "sub": "00u-bob-guest", "email": "bob@acme.example", "roles": [], "tenant": "acme",
+        "iat": now, "exp": now + 600}));
+    let r = dev.approve(&linked, &id);
+    assert_eq!((r.status, r.error()), (409, "duplicate_approver".into()));
     // Approvers may read and list it (with con and leg).
     let r = dev.approver(&dev.token("carol"), "GET", &format!("/v1/challenge/{id}"));
     assert_eq!(r.json()["approvals"][0]["approver_id"], "bob@acme.example");

@@ -488,9 +488,13 @@ pub fn claims_to_approver(
         .map(str::to_ascii_lowercase)
         .collect();
     // The tenants the IdP binds the approver to; none binds to nothing.
-    let tenants: Vec<String> = string_list(claims.get(&config.tenant_claim))
+    // Each once: a claim repeating a tenant must not list its challenges
+    // twice (nor scan the store once per copy).
+    let mut tenants: Vec<String> = string_list(claims.get(&config.tenant_claim))
         .map(str::to_owned)
         .collect();
+    tenants.sort();
+    tenants.dedup();
     let cross_tenant = roles.iter().any(|r| {
         config
             .cross_tenant_roles
@@ -652,6 +656,15 @@ pub mod tests {
         let a = who(&auth, &ed, json!({"tenant": ["acme", "globex"]})).await;
         assert!(a.may_act_for("acme") && a.may_act_for("globex"));
         assert!(!a.may_act_for("initech"));
+        // A tenant repeated in the claim is one tenant (the approvals list
+        // scans each of them once).
+        let a = who(
+            &auth,
+            &ed,
+            json!({"tenant": ["acme", "globex", "acme", " acme"]}),
+        )
+        .await;
+        assert_eq!(a.tenants, ["acme", "globex"]);
         // No binding, an empty one or one of the wrong type: nobody's.
         for extra in [json!({}), json!({"tenant": ""}), json!({"tenant": 7})] {
             let a = who(&auth, &ed, extra.clone()).await;

@@ -498,11 +498,16 @@ impl Challenge {
         if self.is_self(approver) {
             return Err(Refusal::SelfApproval);
         }
-        if self
-            .approvals
-            .iter()
-            .any(|a| same_person(&a.approver_id, &approver.id))
-        {
+        // One person, one approval, whichever of their names the IdP put in
+        // `sub` (an opaque id, an email, or none: the email stands in): two
+        // subjects for one mailbox are one approver.
+        let names = || std::iter::once(approver.id.as_str()).chain(approver.email.as_deref());
+        if self.approvals.iter().any(|a| {
+            let recorded = std::iter::once(a.approver_id.as_str()).chain(a.email.as_deref());
+            recorded
+                .into_iter()
+                .any(|r| names().any(|n| same_person(n, r)))
+        }) {
             return Err(Refusal::DuplicateApprover);
         }
         let role = if self.tier == Tier::Critical {
@@ -859,6 +864,32 @@ mod tests {
             Err(Refusal::DuplicateApprover)
         );
         assert_eq!(c.status(now), Status::Pending);
+        // The same person under another subject: matched by email, both
+        // ways (an email-only token against a recorded email, a recorded
+        // email-as-id against a new token's email).
+        let mut a = challenge(Tier::High);
+        let mut alice = approver("00u-alice", &[]);
+        alice.email = Some("alice@acme.example".into());
+        a.approve(&alice, &execs(), now).unwrap();
+        let mut alice_again = approver("00u-alice-guest", &[]);
+        alice_again.email = Some(" Alice@ACME.example".into());
+        assert_eq!(
+            a.approve(&alice_again, &execs(), now),
+            Err(Refusal::DuplicateApprover)
+        );
+        assert_eq!(
+            a.approve(&approver("alice@acme.example", &[]), &execs(), now),
+            Err(Refusal::DuplicateApprover)
+        );
+        let mut b = challenge(Tier::High);
+        b.approve(&approver("bob@acme.example", &[]), &execs(), now)
+            .unwrap();
+        let mut bob = approver("00u-bob", &[]);
+        bob.email = Some("bob@acme.example".into());
+        assert_eq!(
+            b.approve(&bob, &execs(), now),
+            Err(Refusal::DuplicateApprover)
+        );
         c.approve(&approver("bob", &[]), &execs(), now).unwrap();
         assert_eq!(c.status(now), Status::Approved);
         assert_eq!(
