@@ -938,6 +938,25 @@ fn a_pinned_call_is_shown_to_approvers_and_enforced_by_the_broker() {
     }
 }
 
+/// The vendor an approver sees in `con.vendor_id` is the only one the
+/// mandate reaches on `atb dev`'s routes (their capture is `{vendor_id}`).
+#[test]
+fn a_vendor_named_in_con_is_the_only_vendor_the_mandate_reaches() {
+    let dev = Dev::start(&[]);
+    let mint = || {
+        let id = id_of(&dev.challenge("erp.vendor.read", json!({"vendor_id": "17"})));
+        token_of(&dev.mandate(&id))
+    };
+    let other = dev.broker_call_to(&mint(), "GET", "/api/vendors/18", &[]);
+    assert_eq!(
+        (other.status, other.json()["reason"].as_str()),
+        (403, Some("route_param_mismatch")),
+        "{other:?}"
+    );
+    let ok = dev.broker_call_to(&mint(), "GET", "/api/vendors/17", &[]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+}
+
 #[test]
 fn agentauth_refuses_actions_outside_the_catalogue() {
     let dev = Dev::start(&[]);

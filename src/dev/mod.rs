@@ -90,8 +90,14 @@ pub fn demo_routes() -> Vec<RouteConfig> {
         ),
         ("crm.contact.delete", &["DELETE"], "/api/contacts/{id}"),
         ("sap.vendor.create", &["POST"], "/api/vendors"),
-        ("erp.vendor.read", &["GET"], "/api/vendors/{id}"),
-        ("sap.vendor.change", &["PUT", "PATCH"], "/api/vendors/{id}"),
+        // `{vendor_id}`: the capture binds a mandate's `con.vendor_id`, the
+        // name approvers see (README, *Captures reach the policy*).
+        ("erp.vendor.read", &["GET"], "/api/vendors/{vendor_id}"),
+        (
+            "sap.vendor.change",
+            &["PUT", "PATCH"],
+            "/api/vendors/{vendor_id}",
+        ),
         ("sap.payment.execute", &["POST"], "/api/pay"),
         ("org.company.merge", &["POST"], "/api/merge"),
         ("kb.docs.search", &["GET", "POST"], "/api/docs/{*rest}"),
