@@ -938,6 +938,33 @@ fn a_pinned_call_is_shown_to_approvers_and_enforced_by_the_broker() {
     }
 }
 
+/// A mandate is never minted longer than the tenant's brokers accept: the
+/// approvals are not spent on a token every broker refuses.
+#[test]
+fn mandates_are_not_minted_longer_than_the_tenant_accepts() {
+    let dev = Dev::start(&[]);
+    let id = id_of(&dev.challenge("crm.contact.read", json!({})));
+    let ask = |ttl: u64| {
+        dev.agent(
+            "acme-agent",
+            "POST",
+            "/v1/mandate",
+            Some(&json!({"challenge_id": id, "ttl_seconds": ttl})),
+        )
+    };
+    // atb dev's tenants accept 300 s; AgentAuth alone would allow 900.
+    let r = ask(301);
+    assert_eq!((r.status, r.error()), (400, "bad_request".into()), "{r:?}");
+    assert!(
+        r.json()["reason"].as_str().unwrap().contains("300"),
+        "{r:?}"
+    );
+    let t = token_of(&ask(300));
+    let c = claims_of(&t);
+    assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 300);
+    assert_eq!(dev.broker_call(&t).status, 200);
+}
+
 /// The vendor an approver sees in `con.vendor_id` is the only one the
 /// mandate reaches on `atb dev`'s routes (their capture is `{vendor_id}`).
 #[test]

@@ -714,15 +714,18 @@ async fn mint_inner(
     };
     call.event.format = format.as_str().to_owned();
     let cfg = &state.config;
+    // Never longer than the tenant's brokers accept (`poa.max_ttl_seconds`):
+    // a longer mandate would spend the approvals on a token every broker
+    // refuses.
+    let longest = cfg.max_mandate_ttl_seconds.min(tenant.poa.max_ttl_seconds);
     let ttl = match body.get("ttl_seconds") {
-        None => cfg.mandate_ttl_seconds,
+        None => cfg.mandate_ttl_seconds.min(longest),
         Some(v) => v
             .as_u64()
-            .filter(|t| (1..=cfg.max_mandate_ttl_seconds).contains(t))
+            .filter(|t| (1..=longest).contains(t))
             .ok_or_else(|| {
                 Rejection::bad_request(format!(
-                    "ttl_seconds must be between 1 and {}",
-                    cfg.max_mandate_ttl_seconds
+                    "ttl_seconds must be between 1 and {longest} (agentauth.max_mandate_ttl_seconds, and the tenant's poa.max_ttl_seconds)"
                 ))
             })?,
     };
