@@ -741,6 +741,24 @@ fn revocations_added_through_the_admin_api_apply_at_once() {
         Some("{}"),
     );
     expect(&probe, 401, "admin_unauthorized");
+    // The token before the body: an unauthenticated 100 KB body is 401
+    // (not a framework 413), an authenticated one over the 64 KiB limit a
+    // JSON 413; both carry the request id of their X-Request-ID header.
+    let big = format!(r#"{{"jtis": ["{}"]}}"#, "x".repeat(100_000));
+    expect(&revoke(&big, &[]), 401, "admin_unauthorized");
+    let r = revoke(&big, &[&auth]);
+    expect(&r, 413, "body_too_large");
+    let id = r.json()["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!id.is_empty(), "{r:?}");
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "x-request-id" && *v == id),
+        "{r:?}"
+    );
     let listed = admin(
         &s.broker,
         "GET",

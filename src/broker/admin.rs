@@ -137,21 +137,77 @@ fn check_token(req: &HttpRequest, state: &BrokerState) -> Result<(), Rejection> 
 
 async fn get_maintenance(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     HttpResponse::Ok().json(serde_json::json!({"maintenance": state.maintenance()}))
 }
 
 /// An authorized admin request's JSON body (401/404 from [`authorize`], or
 /// a 400 naming the `expected` shape).
-fn admin_json<T: serde::de::DeserializeOwned>(
+/// Largest admin request body: the biggest is a revocation list.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// An authorized admin request's JSON body: the token is checked before a
+/// byte of the body is read, so an unauthenticated caller only ever gets
+/// 401; a body over [`ADMIN_BODY_LIMIT`] is 413 `body_too_large`.
+async fn admin_json<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     state: &BrokerState,
-    body: &[u8],
+    mut payload: web::Payload,
     expected: &str,
 ) -> Result<T, Rejection> {
+    use futures_util::StreamExt;
     authorize(req, state)?;
-    json_body(body, expected)
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
+        if body.len() + chunk.len() > ADMIN_BODY_LIMIT {
+            return Err(Rejection::body_too_large(ADMIN_BODY_LIMIT as u64));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    json_body(&body, expected)
+}
+
+/// The request id `TracingLogger` gave this admin request (also sent as
+/// `X-Request-ID` by [`stamp_request_id`]).
+fn request_id(req: &HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+/// Middleware (`App::wrap_fn`): sends every admin answer's request id as
+/// `X-Request-ID`, as the agent listener does.
+pub fn stamp_request_id<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    service: &S,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+       + 'static
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+    B: 'static,
+{
+    let id = request_id(req.request());
+    let response = service.call(req);
+    async move {
+        let mut res = response.await?;
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&id) {
+            res.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static("x-request-id"),
+                v,
+            );
+        }
+        Ok(res)
+    }
 }
 
 /// An admin request's JSON body, or a 400 naming the `expected` shape.
@@ -174,12 +230,12 @@ struct MaintenanceToggle {
 async fn set_maintenance(
     req: HttpRequest,
     state: web::Data<BrokerState>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
     let toggle: MaintenanceToggle =
-        match admin_json(&req, &state, &body, r#"{"enabled": true|false}"#) {
+        match admin_json(&req, &state, payload, r#"{"enabled": true|false}"#).await {
             Ok(t) => t,
-            Err(r) => return r.to_response(""),
+            Err(r) => return r.to_response(&request_id(&req)),
         };
     state.set_maintenance(toggle.enabled);
     tracing::warn!(
@@ -200,13 +256,13 @@ fn tenant_view(state: &BrokerState, id: &str) -> Option<serde_json::Value> {
     }))
 }
 
-fn no_such_tenant() -> HttpResponse {
+fn no_such_tenant(req: &HttpRequest) -> HttpResponse {
     Rejection::new(
         StatusCode::NOT_FOUND,
         "unknown_tenant",
         "no tenant with this id is configured",
     )
-    .to_response("")
+    .to_response(&request_id(req))
 }
 
 async fn get_tenant(
@@ -215,11 +271,11 @@ async fn get_tenant(
     id: web::Path<String>,
 ) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     match tenant_view(&state, &id) {
         Some(v) => HttpResponse::Ok().json(v),
-        None => no_such_tenant(),
+        None => no_such_tenant(&req),
     }
 }
 
@@ -236,15 +292,15 @@ async fn set_tenant(
     req: HttpRequest,
     state: web::Data<BrokerState>,
     id: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let toggle: TenantToggle = match admin_json(&req, &state, &body, r#"{"suspended": true|false}"#)
-    {
-        Ok(t) => t,
-        Err(r) => return r.to_response(""),
-    };
+    let toggle: TenantToggle =
+        match admin_json(&req, &state, payload, r#"{"suspended": true|false}"#).await {
+            Ok(t) => t,
+            Err(r) => return r.to_response(&request_id(&req)),
+        };
     let Some(closed) = state.connections.suspend(&id, toggle.suspended) else {
-        return no_such_tenant();
+        return no_such_tenant(&req);
     };
     tracing::warn!(
         tenant = %id,
@@ -257,7 +313,7 @@ async fn set_tenant(
             v["closed_connections"] = closed.into();
             HttpResponse::Ok().json(v)
         }
-        None => no_such_tenant(),
+        None => no_such_tenant(&req),
     }
 }
 
@@ -271,14 +327,14 @@ async fn get_revocations(
     id: web::Path<String>,
 ) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     match state.tenants.load().auth.get(id.as_str()) {
         Some(auth) => {
             let (kids, jtis) = auth.revocations();
             revocations_view(kids, jtis)
         }
-        None => no_such_tenant(),
+        None => no_such_tenant(&req),
     }
 }
 
@@ -302,16 +358,16 @@ async fn add_revocations(
     req: HttpRequest,
     state: web::Data<BrokerState>,
     id: web::Path<String>,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> HttpResponse {
-    let add: Revocations = match admin_json(&req, &state, &body, r#"{"kids": [..], "jtis": [..]}"#)
-    {
-        Ok(r) => r,
-        Err(r) => return r.to_response(""),
-    };
+    let add: Revocations =
+        match admin_json(&req, &state, payload, r#"{"kids": [..], "jtis": [..]}"#).await {
+            Ok(r) => r,
+            Err(r) => return r.to_response(&request_id(&req)),
+        };
     let tenants = state.tenants.load();
     let Some(auth) = tenants.auth.get(id.as_str()) else {
-        return no_such_tenant();
+        return no_such_tenant(&req);
     };
     let bad = add
         .kids
@@ -324,7 +380,7 @@ async fn add_revocations(
             "bad_request",
             "each kid and jti must be 1 to 256 characters",
         )
-        .to_response("");
+        .to_response(&request_id(&req));
     }
     // With shared state the revocation goes to Redis first: every replica
     // (this one included) merges it within a second; it is applied here at
@@ -343,7 +399,7 @@ async fn add_revocations(
                     "too_many_revocations",
                     AddError::TooMany.to_string(),
                 )
-                .to_response("")
+                .to_response(&request_id(&req))
             }
             Err(AddError::Store(e)) => {
                 return Rejection::new(
@@ -352,7 +408,7 @@ async fn add_revocations(
                     format!("the revocation was not stored for the other replicas: {e}"),
                 )
                 .retry_after(1)
-                .to_response("")
+                .to_response(&request_id(&req))
             }
         }
     }
@@ -362,7 +418,7 @@ async fn add_revocations(
             "too_many_revocations",
             e.to_string(),
         )
-        .to_response("");
+        .to_response(&request_id(&req));
     }
     tracing::warn!(tenant = %id, kids = ?add.kids, jtis = add.jtis.len(), "revocations added through the admin API");
     let (kids, jtis) = auth.revocations();
@@ -375,7 +431,7 @@ async fn add_revocations(
 /// key of a bad file; the running tenants stay).
 async fn reload_config(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     match crate::broker::reload_config(state.into_inner()).await {
         Ok(crate::broker::state::ReloadOutcome::Unchanged) => {
@@ -385,7 +441,7 @@ async fn reload_config(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
             .json(serde_json::json!({"changed": true, "tenants": tenants, "connections_closed": closed})),
         Err(e) => {
             Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, "config_invalid", e.to_string())
-                .to_response("")
+                .to_response(&request_id(&req))
         }
     }
 }
@@ -402,7 +458,7 @@ async fn refresh_jwks(
     outbound: web::Data<crate::broker::gateway::Outbound>,
 ) -> HttpResponse {
     if let Err(r) = check_token(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     let tenants = state.tenants.load_full();
     let (mut refreshed, mut failed) = (0, 0);
@@ -418,7 +474,7 @@ async fn refresh_jwks(
 
 async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpResponse {
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     if matches!(state.policy, PolicyClient::Opa { .. }) {
         return Rejection::new(
@@ -426,7 +482,7 @@ async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
             "policy_engine_opa",
             "the policy engine is opa: OPA loads its own policy",
         )
-        .to_response("");
+        .to_response(&request_id(&req));
     }
     let reloading = state.clone();
     match web::block(move || reloading.reload_policy()).await {
@@ -436,13 +492,13 @@ async fn reload_policy(req: HttpRequest, state: web::Data<BrokerState>) -> HttpR
             "policy_invalid",
             reason.to_string(),
         )
-        .to_response(""),
+        .to_response(&request_id(&req)),
         Err(_) => Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "policy_reload_failed",
             "the reload could not run",
         )
-        .to_response(""),
+        .to_response(&request_id(&req)),
     }
 }
 
@@ -464,7 +520,7 @@ async fn inject_fault(
 ) -> HttpResponse {
     // Even when enabled, the hook needs the admin token.
     if let Err(r) = authorize(&req, &state) {
-        return r.to_response("");
+        return r.to_response(&request_id(&req));
     }
     if let Some(name) = &target.periodic {
         let loops = state.periodic(name);

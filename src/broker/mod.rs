@@ -118,6 +118,8 @@ pub async fn run(
                     connect_timeout,
                 )))
                 .wrap_fn(crate::runtime::graceful_stop::hold_busy)
+                .wrap_fn(admin::stamp_request_id)
+                .wrap(TracingLogger::<crate::runtime::logging::RequestSpan>::new())
                 .configure(|c| admin::routes(c, fault_injection))
         })
         .on_connect(move |conn, ext| {
