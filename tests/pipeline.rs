@@ -2498,6 +2498,35 @@ fn second_spellings_of_refused_headers_and_parameters_are_refused_too() {
     assert_eq!(headers["x_custom"], "kept");
 }
 
+/// A multipart body streams through unread, so a `_method` part (Rails,
+/// Laravel, Symfony, ASP.NET take it as the method of a POST) is caught on
+/// the way: the answer is 403 and the part never reaches the upstream.
+/// Other multipart bodies arrive byte for byte.
+#[test]
+fn a_method_part_in_a_streamed_multipart_body_is_refused() {
+    let s = setup();
+    let post = |parts: &[&str]| {
+        let t = s.mint("kb.docs.search", &[]);
+        let mut args = vec!["-X", "POST"];
+        for p in parts {
+            args.extend(["-F", p]);
+        }
+        call_as(&s, "POST", "/api/search", &t, &args)
+    };
+    for part in ["_method=DELETE", "_METHOD=DELETE"] {
+        let a = post(&["q=x", part]);
+        expect(&a, 403, "action_route_mismatch");
+        assert!(a.json()["reason"].as_str().unwrap().contains("multipart"), "{a:?}");
+    }
+    let filler = "a".repeat(20_000);
+    let big = format!("blob={filler}");
+    let ok = post(&["q=hello", "note=--not a boundary", &big]);
+    assert_eq!(ok.status, 200, "{ok:?}");
+    let body = ok.json()["body"].as_str().unwrap().to_owned();
+    assert!(body.contains("hello") && body.contains(&filler), "{body}");
+    assert!(body.trim_end().ends_with("--"), "{body}");
+}
+
 /// For an action judged on its parameters, a body or names the policy would
 /// read differently from the upstream are refused before the mandate is
 /// spent: JSON that is not an object (a JSON Patch array holds the amount

@@ -804,6 +804,7 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         Err(UpstreamError::Failed(_)) => "error",
         Err(UpstreamError::BodyTooLarge(_)) => "body_too_large",
         Err(UpstreamError::BodyTimeout) => "body_timeout",
+        Err(UpstreamError::MethodPart) => "method_part",
     };
     m.upstream_requests
         .with_label_values(&[&tenant.id, &connector.id, outcome])
@@ -813,7 +814,9 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
     let reached = match &forwarded {
         Ok(_) => Some(true),
         Err(UpstreamError::Timeout | UpstreamError::Failed(_)) => Some(false),
-        Err(UpstreamError::BodyTooLarge(_) | UpstreamError::BodyTimeout) => None,
+        Err(
+            UpstreamError::BodyTooLarge(_) | UpstreamError::BodyTimeout | UpstreamError::MethodPart,
+        ) => None,
     };
     if let Some(up) = reached {
         m.dependency_up
@@ -824,6 +827,11 @@ async fn forward(ctx: &mut RequestCtx<'_>) -> Step {
         Ok(response) => response,
         Err(UpstreamError::Timeout) => return Err(Rejection::upstream_timeout()),
         Err(UpstreamError::BodyTooLarge(limit)) => return Err(Rejection::body_too_large(limit)),
+        Err(UpstreamError::MethodPart) => {
+            return Err(Rejection::action_route_mismatch(format!(
+                "a {METHOD_OVERRIDE_PARAM} part in a multipart body is refused (or a part header too long to check): the route binds the request's own method"
+            )))
+        }
         Err(UpstreamError::BodyTimeout) => {
             return Err(Rejection::body_timeout(
                 state.config.upstream.body_timeout_seconds,

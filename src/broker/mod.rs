@@ -7,6 +7,7 @@ pub mod config;
 pub mod connection;
 pub mod context;
 pub mod gateway;
+pub mod multipart_method;
 pub mod params;
 pub mod platform;
 pub mod policy_client;

@@ -11,6 +11,8 @@ use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{Bytes, Payload};
+
+use crate::broker::multipart_method::MethodPartGuard;
 use actix_web::HttpResponse;
 use futures_util::{Stream, StreamExt};
 
@@ -182,6 +184,9 @@ pub enum UpstreamError {
     BodyTooLarge(u64),
     /// The client's body did not arrive before its deadline (408).
     BodyTimeout,
+    /// A multipart body carried a `_method` part (403
+    /// `action_route_mismatch`); the upstream got a cut body.
+    MethodPart,
 }
 
 /// Why a [`LimitedBody`] cut its stream off.
@@ -190,6 +195,9 @@ const CUT_TOO_LARGE: u8 = 1;
 const CUT_TOO_SLOW: u8 = 2;
 /// Set once the client's body has arrived in full.
 const CUT_DONE: u8 = 3;
+/// A multipart body carried a `_method` part (or a part header too long to
+/// check).
+const CUT_METHOD_PART: u8 = 4;
 
 /// A streamed request body that ends in an error once more than `left`
 /// bytes have passed or its deadline has, which aborts the upstream
@@ -199,6 +207,8 @@ struct LimitedBody {
     left: u64,
     deadline: Pin<Box<tokio::time::Sleep>>,
     cut: Arc<AtomicU8>,
+    /// For a multipart body: holds back and refuses a `_method` part.
+    guard: Option<MethodPartGuard>,
 }
 
 impl Stream for LimitedBody {
@@ -220,22 +230,38 @@ impl Stream for LimitedBody {
                 "request body deadline",
             )))));
         }
-        match self.payload.poll_next_unpin(cx) {
-            Poll::Ready(None) => {
-                self.cut.store(CUT_DONE, Ordering::Relaxed);
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(chunk))) => match self.left.checked_sub(chunk.len() as u64) {
-                Some(left) => {
-                    self.left = left;
-                    Poll::Ready(Some(Ok(chunk)))
+        loop {
+            let chunk = match self.payload.poll_next_unpin(cx) {
+                Poll::Ready(None) => {
+                    self.cut.store(CUT_DONE, Ordering::Relaxed);
+                    // What the guard still holds goes on once.
+                    let rest = self.guard.as_mut().map(MethodPartGuard::finish);
+                    return Poll::Ready(rest.filter(|r| !r.is_empty()).map(|r| Ok(Bytes::from(r))));
                 }
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                other => return other,
+            };
+            match self.left.checked_sub(chunk.len() as u64) {
+                Some(left) => self.left = left,
                 None => {
                     self.cut.store(CUT_TOO_LARGE, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(PayloadError::Overflow)))
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
                 }
-            },
-            other => other,
+            }
+            let Some(guard) = self.guard.as_mut() else {
+                return Poll::Ready(Some(Ok(chunk)));
+            };
+            match guard.push(&chunk) {
+                Ok(out) if out.is_empty() => continue,
+                Ok(out) => return Poll::Ready(Some(Ok(Bytes::from(out)))),
+                Err(refused) => {
+                    self.cut.store(CUT_METHOD_PART, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        refused.to_string(),
+                    )))));
+                }
+            }
         }
     }
 }
@@ -286,11 +312,16 @@ pub async fn forward(
             limit,
             deadline,
         } => {
+            let guard = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(MethodPartGuard::for_content_type);
             let limited = LimitedBody {
                 payload,
                 left: limit,
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 cut: cut.clone(),
+                guard,
             };
             (up.send_stream(limited).await, limit)
         }
@@ -298,6 +329,7 @@ pub async fn forward(
     let response = sent.map_err(|e| match e {
         _ if cut.load(Ordering::Relaxed) == CUT_TOO_LARGE => UpstreamError::BodyTooLarge(limit),
         _ if cut.load(Ordering::Relaxed) == CUT_TOO_SLOW => UpstreamError::BodyTimeout,
+        _ if cut.load(Ordering::Relaxed) == CUT_METHOD_PART => UpstreamError::MethodPart,
         // The connector's time ran out while the client was still sending:
         // the client's body is what is late.
         awc::error::SendRequestError::Timeout
