@@ -53,8 +53,8 @@ fn sentinel_set_fails_over_when_the_master_dies() {
     assert_eq!(killed, old);
     let t = Instant::now();
     assert!(
-        set.wait_failover(Duration::from_secs(20)),
-        "no failover within 20 s; sentinel log:\n{}",
+        set.wait_failover(Duration::from_secs(45)),
+        "no failover within 45 s; sentinel log:\n{}",
         set.sentinels()[0].log()
     );
     eprintln!("failover took {:?}", t.elapsed());

@@ -399,7 +399,7 @@ fn sentinel_failover_resumes_service_without_accepting_a_mandate_twice() {
     // operator guide says so; the test checks marks older than that).
     std::thread::sleep(Duration::from_millis(300));
     set.kill_master();
-    assert!(set.wait_failover(Duration::from_secs(30)), "no failover");
+    assert!(set.wait_failover(Duration::from_secs(45)), "no failover");
     assert!(eventually(Duration::from_secs(10), || {
         r.call(1, &r.mint()).status == 200
     }));
