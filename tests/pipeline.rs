@@ -2516,7 +2516,10 @@ fn a_method_part_in_a_streamed_multipart_body_is_refused() {
     for part in ["_method=DELETE", "_METHOD=DELETE"] {
         let a = post(&["q=x", part]);
         expect(&a, 403, "action_route_mismatch");
-        assert!(a.json()["reason"].as_str().unwrap().contains("multipart"), "{a:?}");
+        assert!(
+            a.json()["reason"].as_str().unwrap().contains("multipart"),
+            "{a:?}"
+        );
     }
     let filler = "a".repeat(20_000);
     let big = format!("blob={filler}");

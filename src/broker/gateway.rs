@@ -947,12 +947,6 @@ fn match_route(
     })
 }
 
-/// `request.params` (`crate::broker::params`): the query string and, for a JSON
-/// object or form body, its members — no name twice, none in both. Such
-/// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
-/// other bodies stay in `payload` and stream through untouched.
-/// Whether the body is one the broker reads into `request.params`: JSON
-/// or a form, not content-encoded.
 /// Whether the policy judges this request's action on its parameters.
 fn constrained(ctx: &RequestCtx<'_>) -> bool {
     ctx.state
@@ -985,6 +979,8 @@ fn utf8_charset(req: &HttpRequest) -> bool {
     })
 }
 
+/// Whether the body is one the broker reads into `request.params`: JSON
+/// or a form, not content-encoded.
 fn parseable_body(req: &HttpRequest) -> bool {
     declared_body_type(req).is_some() && !encoded(req)
 }
@@ -1061,8 +1057,11 @@ async fn body_is_empty(
     Ok(first)
 }
 
-/// The request's params, its buffered body, and whether the body is JSON
-/// other than an object (no params in it).
+/// `request.params` (`crate::broker::params`): the query string and, for a JSON
+/// object or form body, its members — no name twice, none in both. Such
+/// bodies are read (bounded) and forwarded exactly as read (`Some(bytes)`);
+/// other bodies stay in `payload` and stream through untouched. The third
+/// value says the body is JSON other than an object (no params in it).
 async fn read_params(
     req: &HttpRequest,
     payload: &mut Option<web::Payload>,

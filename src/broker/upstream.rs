@@ -11,10 +11,10 @@ use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 use actix_web::web::{Bytes, Payload};
-
-use crate::broker::multipart_method::MethodPartGuard;
 use actix_web::HttpResponse;
 use futures_util::{Stream, StreamExt};
+
+use crate::broker::multipart_method::MethodPartGuard;
 
 use crate::tenant::ConnectorConfig;
 use crate::tenant::Tenant;
