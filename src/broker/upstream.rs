@@ -15,7 +15,6 @@ use actix_web::HttpResponse;
 use futures_util::{Stream, StreamExt};
 
 use crate::broker::multipart_method::MethodPartGuard;
-
 use crate::tenant::ConnectorConfig;
 use crate::tenant::Tenant;
 
