@@ -253,13 +253,13 @@ impl Drop for Dev {
 #[test]
 fn atb_dev_stops_promptly_on_sigterm() {
     let mut dev = Dev::start(&[]);
-    // An agent's idle HTTP/2 connections (independent client) to the
-    // broker and to AgentAuth: the preface and an empty SETTINGS frame.
+    // An agent's idle keep-alive connections (independent client) to the
+    // broker and to AgentAuth: one request answered, then nothing.
     let idle: Vec<Child> = [dev.broker, dev.aa]
         .into_iter()
         .map(|port| {
             let mut c = Command::new("openssl")
-                .args(["s_client", "-quiet", "-alpn", "h2", "-connect"])
+                .args(["s_client", "-quiet", "-connect"])
                 .arg(format!("127.0.0.1:{port}"))
                 .args(["-cert", &dev.path("acme-agent.crt")])
                 .args(["-key", &dev.path("acme-agent.key")])
@@ -269,9 +269,9 @@ fn atb_dev_stops_promptly_on_sigterm() {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap();
-            let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+            let request = b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n";
             let stdin = c.stdin.as_mut().unwrap();
-            stdin.write_all(preface).unwrap();
+            stdin.write_all(request).unwrap();
             stdin.flush().unwrap();
             c
         })

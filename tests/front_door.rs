@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -58,6 +58,38 @@ fn health_answers_on_the_agent_port_without_a_client_certificate() {
     // The same without -k, verifying the server against the dev CA.
     let a = agent_get(&broker, &pki, None, "/health", &[]);
     assert_eq!(a.status, 200);
+}
+
+/// The agent listener speaks HTTP/1.1 only: actix-http's HTTP/2 server has
+/// no stream or header-list bounds, so a client without a certificate
+/// could queue unbounded answered streams or park megabytes of headers.
+/// A client that offers h2 gets http/1.1 by ALPN and is served.
+#[test]
+fn the_agent_listener_negotiates_http_1_1_only() {
+    let pki = pki();
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .arg(broker.url("/health"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
+    // Offered h2 alone, the handshake names no protocol: no HTTP/2.
+    let out = Command::new("openssl")
+        .args(["s_client", "-alpn", "h2", "-connect"])
+        .arg(format!("127.0.0.1:{}", broker.port))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("No ALPN negotiated"), "{text}");
 }
 
 #[test]
@@ -126,7 +158,8 @@ fn requests_without_a_valid_spiffe_identity_get_401() {
         (401, "poa_required"),
         "{a:?}"
     );
-    // A refused request with a body still gets its JSON answer over HTTP/2
+    // A refused request with a body still gets its JSON answer (asked for
+    // over HTTP/2, served over HTTP/1.1)
     // (the broker reads the unread body before answering instead of
     // resetting the stream).
     let body = pki.dir.path().join("body.bin");

@@ -159,9 +159,17 @@ mod tests {
             voluntary_ctxt_switches:\t4711\nnonvoluntary_ctxt_switches:\t12\n";
         assert_eq!(parse_status_voluntary_switches(status), Some(4711));
         assert_eq!(parse_status_voluntary_switches("Name:\tx\n"), None);
-        let own = voluntary_switches(std::process::id()).unwrap();
+        // The process's sum is read (other test threads may exit between
+        // two reads and take their counts with them, so it is not compared);
+        // this thread's own count grows across a sleep.
+        assert!(voluntary_switches(std::process::id()).unwrap() > 0);
+        let mine = || {
+            let text = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            parse_status_voluntary_switches(&text).unwrap()
+        };
+        let before = mine();
         std::thread::sleep(std::time::Duration::from_millis(5));
-        assert!(voluntary_switches(std::process::id()).unwrap() > own);
+        assert!(mine() > before);
     }
 
     #[test]

@@ -144,8 +144,15 @@ pub fn acceptor_with(
     // verification result is kept on the session (SSL_get_verify_result)
     // and checked by `peer_identity` on every connection.
     builder.set_verify_callback(SslVerifyMode::PEER, |_preverified, _ctx| true);
+    // HTTP/1.1 only: actix-http's HTTP/2 server sets no
+    // SETTINGS_MAX_CONCURRENT_STREAMS and no header-list bound, so one
+    // client without a certificate could queue 150,000 answered streams
+    // behind a zero window (≈ 780 MB) or park ≈ 15 MB of unfinished
+    // headers per connection. actix-web is built without its `http2`
+    // feature, so `bind_openssl` (which installs its own ALPN callback)
+    // offers http/1.1 alone as well.
     builder.set_alpn_select_callback(|_, client| {
-        openssl::ssl::select_next_proto(b"\x02h2\x08http/1.1", client)
+        openssl::ssl::select_next_proto(b"\x08http/1.1", client)
             .ok_or(openssl::ssl::AlpnError::NOACK)
     });
     Ok(builder)
