@@ -101,7 +101,11 @@ fn admit<'a>(tenant: &'a str, jti: &'a str, until: i64) -> Admit<'a> {
         tenant_rate: NEVER,
         connector: "crm",
         connector_rate: Some(NEVER),
-        single_use: Some((jti, until)),
+        single_use: Some(atb::broker::shared_admission::SingleUse {
+            id: jti,
+            until,
+            issued: unix_now(),
+        }),
         action: "crm.contact.read",
     }
 }

@@ -42,6 +42,14 @@ impl Credential {
         }
     }
 
+    /// Unix seconds at which it was issued (`iat`, a Biscuit's `issued`).
+    pub fn issued(&self) -> i64 {
+        match self {
+            Credential::Jwt(c) => c.iat,
+            Credential::Biscuit(c) => c.issued,
+        }
+    }
+
     /// Unix seconds after which it is no longer valid.
     pub fn expires(&self) -> i64 {
         match self {

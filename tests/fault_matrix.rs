@@ -839,6 +839,15 @@ fn redis_killed_or_hanging_refuses_every_mandate_and_serves_again_without_a_brok
     assert!(load
         .recovery(Instant::now(), RECOVERY_BOUND, |o| o.status == 200)
         .is_some());
+    // Spent before the fault: a Redis restarted empty has forgotten them.
+    let spent: Vec<String> = (0..3)
+        .map(|i| {
+            let t = agent.mint(&["--jti", &format!("spent-before-{i}")]);
+            let a = agent.call(&t, "/api/redis", 5);
+            assert_eq!(a.status, 200, "{a:?}");
+            t
+        })
+        .collect();
 
     let killed = Instant::now();
     redis.kill();
@@ -864,6 +873,21 @@ fn redis_killed_or_hanging_refuses_every_mandate_and_serves_again_without_a_brok
         &r,
         recovery,
     );
+    // The mandates spent before the restart are not admitted again: the
+    // restarted Redis has no marks for them, but they were issued before
+    // its memory began.
+    for t in &spent {
+        let a = agent.call(t, "/api/redis", 5);
+        assert_eq!(
+            (a.status, a.error().as_str()),
+            (503, "replay_store_unavailable"),
+            "a mandate spent before Redis lost its data: {a:?}"
+        );
+        assert!(
+            a.json()["reason"].as_str().unwrap().contains("remembers"),
+            "{a:?}"
+        );
+    }
 
     // Redis hangs (SIGSTOP): each command times out (200 ms): 503 again,
     // answered at once, never a hang; resumed (SIGCONT), 200s again.

@@ -27,7 +27,7 @@ use crate::broker::context::{RequestCtx, Routed, Step};
 use crate::broker::platform::PLATFORM_TOKEN_HEADER;
 use crate::broker::policy_client::PolicyClient;
 use crate::broker::replay::{ReplayError, Verdict};
-use crate::broker::shared_admission::{Admit, SharedAdmission, SharedVerdict};
+use crate::broker::shared_admission::{Admit, SharedAdmission, SharedVerdict, SingleUse};
 use crate::broker::state::BrokerState;
 use crate::broker::upstream::{self, Body, Stamp, UpstreamError};
 use crate::broker::validator::{self, Refusal};
@@ -593,10 +593,11 @@ async fn spend_shared(ctx: &mut RequestCtx<'_>, shared: Arc<SharedAdmission>) ->
     let tenant = ctx.tenant()?.clone();
     let connector = ctx.connector_in(&tenant)?;
     let single_use = match &ctx.credential {
-        Some(c) if ctx.state.config.poa.single_use => Some((
-            c.single_use_id(),
-            c.expires() + ctx.state.config.poa.leeway_seconds as i64,
-        )),
+        Some(c) if ctx.state.config.poa.single_use => Some(SingleUse {
+            id: c.single_use_id(),
+            until: c.expires() + ctx.state.config.poa.leeway_seconds as i64,
+            issued: c.issued(),
+        }),
         _ => None,
     };
     let verdict = shared
@@ -633,6 +634,18 @@ async fn spend_shared(ctx: &mut RequestCtx<'_>, shared: Arc<SharedAdmission>) ->
             replay_metric("replay");
             ctx.count_validation("replay");
             Err(Rejection::poa_replay())
+        }
+        Ok(SharedVerdict::IssuedBeforeMemory(epoch_ms)) => {
+            replay_metric("forgotten");
+            tracing::warn!(
+                epoch_ms,
+                request_id = ctx.request_id(),
+                "mandate issued before the replay store's memory began; refusing"
+            );
+            Err(Rejection::replay_store_unavailable(format!(
+                "the replay store remembers single use only since {} (Unix ms; it restarted without its data): a mandate issued before that cannot be proven unused; use a new one",
+                epoch_ms
+            )))
         }
         Err(e) => {
             replay_metric("unavailable");

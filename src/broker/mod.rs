@@ -46,6 +46,12 @@ pub async fn run(
     let tls = crate::runtime::tls::acceptor_with(&config.tls, &config.tenant_client_cas())
         .starting("tls")?;
     let state = BrokerState::start(config, config_path.clone(), admin_token)?;
+    if let Some(shared) = &state.shared {
+        // Single use on Redis remembers from now (see
+        // `shared_admission::SharedAdmission::begin_memory`).
+        let tenants = state.config.tenants.iter().map(|t| t.id.as_str());
+        shared.admission.begin_memory(tenants).await;
+    }
     watch_config(state.clone(), config_path);
     let config = state.config.clone();
     let b = &config.broker;

@@ -19,6 +19,16 @@
 //!   with skewed clocks share one notion of "now".
 //! - **Fail closed.** Any error is a [`StoreError`]: the request is refused
 //!   (503 `replay_store_unavailable`), never admitted.
+//! - **A Redis that forgot refuses what it may have seen.** The tenant's
+//!   `epoch` key records when this Redis began remembering the tenant's
+//!   marks (set without expiry when the broker starts, and by the first
+//!   single-use admission that finds it missing). A Redis restarted empty
+//!   has lost its marks and its epoch with them: a mandate issued in a
+//!   second before the new epoch cannot be proven unused and is refused
+//!   ([`SharedVerdict::IssuedBeforeMemory`]); one minted since is served.
+//!   Without this a restart re-admitted every spent mandate still within
+//!   its lifetime. Left: a mandate issued in the very second of the
+//!   restart, and clock skew between its issuer and Redis.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +50,9 @@ pub enum SharedVerdict {
     ConnectorLimited(Duration),
     /// The `jti` was already used.
     Replayed,
+    /// The mandate was issued before this Redis began remembering the
+    /// tenant's marks (Unix ms of that moment).
+    IssuedBeforeMemory(i64),
 }
 
 /// One request's admission.
@@ -50,10 +63,21 @@ pub struct Admit<'a> {
     pub tenant_rate: (f64, u32),
     pub connector: &'a str,
     pub connector_rate: Option<(f64, u32)>,
-    /// The mandate's single-use id and until when it must stay used (Unix
-    /// seconds); `None` without a mandate or with single use off.
-    pub single_use: Option<(&'a str, i64)>,
+    /// The mandate's single-use id, until when it must stay used and when
+    /// it was issued (Unix seconds); `None` without a mandate or with
+    /// single use off.
+    pub single_use: Option<SingleUse<'a>>,
     pub action: &'a str,
+}
+
+/// A mandate's single use, as the script checks it.
+#[derive(Debug, Clone, Copy)]
+pub struct SingleUse<'a> {
+    pub id: &'a str,
+    /// Unix seconds until which the mark must stay.
+    pub until: i64,
+    /// Unix seconds: when it was issued (`iat`).
+    pub issued: i64,
 }
 
 const ADMIT: &str = r#"
@@ -66,11 +90,23 @@ if con_rate > 0 then
   if wait > 0 then return {2, wait} end
 end
 if ARGV[5] ~= '' then
+  local epoch = tonumber(redis.call('GET', KEYS[5]))
+  if not epoch then
+    epoch = now
+    redis.call('SET', KEYS[5], epoch)
+  end
+  if tonumber(ARGV[7]) < math.floor(epoch / 1000) then return {4, epoch} end
   if not redis.call('SET', KEYS[3], '1', 'NX', 'PXAT', ARGV[5]) then return {3, 0} end
 end
 local n = redis.call('INCR', KEYS[4])
 if n == 1 then redis.call('PEXPIRE', KEYS[4], ARGV[6]) end
 return {0, n - 1}
+"#;
+
+const BEGIN_MEMORY: &str = r#"
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
+return 1
 "#;
 
 const UNCOUNT: &str = r#"
@@ -84,6 +120,7 @@ pub struct SharedAdmission {
     store: Arc<RedisStore>,
     admit: redis::Script,
     uncount: redis::Script,
+    begin_memory: redis::Script,
 }
 
 impl SharedAdmission {
@@ -92,6 +129,25 @@ impl SharedAdmission {
             store,
             admit: redis::Script::new(&format!("{LUA_TAKE}{ADMIT}")),
             uncount: redis::Script::new(UNCOUNT),
+            begin_memory: redis::Script::new(BEGIN_MEMORY),
+        }
+    }
+
+    /// Records, for each tenant whose Redis has none, that its memory of
+    /// single use begins now (at start, so that mandates minted between
+    /// the start and a tenant's first request are not taken for ones a
+    /// lost Redis may have seen). A failure is left to the first admission,
+    /// which sets it too.
+    pub async fn begin_memory<'t>(&self, tenants: impl IntoIterator<Item = &'t str>) {
+        for tenant in tenants {
+            let mut invocation = self.begin_memory.prepare_invoke();
+            invocation.key(tenant_key(tenant, "epoch", ""));
+            let _ = self
+                .store
+                .run("begin_memory", |mut conn| async move {
+                    invocation.invoke_async::<i64>(&mut conn).await
+                })
+                .await;
         }
     }
 
@@ -106,21 +162,23 @@ impl SharedAdmission {
             .key(tenant_key(a.tenant, "rl", ""))
             .key(tenant_key(a.tenant, "rl", a.connector))
             .key(match a.single_use {
-                Some((jti, _)) => tenant_key(a.tenant, "jti", jti),
+                Some(u) => tenant_key(a.tenant, "jti", u.id),
                 // An unused key of the same slot keeps the key count fixed.
                 None => tenant_key(a.tenant, "jti", ""),
             })
             .key(tenant_key(a.tenant, "use", a.action))
+            .key(tenant_key(a.tenant, "epoch", ""))
             .arg(a.tenant_rate.0)
             .arg(a.tenant_rate.1)
             .arg(a.connector_rate.map_or(0.0, |r| r.0))
             .arg(a.connector_rate.map_or(0, |r| r.1))
             .arg(match a.single_use {
                 // PXAT: milliseconds; at least 1 s ahead of the epoch.
-                Some((_, until)) => (until.max(1) as u64 * 1000).to_string(),
+                Some(u) => (u.until.max(1) as u64 * 1000).to_string(),
                 None => String::new(),
             })
-            .arg(USAGE_WINDOW_MS);
+            .arg(USAGE_WINDOW_MS)
+            .arg(a.single_use.map_or(0, |u| u.issued));
         let (code, value): (i64, i64) = self
             .store
             .run("admit", |mut conn| async move {
@@ -159,6 +217,7 @@ fn verdict(code: i64, value: i64) -> Result<SharedVerdict, StoreError> {
         1 => Ok(SharedVerdict::TenantLimited(ms())),
         2 => Ok(SharedVerdict::ConnectorLimited(ms())),
         3 => Ok(SharedVerdict::Replayed),
+        4 => Ok(SharedVerdict::IssuedBeforeMemory(value)),
         other => Err(StoreError::Reply(format!("admission code {other}"))),
     }
 }
@@ -179,6 +238,10 @@ mod tests {
             Ok(SharedVerdict::ConnectorLimited(Duration::from_millis(1)))
         );
         assert_eq!(verdict(3, 0), Ok(SharedVerdict::Replayed));
+        assert_eq!(
+            verdict(4, 1_700_000_000_000),
+            Ok(SharedVerdict::IssuedBeforeMemory(1_700_000_000_000))
+        );
         assert!(verdict(9, 0).is_err(), "an unknown answer is a failure");
     }
 }
