@@ -1912,6 +1912,37 @@ fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
     );
 }
 
+/// A tenant's in-flight slot is held until its answer's last byte is
+/// written, not only until the handler returns: an answer a client does
+/// not read holds an upstream connection, and `max_in_flight` must bound
+/// how many one tenant holds (a probe parked 100 unread answers and
+/// starved another tenant on the same worker for as long as it liked).
+#[test]
+fn an_answer_still_streaming_holds_its_tenants_in_flight_slot() {
+    let s = setup_acme("", "max_in_flight = 1", "", &[]);
+    let t = s.mint("crm.contact.read", &[]);
+    let drip = s
+        .acme_curl(&t, "/api/drip?tag=slot")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    arrives(&DRIP_ARRIVALS, "tag=slot");
+    // While `first;` is written and `second` is 2 s away, acme's one slot
+    // is taken: its next request is shed; globex is not affected.
+    let a = s.acme("/api/contacts/7", &s.mint("crm.contact.read", &[]));
+    expect(&a, 503, "overloaded");
+    let g = s.mint_via(GLOBEX, "crm.contact.read", "crm");
+    assert_eq!(
+        s.call("globex-agent", "/api/contacts/7", &g, &[]).status,
+        200
+    );
+    let out = drip.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first;second");
+    // Once the answer is done, the slot is free again.
+    let a = s.acme("/api/contacts/7", &s.mint("crm.contact.read", &[]));
+    assert_eq!(a.status, 200, "{a:?}");
+}
+
 /// A graceful stop does not wait on idle connections — an idle keep-alive
 /// connection held it for up to its keep-alive (75 s; an idle HTTP/2 one,
 /// before the listener went HTTP/1.1-only, for the whole 30 s grace) — and

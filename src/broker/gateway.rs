@@ -118,8 +118,18 @@ async fn handle(
     if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
         response.headers_mut().insert(X_REQUEST_ID, v);
     }
+    // The tenant's in-flight slot stays taken until the answer's last byte
+    // is written (or the client goes away): an answer a client does not
+    // read holds an upstream connection, and `max_in_flight` bounds how
+    // many one tenant can hold.
+    let slot = ctx.in_flight.take();
     ctx.log.finish(ending).await;
-    response
+    match slot {
+        Some(slot) => response
+            .map_body(|_, body| crate::runtime::held_body::HeldBody::new(body, slot))
+            .map_into_boxed_body(),
+        None => response,
+    }
 }
 
 fn refused(ctx: &mut RequestCtx<'_>, rejection: Rejection) -> (HttpResponse, Ending) {

@@ -17,17 +17,14 @@
 use std::any::Any;
 use std::future::Future;
 use std::os::fd::AsFd;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_tls::accept::openssl::TlsStream;
-use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{Extensions, Service, ServiceRequest, ServiceResponse};
 use actix_web::rt::net::TcpStream;
-use actix_web::web::Bytes;
 
+use super::held_body::HeldBody;
 use super::open_connections::{BusyGuard, ConnectionTicket, OpenConnections};
 
 /// How often a stopping server closes the connections that turned idle.
@@ -71,25 +68,7 @@ pub fn duplicate(stream: &TcpStream) -> Option<Arc<std::net::TcpStream>> {
 }
 
 /// A response body that holds its connection's [`BusyGuard`].
-pub struct BusyBody<B> {
-    body: B,
-    _busy: Option<BusyGuard>,
-}
-
-impl<B: MessageBody + Unpin> MessageBody for BusyBody<B> {
-    type Error = B::Error;
-
-    fn size(&self) -> BodySize {
-        self.body.size()
-    }
-
-    fn poll_next(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_next(cx)
-    }
-}
+pub type BusyBody<B> = HeldBody<B, Option<BusyGuard>>;
 
 /// Middleware (`App::wrap_fn`): the request's busy guard, moved into its
 /// response body. A connection without a ticket (its socket could not be
@@ -110,7 +89,7 @@ where
     async move {
         Ok(response
             .await?
-            .map_body(|_, body| BusyBody { body, _busy: busy }))
+            .map_body(|_, body| HeldBody::new(body, busy)))
     }
 }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod drain;
 pub mod files;
 pub mod graceful_stop;
+pub mod held_body;
 pub mod logging;
 pub mod open_connections;
 pub mod tls;

@@ -110,7 +110,13 @@ pub fn http_client(tls: &SslConnector, connect_timeout: std::time::Duration) -> 
             awc::Connector::new()
                 .openssl(tls.clone())
                 .timeout(connect_timeout)
-                .conn_keep_alive(POOLED_IDLE),
+                .conn_keep_alive(POOLED_IDLE)
+                // No pool-wide cap (awc's default is 100 per worker, shared
+                // by every tenant and connector): one tenant's unread
+                // answers filled it and starved the others. Each tenant's
+                // `max_in_flight`, held until an answer's last byte, bounds
+                // what it can hold instead.
+                .limit(0),
         )
         .disable_redirects()
         .finish()
