@@ -92,6 +92,48 @@ fn the_agent_listener_negotiates_http_1_1_only() {
     assert!(text.contains("No ALPN negotiated"), "{text}");
 }
 
+/// A client resuming its TLS session on a new connection (curl does, as
+/// soon as it opens a second one) is served with the identity of the
+/// certificate it first presented; without a session id context OpenSSL
+/// ended such handshakes with an `internal_error` alert.
+#[test]
+fn a_resumed_tls_session_keeps_its_identity() {
+    let pki = Pki::new(&[("acme-agent", "spiffe://acme.example/agent/a")]);
+    let broker = Broker::start(&pki, TENANTS, &[]);
+    let session = pki.dir.path().join("session.pem");
+    let connect = |resume: bool| {
+        let mut c = Command::new("openssl");
+        c.args(["s_client", "-tls1_2", "-ign_eof", "-connect"])
+            .arg(format!("127.0.0.1:{}", broker.port))
+            .arg("-CAfile")
+            .arg(pki.ca())
+            .arg("-cert")
+            .arg(pki.path("acme-agent.crt"))
+            .arg("-key")
+            .arg(pki.path("acme-agent.key"))
+            .arg(if resume { "-sess_in" } else { "-sess_out" })
+            .arg(&session)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    };
+    let first = connect(false);
+    assert!(first.contains("\"poa_required\""), "{first}");
+    let resumed = connect(true);
+    assert!(resumed.contains("Reused, TLSv1.2"), "{resumed}");
+    // The identity came with the session: the request passed the SPIFFE
+    // step and stopped at the mandate.
+    assert!(resumed.contains("\"poa_required\""), "{resumed}");
+}
+
 #[test]
 fn requests_without_a_valid_spiffe_identity_get_401() {
     let pki = pki();

@@ -150,6 +150,13 @@ pub fn acceptor_with(
     // verification result is kept on the session (SSL_get_verify_result)
     // and checked by `peer_identity` on every connection.
     builder.set_verify_callback(SslVerifyMode::PEER, |_preverified, _ctx| true);
+    // A session resumed on a new connection (curl and other clients offer
+    // the last one) needs a session id context whenever client
+    // certificates are asked for; without one OpenSSL aborts the handshake
+    // with an `internal_error` alert. The resumed session carries the
+    // certificate and its verification result, which `peer_identity`
+    // checks on every connection as for a full handshake.
+    builder.set_session_id_context(b"atb")?;
     // HTTP/1.1 only: actix-http's HTTP/2 server sets no
     // SETTINGS_MAX_CONCURRENT_STREAMS and no header-list bound, so one
     // client without a certificate could queue 150,000 answered streams
