@@ -66,6 +66,22 @@ pub async fn run(
     if config.tenants.is_empty() {
         tracing::warn!("no tenants are configured: every agent request will be refused");
     }
+    // Connections never outgrow the open-file limit (see
+    // `runtime::open_files`).
+    let mut max_connections = b.max_connections_per_worker;
+    if let Some(open_files) = crate::runtime::open_files::raise_open_files() {
+        let fit = crate::runtime::open_files::connections_that_fit(open_files, workers);
+        if fit < max_connections {
+            tracing::warn!(
+                open_files,
+                workers,
+                configured = max_connections,
+                per_worker = fit,
+                "broker.max_connections_per_worker does not fit the open-file limit (two descriptors per connection); lowered, raise `ulimit -n` to keep it"
+            );
+            max_connections = fit;
+        }
+    }
 
     let data = web::Data::from(state.clone());
     // Each worker of both listeners gets its own outbound HTTP client.
@@ -96,7 +112,7 @@ pub async fn run(
         // written in two parts could wait 40 ms (tests/overload saw an
         // idle tenant's p99 at 13-17 ms; 3-6 ms with it).
         .tcp_nodelay(true)
-        .max_connections(b.max_connections_per_worker)
+        .max_connections(max_connections)
         .bind_openssl(b.listen_addr, tls)
         .map_err(|e| format!("cannot listen on broker.listen_addr {}: {e}", b.listen_addr))
         .starting("listener")?

@@ -11,6 +11,7 @@ pub mod graceful_stop;
 pub mod held_body;
 pub mod logging;
 pub mod open_connections;
+pub mod open_files;
 pub mod tls;
 
 /// A component that could not start: which one, and its own typed error.
