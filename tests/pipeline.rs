@@ -1853,6 +1853,19 @@ fn the_debug_panic_header_does_nothing_without_fault_injection() {
 impl Setup {
     /// curl as acme's agent with `token` on `path`, to be spawned (a
     /// request that is still running when the test acts), at most 20 s.
+    /// A fresh mandate's call to `/api/drip?tag=TAG` (its answer streams
+    /// `first;`, then `second` 2 s later), once the upstream has it.
+    fn start_drip(&self, tag: &str) -> std::process::Child {
+        let t = self.mint("crm.contact.read", &[]);
+        let drip = self
+            .acme_curl(&t, &format!("/api/drip?tag={tag}"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        arrives(&DRIP_ARRIVALS, &format!("tag={tag}"));
+        drip
+    }
+
     fn acme_curl(&self, token: &str, path: &str) -> Command {
         let mut c = Command::new("curl");
         c.args(["-s", "--max-time", "20", "--cacert"])
@@ -1920,13 +1933,7 @@ fn a_request_cut_off_at_shutdown_still_leaves_one_audit_line() {
 #[test]
 fn an_answer_still_streaming_holds_its_tenants_in_flight_slot() {
     let s = setup_acme("", "max_in_flight = 1", "", &[]);
-    let t = s.mint("crm.contact.read", &[]);
-    let drip = s
-        .acme_curl(&t, "/api/drip?tag=slot")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    arrives(&DRIP_ARRIVALS, "tag=slot");
+    let drip = s.start_drip("slot");
     // While `first;` is written and `second` is 2 s away, acme's one slot
     // is taken: its next request is shed; globex is not affected.
     let a = s.acme("/api/contacts/7", &s.mint("crm.contact.read", &[]));
@@ -1979,13 +1986,7 @@ fn a_graceful_stop_closes_idle_connections_and_finishes_streamed_answers() {
         ) == Some(1.0)
     }));
     // An answer streamed in two parts, 2 s apart, in flight at the stop.
-    let t = s.mint("crm.contact.read", &[]);
-    let drip = s
-        .acme_curl(&t, "/api/drip?tag=stop")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    arrives(&DRIP_ARRIVALS, "tag=stop");
+    let drip = s.start_drip("stop");
     s.sigterm();
     // While the answer drains, the admin listener still answers probes.
     assert!(eventually(Duration::from_secs(2), || {
