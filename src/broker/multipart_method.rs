@@ -122,32 +122,12 @@ fn names_method(headers: &[u8]) -> bool {
             } else if key.eq_ignore_ascii_case("name*") {
                 // charset'language'percent-encoded value
                 let encoded = value.rsplit('\'').next().unwrap_or(value);
-                let decoded: Vec<u8> = percent_decoded(encoded);
-                decoded.eq_ignore_ascii_case(b"_method")
+                crate::routes::path::decode(encoded)
+                    .is_some_and(|name| name.eq_ignore_ascii_case("_method"))
             } else {
                 false
             }
         })
-}
-
-fn percent_decoded(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while let Some(&c) = b.get(i) {
-        match (c, hex(b.get(i + 1)), hex(b.get(i + 2))) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            _ => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -97,27 +97,15 @@ fn pairs(text: &str) -> Option<Vec<(String, String)>> {
 }
 
 fn strictly_escaped(text: &str) -> bool {
-    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
     text.split('&')
         .flat_map(|pair| pair.split('='))
         .all(|part| {
-            let bytes = part.as_bytes();
-            let mut decoded = Vec::with_capacity(bytes.len());
-            let mut i = 0;
-            while let Some(&b) = bytes.get(i) {
-                if b == b'%' {
-                    let (Some(high), Some(low)) = (hex(bytes.get(i + 1)), hex(bytes.get(i + 2)))
-                    else {
-                        return false;
-                    };
-                    decoded.push((high * 16 + low) as u8);
-                    i += 3;
-                } else {
-                    decoded.push(b);
-                    i += 1;
-                }
-            }
-            std::str::from_utf8(&decoded).is_ok()
+            // Every `%` starts an escape of two hex digits, and the decoded
+            // bytes are UTF-8 (`routes::path::decode` checks the latter).
+            part.split('%').skip(1).all(|rest| {
+                rest.get(..2)
+                    .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            }) && crate::routes::path::decode(part).is_some()
         })
 }
 
