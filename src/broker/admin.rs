@@ -142,31 +142,25 @@ async fn get_maintenance(req: HttpRequest, state: web::Data<BrokerState>) -> Htt
     HttpResponse::Ok().json(serde_json::json!({"maintenance": state.maintenance()}))
 }
 
-/// An authorized admin request's JSON body (401/404 from [`authorize`], or
-/// a 400 naming the `expected` shape).
 /// Largest admin request body: the biggest is a revocation list.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
 
-/// An authorized admin request's JSON body: the token is checked before a
-/// byte of the body is read, so an unauthenticated caller only ever gets
-/// 401; a body over [`ADMIN_BODY_LIMIT`] is 413 `body_too_large`.
+/// An authorized admin request's JSON body (401/404 from [`authorize`], or
+/// a 400 naming the `expected` shape). The token is checked before a byte
+/// of the body is read, so an unauthenticated caller only ever gets 401; a
+/// body over [`ADMIN_BODY_LIMIT`] is 413 `body_too_large`.
 async fn admin_json<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     state: &BrokerState,
-    mut payload: web::Payload,
+    payload: web::Payload,
     expected: &str,
 ) -> Result<T, Rejection> {
-    use futures_util::StreamExt;
     authorize(req, state)?;
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|_| Rejection::bad_request("the request body could not be read"))?;
-        if body.len() + chunk.len() > ADMIN_BODY_LIMIT {
-            return Err(Rejection::body_too_large(ADMIN_BODY_LIMIT as u64));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = payload
+        .to_bytes_limited(ADMIN_BODY_LIMIT)
+        .await
+        .map_err(|_| Rejection::body_too_large(ADMIN_BODY_LIMIT as u64))?
+        .map_err(|_| Rejection::bad_request("the request body could not be read"))?;
     json_body(&body, expected)
 }
 
