@@ -48,9 +48,11 @@ pub async fn run(
     let state = BrokerState::start(config, config_path.clone(), admin_token)?;
     if let Some(shared) = &state.shared {
         // Single use on Redis remembers from now (see
-        // `shared_admission::SharedAdmission::begin_memory`).
-        let tenants = state.config.tenants.iter().map(|t| t.id.as_str());
-        shared.admission.begin_memory(tenants).await;
+        // `shared_admission::SharedAdmission::begin_memory`); a round trip
+        // per tenant, off the start-up path.
+        let admission = shared.admission.clone();
+        let tenants: Vec<String> = state.config.tenants.iter().map(|t| t.id.clone()).collect();
+        actix_web::rt::spawn(async move { admission.begin_memory(&tenants).await });
     }
     watch_config(state.clone(), config_path);
     let config = state.config.clone();

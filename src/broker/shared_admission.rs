@@ -104,8 +104,7 @@ return {0, n - 1}
 "#;
 
 const BEGIN_MEMORY: &str = r#"
-local t = redis.call('TIME')
-redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
+redis.call('SET', KEYS[1], now_ms(), 'NX')
 return 1
 "#;
 
@@ -129,25 +128,28 @@ impl SharedAdmission {
             store,
             admit: redis::Script::new(&format!("{LUA_TAKE}{ADMIT}")),
             uncount: redis::Script::new(UNCOUNT),
-            begin_memory: redis::Script::new(BEGIN_MEMORY),
+            begin_memory: redis::Script::new(&format!("{LUA_TAKE}{BEGIN_MEMORY}")),
         }
     }
 
     /// Records, for each tenant whose Redis has none, that its memory of
     /// single use begins now (at start, so that mandates minted between
     /// the start and a tenant's first request are not taken for ones a
-    /// lost Redis may have seen). A failure is left to the first admission,
-    /// which sets it too.
-    pub async fn begin_memory<'t>(&self, tenants: impl IntoIterator<Item = &'t str>) {
+    /// lost Redis may have seen). Stops at the first failure (Redis is not
+    /// answering): the first admission of each tenant sets it too.
+    pub async fn begin_memory(&self, tenants: &[String]) {
         for tenant in tenants {
             let mut invocation = self.begin_memory.prepare_invoke();
             invocation.key(tenant_key(tenant, "epoch", ""));
-            let _ = self
+            let set = self
                 .store
                 .run("begin_memory", |mut conn| async move {
                     invocation.invoke_async::<i64>(&mut conn).await
                 })
                 .await;
+            if set.is_err() {
+                return;
+            }
         }
     }
 
