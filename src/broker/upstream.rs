@@ -214,9 +214,12 @@ impl Stream for LimitedBody {
     type Item = Result<Bytes, PayloadError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Ended (cut, or done: a multipart guard may have released its last
+        // held bytes after the client's body ended): nothing more, and no
+        // deadline to miss.
         if matches!(
             self.cut.load(Ordering::Relaxed),
-            CUT_TOO_LARGE | CUT_TOO_SLOW
+            CUT_TOO_LARGE | CUT_TOO_SLOW | CUT_METHOD_PART | CUT_DONE
         ) {
             return Poll::Ready(None);
         }
