@@ -1,6 +1,6 @@
 //! Finding the PoA mandate on a request.
 
-use actix_web::http::header::{HeaderMap, AUTHORIZATION};
+use actix_web::http::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 
 use crate::error::Rejection;
 
@@ -11,16 +11,7 @@ pub const X_POA_TOKEN: &str = "x-poa-token";
 /// or `X-PoA-Token` (if both are sent they must agree). An `Authorization`
 /// of another scheme is no mandate.
 pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
-    // One header of each: with two, the broker and whatever reads the
-    // request after it could each take a different one.
-    for name in [AUTHORIZATION.as_str(), X_POA_TOKEN] {
-        if headers.get_all(name).nth(1).is_some() {
-            return Err(Rejection::poa_invalid(format!(
-                "{name} is sent more than once"
-            )));
-        }
-    }
-    let bearer = match headers.get(AUTHORIZATION) {
+    let bearer = match single(headers, AUTHORIZATION.as_str())? {
         None => None,
         Some(v) => {
             let v = v
@@ -33,7 +24,7 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         }
     };
-    let header = match headers.get(X_POA_TOKEN) {
+    let header = match single(headers, X_POA_TOKEN)? {
         None => None,
         Some(v) => Some(
             v.to_str()
@@ -48,6 +39,19 @@ pub fn presented_token(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
         (Some(""), _) | (_, Some("")) => Err(Rejection::poa_invalid("empty PoA token")),
         (Some(t), _) | (None, Some(t)) => Ok(Some(t)),
         (None, None) => Ok(None),
+    }
+}
+
+/// The value of a credential header, sent at most once: with two, the
+/// broker and whatever reads the request after it could each take a
+/// different one.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h HeaderValue>, Rejection> {
+    let mut values = headers.get_all(name);
+    match (values.next(), values.next()) {
+        (_, Some(_)) => Err(Rejection::poa_invalid(format!(
+            "{name} is sent more than once"
+        ))),
+        (value, None) => Ok(value),
     }
 }
 
@@ -78,15 +82,9 @@ impl<'a> Presented<'a> {
 /// Biscuit.
 pub fn presented_credential(headers: &HeaderMap) -> Result<Option<Presented<'_>>, Rejection> {
     let token = presented_token(headers)?;
-    let mut biscuits = headers.get_all(X_ATB_BISCUIT);
-    let biscuit = match (biscuits.next(), biscuits.next()) {
-        (None, _) => None,
-        (Some(_), Some(_)) => {
-            return Err(Rejection::poa_invalid(
-                "X-ATB-Biscuit is sent more than once",
-            ))
-        }
-        (Some(v), None) => {
+    let biscuit = match single(headers, X_ATB_BISCUIT)? {
+        None => None,
+        Some(v) => {
             let v = v
                 .to_str()
                 .map_err(|_| Rejection::poa_invalid("X-ATB-Biscuit header is not ASCII"))?
